@@ -1,0 +1,1 @@
+"""Benchmarks: JAX against PyTorch on the same inputs, in the same run."""
