@@ -19,7 +19,16 @@ PUZZLE_SPLIT_VAL: tuple[int, ...] = (7, 43, 64)
 PUZZLE_SPLIT_TEST: tuple[int, ...] = (94, 95, 96, 97, 98, 99, 101, 61, 62, 65, 66, 67, *range(69, 78))
 
 # The eight reported skill classes (the metadata's ninth type, "order", is not reported).
-SKILL_CLASSES: tuple[str, ...] = ("counting", "math", "logic", "path", "algebra", "measure", "spatial", "pattern")
+SKILL_CLASSES: tuple[str, ...] = (
+    "counting",
+    "math",
+    "logic",
+    "path",
+    "algebra",
+    "measure",
+    "spatial",
+    "pattern",
+)
 
 
 def is_sequence(puzzle_id: int) -> bool:
