@@ -1,0 +1,134 @@
+"""The one place for sharding: the device mesh, partition rules, and multi-process start-up.
+
+Every device of every process sits in one ``('data', 'fsdp')`` mesh. Batches are split over both axes
+(so FSDP-sharded towers still see data parallelism), the trainable head is replicated, and frozen towers
+are replicated unless a rule shards their large matrices over ``fsdp`` (big_vision's regex tables).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXES = ("data", "fsdp")
+
+# (regex over the "/"-joined parameter path, spec). First match wins; the catch-all replicates.
+REPLICATED_RULES: tuple[tuple[str, P], ...] = ((".*", P()),)
+# Large towers (SigLIP so400m, DINOv2-L/G): shard the big matrices' first axis over fsdp.
+TOWER_FSDP_RULES: tuple[tuple[str, P], ...] = (
+    (r".*(kernel|weight)$", P("fsdp")),
+    (".*", P()),
+)
+
+
+def make_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp') mesh over all devices (of all processes), fsdp devices per group."""
+    devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} does not divide the {len(devices)} devices")
+    grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
+    return Mesh(grid, DATA_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every device of the mesh."""
+    return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, field: str = "config.batch_size") -> None:
+    """Batches are split evenly over devices and processes; say which field breaks that."""
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(f"{field}={batch_size} is not divisible by the {n} devices of the mesh")
+    if batch_size % jax.process_count():
+        raise ValueError(f"{field}={batch_size} is not divisible by the {jax.process_count()} processes")
+
+
+def _path_name(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def partition_specs(tree, rules: Sequence[tuple[str, P]]):
+    """A tree of PartitionSpecs for ``tree`` from (regex, spec) rules matched against "/"-joined paths.
+
+    A spec that does not fit a leaf (too many axes, or an axis the mesh size does not divide) falls back
+    to replication for that leaf, so one rule table serves every tower size.
+    """
+
+    def spec_for(path, leaf):
+        name = _path_name(path)
+        for pattern, spec in rules:
+            if re.fullmatch(pattern, name):
+                return spec if len(spec) <= np.ndim(leaf) else P()
+        raise ValueError(f"no partition rule matches parameter {name!r}")
+
+    return jax.tree_util.tree_map_with_path(spec_for, tree)
+
+
+def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, P]] = REPLICATED_RULES):
+    """NamedShardings for ``tree`` (arrays or ShapeDtypeStructs) under ``rules`` on ``mesh``."""
+    specs = partition_specs(tree, rules)
+
+    def fit(leaf, spec):
+        for dim, axis in zip(np.shape(leaf), spec, strict=False):
+            if axis is not None and dim % mesh.shape[axis]:
+                return NamedSharding(mesh, P())
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map(fit, tree, specs)
+
+
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Start multi-process JAX when the run asks for it (before any other JAX call).
+
+    ``config.distributed`` fields: ``mode`` is "none", "auto" (bare ``jax.distributed.initialize()``, as on
+    Cloud TPU or SLURM where JAX reads the cluster from the environment) or "explicit" (coordinator address,
+    process count and id from the config, for GPU clusters and local tests). Timeouts bound how long a
+    process waits for a missing or dead peer, so a failed job exits instead of hanging.
+    """
+    cfg = config.distributed
+    mode = cfg.mode
+    if mode == "none":
+        return
+    timeouts = dict(
+        initialization_timeout=int(cfg.initialization_timeout_s),
+        heartbeat_timeout_seconds=int(cfg.heartbeat_timeout_s),
+    )
+    if mode == "auto":
+        jax.distributed.initialize(**timeouts)
+    elif mode == "explicit":
+        process_id = cfg.process_id
+        if process_id < 0:  # launchers that export the rank (SLURM, launch/local.sh) leave it in the env
+            process_id = int(os.environ.get("SMARTVLM_PROCESS_ID", os.environ.get("SLURM_PROCID", "-1")))
+        if not cfg.coordinator_address or cfg.num_processes < 1 or process_id < 0:
+            raise ValueError(
+                "config.distributed.mode='explicit' needs coordinator_address, num_processes >= 1 and "
+                f"process_id >= 0 (got {cfg.coordinator_address!r}, {cfg.num_processes}, {process_id})"
+            )
+        jax.distributed.initialize(
+            coordinator_address=cfg.coordinator_address,
+            num_processes=int(cfg.num_processes),
+            process_id=int(process_id),
+            **timeouts,
+        )
+    else:
+        raise ValueError(f"config.distributed.mode={mode!r} is not one of 'none', 'auto', 'explicit'")
+    logging.info(
+        "JAX process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
