@@ -457,6 +457,7 @@ def _bars(
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=90 if len(labels) > 20 else 0, fontsize=7 if len(labels) > 20 else 9)
     ax.set_ylim(0, 100)
+    ax.margins(x=0.01)  # 101 groups: keep the side padding to about one bar
     ax.set_ylabel("accuracy %")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
