@@ -1,0 +1,96 @@
+"""Build the `smart101` TFDS dataset (ArrayRecord, no TensorFlow) from a SMART-101-layout folder.
+
+    python -m smartvlm_jax.data.build --data-root /path/SMART101-Data --data-dir /path/tfds [--puzzles 1 2 3]
+
+The `tfds` command line needs apache_beam, so the build runs from Python. A dataset already built in
+`data_dir` from the same folder and puzzles is reused; a different one is an error unless `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+
+import tensorflow_datasets as tfds
+
+from smartvlm_jax.data import smart101
+from smartvlm_jax.data.tfds_smart101 import DATASET_NAME, SPLIT, VERSION, Smart101
+
+
+def dataset_path(data_dir: str | os.PathLike) -> str:
+    """Folder of the built dataset inside a TFDS data dir: `<data_dir>/smart101/<version>`."""
+    return os.path.join(data_dir, DATASET_NAME, VERSION)
+
+
+def build(
+    data_root: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    puzzle_ids: str | Sequence[int] = "all",
+    *,
+    skip_bad_rows: bool = False,
+    overwrite: bool = False,
+) -> tfds.core.DatasetBuilder:
+    """Write the rows of `puzzle_ids` under `data_root` as the TFDS dataset `smart101` in `data_dir`.
+
+    Returns the read-only builder of the written dataset (its `.data_dir` is `dataset_path(data_dir)`).
+    Bad images raise smart101.BadImageError (file and CSV row named) unless `skip_bad_rows`.
+    """
+    ids = smart101.resolve_puzzle_ids(data_root, puzzle_ids)
+    if not ids:
+        raise FileNotFoundError(f"no puzzle folders under {data_root}")
+    path = dataset_path(data_dir)
+    if os.path.exists(os.path.join(path, "dataset_info.json")):
+        existing = tfds.builder_from_directory(path).info.metadata
+        same = existing.get("source") == os.path.abspath(data_root) and existing.get("puzzle_ids") == ids
+        if overwrite or not same:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{path} holds puzzles {existing.get('puzzle_ids')} of {existing.get('source')}, not "
+                    f"{ids} of {os.path.abspath(data_root)}; use another data dir or overwrite=True"
+                )
+            shutil.rmtree(path)
+        else:
+            logging.info("reusing %s", path)
+            return tfds.builder_from_directory(path)
+    builder = Smart101(
+        data_dir=os.fspath(data_dir), file_format="array_record", puzzle_ids=ids, skip_bad_rows=skip_bad_rows
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(data_root))
+    )
+    skipped = builder.info.metadata["skipped"]
+    if skipped:
+        logging.warning("built %s without %d bad rows", path, len(skipped))
+    return tfds.builder_from_directory(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-root", required=True, help="SMART-101 layout folder (release or synthetic)")
+    parser.add_argument("--data-dir", required=True, help="TFDS data dir to write into")
+    parser.add_argument(
+        "--puzzles", type=int, nargs="*", default=None, help="puzzle ids (default: all found)"
+    )
+    parser.add_argument("--skip-bad-rows", action="store_true", help="skip rows with bad images (logged)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --data-dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    builder = build(
+        args.data_root,
+        args.data_dir,
+        args.puzzles if args.puzzles else "all",
+        skip_bad_rows=args.skip_bad_rows,
+        overwrite=args.overwrite,
+    )
+    meta = builder.info.metadata
+    count = builder.info.splits[SPLIT].num_examples
+    print(f"{builder.data_dir}: {count} rows of puzzles {meta['puzzle_ids']}, {len(meta['skipped'])} skipped")
+
+
+if __name__ == "__main__":
+    main()
