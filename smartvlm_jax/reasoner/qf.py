@@ -1,0 +1,98 @@
+"""The QF layer (SPEC 5.4) for a question that is one vector repeated L times.
+
+The reference feeds the QF layer Q = q repeated L times, and the cross-attention keys and values are
+im broadcast to L positions. Two facts follow, and this module computes their consequence directly:
+- every cross-attention key is the same vector, so every score row is constant and the attention
+  probabilities are exactly uniform (1/L) whatever the query is: the self-attention output (which
+  only feeds the cross-attention query) cannot change the result, with or without dropout;
+- every value row is V = value(im), so position i of the context is V * sum_j d_ij / L per head,
+  where d_ij is the dropout multiplier of probability (i, j) (1 without dropout, Bernoulli(1-p)/(1-p)
+  with it). Its mean over the L positions is V * S / (L^2 (1-p)), S ~ Binomial(L^2, 1-p) per sample
+  and head: we draw S instead of L^2 Bernoulli masks, which is the same distribution.
+The PyTorch port computes the literal attention; the parity tests check the two agree. The query and
+key weights (and the relative-distance embeddings under `reference_quirks`) exist, as in the
+reference, and receive zero gradient.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from smartvlm_jax.reasoner.layers import LayerNorm, Linear, gelu
+
+
+class QFAttention(nn.Module):
+    """Parameters of one QF attention block (query, key, value; optional distance embedding).
+
+    Returns the mean over the L query positions of the attention context for keys/values that are one
+    vector broadcast to all positions (see the module docstring).
+    """
+
+    hidden: int
+    num_heads: int
+    max_qlen: int
+    pdrop: float
+    with_distance_embedding: bool
+
+    @nn.compact
+    def __call__(self, query_in: jax.Array, kv_in: jax.Array, train: bool) -> jax.Array:
+        head = self.hidden // self.num_heads
+        # Query and key exist but cannot influence the output; a zero-row call creates them at no cost.
+        Linear(self.hidden, name="query")(jnp.zeros((0, query_in.shape[-1]), query_in.dtype))
+        Linear(self.hidden, name="key")(jnp.zeros((0, kv_in.shape[-1]), kv_in.dtype))
+        if self.with_distance_embedding:  # reference quirk: computed, then discarded
+            self.param("distance_embedding", nn.initializers.normal(1.0), (2 * self.max_qlen - 1, head))
+        value = Linear(self.hidden, name="value")(kv_in)  # [B, hidden]
+        if not train or self.pdrop == 0.0:
+            return value
+        n = self.max_qlen * self.max_qlen
+        kept = jax.random.binomial(
+            self.make_rng("dropout"), n, 1.0 - self.pdrop, shape=(value.shape[0], self.num_heads)
+        )
+        scale = kept / (n * (1.0 - self.pdrop))
+        value = value.reshape(value.shape[0], self.num_heads, head) * scale[..., None].astype(value.dtype)
+        return value.reshape(value.shape[0], self.hidden)
+
+
+class QFIntermediate(nn.Module):
+    """x -> Linear(768, H) -> GELU -> Linear(H, 768) -> dropout -> LayerNorm(x + that)."""
+
+    h_sz: int
+    pdrop: float
+    eps: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        y = Linear(x.shape[-1], name="dense_final")(gelu(Linear(self.h_sz, name="dense")(x)))
+        y = nn.Dropout(self.pdrop, deterministic=not train)(y)
+        return LayerNorm(self.eps, name="layer_norm")(x + y)
+
+
+class QFLayer(nn.Module):
+    """Self-attention over Q, cross-attention to im, mean over L, intermediate: -> [B, text_dim]."""
+
+    text_dim: int
+    num_heads: int
+    h_sz: int
+    max_qlen: int
+    pdrop: float
+    eps: float
+    with_distance_embedding: bool
+
+    @nn.compact
+    def __call__(self, im: jax.Array, q: jax.Array, train: bool) -> jax.Array:
+        common = dict(
+            hidden=self.text_dim,
+            num_heads=self.num_heads,
+            max_qlen=self.max_qlen,
+            pdrop=self.pdrop,
+            with_distance_embedding=self.with_distance_embedding,
+        )
+        # Self-attention of the repeated question: its output is the value of q at every position, and
+        # it only feeds the cross-attention query, which cannot change the result; only its parameters
+        # are created.
+        QFAttention(**common, name="mha")(jnp.zeros((0, q.shape[-1]), q.dtype), q[:0], train=False)
+        x = QFAttention(**common, name="crossattention")(q, im, train)
+        return QFIntermediate(self.h_sz, self.pdrop, self.eps, name="intermediate")(x, train)
