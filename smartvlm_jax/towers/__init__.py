@@ -1,0 +1,27 @@
+"""Frozen encoders (DINOv2, SigLIP vision and text) in JAX, loaded from HF or converted directories.
+
+    from smartvlm_jax import towers
+    tower = towers.load(path, part="vision")      # HF dir or converted dir
+    hidden = tower.encode(tower.preprocess(images))  # last_hidden_state [B, T, D]
+
+See the README section "Frozen towers" for the whole API.
+"""
+
+from smartvlm_jax.towers.registry import FAMILIES, MODEL_TYPES, Family, ModelType, PartSource, Tower
+from smartvlm_jax.towers.store import create_random, load, save, tiny_config
+from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer, train_sentencepiece
+
+__all__ = [
+    "FAMILIES",
+    "MODEL_TYPES",
+    "Family",
+    "ModelType",
+    "PartSource",
+    "SiglipTextTokenizer",
+    "Tower",
+    "create_random",
+    "load",
+    "save",
+    "tiny_config",
+    "train_sentencepiece",
+]

@@ -1,0 +1,28 @@
+"""``python -m smartvlm_jax.convert {hf,reference} ...``: dispatches to the converter named first.
+
+``hf``: Hugging Face tower directory -> converted tower (smartvlm_jax.convert.hf).
+``reference``: reference PyTorch checkpoint -> our reasoner head (smartvlm_jax.convert.reference).
+Each is imported only when chosen, so one converter's dependencies never burden the other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {"hf": "smartvlm_jax.convert.hf", "reference": "smartvlm_jax.convert.reference"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``COMMAND ARGS...``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m smartvlm_jax.convert {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]])
+    return int(module.main(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

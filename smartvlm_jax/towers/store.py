@@ -1,0 +1,258 @@
+"""Loading and saving towers: HF directories (via the converter) and the converted format.
+
+Converted format (loads with neither torch nor transformers)::
+
+    OUT/towers.json        {"format", "version", "kind", "model_type", "config": <HF config>, "parts": {...}}
+    OUT/<part>/            Orbax checkpoint of the part's float32 parameters (nested dict, HF-mirroring names)
+    OUT/spiece.model       the sentencepiece model, when there is a text part with a tokenizer
+
+Every write goes to a temporary sibling directory that is renamed into place at the end, so a failure
+never leaves a partial ``OUT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from smartvlm_jax.towers import preprocess
+from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
+from smartvlm_jax.towers.registry import (
+    FORMAT,
+    META_FILE,
+    MODEL_TYPES,
+    Tower,
+    is_converted,
+    model_type_entry,
+    part_config,
+    read_meta,
+)
+from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
+
+VERSION = 1
+TOKENIZER_FILE = "spiece.model"
+DEFAULT_TOKENIZER = {"max_length": 64, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+                     "do_lower_case": True}  # fmt: skip
+
+
+def build_tower(
+    top_config: Mapping[str, Any],
+    part: str,
+    flat: Mapping[str, np.ndarray],
+    dtype: str,
+    processor: Mapping[str, Any] | None = None,
+    tokenizer: SiglipTextTokenizer | None = None,
+) -> Tower:
+    """A :class:`Tower` from a top-level HF config and flat float32 weights, strictly checked."""
+    family, cfg = part_config(top_config, part)
+    model_type = str(top_config["model_type"])
+    check_tree(family.specs(cfg), flat, f"{model_type} {part} parameters")
+    resizer = normalizer = None
+    if part == "vision":
+        processor = dict(processor or preprocess.default_processor(family.kind, cfg))
+        resizer, normalizer = preprocess.from_processor_config(processor)
+    return Tower(
+        kind=family.kind,
+        part=part,
+        model_type=model_type,
+        config=cfg,
+        params=to_device(flat, dtype),
+        dtype=dtype,
+        source_config=copy.deepcopy(dict(top_config)),
+        processor_config=processor,
+        resizer=resizer,
+        normalize=normalizer,
+        tokenizer=tokenizer,
+    )
+
+
+def load(path: str | os.PathLike, part: str = "vision", dtype: str = "float32") -> Tower:
+    """Loads one part ("vision" | "text") of a tower from an HF directory or a converted one.
+
+    ``dtype``: "float32", or "bfloat16" (matmul weights and inputs in bf16, float32 accumulation and
+    residual stream; outputs are float32 either way).
+    """
+    path = os.fspath(path)
+    if is_converted(path):
+        return _load_converted(path, part, dtype)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from smartvlm_jax.convert import hf  # lazy: reading .bin checkpoints may import torch
+
+        top_config, flat, processor, tokenizer = hf.read_part(path, part)
+        return build_tower(top_config, part, flat, dtype, processor, tokenizer)
+    raise FileNotFoundError(
+        f"{path}: neither a converted tower ({META_FILE}) nor an HF directory (config.json)"
+    )
+
+
+def _load_converted(path: str, part: str, dtype: str) -> Tower:
+    meta = read_meta(path)
+    if part not in meta["parts"]:
+        raise ValueError(f"{path} has no {part!r} part; it has {sorted(meta['parts'])}")
+    info = meta["parts"][part]
+    with ocp.StandardCheckpointer() as ckpt:
+        tree = ckpt.restore(os.path.abspath(os.path.join(path, part)))
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(tree).items()}
+    tokenizer = None
+    if info.get("tokenizer"):
+        settings = dict(info["tokenizer"])
+        tokenizer = SiglipTextTokenizer.from_file(os.path.join(path, settings.pop("file")), **settings)
+    return build_tower(meta["config"], part, flat, dtype, info.get("processor"), tokenizer)
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: str) -> Iterator[str]:
+    """Yields a temporary directory next to ``out_dir`` and renames it to ``out_dir`` on success."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise FileExistsError(f"{out_dir} exists and is not an empty directory")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_converted(
+    out_dir: str | os.PathLike,
+    top_config: Mapping[str, Any],
+    parts: Mapping[str, Mapping[str, np.ndarray]],
+    processors: Mapping[str, Mapping[str, Any] | None] | None = None,
+    tokenizer: SiglipTextTokenizer | None = None,
+) -> str:
+    """Writes flat float32 weights of ``parts`` in the converted format (atomically); returns the path."""
+    model_type = str(top_config["model_type"])
+    entry = model_type_entry(model_type)
+    meta_parts: dict[str, Any] = {}
+    for part, flat in parts.items():
+        family, cfg = part_config(top_config, part)
+        check_tree(family.specs(cfg), flat, f"{model_type} {part} parameters")
+        info: dict[str, Any] = {}
+        if part == "vision":
+            proc = (processors or {}).get(part) or preprocess.default_processor(family.kind, cfg)
+            preprocess.from_processor_config(proc)  # fail now, not at load time, on unsupported settings
+            info["processor"] = dict(proc)
+        if part == "text" and tokenizer is not None:
+            vocab = tokenizer.sp.get_piece_size()
+            if vocab > cfg["vocab_size"]:
+                raise ValueError(
+                    f"tokenizer has {vocab} pieces but the text config's vocab_size is {cfg['vocab_size']}"
+                )
+            info["tokenizer"] = {
+                "file": TOKENIZER_FILE,
+                "max_length": tokenizer.max_length,
+                "eos_token": tokenizer.eos_token,
+                "unk_token": tokenizer.unk_token,
+                "pad_token": tokenizer.pad_token,
+                "do_lower_case": tokenizer.do_lower_case,
+            }
+        meta_parts[part] = info
+    meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,
+            "config": dict(top_config), "parts": meta_parts}  # fmt: skip
+    with _atomic_dir(os.fspath(out_dir)) as tmp:
+        for part, flat in parts.items():
+            tree = unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
+            with ocp.StandardCheckpointer() as ckpt:
+                ckpt.save(os.path.join(tmp, part), tree)
+        if any("tokenizer" in info for info in meta_parts.values()):
+            with open(os.path.join(tmp, TOKENIZER_FILE), "wb") as f:
+                f.write(tokenizer.model_proto)
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+    return os.path.abspath(out_dir)
+
+
+def save(towers: Tower | Sequence[Tower], out_dir: str | os.PathLike) -> str:
+    """Writes one tower part, or several parts of the same model (SigLIP vision + text), converted."""
+    towers = [towers] if isinstance(towers, Tower) else list(towers)
+    if not towers:
+        raise ValueError("nothing to save")
+    first = towers[0]
+    parts = [t.part for t in towers]
+    if len(set(parts)) != len(parts) or any(t.model_type != first.model_type for t in towers):
+        raise ValueError(
+            f"save takes distinct parts of one model; got {[(t.model_type, t.part) for t in towers]}"
+        )
+    tokenizers = [t.tokenizer for t in towers if t.tokenizer is not None]
+    return write_converted(
+        out_dir,
+        first.source_config,
+        {t.part: {k: np.asarray(v, np.float32) for k, v in flatten(t.params).items()} for t in towers},
+        {t.part: t.processor_config for t in towers},
+        tokenizers[0] if tokenizers else None,
+    )
+
+
+def create_random(
+    out_dir: str | os.PathLike,
+    kind: str,
+    hf_config: Mapping[str, Any],
+    seed: int = 0,
+    tokenizer_model: str | os.PathLike | None = None,
+) -> str:
+    """Writes a converted tower of random weights for ``hf_config`` (all its parts), without torch.
+
+    ``kind`` ("dinov2" | "siglip") must agree with the config's ``model_type``; a SigLIP config with a text
+    part gets ``tokenizer_model`` (a ``spiece.model``) copied in. Weights are normal(0, initializer_range)
+    with LayerNorms at identity, like HF's init in distribution (not bit-for-bit).
+    """
+    config = dict(hf_config)
+    config.setdefault("model_type", kind)
+    entry = model_type_entry(str(config["model_type"]))
+    if entry.kind != kind:
+        raise ValueError(f"kind {kind!r} does not match model_type {config['model_type']!r} ({entry.kind})")
+    std = float(config.get("initializer_range", 0.02))
+    parts = {}
+    for i, part in enumerate(sorted(entry.parts)):
+        family, cfg = part_config(config, part)
+        parts[part] = random_init(family.specs(cfg), seed * 1000 + i, std)
+    tokenizer = SiglipTextTokenizer.from_file(tokenizer_model) if tokenizer_model else None
+    return write_converted(out_dir, config, parts, None, tokenizer)
+
+
+def tiny_config(kind: str) -> dict[str, Any]:
+    """A tiny HF-style config (hidden 32, 2 layers, 2 heads, 32x32 images, patch 8) for tests and smoke runs.
+
+    ``kind``: "dinov2", "siglip" (full: vision + text, vocabulary 500 to fit :func:`train_sentencepiece`),
+    "siglip_vision_model" or "siglip_text_model". Returns a fresh dict.
+    """
+    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "layer_norm_eps": 1e-6}
+    vision = {**common, "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3,
+              "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+    text = {**common, "intermediate_size": 64, "vocab_size": 500, "max_position_embeddings": 64,
+            "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+    configs = {
+        "dinov2": {
+            "model_type": "dinov2",
+            **common,
+            "mlp_ratio": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_act": "gelu",
+            "layerscale_value": 1.0,
+            "use_swiglu_ffn": False,
+        },  # fmt: skip
+        "siglip": {"model_type": "siglip", "vision_config": vision, "text_config": text},
+        "siglip_vision_model": {"model_type": "siglip_vision_model", **vision},
+        "siglip_text_model": {"model_type": "siglip_text_model", **text},
+    }
+    if kind not in configs:
+        raise ValueError(
+            f"no tiny config for {kind!r}; known: {sorted(configs)} (model types: {sorted(MODEL_TYPES)})"
+        )
+    return copy.deepcopy(configs[kind])

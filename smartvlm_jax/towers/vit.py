@@ -1,0 +1,190 @@
+"""Shared pre-LayerNorm ViT pieces for the frozen towers, as pure functions over parameter dicts.
+
+The towers are frozen, so they are written as plain functions of a nested parameter dict whose keys
+mirror the Hugging Face checkpoint (``encoder.layer.0.attention.attention.query.kernel``); that keeps the
+converter a rename table and lets the trainer treat tower weights as data. Every matmul takes its input
+in the weights' dtype and accumulates in float32 (``preferred_element_type``), and LayerNorm, softmax and
+the residual stream stay float32: with bfloat16 weights that is the fast path of XLA's CPU backend and the
+usual mixed-precision recipe on TPU/GPU; with float32 weights it is plain fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Params = Mapping[str, Any]
+F32 = jnp.float32
+
+
+def get(params: Params, path: str) -> Any:
+    """Returns the sub-tree at a dotted ``path`` (``"attention.output.dense"``)."""
+    node = params
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU; written with ``lax.erf`` because ``jax.nn.gelu(approximate=False)`` is slow on CPU."""
+    return 0.5 * x * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """The tanh approximation of GELU (HF ``gelu_pytorch_tanh`` / ``gelu_new``)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+# HF ``hidden_act`` names -> functions; a config naming anything else fails loudly at load time.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": gelu_erf,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_new": gelu_tanh,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Looks up an HF activation name; raises ``ValueError`` naming it when unsupported."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def linear(p: Params, x: jax.Array) -> jax.Array:
+    """``x @ kernel + bias`` with inputs in the kernel's dtype and a float32 result."""
+    kernel = p["kernel"]
+    y = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=F32)
+    if "bias" in p:
+        y = y + p["bias"].astype(F32)
+    return y
+
+
+def layer_norm(p: Params, x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis, computed in float32 (biased variance, like PyTorch)."""
+    x = x.astype(F32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    y = centred * lax.rsqrt(var + eps)
+    return y * p["scale"].astype(F32) + p["bias"].astype(F32)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, dtype: Any) -> jax.Array:
+    """Softmax attention of ``[B, Tq, H, Dh]`` queries (already scaled) over ``[B, Tk, H, Dh]`` keys/values.
+
+    Normalises after the PV product (exp(s - max) -> PV -> divide by the row sums), which is the same
+    softmax but one [Tq, Tk] pass cheaper, and faster on CPU.
+    """
+    s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype), preferred_element_type=F32)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    out = jnp.einsum("bhqk,bkhd->bqhd", e.astype(dtype), v.astype(dtype), preferred_element_type=F32)
+    denom = jnp.sum(e, axis=-1)  # [B, H, Tq]
+    return out / jnp.transpose(denom, (0, 2, 1))[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    """Where one pre-LN encoder block keeps its weights, as dotted paths relative to the block.
+
+    DINOv2 and SigLIP share the computation and differ in names (and DINOv2's layer scale / SwiGLU);
+    each tower module fills one of these in.
+    """
+
+    norm1: str
+    query: str
+    key: str
+    value: str
+    out: str
+    norm2: str
+    fc1: str
+    fc2: str
+    layer_scale1: str | None = None
+    layer_scale2: str | None = None
+    swiglu: bool = False
+
+
+def self_attention(p: Params, x: jax.Array, layout: BlockLayout, num_heads: int, dtype: Any) -> jax.Array:
+    """Multi-head self-attention with separate q/k/v projections and an output projection."""
+    b, t, d = x.shape
+    head_dim = d // num_heads
+    xin = x.astype(dtype)
+    q = linear(get(p, layout.query), xin) * (head_dim**-0.5)
+    k = linear(get(p, layout.key), xin)
+    v = linear(get(p, layout.value), xin)
+    split = lambda a: a.reshape(b, t, num_heads, head_dim)
+    ctx = attend(split(q), split(k), split(v), dtype).reshape(b, t, d)
+    return linear(get(p, layout.out), ctx)
+
+
+def mlp(p: Params, x: jax.Array, layout: BlockLayout, act: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Two-layer MLP; with ``layout.swiglu`` fc1 holds [gate | up] and the hidden is silu(gate) * up."""
+    h = linear(get(p, layout.fc1), x)
+    if layout.swiglu:
+        gate, up = jnp.split(h, 2, axis=-1)
+        h = jax.nn.silu(gate) * up
+    else:
+        h = act(h)
+    return linear(get(p, layout.fc2), h)
+
+
+def encoder_block(
+    p: Params,
+    x: jax.Array,
+    layout: BlockLayout,
+    *,
+    num_heads: int,
+    eps: float,
+    act: Callable[[jax.Array], jax.Array],
+    dtype: Any,
+) -> jax.Array:
+    """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32."""
+    h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype)
+    if layout.layer_scale1:
+        h = h * get(p, layout.layer_scale1).astype(F32)
+    x = x + h
+    h = mlp(p, layer_norm(get(p, layout.norm2), x, eps).astype(dtype), layout, act)
+    if layout.layer_scale2:
+        h = h * get(p, layout.layer_scale2).astype(F32)
+    return x + h
+
+
+def encoder(
+    layers: Params,
+    x: jax.Array,
+    layout: BlockLayout,
+    num_layers: int,
+    **block_kwargs: Any,
+) -> jax.Array:
+    """Runs blocks ``layers["0"] .. layers[str(num_layers - 1)]``.
+
+    A Python loop (unrolled under jit) rather than ``lax.scan``: the layers keep their HF names, and the
+    unrolled form was measurably faster on CPU.
+    """
+    for i in range(num_layers):
+        x = encoder_block(layers[str(i)], x, layout, **block_kwargs)
+    return x
+
+
+def patch_embed(p: Params, pixels: jax.Array, patch: int) -> jax.Array:
+    """Non-overlapping patch projection of NHWC ``pixels`` -> ``[B, gh * gw, D]`` (strided conv as matmul).
+
+    ``p["kernel"]`` is ``[patch, patch, C, D]``; rows/columns beyond a whole number of patches are dropped,
+    as a stride-``patch`` convolution does.
+    """
+    b, h, w, c = pixels.shape
+    gh, gw = h // patch, w // patch
+    x = pixels[:, : gh * patch, : gw * patch, :].reshape(b, gh, patch, gw, patch, c)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(b, gh * gw, patch * patch * c)
+    kernel = p["kernel"].reshape(patch * patch * c, -1)
+    y = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=F32)
+    return y + p["bias"].astype(F32)
