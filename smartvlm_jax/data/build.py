@@ -17,12 +17,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 
 from smartvlm_jax.data import smart101
-from smartvlm_jax.data.tfds_smart101 import DATASET_NAME, SPLIT, VERSION, Smart101
-
-
-def dataset_path(data_dir: str | os.PathLike) -> str:
-    """Folder of the built dataset inside a TFDS data dir: `<data_dir>/smart101/<version>`."""
-    return os.path.join(data_dir, DATASET_NAME, VERSION)
+from smartvlm_jax.data.tfds_smart101 import SPLIT, Smart101, dataset_path
 
 
 def build(

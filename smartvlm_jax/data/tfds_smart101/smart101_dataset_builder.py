@@ -25,6 +25,11 @@ SPLIT = "full"
 VERSION = "1.0.0"
 
 
+def dataset_path(data_dir: str | os.PathLike) -> str:
+    """Folder of the built dataset inside a TFDS data dir: `<data_dir>/smart101/<version>`."""
+    return os.path.join(data_dir, DATASET_NAME, VERSION)
+
+
 class Smart101(tfds.core.GeneratorBasedBuilder):
     """SMART-101 puzzles: image bytes, question, options, answer letter, answer values, ids."""
 
