@@ -360,7 +360,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.root = ""  # SMART-101 folder (<root>/<pid>/puzzle_<pid>.csv), or synthetic.py's output.
     c.data_dir = ""  # TFDS data dir that build.py wrote (the pipeline reads only this).
-    c.puzzle_ids = "all"  # "all" (every puzzle in the built dataset) or a list of puzzle ids.
+    c.puzzle_ids = "all"  # "all" (every puzzle built) or comma-separated ids "1,2,3" (a flag-friendly str).
     c.split_type = "instance"  # "instance" | "puzzle" (zero-shot) | "fewshot" | "answer" (SPEC section 3).
     c.data_tot = 1000  # Rows used per puzzle: the first data_tot of its CSV.
     c.ratio = (60, 20, 20)  # train:val:test percentages, applied per puzzle in row order.
