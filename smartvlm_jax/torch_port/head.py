@@ -1,0 +1,226 @@
+"""PyTorch port of the reasoner head, laid out and computed the way the reference does it.
+
+Module names match the reference's state_dict (im_encoder.<pid>.0, qf.mha.query, qf.crossattention,
+qf.intermediate, c.ln, qv_fusion.ln1, ans_decoder.<k>.ln3 or .weight_ih_l0, q_MLP, o_encoder), and
+the forward pass is the reference's: Python loops over the puzzles of the batch, the literal QF
+attention over L repeated question vectors (relative-distance scores computed and then discarded),
+and per-puzzle GRUs. With `reference_quirks` the GRU is called on the unbatched (B_p, R) matrix as
+the reference does, so PyTorch itself produces the batch-coupled decoding. Used only by tests and
+benchmarks; the runtime package never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import ml_collections
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smartvlm_jax import puzzles
+from smartvlm_jax.convert import reference
+from smartvlm_jax.reasoner import config as config_lib
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a (dead) relative-distance embedding, no output projection."""
+
+    def __init__(self, hidden: int, kv_dim: int, heads: int, max_qlen: int, pdrop: float):
+        super().__init__()
+        self.heads, self.head = heads, hidden // heads
+        self.max_qlen = max_qlen
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(kv_dim, hidden)
+        self.value = nn.Linear(kv_dim, hidden)
+        self.dropout = nn.Dropout(pdrop)
+        self.distance_embedding = nn.Embedding(2 * max_qlen - 1, self.head)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.heads, self.head).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        kv = x if kv is None else kv
+        q, k, v = self._split(self.query(x)), self._split(self.key(kv)), self._split(self.value(kv))
+        scores = q @ k.transpose(-1, -2)
+        n = x.shape[1]
+        pos = torch.arange(n, device=x.device)
+        rel = self.distance_embedding(pos[:, None] - pos[None, :] + self.max_qlen - 1)
+        scores = scores + torch.einsum("bhld,lrd->bhlr", q, rel)  # the reference's quirk: overwritten
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head)
+        probs = self.dropout(scores.softmax(-1))
+        ctx = (probs @ v).permute(0, 2, 1, 3).contiguous()
+        return ctx.view(*ctx.shape[:-2], self.heads * self.head)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, dim: int, h_sz: int, pdrop: float, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(dim, h_sz)
+        self.dense_final = nn.Linear(h_sz, dim)
+        self.dropout = nn.Dropout(pdrop)
+        self.layer_norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(x + self.dropout(self.dense_final(F.gelu(self.dense(x)))))
+
+
+class QF(nn.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        super().__init__()
+        d = cfg.text_dim
+        self.mha = Attention(d, d, cfg.num_heads, cfg.max_qlen, cfg.pdrop)
+        self.crossattention = Attention(d, cfg.repr_size, cfg.num_heads, cfg.max_qlen, cfg.pdrop)
+        self.intermediate = Intermediate(d, cfg.h_sz, cfg.pdrop, cfg.ln_eps)
+
+    def forward(self, im: torch.Tensor, q_seq: torch.Tensor) -> torch.Tensor:
+        q_attn = self.mha(q_seq)
+        vision = im.unsqueeze(1).expand(-1, q_seq.shape[1], -1)
+        return self.intermediate(self.crossattention(q_attn, vision).mean(1))
+
+
+class CLayer(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim, eps=eps)
+
+
+class Fusion(nn.Module):
+    def __init__(self, in_dim: int, out: int, eps: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.Linear(in_dim, out), nn.Linear(out, out)
+        self.layer_norm = nn.LayerNorm(out, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(F.gelu(self.ln2(F.gelu(self.ln1(x)))))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, r: int, classes: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.Linear(r, r), nn.Linear(r, r), nn.Linear(r, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln3(F.gelu(self.ln2(F.gelu(self.ln1(x)))))
+
+
+class TorchSmarterHead(nn.Module):
+    """The head of `cfg` in PyTorch; forward returns the reference's {pid: logits or [K x logits]}."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int = 64):
+        super().__init__()
+        config_lib.validate(cfg)
+        self.cfg = cfg
+        r, vdim = cfg.repr_size, config_lib.vision_dim(cfg)
+        self.sorted_ids = sorted(int(p) for p in cfg.puzzle_ids)
+        self.classes = dict(zip(self.sorted_ids, (int(c) for c in cfg.num_classes), strict=True))
+        if cfg.use_single_image_head:
+            self.im_encoder = nn.Sequential(nn.Linear(vdim, r), nn.GELU(), nn.Linear(r, r))
+        else:
+            encoders = [nn.Sequential(nn.Linear(r, 1))]  # index 0: the reference's unused dummy
+            encoders += [
+                nn.Sequential(nn.Linear(vdim, r), nn.GELU(), nn.Linear(r, r)) for _ in puzzles.ALL_PUZZLE_IDS
+            ]
+            self.im_encoder = nn.ModuleList(encoders)
+        self.q_MLP = nn.Sequential(nn.Linear(cfg.text_dim, cfg.h_sz), nn.GELU(), nn.Linear(cfg.h_sz, r))
+        self.o_encoder = nn.Sequential(nn.Embedding(vocab_size, r, max_norm=1), nn.Linear(r, r), nn.GELU())
+        composite = r + 2 * cfg.text_dim if cfg.use_qf else 2 * r
+        if cfg.use_qf:
+            self.qf = QF(cfg)
+        self.c = CLayer(composite, cfg.ln_eps)
+        self.qv_fusion = Fusion(composite, r, cfg.ln_eps)
+        decoders: list[nn.Module] = [nn.Sequential(nn.Linear(r, 1))]
+        for p in self.sorted_ids:
+            c = self.classes[p]
+            decoders.append(
+                nn.GRU(r, c, num_layers=1, batch_first=True) if puzzles.is_sequence(p) else MLPDecoder(r, c)
+            )
+        self.ans_decoder = nn.ModuleList(decoders)
+
+    def encode_image(self, x: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        if self.cfg.use_single_image_head:
+            y = self.im_encoder(x)
+            return y if self.cfg.reference_quirks else F.gelu(y)
+        y = torch.zeros(len(x), self.cfg.repr_size, dtype=x.dtype)
+        for p in self.sorted_ids:
+            idx = pids == p
+            if idx.any():
+                y[idx] = F.gelu(self.im_encoder[p](x[idx]))
+        return y
+
+    def _sequence(self, decoder: nn.GRU, z: torch.Tensor) -> list[torch.Tensor]:
+        outs, hx = [], None
+        for _ in range(self.cfg.num_decode_steps):
+            if self.cfg.reference_quirks:
+                out, hx = decoder(z, hx)  # (B_p, R) is one unbatched sequence of length B_p
+            else:
+                out, hx = decoder(z.unsqueeze(1), hx)  # a batch of B_p sequences of length 1
+                out = out.squeeze(1)
+            outs.append(out)
+        return outs
+
+    def forward(self, vision: torch.Tensor, text: torch.Tensor, pids: torch.Tensor) -> dict:
+        im = self.encode_image(vision, pids)
+        if self.cfg.use_qf:
+            q_seq = text.unsqueeze(1).expand(-1, self.cfg.max_qlen, -1)  # the reference's repeated question
+            composite = torch.cat([im, q_seq.mean(1), self.qf(im, q_seq)], dim=1)
+        else:
+            composite = torch.cat([im, F.gelu(self.q_MLP(text))], dim=1)
+        z = self.qv_fusion(self.c.ln(composite))
+        out = {}
+        for p in torch.unique(pids).tolist():
+            idx = pids == p
+            dec = self.ans_decoder[1 + self.sorted_ids.index(p)]
+            out[p] = self._sequence(dec, z[idx]) if puzzles.is_sequence(p) else dec(z[idx])
+        return out
+
+
+def padded_logits(outputs: Mapping, pids: torch.Tensor, cfg: ml_collections.ConfigDict) -> torch.Tensor:
+    """The reference's per-puzzle outputs laid out like the JAX head's logits [B, K, C_max]."""
+    c_max = max(int(c) for c in cfg.num_classes)
+    first = next(iter(outputs.values()))
+    dtype = (first[0] if isinstance(first, list) else first).dtype
+    logits = torch.full((len(pids), cfg.num_decode_steps, c_max), config_lib.MASKED_LOGIT, dtype=dtype)
+    for p, out in outputs.items():
+        idx = torch.nonzero(pids == p).squeeze(1)
+        steps = out if isinstance(out, list) else [out]
+        for k, o in enumerate(steps):
+            logits[idx, k, : o.shape[-1]] = o
+    return logits
+
+
+def reference_loss(outputs: Mapping, labels: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+    """The reference criterion: per-puzzle mean CE (sequence puzzles: mean over K), mean over puzzles."""
+    total = 0.0
+    for p, out in outputs.items():
+        idx = pids == p
+        if isinstance(out, list):
+            total = total + sum(F.cross_entropy(o, labels[idx, k]) for k, o in enumerate(out)) / len(out)
+        else:
+            total = total + F.cross_entropy(out, labels[idx, 0])
+    return total / len(outputs)
+
+
+def load_jax_params(module: TorchSmarterHead, params: Mapping) -> None:
+    """Copy the JAX head's params into the port (weights the JAX head lacks keep their values)."""
+    arrays = reference.reference_from_params(params, module.cfg)
+    state = module.state_dict()
+    unknown = sorted(set(arrays) - set(state))
+    if unknown:
+        raise KeyError(f"port has no parameter {unknown[0]}")
+    with torch.no_grad():
+        for k, v in arrays.items():
+            state[k].copy_(torch.from_numpy(np.asarray(v)))
+
+
+def jax_params(module: TorchSmarterHead) -> dict:
+    """The JAX head's params tree from the port's weights (reference names, strict)."""
+    sd = {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+    return reference.params_from_reference(sd, module.cfg)
+
+
+def reference_state_dict(module: TorchSmarterHead) -> dict[str, torch.Tensor]:
+    """The port's state_dict, which has the reference's key names (for building test checkpoints)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
