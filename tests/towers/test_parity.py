@@ -1,0 +1,139 @@
+"""fp32 parity of the JAX towers with transformers' PyTorch models (random weights), and bf16 accuracy."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from smartvlm_jax import towers
+from tests.towers.conftest import (
+    DINOV2_BASE,
+    SIGLIP_BASE_TEXT,
+    SIGLIP_BASE_VISION,
+    hf_model,
+    sample_images,
+    save_hf,
+)
+
+TOL = 1e-4
+
+
+def torch_vision(model: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2))
+    return out.last_hidden_state.numpy()
+
+
+def torch_text(model: torch.nn.Module, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).last_hidden_state.numpy()
+
+
+def test_tiny_dinov2_matches_transformers(hf_tiny, images):
+    tower = towers.load(hf_tiny["dinov2"], part="vision")
+    model = hf_model(towers.tiny_config("dinov2")).eval()
+    pixels = tower.preprocess(images)
+    ours = np.asarray(tower.encode(pixels))
+    assert ours.shape == (len(images), 1 + (32 // 8) ** 2, 32)
+    np.testing.assert_allclose(ours, torch_vision(model, pixels), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("side", [40, 56, 27])
+def test_tiny_dinov2_interpolates_position_embeddings(hf_tiny, side):
+    """Grids other than the stored 4x4 (larger, smaller, with a remainder) resample like HF's bicubic."""
+    tower = towers.load(hf_tiny["dinov2"])
+    model = hf_model(towers.tiny_config("dinov2"))
+    pixels = np.random.default_rng(side).normal(size=(2, side, side, 3)).astype(np.float32)
+    ours = np.asarray(tower.apply(tower.params, pixels))
+    assert ours.shape[1] == 1 + (side // 8) ** 2
+    np.testing.assert_allclose(ours, torch_vision(model, pixels), atol=TOL, rtol=0)
+
+
+def test_tiny_dinov2_swiglu_no_qkv_bias(tmp_path):
+    """The giant variant's SwiGLU MLP (fused weights_in) and qkv_bias=False, through a saved checkpoint."""
+    config = {
+        **towers.tiny_config("dinov2"),
+        "use_swiglu_ffn": True,
+        "qkv_bias": False,
+        "layerscale_value": 0.5,
+    }
+    model = hf_model(config, seed=3)
+    tower = towers.load(save_hf(model, str(tmp_path / "g")))
+    pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(tower.encode(pixels)), torch_vision(model, pixels), atol=TOL, rtol=0
+    )
+
+
+def test_tiny_siglip_vision_and_text_match_transformers(hf_tiny, images):
+    model = hf_model(towers.tiny_config("siglip"))
+    vision = towers.load(hf_tiny["siglip"], part="vision")
+    pixels = vision.preprocess(images)
+    hidden = vision.encode(pixels)
+    with torch.no_grad():
+        ref = model.vision_model(pixel_values=torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(np.asarray(hidden), ref.last_hidden_state.numpy(), atol=TOL, rtol=0)
+    pooled = vision.pooled(vision.params, hidden)
+    np.testing.assert_allclose(np.asarray(pooled), ref.pooler_output.numpy(), atol=TOL, rtol=0)
+
+    text = towers.load(hf_tiny["siglip"], part="text")
+    ids = text.tokenize(["How many circles are there?", "", "which option is correct " * 20])
+    assert ids.shape == (3, 64) and ids.dtype == np.int32
+    hidden = text.encode(ids)
+    with torch.no_grad():
+        ref = model.text_model(input_ids=torch.from_numpy(ids.astype(np.int64)))
+    np.testing.assert_allclose(np.asarray(hidden), ref.last_hidden_state.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(text.pooled(text.params, hidden)), ref.pooler_output.numpy(), atol=TOL, rtol=0
+    )
+
+
+def test_apply_is_pure_and_jittable(hf_tiny):
+    tower = towers.load(hf_tiny["siglip_vision_model"])
+    pixels = np.zeros((1, 32, 32, 3), np.float32)
+    zeroed = jax.tree.map(lambda a: a * 0, tower.params)
+    f = jax.jit(tower.apply)
+    assert not np.allclose(f(tower.params, pixels), f(zeroed, pixels))
+    np.testing.assert_allclose(f(tower.params, pixels), tower.encode(pixels), atol=1e-6)
+
+
+def _mean_rel_err(bf16: np.ndarray, fp32: np.ndarray) -> float:
+    a, b = bf16.mean(axis=1), fp32.mean(axis=1)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def base_dirs(tmp_path_factory, spiece):
+    root = tmp_path_factory.mktemp("hf_base")
+    return {
+        "dinov2": (DINOV2_BASE, str(root / "dinov2")),
+        "vision": ({"model_type": "siglip_vision_model", **SIGLIP_BASE_VISION}, str(root / "sv")),
+        "text": ({"model_type": "siglip_text_model", **SIGLIP_BASE_TEXT}, str(root / "st")),
+    }
+
+
+@pytest.mark.parametrize("which", ["dinov2", "vision", "text"])
+def test_base_size_parity_and_bf16(base_dirs, which, spiece):
+    """Real base configs: fp32 max |diff| <= 1e-4 vs PyTorch; bf16 mean-pooled relative error <= 2e-2."""
+    config, path = base_dirs[which]
+    model = hf_model(config)
+    save_hf(model, path, spiece if which == "text" else None)
+    part = "text" if which == "text" else "vision"
+    tower = towers.load(path, part=part)
+    if which == "text":
+        assert tower.hidden_size == 768
+        inputs = tower.tokenize(["How many circles are there?", "What is the next number: 3, 5, 7?"])
+        ref = torch_text(model, inputs)
+    else:
+        inputs = tower.preprocess(sample_images()[:3])
+        assert inputs.shape == (3, 224, 224, 3)
+        ref = torch_vision(model, inputs)
+    ours = np.asarray(tower.encode(inputs))
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= TOL
+    bf16 = towers.load(path, part=part, dtype="bfloat16")
+    low = np.asarray(bf16.encode(inputs))
+    assert low.dtype == np.float32
+    assert _mean_rel_err(low, ours) <= 2e-2
