@@ -175,6 +175,32 @@ class _Decode:
         return example
 
 
+def example_plan(
+    records: np.ndarray,
+    *,
+    global_batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    drop_remainder: bool,
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    """This process's (record, mask) pairs over the epochs: the one definition of example order.
+
+    Shared by the image pipeline and by training on cached features (pass the split's row positions as
+    `records`), so both see the same examples in the same batches.
+    """
+    per_epoch = examples_per_epoch(len(records), global_batch_size, drop_remainder)
+    if per_epoch == 0:
+        raise ValueError(f"{len(records)} examples are fewer than one global batch of {global_batch_size}")
+    total = per_epoch * num_epochs if num_epochs is not None else sys.maxsize // per_epoch * per_epoch
+    ds = grain.MapDataset.range(total).map(_EpochPlan(records, per_epoch, seed, shuffle))
+    # Every process takes the same plan and keeps every process_count-th example: disjoint, complete,
+    # and, since per_epoch is a multiple of the global batch, the same number of batches everywhere.
+    return ds[process_index::process_count]
+
+
 def make_pipeline(
     data_dir: str | os.PathLike,
     split: str,
@@ -206,16 +232,19 @@ def make_pipeline(
         raise ValueError(f"global batch {global_batch_size} does not divide among {process_count} processes")
     source = Smart101Source(data_dir)
     records = split_records(data_dir, split, data_cfg)
-    per_epoch = examples_per_epoch(len(records), global_batch_size, drop_remainder)
-    if per_epoch == 0:
-        raise ValueError(
-            f"split {split!r} has {len(records)} examples, fewer than one global batch of {global_batch_size}"
+    try:
+        ds = example_plan(
+            records,
+            global_batch_size=global_batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            num_epochs=num_epochs,
+            drop_remainder=drop_remainder,
+            process_index=process_index,
+            process_count=process_count,
         )
-    total = per_epoch * num_epochs if num_epochs is not None else sys.maxsize // per_epoch * per_epoch
-    ds = grain.MapDataset.range(total).map(_EpochPlan(records, per_epoch, seed, shuffle))
-    # Every process takes the same plan and keeps every process_count-th example: disjoint, complete,
-    # and, since per_epoch is a multiple of the global batch, the same number of batches everywhere.
-    ds = ds[process_index::process_count]
+    except ValueError as e:
+        raise ValueError(f"split {split!r}: {e}") from None
     ds = ds.map(_Decode(source, preprocessors, tokenizer, data_cfg.get("image_side", smart101.IMAGE_SIDE)))
     # Threads decode single examples ahead of the batcher; a batch then needs no more than a copy.
     local_batch = global_batch_size // process_count
