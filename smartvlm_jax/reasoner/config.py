@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.puzzle_ids = []  # sorted puzzle ids of the run (1..101); decoders are indexed by rank among them
     c.num_classes = []  # C_p of each puzzle in puzzle_ids, same order
     c.features = "fused"  # vision features: "fused" (DINOv2+SigLIP, 1536-d), "dinov2" or "siglip" (768-d)
+    c.vision_dim = 0  # width of the vision features; 0: that of `features` (base towers); set for other sizes
     c.text_dim = 768  # width of the pooled question features from the text tower
     c.use_qf = True  # QF layer (self- and cross-attention + intermediate); False: q_MLP variant
     c.use_single_image_head = False  # one image encoder shared by all puzzles instead of 101
@@ -108,7 +109,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 def vision_dim(cfg: ml_collections.ConfigDict) -> int:
     """Width of the vision features the head expects."""
-    return VISION_DIMS[cfg.features]
+    return int(cfg.get("vision_dim", 0)) or VISION_DIMS[cfg.features]
 
 
 def tables(cfg: ml_collections.ConfigDict) -> PuzzleTables:

@@ -78,6 +78,7 @@ class SmarterHead(nn.Module):
             features=(r, r),
             num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
             impl=cfg.head_impl,
+            unused_first_row=not single,
             name="im_encoder",
         )
         im = enc(vision, jnp.zeros_like(pid) if single else pid)

@@ -45,6 +45,7 @@ class StackedMLP(nn.Module):
     num_groups: int
     impl: str = "gather"
     valid_out: Sequence[int] | None = None
+    unused_first_row: bool = False  # row 0 exists only for indexing by puzzle id: keep it zero
 
     @nn.compact
     def __call__(self, x: jax.Array, rows: jax.Array) -> jax.Array:
@@ -52,16 +53,14 @@ class StackedMLP(nn.Module):
         params = []
         fan_in = x.shape[-1]
         for i, (name, width) in enumerate(zip(self.names, self.features, strict=True)):
-            last = i == len(self.features) - 1
-            if last and self.valid_out is not None:
+            valid = np.ones((g, width), bool)
+            if i == len(self.features) - 1 and self.valid_out is not None:
                 valid = np.arange(width)[None, :] < np.asarray(self.valid_out)[:, None]  # [G, width]
-                k_init = _masked_init(fan_in, valid[:, None, :])
-                b_init = _masked_init(fan_in, valid)
-            else:
-                k_init = b_init = torch_uniform(fan_in)
-            kernel = self.param(f"{name}_kernel", k_init, (g, fan_in, width))
-            bias = self.param(f"{name}_bias", b_init, (g, width))
-            params.append((kernel, bias))
+            if self.unused_first_row:
+                valid[0] = False
+            kernel = self.param(f"{name}_kernel", _masked_init(fan_in, valid[:, None, :]), (g, fan_in, width))
+            bias = self.param(f"{name}_bias", _masked_init(fan_in, valid), (g, width))
+            params.append((jnp.asarray(kernel), jnp.asarray(bias)))
             fan_in = width
 
         safe = jnp.minimum(rows, g - 1)
@@ -126,6 +125,7 @@ class StackedGRU(nn.Module):
         b_ih = self.param("bias_ih", init(units[:, None, :]), (n, 3, c_max))
         b_hh = self.param("bias_hh", init(units[:, None, :]), (n, 3, c_max))
 
+        w_ih, w_hh, b_ih, b_hh = map(jnp.asarray, (w_ih, w_hh, b_ih, b_hh))
         safe = jnp.minimum(rows, n - 1)
         # The input is the same at every step, so its projection is computed once.
         gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, 3, C]

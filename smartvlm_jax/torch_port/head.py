@@ -212,7 +212,7 @@ def load_jax_params(module: TorchSmarterHead, params: Mapping) -> None:
         raise KeyError(f"port has no parameter {unknown[0]}")
     with torch.no_grad():
         for k, v in arrays.items():
-            state[k].copy_(torch.from_numpy(np.asarray(v)))
+            state[k].copy_(torch.from_numpy(np.array(v)))
 
 
 def jax_params(module: TorchSmarterHead) -> dict:
