@@ -50,7 +50,8 @@ def save(out_dir: str | pathlib.Path, cfg: ml_collections.ConfigDict, params) ->
 
 
 def _model_dir(path: pathlib.Path) -> pathlib.Path:
-    for cand in (path, path / BEST_MODEL_DIR):
+    # A training workdir has its own config.json (the run's): its best_model comes first.
+    for cand in (path / BEST_MODEL_DIR, path):
         if (cand / CONFIG_FILE).is_file():
             return cand
     raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or {path / BEST_MODEL_DIR}")

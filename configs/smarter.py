@@ -1,0 +1,72 @@
+"""The paper's final model (fused DINOv2 + SigLIP features, SigLIP text, QF layer) and recipe (SPEC 7).
+
+Run on the released SMART-101 with local Hugging Face tower directories:
+
+  python -m smartvlm_jax.main --config configs/smarter.py --workdir workdirs/smarter \
+    --config.data.root=/data/SMART101-release-v1/SMART101-Data \
+    --config.towers.dinov2=/models/dinov2-base \
+    --config.towers.siglip=/models/siglip-base-patch16-224
+"""
+
+import ml_collections
+
+from smartvlm_jax import reasoner
+from smartvlm_jax.data import smart101
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seeds initialisation, dropout and the data order
+
+    c.data = smart101.default_data_config()  # SMART-101 folder, puzzles, split type, data_tot, ratio
+
+    c.synthetic = ml_collections.ConfigDict()
+    c.synthetic.enabled = False  # write synthetic SMART-format puzzles to <workdir>/synthetic and use them
+    c.synthetic.per_puzzle = 100  # instances per synthetic puzzle
+    c.synthetic.seed = 0  # seed of the synthetic generator
+
+    c.towers = ml_collections.ConfigDict()
+    c.towers.dinov2 = ""  # local DINOv2 directory (Hugging Face layout or converted)
+    c.towers.siglip = ""  # local SigLIP directory (full SiglipModel: vision, text and spiece.model)
+    c.towers.dtype = "float32"  # "float32" (parity) or "bfloat16" (weights bf16, fp32 accumulation)
+    c.towers.tiny = False  # build tiny random towers (and a tokenizer) into <workdir>/towers instead
+    c.towers.fsdp = False  # shard the towers' large matrices over the mesh's fsdp axis
+
+    c.model = reasoner.default_config()  # head architecture; puzzle ids and C_p come from the data
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # "adamw" (SMARTER) or "adam" (SMART baseline)
+    c.optim.lr = 3e-4  # peak learning rate
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.98  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.weight_decay = 0.2  # decoupled weight decay on every trainable parameter
+    c.optim.grad_clip = 1.0  # global-norm gradient clipping (0 disables)
+    c.optim.schedule = "warmup_cosine"  # "warmup_cosine" or "constant"
+    c.optim.warmup_steps = 10  # linear warm-up from lr 0
+
+    c.batch_size = 128  # global batch size (all processes and devices together)
+    c.eval_batch_size = 128  # global batch size of evaluation and feature extraction
+    c.num_epochs = 3  # training epochs
+    c.early_stop_patience = 3  # stop after more than this many epochs without a better val S_acc
+    c.max_steps = -1  # stop after this many steps (-1: run all epochs); for tests and smoke runs
+
+    c.cache_features = True  # extract frozen-tower features once and train the head alone on them
+    c.feature_shard_batches = 16  # batches per feature-cache shard (the unit a killed extraction redoes)
+    c.worker_count = 0  # grain worker processes decoding images (0: in the main process)
+
+    c.checkpoint_every_steps = 200  # save the latest train state (and data iterator) this often
+    c.keep_checkpoints = 2  # latest checkpoints kept
+    c.log_every_steps = 20  # console, JSON-lines and TensorBoard summaries this often
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.fsdp = 1  # devices per fsdp group; the data axis takes the rest
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.mode = "none"  # "none", "auto" (TPU/SLURM) or "explicit" (address/count/id below)
+    c.distributed.coordinator_address = ""  # host:port of process 0 (explicit mode)
+    c.distributed.num_processes = 1  # processes in the job (explicit mode)
+    c.distributed.process_id = -1  # this process (explicit mode; -1: from SMARTVLM_PROCESS_ID/SLURM_PROCID)
+    c.distributed.initialization_timeout_s = 120  # give up if peers do not join within this
+    c.distributed.heartbeat_timeout_s = 30  # a peer silent this long aborts the job instead of hanging it
+    return c

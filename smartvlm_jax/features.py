@@ -1,0 +1,195 @@
+"""Frozen-tower features: computed once per instance, cached in the workdir, reused by every epoch.
+
+The towers never change during training, so the features of an instance never change either. The
+trainer extracts them split by split into ``<workdir>/features/<split>/`` as ``.npz`` shards (one per
+``shard_batches`` batches of the deterministic, unshuffled pipeline), so a killed extraction resumes at
+its first missing shard. Rows are stored in the split's row order, the order the reader gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from smartvlm_jax import towers as towers_lib
+
+# Which vision towers feed the reasoner for each feature variant, in concatenation order.
+VISION_TOWERS_OF_VARIANT: Mapping[str, tuple[str, ...]] = {
+    "fused": ("dinov2", "siglip"),
+    "dinov2": ("dinov2",),
+    "siglip": ("siglip",),
+}
+
+# Per-example fields that travel with the features, so evaluation needs no image decoding.
+LABEL_FIELDS = ("labels", "puzzle_ids", "instance_ids", "option_values", "answer_index")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenTowers:
+    """The vision towers of a feature variant and the text tower, with a pure feature function."""
+
+    vision: Mapping[str, object]  # name -> towers.load(..., part="vision")
+    text: object  # towers.load(..., part="text")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.vision)
+
+    @property
+    def vision_dim(self) -> int:
+        return sum(t.hidden_size for t in self.vision.values())
+
+    @property
+    def text_dim(self) -> int:
+        return self.text.hidden_size
+
+    def preprocessors(self) -> dict[str, Callable]:
+        """Picklable per-image resizers for the data pipeline, keyed like the batch's ``image/<name>``."""
+        return {name: tower.resizer for name, tower in self.vision.items()}
+
+    def params(self) -> dict:
+        return {"vision": {n: t.params for n, t in self.vision.items()}, "text": self.text.params}
+
+    def features(self, params: Mapping, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """Pure: (vision [B, sum D], text [B, D]) from a batch of uint8 images and question ids.
+
+        Vision: the mean over all tokens of each tower's last_hidden_state, concatenated (SPEC 5.1).
+        Text: the mean over all 64 positions, padding included (SPEC 4).
+        """
+        pooled = []
+        for name, tower in self.vision.items():
+            pixels = tower.normalize(batch[f"image/{name}"])
+            hidden = tower.apply(params["vision"][name], pixels)
+            pooled.append(jnp.mean(hidden.astype(jnp.float32), axis=1))
+        text = self.text.apply(params["text"], batch["question_ids"])
+        return jnp.concatenate(pooled, axis=-1), jnp.mean(text.astype(jnp.float32), axis=1)
+
+
+def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
+    """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
+    if variant not in VISION_TOWERS_OF_VARIANT:
+        raise ValueError(
+            f"config.model.features={variant!r} is not one of {sorted(VISION_TOWERS_OF_VARIANT)}"
+        )
+    vision = {}
+    for name in VISION_TOWERS_OF_VARIANT[variant]:
+        vision[name] = towers_lib.load(_tower_dir(towers_cfg, name), part="vision", dtype=towers_cfg.dtype)
+    text = towers_lib.load(_tower_dir(towers_cfg, "siglip"), part="text", dtype=towers_cfg.dtype)
+    return FrozenTowers(vision=vision, text=text)
+
+
+def _tower_dir(towers_cfg: ml_collections.ConfigDict, name: str) -> str:
+    path = towers_cfg[name]
+    if not path or not os.path.isdir(path):
+        raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
+    return path
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+    """The full value of a (possibly multi-process) global array on this host."""
+    if jax.process_count() > 1:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def extract_split(
+    towers: FrozenTowers,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    to_global: Callable[[Mapping[str, np.ndarray]], Mapping[str, jax.Array]],
+    row_position: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    num_rows: int,
+    out_dir: str | os.PathLike,
+    shard_batches: int = 16,
+    params_sharding=None,
+) -> dict[str, np.ndarray]:
+    """Run the towers over one split's batches and cache the features; return the whole cache.
+
+    ``batches`` is the split's unshuffled pipeline (last batch padded, ``mask`` False on padding);
+    ``row_position(puzzle_ids, instance_ids)`` maps examples to their row in the split, so the cache is in
+    row order whatever order the processes' shards arrive in. Shards already on disk are skipped.
+    """
+    out_dir = pathlib.Path(out_dir)
+    if (out_dir / "done.json").exists():
+        return load_split(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = towers.params()
+    if params_sharding is not None:
+        params = jax.device_put(params, params_sharding)
+    forward = jax.jit(towers.features)
+    pending: list[dict[str, np.ndarray]] = []
+    shard, done_rows, start = 0, 0, time.time()
+    for i, batch in enumerate(batches):
+        shard = i // shard_batches
+        shard_file = out_dir / f"shard_{shard:05d}.npz"
+        if shard_file.exists():
+            continue  # resumed: this part was extracted before the kill
+        gbatch = to_global(batch)
+        vision, text = forward(params, gbatch)
+        rows = {"vision": host_value(vision), "text": host_value(text)}
+        rows.update({k: host_value(gbatch[k]) for k in (*LABEL_FIELDS, "mask")})
+        pending.append(rows)
+        done_rows += int(rows["mask"].sum())
+        if (i + 1) % shard_batches == 0:
+            _write_shard(shard_file, pending)
+            pending = []
+        rate = done_rows / max(time.time() - start, 1e-9)
+        logging.log_every_n_seconds(
+            logging.INFO,
+            "features %s: %d/%d rows, %.1f rows/s, ETA %.0f s",
+            10,
+            out_dir.name,
+            done_rows,
+            num_rows,
+            rate,
+            (num_rows - done_rows) / max(rate, 1e-9),
+        )
+    if pending:
+        _write_shard(out_dir / f"shard_{shard:05d}.npz", pending)
+    multihost_utils.sync_global_devices(f"features {out_dir}")
+    cache = _assemble(out_dir, row_position, num_rows)
+    if jax.process_index() == 0:
+        (out_dir / "done.json").write_text(json.dumps({"rows": num_rows}))
+    multihost_utils.sync_global_devices(f"features done {out_dir}")
+    return cache
+
+
+def _write_shard(path: pathlib.Path, parts: list[dict[str, np.ndarray]]) -> None:
+    if jax.process_index() != 0:  # every process holds the gathered rows; one writes them
+        return
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **merged)
+    os.replace(tmp, path)  # a shard is either whole or absent
+
+
+def _assemble(out_dir: pathlib.Path, row_position, num_rows: int) -> dict[str, np.ndarray]:
+    """Concatenate the shards, drop padding and put every example at its row of the split."""
+    shards = sorted(out_dir.glob("shard_*.npz"))
+    parts = [dict(np.load(s)) for s in shards]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    keep = merged.pop("mask").astype(bool)
+    merged = {k: v[keep] for k, v in merged.items()}
+    pos = row_position(merged["puzzle_ids"], merged["instance_ids"])
+    if len(pos) != num_rows or sorted(pos.tolist()) != list(range(num_rows)):
+        raise RuntimeError(f"feature cache {out_dir} does not hold each of the {num_rows} rows exactly once")
+    order = np.argsort(pos)
+    cache = {k: v[order] for k, v in merged.items()}
+    if jax.process_index() == 0:
+        np.savez(out_dir / "features.npz", **cache)
+    return cache
+
+
+def load_split(out_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A finished split cache, in row order."""
+    return dict(np.load(pathlib.Path(out_dir) / "features.npz"))

@@ -1,0 +1,576 @@
+"""Training and evaluation of the reasoner head: the train state, the jitted steps, the loop.
+
+One straight line: data (SMART-101 or synthetic) -> frozen-tower features (cached once, or recomputed in
+the step) -> reasoner -> loss -> AdamW -> new state -> Orbax. The workdir holds everything of a run, and
+a rerun with the same workdir resumes from its latest checkpoint on the exact next batch.
+"""
+
+import dataclasses
+import functools
+import math
+import pathlib
+import shutil
+import signal
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metrics as clu_metrics
+from jax.experimental import multihost_utils
+
+from smartvlm_jax import evaluate, features, optim, parallel, reasoner, summaries
+from smartvlm_jax.data import pipeline, smart101
+
+SPLITS = ("train", "val", "test")
+EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data iterator: a plain pytree for Orbax."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data; dropout keys are folded from it with the step
+
+
+# (No `from __future__ import annotations` here: clu reads these annotations as metric classes.)
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+    loss: clu_metrics.Average.from_output("loss")
+    grad_norm: clu_metrics.Average.from_output("grad_norm")
+    learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure steps.
+
+
+def head_inputs(batch: Mapping[str, jax.Array], towers, tower_params) -> tuple[jax.Array, jax.Array]:
+    """(vision, text) features: cached ones from the batch, or the frozen towers run on its images."""
+    if "vision" in batch:
+        return batch["vision"], batch["text"]
+    vision, text = towers.features(tower_params, batch)
+    return jax.lax.stop_gradient(vision), jax.lax.stop_gradient(text)
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    tower_params,
+    *,
+    model,
+    model_cfg: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    towers=None,
+) -> tuple[TrainState, TrainMetrics]:
+    """One AdamW update of the head; the towers (if any) are frozen inputs, never differentiated."""
+    vision, text = head_inputs(batch, towers, tower_params)
+    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_fn(params):
+        logits = model.apply(
+            {"params": params}, vision, text, batch["puzzle_ids"], train=True, rngs={"dropout": dropout_rng}
+        )
+        return reasoner.loss(logits, batch["labels"], batch["puzzle_ids"], model_cfg, mask=batch["mask"])
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+    )
+    metrics = TrainMetrics.single_from_model_output(
+        loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step)
+    )
+    return new_state, metrics
+
+
+def predict_step(params, batch, tower_params, *, model, model_cfg, towers=None) -> jax.Array:
+    """Predicted answer values [B, K] (argmax per decode position)."""
+    vision, text = head_inputs(batch, towers, tower_params)
+    logits = model.apply({"params": params}, vision, text, batch["puzzle_ids"], train=False)
+    return reasoner.predictions(logits, batch["puzzle_ids"], model_cfg)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cached features follow the image pipeline's example plan, so cached and uncached runs see the same
+# examples in the same batches.
+
+
+class GatherCached:
+    """Turns a batch of (row position, mask) pairs into a batch of cached features and labels."""
+
+    def __init__(self, cache: Mapping[str, np.ndarray]):
+        self._cache = cache
+
+    def __call__(self, planned: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, mask = planned
+        batch = {k: v[np.asarray(rows)] for k, v in self._cache.items()}
+        batch["mask"] = np.asarray(mask, bool)
+        return batch
+
+
+def cached_batches(
+    cache: Mapping[str, np.ndarray], global_batch: int, *, seed: int, shuffle: bool, num_epochs: int
+) -> grain.MapDataset:
+    """Host-local batches of cached rows, in the order ``pipeline.make_pipeline`` gives the same split."""
+    plan = pipeline.example_plan(
+        np.arange(len(cache["labels"])),
+        global_batch_size=global_batch,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        drop_remainder=False,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    return plan.batch(global_batch // jax.process_count()).map(GatherCached(cache))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Set-up: data, towers, model; every config field checked before any work.
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, resolved from the config once."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    mesh: jax.sharding.Mesh
+    data_cfg: ml_collections.ConfigDict
+    splits: dict[str, list[smart101.Row]]
+    num_classes: dict[int, int]
+    towers_cfg: ml_collections.ConfigDict
+    frozen: features.FrozenTowers
+    model_cfg: ml_collections.ConfigDict
+    model: Any
+    tower_params: Any = None
+    caches: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_lead(self) -> bool:
+        return jax.process_index() == 0
+
+    def to_global(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        return pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
+
+    def image_batches(self, split: str, *, shuffle: bool, num_epochs: int, global_batch: int):
+        return pipeline.make_pipeline(
+            self.data_cfg.data_dir,
+            split,
+            self.data_cfg,
+            global_batch_size=global_batch,
+            preprocessors=self.frozen.preprocessors(),
+            tokenizer=self.frozen.text.tokenizer,
+            seed=self.config.seed,
+            shuffle=shuffle,
+            num_epochs=num_epochs,
+            drop_remainder=False,
+            worker_count=self.config.worker_count,
+        )
+
+    def batches(self, split: str, *, shuffle: bool, num_epochs: int, global_batch: int):
+        """Cached-feature batches when the run caches, image batches otherwise; same order either way."""
+        if self.config.cache_features:
+            return cached_batches(
+                self.caches[split],
+                global_batch,
+                seed=self.config.seed,
+                shuffle=shuffle,
+                num_epochs=num_epochs,
+            )
+        return self.image_batches(split, shuffle=shuffle, num_epochs=num_epochs, global_batch=global_batch)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Fail before any work on a field that cannot be right, naming it."""
+    if config.optim.name not in ("adam", "adamw"):
+        raise ValueError(f"config.optim.name={config.optim.name!r} is not 'adamw' or 'adam'")
+    if config.model.features not in features.VISION_TOWERS_OF_VARIANT:
+        raise ValueError(
+            f"config.model.features={config.model.features!r} is not one of "
+            f"{sorted(features.VISION_TOWERS_OF_VARIANT)}"
+        )
+    if config.towers.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
+    if not config.towers.tiny:
+        needed = {n for n in features.VISION_TOWERS_OF_VARIANT[config.model.features]} | {"siglip"}
+        for name in sorted(needed):
+            path = config.towers[name]
+            if not path or not pathlib.Path(path).is_dir():
+                raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
+    if not config.synthetic.enabled and not pathlib.Path(config.data.root or "/nonexistent").is_dir():
+        raise FileNotFoundError(f"config.data.root={config.data.root!r} is not a directory")
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
+        if int(config[field]) < 1:
+            raise ValueError(f"config.{field}={config[field]} must be >= 1")
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    """Rows and splits of the run (writing synthetic puzzles first if asked) and the built TFDS dataset."""
+    from smartvlm_jax.data import build, synthetic
+
+    data_cfg = ml_collections.ConfigDict(config.data)
+    if config.synthetic.enabled:
+        data_cfg.root = str(workdir / "synthetic")
+        if jax.process_index() == 0 and not (workdir / "synthetic").exists():
+            synthetic.write_dataset(
+                str(workdir / "synthetic.tmp"),
+                per_puzzle=config.synthetic.per_puzzle,
+                seed=config.synthetic.seed,
+            )
+            (workdir / "synthetic.tmp").rename(workdir / "synthetic")
+        multihost_utils.sync_global_devices("synthetic data")
+    root = pathlib.Path(data_cfg.root)
+    available = smart101.found_puzzle_ids(root)
+    puzzle_ids = smart101.resolve_puzzle_ids(root, data_cfg.puzzle_ids)
+    missing = sorted(set(puzzle_ids) - set(available))
+    if missing:
+        raise ValueError(
+            f"config.data.puzzle_ids names puzzles {missing} absent from {root} (found {available})"
+        )
+    data_cfg.puzzle_ids = ",".join(str(p) for p in puzzle_ids)
+    data_cfg.data_dir = data_cfg.data_dir or str(workdir / "tfds")
+    rows = smart101.read_rows(root, puzzle_ids)
+    if data_cfg.skip_bad_rows:  # the builder drops the same rows; keep the splits in step with it
+        rows, _ = smart101.drop_bad_images(rows, skip_bad_rows=True)
+    if jax.process_index() == 0:
+        build.build(root, data_cfg.data_dir, puzzle_ids, skip_bad_rows=data_cfg.skip_bad_rows)
+    multihost_utils.sync_global_devices("tfds build")
+    num_classes = smart101.num_classes(rows)
+    splits = {s: smart101.split_rows(rows, s, data_cfg, num_classes) for s in SPLITS}
+    for name, split_rows in splits.items():
+        if not split_rows:
+            raise ValueError(f"the {name} split is empty under config.data={data_cfg.to_dict()}")
+    return data_cfg, rows, splits, num_classes
+
+
+def prepare_towers(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, questions: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """The tower directories of the run; tiny random ones (and their tokenizer) are built in the workdir."""
+    from smartvlm_jax import towers as towers_lib
+
+    towers_cfg = ml_collections.ConfigDict(config.towers)
+    if not towers_cfg.tiny:
+        return towers_cfg
+    base = workdir / "towers"
+    if jax.process_index() == 0 and not base.exists():
+        tmp = workdir / "towers.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        siglip_cfg = towers_lib.tiny_config("siglip")
+        spm = towers_lib.train_sentencepiece(
+            sorted({q.lower() for q in questions}), tmp / "tokenizer", siglip_cfg["text_config"]["vocab_size"]
+        )
+        towers_lib.create_random(tmp / "dinov2", "dinov2", towers_lib.tiny_config("dinov2"), seed=config.seed)
+        towers_lib.create_random(
+            tmp / "siglip", "siglip", siglip_cfg, seed=config.seed + 1, tokenizer_model=spm
+        )
+        tmp.rename(base)
+    multihost_utils.sync_global_devices("tiny towers")
+    towers_cfg.dinov2 = str(base / "dinov2")
+    towers_cfg.siglip = str(base / "siglip")
+    return towers_cfg
+
+
+def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+    check_config(config)
+    mesh = parallel.make_mesh(config.mesh.fsdp)
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+    data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
+    towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
+    frozen = features.load_towers(towers_cfg, config.model.features)
+    model_cfg = ml_collections.ConfigDict(config.model)
+    model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
+    model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
+    model_cfg.vision_dim = frozen.vision_dim
+    model_cfg.text_dim = frozen.text_dim
+    model = reasoner.build(model_cfg)  # validates: an unknown variant names its field
+    run = Run(config, workdir, mesh, data_cfg, splits, num_classes, towers_cfg, frozen, model_cfg, model)
+    rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES
+    run.tower_params = jax.device_put(frozen.params(), parallel.shardings_for(frozen.params(), mesh, rules))
+    write_run_config(run)
+    return run
+
+
+def write_run_config(run: Run) -> None:
+    """``<workdir>/config.json``: the resolved run config; a workdir describes itself (predict, evaluate)."""
+    if not run.is_lead:
+        return
+    resolved = ml_collections.ConfigDict(run.config)
+    resolved.data = run.data_cfg
+    resolved.towers = run.towers_cfg
+    resolved.model = run.model_cfg
+    (run.workdir / "config.json").write_text(resolved.to_json_best_effort(indent=2) + "\n")
+
+
+def extract_features(run: Run) -> None:
+    """Fill ``run.caches`` split by split, extracting what the workdir does not hold yet."""
+    for split, rows in run.splits.items():
+        positions = {(r.puzzle_id, r.instance_id): i for i, r in enumerate(rows)}
+
+        def row_position(puzzle_ids, instance_ids, positions=positions):
+            return np.asarray(
+                [positions[(int(p), int(i))] for p, i in zip(puzzle_ids, instance_ids, strict=True)]
+            )
+
+        run.caches[split] = features.extract_split(
+            run.frozen,
+            run.image_batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size),
+            run.to_global,
+            row_position,
+            len(rows),
+            run.workdir / "features" / split,
+            shard_batches=run.config.feature_shard_batches,
+            params_sharding=jax.tree.map(lambda x: x.sharding, run.tower_params),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def host_params(params) -> Any:
+    """A host copy of replicated parameters (each process holds all of them)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
+
+
+def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
+    """S_acc, O_acc, err, per puzzle and per skill of ``params`` on a split (every example once)."""
+    outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
+    for batch in run.batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size):
+        gbatch = run.to_global(batch)
+        outs["preds"].append(features.host_value(pred_fn(params, gbatch, run.tower_params)))
+        for k in EVAL_FIELDS:
+            outs[k].append(features.host_value(gbatch[k]))
+    a = {k: np.concatenate(v) for k, v in outs.items()}
+    return evaluate.compute_metrics(
+        a["preds"],
+        a["labels"],
+        a["puzzle_ids"],
+        a["option_values"],
+        a["answer_index"],
+        run.num_classes,
+        mask=a["mask"].astype(bool),
+    )
+
+
+def split_arrays(rows: Iterable[smart101.Row]) -> dict[str, np.ndarray]:
+    """Labels, puzzle ids, option values and answers of a split's rows (for the greedy baseline)."""
+    rows = list(rows)
+    return {
+        "labels": np.asarray([r.label for r in rows], np.int32),
+        "puzzle_ids": np.asarray([r.puzzle_id for r in rows], np.int32),
+        "option_values": np.asarray([r.option_values for r in rows], np.int32),
+        "answer_index": np.asarray([r.answer_index for r in rows], np.int32),
+    }
+
+
+def with_baselines(run: Run, split: str, metrics: dict) -> dict:
+    train, held = split_arrays(run.splits["train"]), split_arrays(run.splits[split])
+    baselines = evaluate.greedy_baseline(
+        train["labels"],
+        train["puzzle_ids"],
+        held["labels"],
+        held["puzzle_ids"],
+        held["option_values"],
+        held["answer_index"],
+        run.num_classes,
+    )
+    return {**metrics, **baselines}
+
+
+def export_best(run: Run, params) -> None:
+    """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written."""
+    best, tmp = run.workdir / reasoner.checkpoint.BEST_MODEL_DIR, run.workdir / "best_model.tmp"
+    if run.is_lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+    multihost_utils.sync_global_devices("best model: clean")
+    reasoner.save(tmp, run.model_cfg, host_params(params))
+    multihost_utils.sync_global_devices("best model: saved")
+    if run.is_lead:
+        shutil.rmtree(best, ignore_errors=True)
+        tmp.rename(best)
+    multihost_utils.sync_global_devices("best model: renamed")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Train, validate every epoch, test the best checkpoint; resumable from ``workdir``.
+
+    Returns the results (also written to ``<workdir>/results.json``), or ``{"stopped_at_step": n}`` when a
+    SIGTERM asked the run to save and stop.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = setup(config, workdir)
+    if config.cache_features:
+        extract_features(run)
+
+    global_batch = config.batch_size
+    steps_per_epoch = math.ceil(len(run.splits["train"]) / global_batch)
+    total_steps = config.num_epochs * steps_per_epoch
+    train_iter = iter(
+        run.batches("train", shuffle=True, num_epochs=config.num_epochs, global_batch=global_batch)
+    )
+    schedule = optim.learning_rate_schedule(config.optim, total_steps)
+    tx = optim.make_optimizer(config.optim, total_steps)
+    repl = parallel.replicated(run.mesh)
+    data_sharding = parallel.batch_sharding(run.mesh)
+    towers = None if config.cache_features else run.frozen
+
+    def init_state(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        inputs = reasoner.checkpoint.example_inputs(run.model_cfg, batch=1)
+        params = run.model.init({"params": init_rng, "dropout": init_rng}, *inputs)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(state_rng),
+        )
+
+    abstract_state = jax.eval_shape(init_state, jax.random.key(config.seed))
+    state_shardings = jax.tree.map(lambda _: repl, abstract_state)  # the head is small: replicated
+    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
+    if run.is_lead:
+        logging.info("reasoner parameters:\n%s", reasoner.param_summary(state.params))
+
+    ckpt_dir = workdir / "checkpoints"
+    manager = ocp.CheckpointManager(
+        ckpt_dir,
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+        item_names=("state", "data", "meta"),
+    )
+    meta = {"epoch": 0, "best_val_S_acc": -1.0, "best_epoch": 0, "epochs_without_improvement": 0, "val": []}
+    if manager.latest_step() is not None:
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_shardings
+        )
+        restored = manager.restore(
+            manager.latest_step(),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data=grain.checkpoint.CheckpointRestore(train_iter),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        state, meta = restored.state, restored.meta
+        logging.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
+
+    def save(step: int) -> None:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(train_iter),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+
+    step_fn = jax.jit(
+        functools.partial(
+            train_step, model=run.model, model_cfg=run.model_cfg, tx=tx, schedule=schedule, towers=towers
+        ),
+        in_shardings=(state_shardings, data_sharding, None),
+        out_shardings=(state_shardings, repl),
+        donate_argnums=(0,),
+    )
+    pred_fn = jax.jit(
+        functools.partial(predict_step, model=run.model, model_cfg=run.model_cfg, towers=towers)
+    )
+
+    writer = summaries.RunWriter(workdir, enabled=run.is_lead)
+    step = int(jax.device_get(state.step))
+    progress = summaries.Progress(total_steps, step, config.log_every_steps)
+    stop_requested: list[bool] = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    last_saved = step
+    max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
+    pending = None
+    try:
+        while step < max_steps and meta["epochs_without_improvement"] <= config.early_stop_patience:
+            batch = run.to_global(next(train_iter))
+            state, step_metrics = step_fn(state, batch, run.tower_params if towers else None)
+            step += 1
+            loss = float(jax.device_get(step_metrics.loss.compute()))
+            if not math.isfinite(loss):
+                latest = manager.latest_step()
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step}; last good checkpoint: "
+                    f"{ckpt_dir / str(latest) if latest is not None else 'none (no checkpoint saved yet)'}"
+                )
+            pending = step_metrics if pending is None else pending.merge(step_metrics)
+            if step % config.log_every_steps == 0 or step == max_steps:
+                scalars = pending.compute()
+                writer.write_scalars(step, scalars, prefix="train/")
+                progress(step, scalars)
+                pending = None
+            if step % steps_per_epoch == 0:
+                epoch = step // steps_per_epoch
+                val = evaluate_split(run, state.params, "val", pred_fn)
+                writer.write_scalars(step, {k: val[k] for k in ("S_acc", "O_acc", "err")}, prefix="val/")
+                logging.info("epoch %d: val S_acc %.4f O_acc %.4f", epoch, val["S_acc"], val["O_acc"])
+                meta["epoch"] = epoch
+                meta["val"].append(evaluate.to_json_safe(val))
+                if val["S_acc"] > meta["best_val_S_acc"]:
+                    meta.update(best_val_S_acc=val["S_acc"], best_epoch=epoch, epochs_without_improvement=0)
+                    export_best(run, state.params)
+                else:
+                    meta["epochs_without_improvement"] += 1
+                save(step)
+                last_saved = step
+            elif step % config.checkpoint_every_steps == 0:
+                save(step)
+                last_saved = step
+            if stop_requested:
+                logging.info("SIGTERM: saving step %d and stopping", step)
+                if last_saved != step:
+                    save(step)
+                manager.wait_until_finished()
+                return {"stopped_at_step": step}
+        if last_saved != step:
+            save(step)
+        manager.wait_until_finished()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        writer.close()
+
+    if not (workdir / reasoner.checkpoint.BEST_MODEL_DIR).exists():  # max_steps ended it before an epoch did
+        export_best(run, state.params)
+    return test_best(run, pred_fn, meta, steps=step)
+
+
+def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
+    """Evaluate ``<workdir>/best_model`` on the test split; write results.json, plots and the table."""
+    _, best_vars, _ = reasoner.load(run.workdir)
+    params = jax.device_put(best_vars["params"], parallel.replicated(run.mesh))
+    test = with_baselines(run, "test", evaluate_split(run, params, "test", pred_fn))
+    best_epoch = int(meta["best_epoch"])
+    results = {
+        "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
+        "test": test,
+        "best_epoch": best_epoch,
+        "steps": steps,
+    }
+    if run.is_lead:
+        evaluate.write_results(run.workdir, results)
+        evaluate.plot_results(test, run.workdir, prefix="test")
+        print(evaluate.format_table(test))
+    return results
