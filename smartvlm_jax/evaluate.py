@@ -116,6 +116,29 @@ def _num_classes_of(puzzle_ids: np.ndarray, num_classes: Mapping[int, int]) -> n
     return np.array([num_classes[int(p)] for p in unique], dtype=np.int64)[inverse]
 
 
+def select_options(preds: np.ndarray, puzzle_ids: np.ndarray, option_values: np.ndarray) -> np.ndarray:
+    """Index (0..4) of the option each prediction chooses (SPEC section 8), -1 where none is chosen.
+
+    Numeric-option puzzles: the option whose value is nearest to the predicted value (np.argmin: the first
+    option wins a tie, as in the reference). Non-numeric-option puzzles and sequence puzzles: the first
+    option whose value equals the prediction exactly (the whole sequence for sequence puzzles), else -1.
+    `preds` int [N, K], `puzzle_ids` int [N], `option_values` int [N, 5, K]. Shared by the O_acc metric and
+    the predictor, so an answered letter follows exactly the rule O_acc scores.
+    """
+    preds, option_values = np.asarray(preds, np.int64), np.asarray(option_values, np.int64)
+    puzzle_ids = np.asarray(puzzle_ids).reshape(-1)
+    is_seq = np.isin(puzzle_ids, list(puzzles.SEQUENCE_PUZZLES))
+    non_numeric = np.isin(puzzle_ids, list(puzzles.NON_NUMERIC_OPTION_PUZZLES))
+    nearest = np.argmin(np.abs(option_values[:, :, 0] - preds[:, None, 0]), axis=1)
+    same = np.where(
+        is_seq[:, None],
+        np.all(option_values == preds[:, None, :], axis=2),
+        option_values[:, :, 0] == preds[:, None, 0],
+    )
+    exact = np.where(same.any(axis=1), np.argmax(same, axis=1), -1)
+    return np.where(is_seq | non_numeric, exact, nearest)
+
+
 def correctness(
     preds: np.ndarray,
     labels: np.ndarray,
@@ -140,7 +163,7 @@ def correctness(
     seq_exact = np.all(preds == labels, axis=1)
     s_correct = np.where(is_seq, seq_exact, pred0 == labels[:, 0])
 
-    nearest = np.argmin(np.abs(option_values[:, :, 0] - pred0[:, None]), axis=1)
+    nearest = select_options(preds, puzzle_ids, option_values)  # used for numeric-option puzzles only
     correct_value = option_values[np.arange(n), answer_index, 0]
     direct_target = answer_index if reference_quirks else correct_value
     o_correct = np.where(
