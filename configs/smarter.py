@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1  # devices per fsdp group; the data axis takes the rest
+    c.mesh.num_devices = -1  # use the first N devices of a single process (-1: every device of every process)
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.mode = "none"  # "none", "auto" (TPU/SLURM) or "explicit" (address/count/id below)

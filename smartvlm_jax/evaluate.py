@@ -29,7 +29,7 @@ import math
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -548,17 +548,21 @@ def report(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line: `python -m smartvlm_jax.evaluate --workdir DIR [--split val|test]`
-# OWNED BY THE LEAD (checkpoint loading, running the model over the split). Everything above is the library
-# it calls: compute_metrics + greedy_baseline -> merged dict -> report(workdir, split, metrics).
-# ----------------------------------------------------------------------------------------------------------
+# Command line: `python -m smartvlm_jax.evaluate --workdir DIR [--split val|test]`.
 
 
-def main(argv: Iterable[str]) -> None:
-    """Re-evaluates the best checkpoint of a workdir on a split (to be implemented by the lead)."""
-    del argv
-    raise NotImplementedError("the evaluate CLI (checkpoint loading) is not implemented yet")
+def main(argv: Sequence[str] | None = None) -> None:
+    """Re-evaluate the best checkpoint of a training workdir on a split; update results.json and plots."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.evaluate", description=main.__doc__)
+    parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
+    parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
+    args = parser.parse_args(argv)
+    from smartvlm_jax import train  # the trainer imports this module: import it only when run as a CLI
+
+    print(train.evaluate_workdir(args.workdir, args.split)["table"])
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(sys.argv[1:])

@@ -38,6 +38,18 @@ def make_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mes
     return Mesh(grid, DATA_AXES)
 
 
+def mesh_devices(num_devices: int = -1) -> list[jax.Device]:
+    """All devices (-1), or the first ``num_devices`` of a single-process run (tests, partial machines)."""
+    devices = jax.devices()
+    if num_devices < 0:
+        return devices
+    if jax.process_count() > 1 or not 1 <= num_devices <= len(devices):
+        raise ValueError(
+            f"config.mesh.num_devices={num_devices} must be -1 or 1..{len(devices)} in a single-process run"
+        )
+    return devices[:num_devices]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over every device of the mesh."""
     return NamedSharding(mesh, P(DATA_AXES))

@@ -7,6 +7,7 @@ a rerun with the same workdir resumes from its latest checkpoint on the exact ne
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import shutil
@@ -286,7 +287,7 @@ def prepare_towers(
 
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     check_config(config)
-    mesh = parallel.make_mesh(config.mesh.fsdp)
+    mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
     data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
@@ -492,9 +493,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         out_shardings=(state_shardings, repl),
         donate_argnums=(0,),
     )
-    pred_fn = jax.jit(
-        functools.partial(predict_step, model=run.model, model_cfg=run.model_cfg, towers=towers)
-    )
+    pred_fn = make_pred_fn(run)
 
     writer = summaries.RunWriter(workdir, enabled=run.is_lead)
     step = int(jax.device_get(state.step))
@@ -557,11 +556,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return test_best(run, pred_fn, meta, steps=step)
 
 
+def best_params(run: Run):
+    _, best_vars, _ = reasoner.load(run.workdir)
+    return jax.device_put(best_vars["params"], parallel.replicated(run.mesh))
+
+
+def make_pred_fn(run: Run):
+    towers = None if run.config.cache_features else run.frozen
+    return jax.jit(functools.partial(predict_step, model=run.model, model_cfg=run.model_cfg, towers=towers))
+
+
 def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
     """Evaluate ``<workdir>/best_model`` on the test split; write results.json, plots and the table."""
-    _, best_vars, _ = reasoner.load(run.workdir)
-    params = jax.device_put(best_vars["params"], parallel.replicated(run.mesh))
-    test = with_baselines(run, "test", evaluate_split(run, params, "test", pred_fn))
+    test = with_baselines(run, "test", evaluate_split(run, best_params(run), "test", pred_fn))
     best_epoch = int(meta["best_epoch"])
     results = {
         "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
@@ -574,3 +581,23 @@ def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
         evaluate.plot_results(test, run.workdir, prefix="test")
         print(evaluate.format_table(test))
     return results
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
+    """Re-evaluate a finished (or interrupted) run's best model on a split, from its workdir alone.
+
+    Reads ``<workdir>/config.json`` (the resolved run config), reuses the feature cache, and merges the
+    split's metrics (with the greedy and chance baselines) into ``results.json``. Returns them with the
+    console table under "table".
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} does not exist: is {workdir} a training workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    run = setup(config, workdir)
+    if config.cache_features:
+        extract_features(run)
+    metrics = with_baselines(run, split, evaluate_split(run, best_params(run), split, make_pred_fn(run)))
+    table = evaluate.report(workdir, split, metrics) if run.is_lead else ""
+    return {**metrics, "table": table}
