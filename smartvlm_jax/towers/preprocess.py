@@ -19,6 +19,7 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = int(Image.Resampling.BICUBIC)
+BILINEAR = int(Image.Resampling.BILINEAR)
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -96,6 +97,18 @@ def default_processor(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     ``image_size`` (518); for configs smaller than 224 (tiny test towers) both scale down in proportion.
     SigLIP resizes to its ``image_size`` square with mean = std = 0.5.
     """
+    if kind == "resnet":
+        # torchvision's ResNet50_Weights.DEFAULT transforms (the SMART baseline): shorter side 232 bilinear,
+        # centre crop 224, ImageNet mean/std.
+        return {
+            "size": {"shortest_edge": 232},
+            "crop_size": {"height": 224, "width": 224},
+            "do_center_crop": True,
+            "resample": BILINEAR,
+            "image_mean": list(IMAGENET_MEAN),
+            "image_std": list(IMAGENET_STD),
+            "rescale_factor": 1 / 255,
+        }
     image_size = config["image_size"]
     image_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
     if kind == "dinov2":
