@@ -9,9 +9,11 @@ from smartvlm_jax.reasoner.checkpoint import load, param_summary, save
 from smartvlm_jax.reasoner.config import MASKED_LOGIT, default_config, validate
 from smartvlm_jax.reasoner.losses import loss, predictions
 from smartvlm_jax.reasoner.model import SmarterHead, build
+from smartvlm_jax.reasoner.predictor import Predictor
 
 __all__ = [
     "MASKED_LOGIT",
+    "Predictor",
     "SmarterHead",
     "build",
     "default_config",
