@@ -1,0 +1,310 @@
+"""Answer SMART-101 puzzles from a checkpoint: one puzzle, a whole split, or a latency benchmark.
+
+One puzzle (prints the value, the chosen option letter and the top probabilities; --json for a record):
+
+  python -m smartvlm_jax.predict --checkpoint DIR --image PATH --question TEXT \
+      --options "o1|o2|o3|o4|o5" --puzzle-id N [--towers DIR ...] [--json]
+
+A split of a SMART-101 folder (one CSV row per instance; prints S_acc and O_acc):
+
+  python -m smartvlm_jax.predict --checkpoint DIR --data-root SMART101_DIR --puzzles all|ID,ID \
+      --split test --out preds.csv [--towers DIR ...]
+
+Latency and throughput on this machine:
+
+  python -m smartvlm_jax.predict --checkpoint DIR --benchmark 64 [--towers DIR ...]
+
+DIR is a training workdir (self-describing: its config.json names the towers, the data folder and the
+split settings, so --checkpoint alone is enough) or a reasoner model dir, e.g. one converted from a reference
+checkpoint by `python -m smartvlm_jax.convert reference`, which needs --towers (HF or converted directories
+of the kinds its `features` variant uses). Bad input exits with status 1 and a message naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from smartvlm_jax import evaluate
+from smartvlm_jax.data import smart101
+from smartvlm_jax.reasoner.predictor import Predictions, Predictor, read_run_config
+
+CSV_FIELDS = (
+    "puzzle_id",
+    "instance_id",
+    "image",
+    "prediction",
+    "option",
+    "probability",
+    "top",
+    "answer_option",
+    "answer",
+    "s_correct",
+    "o_correct",
+)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m smartvlm_jax.predict", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="training workdir or reasoner model dir")
+    p.add_argument(
+        "--towers", nargs="+", default=None, help="tower dirs (HF or converted); default: the run's"
+    )
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="tower dtype")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per device batch")
+    p.add_argument("--top-k", type=int, default=3, help="most probable values reported per position")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    one = p.add_argument_group("one puzzle")
+    one.add_argument("--image", help="puzzle image (PNG of any size and mode)")
+    one.add_argument("--question", help="question text")
+    one.add_argument("--options", help='the five options separated by "|" (optional)')
+    one.add_argument("--puzzle-id", type=int, help="puzzle id 1..101")
+    many = p.add_argument_group("a split of a SMART-101 folder")
+    many.add_argument("--data-root", help="SMART-101 folder; default: the training run's")
+    many.add_argument("--puzzles", default=None, help="all | comma-separated ids; default: the checkpoint's")
+    many.add_argument("--split", default=None, choices=("train", "val", "test", "all"), help="rows to answer")
+    many.add_argument("--out", help="CSV of one row per instance")
+    bench = p.add_argument_group("benchmark")
+    bench.add_argument("--benchmark", type=int, default=0, metavar="N", help="time batch 1 and batch N")
+    bench.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------- one puzzle
+
+
+def split_options(text: str | None) -> list[str] | None:
+    """'o1|o2|o3|o4|o5' -> five option texts; None stays None."""
+    if text is None:
+        return None
+    options = [o.strip() for o in text.split("|")]
+    if len(options) != len(smart101.OPTION_LETTERS):
+        raise ValueError(f"--options needs 5 options separated by '|', got {len(options)}: {text!r}")
+    return options
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """Human-readable answer: value, option, and per position the top values with probabilities."""
+    lines = [f"puzzle {record['puzzle_id']}: answer {record['answer']}, option {record['option'] or '-'}"]
+    for pos, top in enumerate(record["top"]):
+        where = f"position {pos}" if len(record["top"]) > 1 else "top"
+        lines.append(f"  {where}: " + ", ".join(f"{t['value']} ({t['prob']:.3f})" for t in top))
+    return "\n".join(lines)
+
+
+def run_one(predictor: Predictor, args: argparse.Namespace) -> None:
+    if args.question is None or args.puzzle_id is None:
+        raise ValueError("--image needs --question and --puzzle-id")
+    options = split_options(args.options)
+    out = predictor.predict(
+        [args.image], [args.question], None if options is None else [options], args.puzzle_id
+    )
+    record = out.record(0)
+    print(json.dumps(record) if args.json else format_record(record))
+
+
+# ---------------------------------------------------------------------------------------- a split
+
+
+def split_rows(
+    predictor: Predictor, data_root: str, puzzles: str | None, split: str
+) -> tuple[list[smart101.Row], dict[int, int]]:
+    """The rows to answer and C_p of their puzzles, split with the training run's data settings if any."""
+    run = read_run_config(predictor.source) or {}
+    data_cfg = smart101.default_data_config()
+    data_cfg.update({k: v for k, v in run.get("data", {}).items() if k in data_cfg})
+    if puzzles is None:
+        found = set(smart101.found_puzzle_ids(data_root))
+        ids = [p for p in predictor.puzzle_ids if p in found]
+        if not ids:
+            raise ValueError(f"{data_root} holds none of the checkpoint's puzzles {predictor.puzzle_ids}")
+    else:
+        ids = smart101.resolve_puzzle_ids(data_root, puzzles)
+    rows = smart101.read_rows(data_root, ids)
+    num_classes = smart101.num_classes(rows)
+    if split != "all":
+        rows = smart101.split_rows(rows, split, data_cfg, num_classes)
+    if not rows:
+        raise ValueError(f"the {split} split of puzzles {ids} in {data_root} is empty")
+    return rows, num_classes
+
+
+def _cell(values: Sequence[int]) -> str:
+    return " ".join(str(int(v)) for v in values)
+
+
+def run_split(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
+    run = read_run_config(predictor.source) or {}
+    data_root = args.data_root or run.get("data", {}).get("root")
+    if not data_root or not os.path.isdir(data_root):
+        raise FileNotFoundError(f"--data-root {data_root!r} is not a directory")
+    rows, num_classes = split_rows(predictor, data_root, args.puzzles, args.split or "test")
+    start = time.perf_counter()
+    out = predictor.predict(
+        [r.image_path for r in rows],
+        [r.question for r in rows],
+        [r.options for r in rows],
+        [r.puzzle_id for r in rows],
+    )
+    seconds = time.perf_counter() - start
+    labels = np.asarray([r.label for r in rows], np.int64)
+    option_values = np.asarray([r.option_values for r in rows], np.int64)
+    answer_index = np.asarray([r.answer_index for r in rows], np.int64)
+    metrics = evaluate.compute_metrics(
+        out.values, labels, out.puzzle_ids, option_values, answer_index, num_classes
+    )
+    s_ok, o_ok = evaluate.correctness(out.values, labels, out.puzzle_ids, option_values, answer_index)
+    if args.out:
+        write_csv(args.out, rows, out, s_ok, o_ok)
+    summary = {
+        "split": args.split or "test",
+        "n": metrics["n"],
+        "S_acc": metrics["S_acc"],
+        "O_acc": metrics["O_acc"],
+        "err": metrics["err"],
+        "seconds": seconds,
+        "out": args.out,
+    }
+    if args.json:
+        print(json.dumps(evaluate.to_json_safe(summary)))
+    else:
+        print(
+            f"{summary['split']}: {metrics['n']} instances, S_acc {100 * metrics['S_acc']:.2f}%, "
+            f"O_acc {100 * metrics['O_acc']:.2f}%, {metrics['n'] / seconds:.1f} examples/s"
+            + (f"; wrote {args.out}" if args.out else "")
+        )
+    return {**summary, "metrics": metrics}
+
+
+def write_csv(
+    path: str, rows: Sequence[smart101.Row], out: Predictions, s_ok: np.ndarray, o_ok: np.ndarray
+) -> None:
+    """One row per instance: prediction (space-separated for sequences), option, probability, labels."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            n = int(out.num_positions[i])
+            writer.writerow(
+                {
+                    "puzzle_id": row.puzzle_id,
+                    "instance_id": row.instance_id,
+                    "image": os.path.basename(row.image_path),
+                    "prediction": _cell(out.values[i, :n]),
+                    "option": out.letters[i] or "",
+                    "probability": f"{float(np.prod(out.top_probs[i, :n, 0])):.6f}",
+                    "top": ";".join(
+                        f"{v}:{p:.4f}" for v, p in zip(out.top_values[i, 0], out.top_probs[i, 0], strict=True)
+                    ),
+                    "answer_option": row.answer_letter,
+                    "answer": _cell(row.label[:n]),
+                    "s_correct": int(s_ok[i]),
+                    "o_correct": int(o_ok[i]),
+                }
+            )
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+
+
+def synthetic_inputs(predictor: Predictor, n: int, seed: int = 0) -> tuple[list[bytes], list[str], list[int]]:
+    """n RGBA PNGs of the release's sizes (256..512 px), one question, the checkpoint's first puzzle."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        w, h = (int(s) for s in rng.integers(256, 513, size=2))
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").save(buf, "PNG")
+        images.append(buf.getvalue())
+    question = "How many circles are there in the picture, counting the ones that overlap the square?"
+    return images, [question] * n, [predictor.puzzle_ids[0]] * n
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_benchmark(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
+    """Latency of one example and throughput of a batch of N, end to end (PNG decode to answer)."""
+    n = args.benchmark
+    images, questions, pids = synthetic_inputs(predictor, n)
+    results: dict[str, Any] = {"batch": n, "repeats": args.repeats, "load_s": args.load_s}
+    for size in (1, n):
+        x = (images[:size], questions[:size], None, pids[:size])
+        start = time.perf_counter()
+        predictor.predict(*x)  # compiles this batch shape
+        results[f"first_call_s_batch{size}"] = time.perf_counter() - start
+        total = timed(lambda x=x: predictor.predict(*x), args.repeats)
+        host = timed(lambda x=x: predictor.prepare(x[0], x[1]), args.repeats)
+        results[f"batch{size}"] = {
+            "median_ms": 1e3 * statistics.median(total),
+            "min_ms": 1e3 * min(total),
+            "host_preprocess_median_ms": 1e3 * statistics.median(host),
+            "examples_per_s": size / statistics.median(total),
+        }
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"checkpoint {predictor.source}; towers: " + ", ".join(
+            f"{k} {t.hidden_size}-d" for k, t in predictor.towers.vision.items()
+        ) + f", text {predictor.towers.text_dim}-d; load {args.load_s:.1f} s")  # fmt: skip
+        for size in (1, n):
+            r = results[f"batch{size}"]
+            print(
+                f"batch {size:>3}: median {r['median_ms']:.1f} ms (min {r['min_ms']:.1f}), host preprocess "
+                f"{r['host_preprocess_median_ms']:.1f} ms, {r['examples_per_s']:.1f} examples/s; "
+                f"first call {results[f'first_call_s_batch{size}']:.1f} s"
+            )
+    return results
+
+
+# ---------------------------------------------------------------------------------------- entry
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (1 with a message on bad input)."""
+    args = parse_args(argv)
+    try:
+        start = time.perf_counter()
+        predictor = Predictor.load(
+            args.checkpoint,
+            towers=args.towers,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+        )
+        args.load_s = time.perf_counter() - start
+        if args.benchmark:
+            run_benchmark(predictor, args)
+        elif args.image:
+            run_one(predictor, args)
+        elif args.data_root or args.split or args.out:
+            run_split(predictor, args)
+        else:
+            raise ValueError("give --image (one puzzle), --data-root/--split (a split) or --benchmark N")
+    except (ValueError, OSError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
