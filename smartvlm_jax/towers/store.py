@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -99,7 +100,7 @@ def _load_converted(path: str, part: str, dtype: str) -> Tower:
     if part not in meta["parts"]:
         raise ValueError(f"{path} has no {part!r} part; it has {sorted(meta['parts'])}")
     info = meta["parts"][part]
-    with ocp.StandardCheckpointer() as ckpt:
+    with _checkpointer() as ckpt:
         tree = ckpt.restore(os.path.abspath(os.path.join(path, part)))
     flat = {k: np.asarray(v, np.float32) for k, v in flatten(tree).items()}
     tokenizer = None
@@ -107,6 +108,19 @@ def _load_converted(path: str, part: str, dtype: str) -> Tower:
         settings = dict(info["tokenizer"])
         tokenizer = SiglipTextTokenizer.from_file(os.path.join(path, settings.pop("file")), **settings)
     return build_tower(meta["config"], part, flat, dtype, info.get("processor"), tokenizer)
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """An Orbax checkpointer for this process alone.
+
+    Converted towers are host numpy trees written or read by one process (the converter, or process 0 of a
+    training job building tiny towers) while the other processes of a multi-process job do other work, so
+    Orbax's default cross-process barriers would wait for peers that never join.
+    """
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
 
 
 @contextlib.contextmanager
@@ -167,7 +181,7 @@ def write_converted(
     with _atomic_dir(os.fspath(out_dir)) as tmp:
         for part, flat in parts.items():
             tree = unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
-            with ocp.StandardCheckpointer() as ckpt:
+            with _checkpointer() as ckpt:
                 ckpt.save(os.path.join(tmp, part), tree)
         if any("tokenizer" in info for info in meta_parts.values()):
             with open(os.path.join(tmp, TOKENIZER_FILE), "wb") as f:
