@@ -16,17 +16,19 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from smartvlm_jax.towers import resnet
+from smartvlm_jax.towers.bert import MAX_QLEN, WordPieceTokenizer
 from smartvlm_jax.towers.registry import model_type_entry, part_config
 from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
 
 # Key renames applied before matching, per model type: checkpoints written with transformers' newer
 # module names are mapped onto the released (legacy) names our tables mirror.
-ALIASES: dict[str, list[tuple[str, str]]] = {
+ALIASES: dict[str, list[tuple[str, str | Callable[[re.Match], str]]]] = {
     "dinov2": [
         (r"\.attention\.q_proj\.", ".attention.attention.query."),
         (r"\.attention\.k_proj\.", ".attention.attention.key."),
@@ -34,9 +36,13 @@ ALIASES: dict[str, list[tuple[str, str]]] = {
         (r"\.attention\.o_proj\.", ".attention.output.dense."),
         (r"\.mlp\.down_proj\.", ".mlp.weights_out."),
     ],
+    # torchvision resnet50().state_dict() names (the SMART reference's ResNet-50) -> ResNetModel names.
+    "resnet": [(r"^.*$", lambda m: resnet.torchvision_key(m.group(0)))],
+    # Original TF-converted BERT checkpoints name LayerNorm parameters gamma/beta.
+    "bert": [(r"\.LayerNorm\.gamma$", ".LayerNorm.weight"), (r"\.LayerNorm\.beta$", ".LayerNorm.bias")],
 }
 # Persistent buffers some older checkpoints carry; they are derived, not weights.
-BUFFER_SUFFIXES = ("position_ids",)
+BUFFER_SUFFIXES = ("position_ids", "token_type_ids", "num_batches_tracked")
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -145,16 +151,51 @@ def _token_name(value: Any, default: str) -> str:
     return default if value is None else str(value)
 
 
-def read_tokenizer(path: str) -> SiglipTextTokenizer | None:
-    """The SigLIP tokenizer of an HF directory (``spiece.model`` + optional ``tokenizer_config.json``)."""
-    model = os.path.join(path, "spiece.model")
-    if not os.path.isfile(model):
+def _wordpiece_vocab(path: str) -> tuple[str, ...] | None:
+    """BERT's vocabulary from ``vocab.txt``, or from a WordPiece ``tokenizer.json`` (what transformers 5
+    ``save_pretrained`` writes); None when the directory has neither."""
+    txt = os.path.join(path, "vocab.txt")
+    if os.path.isfile(txt):
+        return WordPieceTokenizer.from_file(txt).vocab
+    file = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(file):
         return None
+    with open(file, encoding="utf-8") as f:
+        model = json.load(f).get("model") or {}
+    if model.get("type") != "WordPiece":
+        return None
+    ids = model["vocab"]
+    if sorted(ids.values()) != list(range(len(ids))):
+        raise ValueError(f"{file}: WordPiece vocabulary ids are not 0..{len(ids) - 1}")
+    return tuple(sorted(ids, key=ids.__getitem__))
+
+
+def read_tokenizer(path: str) -> SiglipTextTokenizer | WordPieceTokenizer | None:
+    """The tokenizer of an HF directory: SigLIP's ``spiece.model`` or BERT's ``vocab.txt`` (WordPiece),
+    with the settings of an optional ``tokenizer_config.json``."""
     cfg: dict[str, Any] = {}
     cfg_file = os.path.join(path, "tokenizer_config.json")
     if os.path.isfile(cfg_file):
         with open(cfg_file) as f:
             cfg = json.load(f)
+    model = os.path.join(path, "spiece.model")
+    vocab = _wordpiece_vocab(path)
+    if not os.path.isfile(model) and vocab is not None:
+        # BERT's model_max_length (512) is not used: the SMART baseline keeps MAX_QLEN token states.
+        return WordPieceTokenizer(
+            vocab,
+            max_length=MAX_QLEN,
+            do_lower_case=bool(cfg.get("do_lower_case", True)),
+            tokenize_chinese_chars=bool(cfg.get("tokenize_chinese_chars", True)),
+            strip_accents=cfg.get("strip_accents"),
+            unk_token=_token_name(cfg.get("unk_token"), "[UNK]"),
+            cls_token=_token_name(cfg.get("cls_token"), "[CLS]"),
+            sep_token=_token_name(cfg.get("sep_token"), "[SEP]"),
+            pad_token=_token_name(cfg.get("pad_token"), "[PAD]"),
+            mask_token=_token_name(cfg.get("mask_token"), "[MASK]"),
+        )
+    if not os.path.isfile(model):
+        return None
     max_length = cfg.get("model_max_length", 64)
     max_length = int(max_length) if isinstance(max_length, int) and 0 < max_length < 100_000 else 64
     return SiglipTextTokenizer.from_file(

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax.towers import dinov2, siglip
+from smartvlm_jax.towers import bert, dinov2, resnet, siglip
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
 from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
@@ -84,6 +84,13 @@ FAMILIES: dict[tuple[str, str], Family] = {
         siglip.text_forward,
         lambda params, hidden, config, dtype: siglip.text_pooled(params, hidden),
     ),
+    # SMART baseline towers: ResNet-50 (tokens = the last feature map, mean = global pool) and BERT.
+    ("resnet", "vision"): Family(
+        "resnet", "vision", resnet.DEFAULTS, resnet.param_specs, resnet.forward, resnet.pooled
+    ),
+    ("bert", "text"): Family(
+        "bert", "text", bert.DEFAULTS, bert.text_param_specs, bert.text_forward, bert.text_pooled
+    ),
 }
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -98,6 +105,14 @@ MODEL_TYPES: dict[str, ModelType] = {
     ),
     "siglip_vision_model": ModelType("siglip", {"vision": PartSource(None, ("", "vision_model."))}),
     "siglip_text_model": ModelType("siglip", {"text": PartSource(None, ("", "text_model."))}),
+    # ResNetModel ("") or ResNetForImageClassification ("resnet."); torchvision's fc is its classifier.
+    "resnet": ModelType(
+        "resnet",
+        {"vision": PartSource(None, ("", "resnet."))},
+        ignored=("classifier.1.weight", "classifier.1.bias", *resnet.TORCHVISION_IGNORED),
+    ),
+    # BertModel ("") or BertForPreTraining / BertForMaskedLM ("bert."), whose heads are not the tower.
+    "bert": ModelType("bert", {"text": PartSource(None, ("", "bert."))}, ignored=bert.PRETRAINING_HEAD_KEYS),
 }
 
 FORMAT = "smartvlm_jax.towers"
@@ -141,7 +156,7 @@ class Tower:
     processor_config: dict[str, Any] | None = None
     resizer: Resizer | None = None
     normalize: Normalizer | None = None
-    tokenizer: SiglipTextTokenizer | None = None
+    tokenizer: SiglipTextTokenizer | bert.WordPieceTokenizer | None = None
 
     def __post_init__(self) -> None:
         self._family = FAMILIES[(self.kind, self.part)]
@@ -150,8 +165,8 @@ class Tower:
 
     @property
     def hidden_size(self) -> int:
-        """D, the width of ``last_hidden_state``."""
-        return int(self.config["hidden_size"])
+        """D, the width of ``last_hidden_state`` (ResNet: channels of the last stage)."""
+        return int(self.config.get("hidden_size") or self.config["hidden_sizes"][-1])
 
     @property
     def image_size(self) -> int:
@@ -181,7 +196,9 @@ class Tower:
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> int32 [B, max_length] ids (text parts only)."""
         if self.tokenizer is None:
-            raise AttributeError(f"the {self.part} part of {self.kind} has no tokenizer (no spiece.model)")
+            raise AttributeError(
+                f"the {self.part} part of {self.kind} has no tokenizer (no spiece.model / vocab.txt)"
+            )
         return self.tokenizer(texts)
 
 

@@ -5,6 +5,7 @@ Converted format (loads with neither torch nor transformers)::
     OUT/towers.json        {"format", "version", "kind", "model_type", "config": <HF config>, "parts": {...}}
     OUT/<part>/            Orbax checkpoint of the part's float32 parameters (nested dict, HF-mirroring names)
     OUT/spiece.model       the sentencepiece model, when there is a text part with a tokenizer
+    OUT/vocab.txt          the WordPiece vocabulary instead, for BERT
 
 Every write goes to a temporary sibling directory that is renamed into place at the end, so a failure
 never leaves a partial ``OUT``.
@@ -26,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from smartvlm_jax.towers import preprocess
+from smartvlm_jax.towers.bert import WordPieceTokenizer
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
     FORMAT,
@@ -41,6 +43,7 @@ from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
 
 VERSION = 1
 TOKENIZER_FILE = "spiece.model"
+VOCAB_FILE = "vocab.txt"  # BERT WordPiece
 DEFAULT_TOKENIZER = {"max_length": 64, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
                      "do_lower_case": True}  # fmt: skip
 
@@ -51,7 +54,7 @@ def build_tower(
     flat: Mapping[str, np.ndarray],
     dtype: str,
     processor: Mapping[str, Any] | None = None,
-    tokenizer: SiglipTextTokenizer | None = None,
+    tokenizer: SiglipTextTokenizer | WordPieceTokenizer | None = None,
 ) -> Tower:
     """A :class:`Tower` from a top-level HF config and flat float32 weights, strictly checked."""
     family, cfg = part_config(top_config, part)
@@ -106,7 +109,9 @@ def _load_converted(path: str, part: str, dtype: str) -> Tower:
     tokenizer = None
     if info.get("tokenizer"):
         settings = dict(info["tokenizer"])
-        tokenizer = SiglipTextTokenizer.from_file(os.path.join(path, settings.pop("file")), **settings)
+        file = os.path.join(path, settings.pop("file"))
+        cls = WordPieceTokenizer if os.path.basename(file) == VOCAB_FILE else SiglipTextTokenizer
+        tokenizer = cls.from_file(file, **settings)
     return build_tower(meta["config"], part, flat, dtype, info.get("processor"), tokenizer)
 
 
@@ -147,7 +152,7 @@ def write_converted(
     top_config: Mapping[str, Any],
     parts: Mapping[str, Mapping[str, np.ndarray]],
     processors: Mapping[str, Mapping[str, Any] | None] | None = None,
-    tokenizer: SiglipTextTokenizer | None = None,
+    tokenizer: SiglipTextTokenizer | WordPieceTokenizer | None = None,
 ) -> str:
     """Writes flat float32 weights of ``parts`` in the converted format (atomically); returns the path."""
     model_type = str(top_config["model_type"])
@@ -161,7 +166,13 @@ def write_converted(
             proc = (processors or {}).get(part) or preprocess.default_processor(family.kind, cfg)
             preprocess.from_processor_config(proc)  # fail now, not at load time, on unsupported settings
             info["processor"] = dict(proc)
-        if part == "text" and tokenizer is not None:
+        if part == "text" and isinstance(tokenizer, WordPieceTokenizer):
+            if len(tokenizer.vocab) > cfg["vocab_size"]:
+                raise ValueError(
+                    f"{VOCAB_FILE} has {len(tokenizer.vocab)} tokens but vocab_size is {cfg['vocab_size']}"
+                )
+            info["tokenizer"] = {"file": VOCAB_FILE, **tokenizer.settings()}
+        elif part == "text" and tokenizer is not None:
             vocab = tokenizer.sp.get_piece_size()
             if vocab > cfg["vocab_size"]:
                 raise ValueError(
@@ -184,8 +195,12 @@ def write_converted(
             with _checkpointer() as ckpt:
                 ckpt.save(os.path.join(tmp, part), tree)
         if any("tokenizer" in info for info in meta_parts.values()):
-            with open(os.path.join(tmp, TOKENIZER_FILE), "wb") as f:
-                f.write(tokenizer.model_proto)
+            if isinstance(tokenizer, WordPieceTokenizer):
+                with open(os.path.join(tmp, VOCAB_FILE), "w", encoding="utf-8") as f:
+                    f.write(tokenizer.vocab_text())
+            else:
+                with open(os.path.join(tmp, TOKENIZER_FILE), "wb") as f:
+                    f.write(tokenizer.model_proto)
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
     return os.path.abspath(out_dir)
@@ -222,7 +237,8 @@ def create_random(
     """Writes a converted tower of random weights for ``hf_config`` (all its parts), without torch.
 
     ``kind`` ("dinov2" | "siglip") must agree with the config's ``model_type``; a SigLIP config with a text
-    part gets ``tokenizer_model`` (a ``spiece.model``) copied in. Weights are normal(0, initializer_range)
+    part gets ``tokenizer_model`` (a ``spiece.model``; BERT: a ``vocab.txt``) copied in. Weights are
+    normal(0, initializer_range)
     with LayerNorms at identity, like HF's init in distribution (not bit-for-bit).
     """
     config = dict(hf_config)
@@ -235,7 +251,11 @@ def create_random(
     for i, part in enumerate(sorted(entry.parts)):
         family, cfg = part_config(config, part)
         parts[part] = random_init(family.specs(cfg), seed * 1000 + i, std)
-    tokenizer = SiglipTextTokenizer.from_file(tokenizer_model) if tokenizer_model else None
+    tokenizer = None
+    if tokenizer_model and os.path.basename(os.fspath(tokenizer_model)) == VOCAB_FILE:
+        tokenizer = WordPieceTokenizer.from_file(tokenizer_model)  # BERT: a WordPiece vocab.txt
+    elif tokenizer_model:
+        tokenizer = SiglipTextTokenizer.from_file(tokenizer_model)
     return write_converted(out_dir, config, parts, None, tokenizer)
 
 
@@ -243,7 +263,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
     """A tiny HF-style config (hidden 32, 2 layers, 2 heads, 32x32 images, patch 8) for tests and smoke runs.
 
     ``kind``: "dinov2", "siglip" (full: vision + text, vocabulary 500 to fit :func:`train_sentencepiece`),
-    "siglip_vision_model" or "siglip_text_model". Returns a fresh dict.
+    "siglip_vision_model", "siglip_text_model", "resnet" or "bert" (SMART baseline). Returns a fresh dict.
     """
     common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "layer_norm_eps": 1e-6}
     vision = {**common, "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3,
@@ -264,6 +284,23 @@ def tiny_config(kind: str) -> dict[str, Any]:
         "siglip": {"model_type": "siglip", "vision_config": vision, "text_config": text},
         "siglip_vision_model": {"model_type": "siglip_vision_model", **vision},
         "siglip_text_model": {"model_type": "siglip_text_model", **text},
+        # SMART baseline towers: a 4-stage bottleneck ResNet (final width 64) and a 2-layer BERT.
+        "resnet": {
+            "model_type": "resnet",
+            "embedding_size": 8,
+            "hidden_sizes": [16, 32, 48, 64],
+            "depths": [1, 2, 1, 1],
+            "layer_type": "bottleneck",
+        },  # fmt: skip
+        "bert": {
+            "model_type": "bert",
+            **common,
+            "layer_norm_eps": 1e-12,
+            "intermediate_size": 64,
+            "vocab_size": 500,
+            "max_position_embeddings": 128,
+            "hidden_act": "gelu",
+        },  # fmt: skip
     }
     if kind not in configs:
         raise ValueError(
