@@ -150,7 +150,17 @@ def position_embeddings(pos: jax.Array, grid_h: int, grid_w: int) -> jax.Array:
 
 
 def forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
-    """NHWC float pixels [B, H, W, C] -> ``last_hidden_state`` [B, 1 + (H // p) * (W // p), D] (float32)."""
+    """NHWC float pixels [B, H, W, C] -> ``last_hidden_state`` [B, 1 + (H // p) * (W // p), D] (float32).
+
+    On CPU the batch runs in groups of a few images (:func:`vit.group_size`); elsewhere all at once.
+    """
+    patch = _int(config["patch_size"])
+    tokens = 1 + (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
+    group = vit.group_size(pixels.shape[0], tokens)
+    return vit.map_groups(lambda px: _forward(params, px, config, dtype), pixels, group)
+
+
+def _forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
     patch = _int(config["patch_size"])
     emb = params["embeddings"]
     x = vit.patch_embed(emb["patch_embeddings"]["projection"], pixels, patch)

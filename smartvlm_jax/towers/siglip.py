@@ -136,7 +136,16 @@ def _encode(params: dict[str, Any], x: jax.Array, config: dict[str, Any], dtype:
 def vision_forward(
     params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any
 ) -> jax.Array:
-    """NHWC pixels [B, S, S, C] -> ``last_hidden_state`` [B, (S / p)^2, D] (float32)."""
+    """NHWC pixels [B, S, S, C] -> ``last_hidden_state`` [B, (S / p)^2, D] (float32), in CPU-sized groups."""
+    patch = _int(config["patch_size"])
+    tokens = (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
+    group = vit.group_size(pixels.shape[0], tokens)
+    return vit.map_groups(lambda px: _vision_forward(params, px, config, dtype), pixels, group)
+
+
+def _vision_forward(
+    params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any
+) -> jax.Array:
     patch = _int(config["patch_size"])
     emb = params["embeddings"]
     x = vit.patch_embed(emb["patch_embedding"], pixels, patch)
@@ -174,11 +183,18 @@ def vision_pooled(params: dict[str, Any], hidden: jax.Array, config: dict[str, A
 
 def text_forward(params: dict[str, Any], ids: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
     """Token ids [B, T] (T <= max_position_embeddings) -> ``last_hidden_state`` [B, T, D] (float32)."""
+    t = ids.shape[1]
+    n_pos = params["embeddings"]["position_embedding"]["embedding"].shape[0]
+    if t > n_pos:
+        raise ValueError(f"sequence length {t} exceeds max_position_embeddings {n_pos}")
+    group = vit.group_size(ids.shape[0], t)
+    return vit.map_groups(lambda i: _text_forward(params, i, config, dtype), ids, group)
+
+
+def _text_forward(params: dict[str, Any], ids: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
     emb = params["embeddings"]
     t = ids.shape[1]
     pos = emb["position_embedding"]["embedding"]
-    if t > pos.shape[0]:
-        raise ValueError(f"sequence length {t} exceeds max_position_embeddings {pos.shape[0]}")
     x = jnp.take(emb["token_embedding"]["embedding"], ids, axis=0).astype(jnp.float32)
     x = x + pos[:t].astype(jnp.float32)
     x = _encode(params, x, config, dtype)

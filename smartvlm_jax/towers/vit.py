@@ -92,6 +92,29 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, dtype: Any) -> jax.Array:
     return out / jnp.transpose(denom, (0, 2, 1))[..., None]
 
 
+def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """:func:`attend` on ``[B, H, T, Dh]`` operands (scaled, in the compute dtype) -> ``[B, H, Tq, Dh]``.
+
+    The CPU path: with the heads axis leading, both dots are plain batched matmuls that XLA hands to its
+    matmul library without a transpose of the [Tq, Tk] scores; scores, exp and the row sums stay float32.
+    """
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=F32)
+    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+    out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v, preferred_element_type=F32)
+    return out / jnp.sum(e, axis=-1, keepdims=True)
+
+
+# Attention formulations, picked at trace time from the backend (see :func:`default_impl`):
+# "cpu": :func:`attend_heads_major`; "fused": ``jax.nn.dot_product_attention`` with the platform's
+# implementation (cuDNN flash attention on GPU, XLA's on TPU; XLA's reference elsewhere).
+ATTENTION_IMPLS = ("cpu", "fused")
+
+
+def default_impl() -> str:
+    """The attention formulation for the default backend: "fused" on GPU/TPU, "cpu" otherwise."""
+    return "fused" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
     """Where one pre-LN encoder block keeps its weights, as dotted paths relative to the block.
@@ -113,16 +136,43 @@ class BlockLayout:
     swiglu: bool = False
 
 
-def self_attention(p: Params, x: jax.Array, layout: BlockLayout, num_heads: int, dtype: Any) -> jax.Array:
-    """Multi-head self-attention with separate q/k/v projections and an output projection."""
+def _qkv_projection(p: Params, layout: BlockLayout, width: int) -> tuple[jax.Array, jax.Array]:
+    """The q, k and v kernels side by side ``[D, 3D]`` and their biases ``[3D]`` (zeros where absent).
+
+    One [D, 3D] matmul instead of three [D, D] ones: a wider output keeps the matmul library busier (the
+    concatenation under jit costs a copy of the weights, small next to the matmul on B * T rows).
+    """
+    parts = [get(p, path) for path in (layout.query, layout.key, layout.value)]
+    kernel = jnp.concatenate([part["kernel"] for part in parts], axis=1)
+    bias = jnp.concatenate(
+        [part["bias"].astype(F32) if "bias" in part else jnp.zeros((width,), F32) for part in parts]
+    )
+    return kernel, bias
+
+
+def self_attention(
+    p: Params, x: jax.Array, layout: BlockLayout, num_heads: int, dtype: Any, impl: str = "cpu"
+) -> jax.Array:
+    """Multi-head self-attention of ``x`` [B, T, D]: fused q/k/v projection, attention, output projection.
+
+    The query scale 1/sqrt(Dh) is applied to q in float32 before it is cast for the QK^T dot, as
+    PyTorch's scaled_dot_product_attention does. ``impl`` is one of :data:`ATTENTION_IMPLS`.
+    """
     b, t, d = x.shape
     head_dim = d // num_heads
-    xin = x.astype(dtype)
-    q = linear(get(p, layout.query), xin) * (head_dim**-0.5)
-    k = linear(get(p, layout.key), xin)
-    v = linear(get(p, layout.value), xin)
-    split = lambda a: a.reshape(b, t, num_heads, head_dim)
-    ctx = attend(split(q), split(k), split(v), dtype).reshape(b, t, d)
+    kernel, bias = _qkv_projection(p, layout, d)
+    qkv = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=F32) + bias
+    scale = jnp.concatenate([jnp.full((d,), head_dim**-0.5, F32), jnp.ones((2 * d,), F32)])
+    qkv = (qkv * scale).astype(dtype).reshape(b, t, 3, num_heads, head_dim)
+    if impl == "fused":
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh]
+        ctx = jax.nn.dot_product_attention(q, k, v, scale=1.0).astype(F32).reshape(b, t, d)
+    elif impl == "cpu":
+        qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, T, Dh]
+        ctx = attend_heads_major(qkv[0], qkv[1], qkv[2])
+        ctx = jnp.transpose(ctx, (0, 2, 1, 3)).reshape(b, t, d)
+    else:
+        raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
     return linear(get(p, layout.out), ctx)
 
 
@@ -146,9 +196,10 @@ def encoder_block(
     eps: float,
     act: Callable[[jax.Array], jax.Array],
     dtype: Any,
+    impl: str = "cpu",
 ) -> jax.Array:
     """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32."""
-    h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype)
+    h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype, impl)
     if layout.layer_scale1:
         h = h * get(p, layout.layer_scale1).astype(F32)
     x = x + h
@@ -163,16 +214,51 @@ def encoder(
     x: jax.Array,
     layout: BlockLayout,
     num_layers: int,
+    impl: str | None = None,
     **block_kwargs: Any,
 ) -> jax.Array:
-    """Runs blocks ``layers["0"] .. layers[str(num_layers - 1)]``.
+    """Runs blocks ``layers["0"] .. layers[str(num_layers - 1)]``; ``impl=None`` picks :func:`default_impl`.
 
     A Python loop (unrolled under jit) rather than ``lax.scan``: the layers keep their HF names, and the
     unrolled form was measurably faster on CPU.
     """
+    impl = impl or default_impl()
     for i in range(num_layers):
-        x = encoder_block(layers[str(i)], x, layout, **block_kwargs)
+        x = encoder_block(layers[str(i)], x, layout, impl=impl, **block_kwargs)
     return x
+
+
+# On CPU a tower runs over groups of about this many token rows at a time (see :func:`group_size`).
+CPU_GROUP_ROWS = 1100
+
+
+def group_size(batch: int, tokens: int, rows: int | None = None) -> int:
+    """How many examples the CPU path runs at once: the largest divisor of ``batch`` whose rows fit ``rows``.
+
+    On CPU a whole batch of activations (8 images x 257 tokens x 3072 MLP units is 25 MB in float32) falls
+    out of the caches between the matmuls of a block; ~1k rows at a time keeps them in L2/L3 and was
+    measurably faster. On GPU/TPU the whole batch runs at once (returns ``batch``). ``rows`` defaults to
+    :data:`CPU_GROUP_ROWS`.
+    """
+    if default_impl() != "cpu":
+        return batch
+    rows = CPU_GROUP_ROWS if rows is None else rows
+    fits = [g for g in range(1, batch + 1) if batch % g == 0 and g * tokens <= max(rows, tokens)]
+    return max(fits)
+
+
+def map_groups(fn: Callable[[jax.Array], jax.Array], x: jax.Array, group: int) -> jax.Array:
+    """``fn`` over ``x`` in consecutive groups of ``group`` examples (``lax.map``), results concatenated.
+
+    ``fn`` must treat examples independently (the towers do), so the result equals ``fn(x)``.
+    """
+    b = x.shape[0]
+    if group >= b:
+        return fn(x)
+    if b % group:
+        raise ValueError(f"group {group} does not divide the batch {b}")
+    y = lax.map(fn, x.reshape(b // group, group, *x.shape[1:]))
+    return y.reshape(b, *y.shape[2:])
 
 
 def patch_embed(p: Params, pixels: jax.Array, patch: int) -> jax.Array:

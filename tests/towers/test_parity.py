@@ -137,3 +137,29 @@ def test_base_size_parity_and_bf16(base_dirs, which, spiece):
     low = np.asarray(bf16.encode(inputs))
     assert low.dtype == np.float32
     assert _mean_rel_err(low, ours) <= 2e-2
+
+
+def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):
+    """Running the batch in lax.map groups, and jax.nn.dot_product_attention (the GPU/TPU path, here its
+    XLA fallback), give the same last_hidden_state as the CPU formulation on the whole batch."""
+    from smartvlm_jax.towers import dinov2, vit
+
+    tower = towers.load(hf_tiny["dinov2"])
+    pixels = np.random.default_rng(1).normal(size=(6, 32, 32, 3)).astype(np.float32)
+    whole = np.asarray(jax.jit(tower.apply)(tower.params, pixels))
+    assert vit.group_size(6, 17) == 6
+    monkeypatch.setattr(vit, "CPU_GROUP_ROWS", 40)  # 17 tokens an image -> groups of 2 images
+    assert vit.group_size(6, 17) == 2 and vit.group_size(5, 17) == 1 and vit.group_size(6, 100) == 1
+    grouped = np.asarray(jax.jit(tower.apply)(tower.params, pixels))
+    np.testing.assert_allclose(grouped, whole, atol=1e-5, rtol=0)
+
+    for part in ("vision", "text"):
+        t = towers.load(hf_tiny["siglip"], part=part)
+        x = pixels if part == "vision" else np.arange(6 * 64).reshape(6, 64) % 500
+        ref = np.asarray(t.apply(t.params, x))
+        monkeypatch.setattr(vit, "default_impl", lambda: "fused")
+        np.testing.assert_allclose(np.asarray(t.apply(t.params, x)), ref, atol=1e-5, rtol=0)
+        monkeypatch.setattr(vit, "default_impl", lambda: "cpu")
+    with pytest.raises(ValueError, match="attention impl"):
+        vit.encoder(tower.params["encoder"]["layer"], whole, dinov2.LAYOUT, 1, impl="x",
+                    num_heads=2, eps=1e-6, act=vit.gelu_erf, dtype=np.float32)  # fmt: skip
