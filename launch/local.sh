@@ -98,10 +98,10 @@ fi
 pids=()
 for ((i = 0; i < processes; i++)); do
   if [[ -n "$log_dir" ]]; then
-    eval "${commands[$i]}" >"$log_dir/process_$i.log" 2>&1 &
+    eval "exec ${commands[$i]}" >"$log_dir/process_$i.log" 2>&1 &
   else
-    # Prefix each line with the process number; $! is still the trainer's pid.
-    eval "${commands[$i]}" > >(sed -u "s/^/[$i] /") 2>&1 &
+    # Prefix each line with the process number; exec keeps $! the trainer's pid.
+    eval "exec ${commands[$i]}" > >(sed -u "s/^/[$i] /") 2>&1 &
   fi
   pids+=("$!")
   echo "local.sh: process $i pid $!"

@@ -1,0 +1,207 @@
+"""Multi-process training through launch/local.sh, and the launch scripts' command lines.
+
+The multi-process tests run real jobs: 2 processes x 2 CPU devices joined by JAX's coordinator on a free
+port, against 1 process x 4 devices on the same synthetic smoke data. Dropout is off (pdrop=0) in these
+runs: a 2-process global batch is a permutation of the 1-process batch, so per-example dropout masks would
+differ while the loss is otherwise permutation-invariant. Every subprocess runs under a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch"
+HEARTBEAT_S = 10
+# Small enough for a few minutes on 2 shared cores; 66 train rows -> 9 steps an epoch at batch 8.
+RUN_ARGS = [
+    "--config",
+    "configs/smoke.py",
+    "--config.synthetic.per_puzzle=10",
+    "--config.data.data_tot=10",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=16",
+    "--config.num_epochs=20",  # fixes the learning-rate schedule; runs stop earlier through max_steps
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=2",
+    "--config.model.pdrop=0.0",
+    f"--config.distributed.heartbeat_timeout_s={HEARTBEAT_S}",
+    "--config.distributed.initialization_timeout_s=120",
+]
+RUN_TIMEOUT_S = 420
+
+
+def _env(cache_dir: pathlib.Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # pytest's 8 devices are not the launched runs' business
+    env.update(
+        JAX_PLATFORMS="cpu",
+        PYTHON=sys.executable,
+        # Launches of the same program share compiled executables (the resumed run recompiles nothing).
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
+    return env
+
+
+def _losses(workdir: pathlib.Path) -> dict[int, float]:
+    """step -> train loss from the run's log.jsonl (appended to by every leg of a resumed run)."""
+    out: dict[int, float] = {}
+    for line in (workdir / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "train/loss" in rec:
+            assert rec["step"] not in out, f"step {rec['step']} logged twice: the run did not resume"
+            out[rec["step"]] = rec["train/loss"]
+    return out
+
+
+def _local(n: int, workdir: pathlib.Path, *extra: str, log_dir: pathlib.Path) -> list[str]:
+    return [str(LAUNCH / "local.sh"), "-n", str(n), "--log-dir", str(log_dir), "--", *RUN_ARGS,
+            "--workdir", str(workdir), *extra]  # fmt: skip
+
+
+def _run(cmd: list[str], env: dict[str, str], log_dir: pathlib.Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if proc.returncode:
+        logs = "".join(f"\n== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))
+        pytest.fail(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}{logs}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 1-process x 4-device reference run of 4 steps, and a 2-process run of 2 steps (checkpointed).
+
+    The two are independent, so they run side by side: much of a short run is waiting (barriers, I/O).
+    """
+    base = tmp_path_factory.mktemp("launch")
+    env = _env(base / "jax_cache")
+    ref, multi = base / "ref", base / "multi"
+    ref_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    ref_cmd = [sys.executable, "-m", "smartvlm_jax.main", *RUN_ARGS, "--workdir", str(ref)]
+    ref_cmd.append("--config.max_steps=4")
+    with open(base / "ref.log", "w") as ref_log:
+        ref_proc = subprocess.Popen(ref_cmd, cwd=ROOT, env=ref_env, stdout=ref_log, stderr=subprocess.STDOUT)
+        try:
+            _run(_local(2, multi, "--config.max_steps=2", log_dir=base / "leg1"), env, base / "leg1")
+            ref_rc = ref_proc.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if ref_proc.poll() is None:
+                ref_proc.kill()
+                ref_proc.wait()
+    assert ref_rc == 0, (base / "ref.log").read_text()[-5000:]
+    return {"base": base, "env": env, "ref": ref, "multi": multi}
+
+
+def _finished_steps(ckpt_dir: pathlib.Path) -> list[int]:
+    """Checkpoint steps Orbax has finalised (a save in flight lives in a temporary directory)."""
+    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the launch exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_two_processes_match_one_resume_and_fail_fast(runs):
+    """2 x 2 devices gives 1 x 4's losses, resumes on the next batch, and a dead peer ends the job."""
+    ref, multi, base = runs["ref"], runs["multi"], runs["base"]
+    ref_losses, first_leg = _losses(ref), _losses(multi)
+    assert sorted(ref_losses) == [1, 2, 3, 4] and sorted(first_leg) == [1, 2]
+    assert _finished_steps(multi / "checkpoints") == [2]
+
+    # Second leg: resumes from step 2 and keeps training until one of its processes is killed.
+    log_dir = base / "leg2"
+    proc = subprocess.Popen(
+        _local(2, multi, log_dir=log_dir),
+        cwd=ROOT,
+        env=runs["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        pids = {}
+        while len(pids) < 2:  # the launcher prints the pids first
+            line = proc.stdout.readline()
+            match = re.match(r"local\.sh: process (\d) pid (\d+)", line)
+            assert match or line, "launcher ended before printing its pids"
+            if match:
+                pids[int(match[1])] = int(match[2])
+
+        def trained_past_a_checkpoint() -> bool:
+            steps = _losses(multi)
+            return max(steps) >= 6 and _finished_steps(multi / "checkpoints")[-1] >= 4
+
+        _wait_for(trained_past_a_checkpoint, proc, RUN_TIMEOUT_S, "step 6 and a checkpoint at step 4")
+        os.kill(pids[1], signal.SIGKILL)
+        killed_at = time.monotonic()
+        out, _ = proc.communicate(timeout=HEARTBEAT_S * 6)
+        survivor_s = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # The resumed leg continued on the exact next batch: its steps 3, 4 are the reference's.
+    losses = _losses(multi)
+    assert min(set(losses) - {1, 2}) == 3
+    for step in (1, 2, 3, 4):
+        assert abs(losses[step] - ref_losses[step]) < 1e-5, (step, losses[step], ref_losses[step])
+
+    # The survivor exited on its own, non-zero, within the heartbeat timeout (plus start-up slack).
+    assert proc.returncode != 0
+    status = dict(re.findall(r"local\.sh: process (\d) \(pid \d+\) exited with status (\d+)", out))
+    assert status.get("1") == str(128 + signal.SIGKILL) and status.get("0") not in (None, "0"), out
+    assert survivor_s < HEARTBEAT_S * 5, survivor_s
+
+    # The last finalised checkpoint is whole: it restores here (1 process), at its step, finite.
+    last = _finished_steps(multi / "checkpoints")[-1]
+    assert last >= 4
+    state, meta = _restore_on_one_device(multi / "checkpoints", last)
+    assert int(state["step"]) == last and meta["epoch"] == last // 9
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+    assert leaves and all(np.isfinite(x).all() for x in leaves)
+
+
+def _restore_on_one_device(ckpt_dir: pathlib.Path, step: int):
+    """The train state and meta of a checkpoint written by another topology, onto this process's device."""
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(ckpt_dir, item_handlers=handlers) as manager:
+        shapes = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        restored = manager.restore(step, args=args)
+    return restored["state"], restored["meta"]
+
+
+@pytest.mark.parametrize("script", ["local.sh", "tpu.sh", "gpu_slurm.sh"])
+def test_scripts_pass_shellcheck_and_help(script):
+    path = LAUNCH / script
+    shellcheck = shutil.which("shellcheck", path=str(pathlib.Path(sys.executable).parent)) or "shellcheck"
+    check = subprocess.run([shellcheck, str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    helped = subprocess.run([str(path), "-h"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "--dry-run" in helped.stdout
+    bad = subprocess.run([str(path), "--no-such-flag"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--no-such-flag" in bad.stderr
