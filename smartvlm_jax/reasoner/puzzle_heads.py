@@ -46,6 +46,7 @@ class StackedMLP(nn.Module):
     impl: str = "gather"
     valid_out: Sequence[int] | None = None
     unused_first_row: bool = False  # row 0 exists only for indexing by puzzle id: keep it zero
+    activation: str = "gelu"  # between the Linears: "gelu" (SMARTER) or "relu" (the SMART baseline)
 
     @nn.compact
     def __call__(self, x: jax.Array, rows: jax.Array) -> jax.Array:
@@ -64,24 +65,26 @@ class StackedMLP(nn.Module):
             fan_in = width
 
         safe = jnp.minimum(rows, g - 1)
+        act = jax.nn.relu if self.activation == "relu" else gelu
         if g == 1:  # a single shared MLP: plain matmuls
-            return _mlp(x, [(k[0], b[0]) for k, b in params], lambda h, kb: h @ kb[0] + kb[1])
+            return _mlp(x, [(k[0], b[0]) for k, b in params], lambda h, kb: h @ kb[0] + kb[1], act)
         if self.impl == "gather":
-            return _mlp(x, params, lambda h, kb: jnp.einsum("bi,bio->bo", h, kb[0][safe]) + kb[1][safe])
+            apply = lambda h, kb: jnp.einsum("bi,bio->bo", h, kb[0][safe]) + kb[1][safe]
+            return _mlp(x, params, apply, act)
         # ragged: sort once, run every layer on the grouped batch, unsort at the end.
         order = jnp.argsort(rows, stable=True)
         inverse = jnp.argsort(order)
         sizes = jnp.bincount(rows, length=g).astype(jnp.int32)  # rows == g are left out of every group
         sorted_safe = safe[order]
-        y = _mlp(x[order], params, lambda h, kb: lax.ragged_dot(h, kb[0], sizes) + kb[1][sorted_safe])
+        y = _mlp(x[order], params, lambda h, kb: lax.ragged_dot(h, kb[0], sizes) + kb[1][sorted_safe], act)
         return y[inverse]
 
 
-def _mlp(x: jax.Array, params: list, apply) -> jax.Array:
+def _mlp(x: jax.Array, params: list, apply, act=gelu) -> jax.Array:
     for i, kb in enumerate(params):
         x = apply(x, kb)
         if i < len(params) - 1:
-            x = gelu(x)
+            x = act(x)
     return x
 
 
