@@ -16,6 +16,7 @@ from smartvlm_jax import puzzles
 # Width of the frozen vision features for each tower choice (SPEC section 5.1 and the variants).
 VISION_DIMS: dict[str, int] = {"fused": 1536, "dinov2": 768, "siglip": 768}
 HEAD_IMPLS: tuple[str, ...] = ("gather", "ragged")
+HEADS: tuple[str, ...] = ("smarter", "baseline")  # baseline: the SMART paper's (reasoner/baseline.py)
 # Number of per-puzzle image encoders: one per puzzle id 1..101 plus the unused index 0, so that the
 # encoder of puzzle p is row p of the stacked parameters, as in the reference's ModuleList.
 NUM_ENCODER_SLOTS = len(puzzles.ALL_PUZZLE_IDS) + 1
@@ -30,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     before `build`; everything else has the paper's value.
     """
     c = ml_collections.ConfigDict()
+    c.head = "smarter"  # "smarter" (this paper's head) or "baseline" (SMART's ResNet-50 + BERT head)
     c.puzzle_ids = []  # sorted puzzle ids of the run (1..101); decoders are indexed by rank among them
     c.num_classes = []  # C_p of each puzzle in puzzle_ids, same order
     c.features = "fused"  # vision features: "fused" (DINOv2+SigLIP, 1536-d), "dinov2" or "siglip" (768-d)
@@ -94,6 +96,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"num_classes: every C_p must be >= 1, got {list(cfg.num_classes)}")
     if cfg.features not in VISION_DIMS:
         raise ValueError(f"features: unknown {cfg.features!r}; expected one of {sorted(VISION_DIMS)}")
+    if cfg.get("head", "smarter") not in HEADS:
+        raise ValueError(f"head: unknown {cfg.head!r}; expected one of {list(HEADS)}")
     if cfg.head_impl not in HEAD_IMPLS:
         raise ValueError(f"head_impl: unknown {cfg.head_impl!r}; expected one of {list(HEAD_IMPLS)}")
     if cfg.text_dim % cfg.num_heads:

@@ -140,7 +140,15 @@ class SmarterHead(nn.Module):
         return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)
 
 
-def build(cfg: ml_collections.ConfigDict) -> SmarterHead:
-    """Validate the config and make the head module (ValueError naming a bad field)."""
+def build(cfg: ml_collections.ConfigDict) -> nn.Module:
+    """Validate the config and make the head module (ValueError naming a bad field).
+
+    ``cfg.head == "baseline"`` gives the SMART baseline (reasoner/baseline.py), which takes BERT token
+    states [B, L, D] as its text input.
+    """
     config_lib.validate(cfg)
+    if cfg.get("head", "smarter") == "baseline":
+        from smartvlm_jax.reasoner.baseline import BaselineHead  # baseline imports this package's layers
+
+        return BaselineHead(ml_collections.FrozenConfigDict(cfg))
     return SmarterHead(ml_collections.FrozenConfigDict(cfg))
