@@ -21,6 +21,7 @@ filesystem all nodes share; the virtual environment is created beforehand with t
   -A, --account NAME      SLURM account (default: the user's default)
   -J, --job-name NAME     job name (default smartvlm_jax)
       --port PORT         coordinator port on the first node (default 12355)
+      --repo DIR          the checkout the nodes run (default: the one holding this script)
       --venv DIR          virtual environment to activate (default: REPO/.venv)
       --logs DIR          where SLURM writes the job's output, %j = job id (default: REPO/logs)
       --follow            after submitting, stream the job's output (tail -F) until it ends
@@ -64,6 +65,7 @@ while (($#)); do
     -A | --account) account="${2:?$1 needs a value}"; shift 2 ;;
     -J | --job-name) job_name="${2:?$1 needs a value}"; shift 2 ;;
     --port) port="${2:?$1 needs a value}"; shift 2 ;;
+    --repo) repo="${2:?$1 needs a value}"; shift 2 ;;
     --venv) venv="${2:?$1 needs a value}"; shift 2 ;;
     --logs) logs="${2:?$1 needs a value}"; shift 2 ;;
     --follow) follow=1; shift ;;

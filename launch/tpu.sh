@@ -157,8 +157,8 @@ do_setup() {
     ssh_workers all "rm -rf $remote_dir && git clone --depth 1 --branch $(printf '%q' "$branch") $(printf '%q' "$repo_url") $remote_dir && cd $remote_dir && $install"
   else
     # Committed files only (HEAD): the workers get what `git status` calls clean.
-    local archive="${TMPDIR:-/tmp}/smartvlm_jax-$name.tar.gz"
-    step git -C "$repo_root" archive --format=tar.gz "--output=$archive" HEAD
+    local archive="/tmp/smartvlm_jax-$name.tar.gz"
+    step git archive --format=tar.gz "--output=$archive" HEAD
     step gcloud compute tpus tpu-vm scp "$archive" "$name:smartvlm_jax.tar.gz" "${gcloud_scope[@]}" --worker=all
     ssh_workers all "rm -rf $remote_dir && mkdir -p $remote_dir && tar -xzf smartvlm_jax.tar.gz -C $remote_dir && cd $remote_dir && $install"
   fi
@@ -188,6 +188,7 @@ do_delete() {
   step gcloud compute tpus queued-resources delete "$name" "${gcloud_scope[@]}" --force --quiet
 }
 
+cd "$repo_root" # git archive packs this checkout
 for c in "${commands[@]}"; do
   "do_$c"
 done

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -205,3 +206,78 @@ def test_scripts_pass_shellcheck_and_help(script):
     assert helped.returncode == 0 and "--dry-run" in helped.stdout
     bad = subprocess.run([str(path), "--no-such-flag"], capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "--no-such-flag" in bad.stderr
+
+
+# The invocations the README documents, as written there.
+README_DRY_RUNS = {
+    "tpu": "launch/tpu.sh -n smartvlm -z us-central1-a -a v5litepod-8 create setup run logs -- "
+    "--config configs/smoke.py --workdir workdirs/smoke",
+    "tpu_pod": "launch/tpu.sh -n smartvlm-pod -z us-central1-a -a v4-32 -r tpu-ubuntu2204-base --spot "
+    "--repo https://github.com/ORG/smartvlm_jax.git create setup run logs -- --config configs/smarter.py "
+    "--workdir /mnt/shared/workdirs/smarter --config.data.root=/mnt/shared/SMART101-Data "
+    "--config.towers.dinov2=/mnt/shared/models/dinov2-base "
+    "--config.towers.siglip=/mnt/shared/models/siglip-base-patch16-224",
+    "tpu_stop": "launch/tpu.sh -n smartvlm-pod -z us-central1-a stop delete",
+    "slurm": "launch/gpu_slurm.sh -N 2 -g 8 -p gpu --repo /shared/smartvlm_jax -- "
+    "--config configs/smarter.py --workdir /shared/workdirs/smarter --config.data.root=/shared/SMART101-Data "
+    "--config.towers.dinov2=/shared/models/dinov2-base "
+    "--config.towers.siglip=/shared/models/siglip-base-patch16-224",
+    "local": "launch/local.sh -n 2 -p 12355 -- --config configs/smoke.py --workdir workdirs/smoke2",
+}
+
+
+def _dry_run(argv: list[str], expect_rc: int = 0) -> subprocess.CompletedProcess:
+    # --dry-run goes first: whatever follows "--" belongs to smartvlm_jax.main.
+    cmd = [argv[0], "--dry-run", *argv[1:]]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == expect_rc, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("name", sorted(README_DRY_RUNS))
+def test_readme_shows_what_the_dry_runs_print(name):
+    """The README's invocation and every command its dry run prints appear in the README verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    assert README_DRY_RUNS[name] in readme
+    printed = _dry_run(shlex.split(README_DRY_RUNS[name])).stdout.splitlines()
+    assert printed
+    missing = [line for line in printed if line not in readme.splitlines()]
+    assert not missing, missing
+
+
+def test_slurm_job_script_is_valid_bash_with_slurm_coordinator():
+    out = _dry_run(shlex.split(README_DRY_RUNS["slurm"])).stdout
+    script = out.split("<<'JOB'\n", 1)[1].rsplit("JOB\n", 1)[0]
+    check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in script
+    assert '--config.distributed.num_processes="$SLURM_NNODES"' in script
+
+
+def test_dry_runs_quote_arguments_that_need_it():
+    """A MAIN_ARGS value with a space and a quote survives the remote shell and the job script intact."""
+    value = "--config.data.root=/data/it's here"
+    main_args = ["--", "--config", "c.py", "--workdir", "w", value]
+    tpu = _dry_run(["launch/tpu.sh", "-z", "z", "run", *main_args]).stdout
+    remote = shlex.split(tpu.splitlines()[-1])[-1].removeprefix("--command=")
+    assert value in shlex.split(remote)
+    slurm = _dry_run(["launch/gpu_slurm.sh", *main_args]).stdout
+    python_line = next(line for line in slurm.splitlines() if "smartvlm_jax.main" in line)
+    assert value in shlex.split(python_line.rstrip("\\ "))
+    local = _dry_run(["launch/local.sh", "-n", "1", *main_args]).stdout
+    assert value in shlex.split(local.splitlines()[0].rstrip("&"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["launch/local.sh", "-n", "0", "--", "--config", "c"], "-n/--processes"),
+        (["launch/local.sh", "-n", "2"], "after --"),
+        (["launch/gpu_slurm.sh", "-N", "two", "--", "x"], "--nodes"),
+        (["launch/tpu.sh", "-z", "z", "run"], "'run' needs"),
+        (["launch/tpu.sh", "-z", "z"], "no command"),
+        (["launch/tpu.sh", "-z", "z", "-n", "Bad_Name", "status"], "--name"),
+    ],
+)
+def test_bad_flags_fail_naming_the_flag(argv, message):
+    assert message in _dry_run(argv, expect_rc=2).stderr
