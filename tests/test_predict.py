@@ -118,11 +118,10 @@ def test_model_dir_with_towers_and_quirks(workdir, run_config, tmp_path):
     tower_dirs = [run_config["towers"]["siglip"], run_config["towers"]["dinov2"]]  # any order
     rows = [r for r in _test_rows(run_config) if r.puzzle_id in (16, 18, 63)][:6]
     args = ([r.image_path for r in rows], [r.question for r in rows], None, [r.puzzle_id for r in rows])
-    batched = reasoner.Predictor.load(model_dir, towers=tower_dirs, batch_size=8).predict(*args)
-    singles = reasoner.Predictor.load(model_dir, towers=tower_dirs, batch_size=1).predict(*args)
-    np.testing.assert_array_equal(batched.values, singles.values)
-    # And each equals the quirky head run on that example alone (a batch of one).
-    vision, text = reasoner.Predictor.load(model_dir, towers=tower_dirs).features(args[0], args[1])
+    pred = reasoner.Predictor.load(model_dir, towers=tower_dirs, batch_size=8)
+    batched = pred.predict(*args)
+    # Each equals the quirky head run on that example alone (a batch of one), as the reference would.
+    vision, text = pred.features(args[0], args[1])
     for i, r in enumerate(rows):
         logits = model.apply(
             {"params": params}, vision[i : i + 1], text[i : i + 1], np.asarray([r.puzzle_id])
