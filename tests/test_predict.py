@@ -122,10 +122,9 @@ def test_model_dir_with_towers_and_quirks(workdir, run_config, tmp_path):
     batched = pred.predict(*args)
     # Each equals the quirky head run on that example alone (a batch of one), as the reference would.
     vision, text = pred.features(args[0], args[1])
+    alone = jax.jit(lambda v, t, p: model.apply({"params": params}, v, t, p))
     for i, r in enumerate(rows):
-        logits = model.apply(
-            {"params": params}, vision[i : i + 1], text[i : i + 1], np.asarray([r.puzzle_id])
-        )
+        logits = alone(vision[i : i + 1], text[i : i + 1], np.asarray([r.puzzle_id]))
         np.testing.assert_array_equal(batched.values[i], np.argmax(np.asarray(logits)[0], axis=-1))
 
 
