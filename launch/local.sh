@@ -122,7 +122,7 @@ while ((${#running[@]})); do
   finished=""
   rc=0
   wait -n -p finished "${!running[@]}" || rc=$?
-  if [[ -z "$finished" ]]; then
+  if [[ -z "${finished:-}" ]]; then
     continue # a trapped signal interrupted wait; keep waiting for the processes
   fi
   echo "local.sh: process ${running[$finished]} (pid $finished) exited with status $rc"
