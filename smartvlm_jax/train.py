@@ -91,7 +91,7 @@ def train_step(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )
     metrics = TrainMetrics.single_from_model_output(
-        loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step)
+        loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step)
     )
     return new_state, metrics
 
@@ -455,7 +455,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt_dir = workdir / "checkpoints"
     manager = ocp.CheckpointManager(
         ckpt_dir,
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints,
+            create=True,
+            # Process 0 makes a save's directories; with several processes they must exist before the
+            # others write their parts (grain's per-process iterator files), so not in the background.
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+        ),
         item_names=("state", "data", "meta"),
     )
     meta = {"epoch": 0, "best_val_S_acc": -1.0, "best_epoch": 0, "epochs_without_improvement": 0, "val": []}
@@ -519,7 +525,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if step % config.log_every_steps == 0 or step == max_steps:
                 scalars = pending.compute()
                 writer.write_scalars(step, scalars, prefix="train/")
-                progress(step, scalars)
+                if run.is_lead:
+                    progress(step, scalars)
                 pending = None
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
@@ -538,7 +545,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             elif step % config.checkpoint_every_steps == 0:
                 save(step)
                 last_saved = step
-            if stop_requested:
+            # Every process must stop at the same step, or one waits in the save's barriers for ever.
+            if parallel.any_process(bool(stop_requested)):
                 logging.info("SIGTERM: saving step %d and stopping", step)
                 if last_saved != step:
                     save(step)

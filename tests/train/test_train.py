@@ -1,0 +1,221 @@
+"""The main job end to end on synthetic puzzles and tiny towers: metrics, resume, devices, caching, errors.
+
+Every run here uses the same small config (11 synthetic puzzles x 30 instances, batch 16, 3 epochs), so
+runs that differ only in how they execute (devices, feature cache, interruption) must agree.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import smoke
+from smartvlm_jax import evaluate, reasoner, train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+OVERRIDES = {
+    "synthetic.per_puzzle": 30,
+    "num_epochs": 3,
+    "batch_size": 16,
+    "eval_batch_size": 32,
+    "checkpoint_every_steps": 5,
+    "log_every_steps": 1,
+}
+
+
+def run_config(**extra):
+    config = smoke.get_config()
+    for key, value in {**OVERRIDES, **extra}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def losses(workdir: pathlib.Path) -> dict[int, float]:
+    """Training loss per step from the JSON-lines log (the last value wins where a resumed run repeats)."""
+    out = {}
+    for line in (workdir / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            out[record["step"]] = record["train/loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run on all 8 simulated devices with cached features."""
+    workdir = tmp_path_factory.mktemp("reference")
+    results = train.train_and_evaluate(run_config(), workdir)
+    return workdir, results
+
+
+def reusing(workdir: pathlib.Path) -> dict:
+    """Overrides that reuse the reference run's synthetic puzzles, built dataset and tiny towers."""
+    return {
+        "synthetic.enabled": False,
+        "data.root": str(workdir / "synthetic"),
+        "data.data_dir": str(workdir / "tfds"),
+        "towers.tiny": False,
+        "towers.dinov2": str(workdir / "towers" / "dinov2"),
+        "towers.siglip": str(workdir / "towers" / "siglip"),
+    }
+
+
+def test_end_to_end_run_writes_results_and_learns(reference):
+    workdir, results = reference
+    saved = evaluate.load_results(workdir)
+    test = saved["test"]
+    for key in ("S_acc", "O_acc", "err", "per_puzzle", "per_skill", "greedy_S_acc", "chance_S_acc"):
+        assert key in test
+    assert test["n"] == sum(v["n"] for v in test["per_puzzle"].values()) == 11 * 6
+    assert results["test"]["S_acc"] == pytest.approx(test["S_acc"])
+    assert (workdir / "test_per_puzzle.png").stat().st_size > 1000
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    steps = losses(workdir)
+    assert sorted(steps) == list(range(1, 3 * 13 + 1))  # 198 train rows / 16 -> 13 steps per epoch
+    assert np.mean(list(steps.values())[-5:]) < np.mean(list(steps.values())[:5])
+    _, variables, cfg = reasoner.load(workdir)
+    assert cfg.vision_dim == 64 and cfg.text_dim == 32  # tiny towers: 2 x 32-d vision, 32-d text
+    assert len(saved["val"]["per_puzzle"]) == 11 and saved["best_epoch"] >= 1
+    assert json.loads((workdir / "config.json").read_text())["towers"]["dinov2"].endswith("towers/dinov2")
+
+
+def copy_features(workdir: pathlib.Path, to: pathlib.Path) -> None:
+    """Reuse the reference's feature cache: the towers and data are the same, only the head run differs."""
+    shutil.copytree(workdir / "features", to / "features")
+
+
+def test_one_device_equals_eight(reference, tmp_path):
+    workdir, results = reference
+    copy_features(workdir, tmp_path)
+    single = train.train_and_evaluate(run_config(**reusing(workdir), **{"mesh.num_devices": 1}), tmp_path)
+    ref, one = losses(workdir), losses(tmp_path)
+    assert ref.keys() == one.keys()
+    np.testing.assert_allclose(list(one.values()), list(ref.values()), atol=1e-5, rtol=0)
+    assert single["test"]["S_acc"] == results["test"]["S_acc"]
+    assert single["test"]["O_acc"] == results["test"]["O_acc"]
+
+
+def test_uncached_equals_cached(reference, tmp_path):
+    workdir, results = reference
+    uncached = train.train_and_evaluate(run_config(**reusing(workdir), cache_features=False), tmp_path)
+    assert not (tmp_path / "features").exists()
+    np.testing.assert_allclose(list(losses(tmp_path).values()), list(losses(workdir).values()), atol=1e-5)
+    assert uncached["test"]["S_acc"] == results["test"]["S_acc"]
+    assert uncached["test"]["per_puzzle"] == results["test"]["per_puzzle"]
+
+
+def _wait_for_checkpoint(workdir: pathlib.Path, process: subprocess.Popen, after: int = 0) -> int:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        ckpt = workdir / "checkpoints"
+        steps = [int(d.name) for d in ckpt.iterdir() if d.name.isdigit()] if ckpt.exists() else []
+        if any(s > after for s in steps):
+            return max(steps)
+        if process.poll() is not None:
+            raise AssertionError(
+                f"run ended (rc {process.returncode}) before a checkpoint after step {after}"
+            )
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint within 180 s")
+
+
+def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_path):
+    """SIGTERM: save and exit 0. SIGKILL: the rerun resumes and ends exactly as a run never interrupted."""
+    workdir, results = reference
+    cmd = [
+        sys.executable,
+        "-m",
+        "smartvlm_jax.main",
+        "--config",
+        "configs/smoke.py",
+        "--workdir",
+        str(tmp_path),
+        *[f"--config.{k}={v}" for k, v in {**OVERRIDES, **reusing(workdir)}.items()],
+        "--config.cache_features=False",  # slower steps: a window to interrupt in
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_for_checkpoint(tmp_path, first)
+    first.send_signal(signal.SIGTERM)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, out.decode()[-3000:]
+    assert b"SIGTERM: saving step" in out
+    stopped = max(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
+    assert stopped < 39 and not (tmp_path / "results.json").exists()
+
+    second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_for_checkpoint(tmp_path, second, after=stopped)
+    second.kill()
+    second.communicate(timeout=60)
+    assert second.returncode == -signal.SIGKILL
+    assert not (tmp_path / "results.json").exists()
+
+    third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert third.returncode == 0, third.stdout.decode()[-3000:] + third.stderr.decode()[-3000:]
+    assert b"resumed from" in third.stderr + third.stdout
+    resumed = evaluate.load_results(tmp_path)["test"]
+    assert resumed["S_acc"] == results["test"]["S_acc"]
+    assert resumed["O_acc"] == results["test"]["O_acc"]
+    assert resumed["err"] == pytest.approx(results["test"]["err"], abs=1e-9)
+    np.testing.assert_allclose(list(losses(tmp_path).values()), list(losses(workdir).values()), atol=1e-5)
+
+
+def test_evaluate_cli_reproduces_the_test_metrics(reference):
+    workdir, results = reference
+    out = subprocess.run(
+        [sys.executable, "-m", "smartvlm_jax.evaluate", "--workdir", str(workdir), "--split", "test"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| **all** |" in out.stdout
+    assert evaluate.load_results(workdir)["test"]["S_acc"] == results["test"]["S_acc"]
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"towers.tiny": False, "towers.dinov2": "/no/such/dir"}, "config.towers.dinov2"),
+        ({"batch_size": 12}, "config.batch_size"),
+        ({"model.features": "clip"}, "config.model.features"),
+        ({"optim.name": "sgd"}, "config.optim.name"),
+        ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
+    ],
+)
+def test_bad_config_fails_before_any_work(tmp_path, extra, field):
+    with pytest.raises((ValueError, FileNotFoundError), match=field.replace(".", r"\.")):
+        train.train_and_evaluate(run_config(**extra), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written: no data, towers or checkpoints
+
+
+def test_absent_puzzle_id_names_the_field(reference, tmp_path):
+    workdir, _ = reference
+    config = run_config(**reusing(workdir))
+    config.data.puzzle_ids = "1,2,3"
+    with pytest.raises(ValueError, match=r"config\.data\.puzzle_ids.*\[2\]"):
+        train.train_and_evaluate(config, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(reference, tmp_path):
+    workdir, _ = reference
+    copy_features(workdir, tmp_path)
+    config = run_config(**reusing(workdir))
+    config.optim.lr = 1e38
+    config.optim.warmup_steps = 1
+    with pytest.raises(FloatingPointError, match=r"at step \d+; last good checkpoint: "):
+        train.train_and_evaluate(config, tmp_path)
