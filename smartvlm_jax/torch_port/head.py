@@ -143,7 +143,7 @@ class TorchSmarterHead(nn.Module):
         if self.cfg.use_single_image_head:
             y = self.im_encoder(x)
             return y if self.cfg.reference_quirks else F.gelu(y)
-        y = torch.zeros(len(x), self.cfg.repr_size, dtype=x.dtype)
+        y = torch.zeros(len(x), self.cfg.repr_size, dtype=x.dtype, device=x.device)
         for p in self.sorted_ids:
             idx = pids == p
             if idx.any():
@@ -182,7 +182,9 @@ def padded_logits(outputs: Mapping, pids: torch.Tensor, cfg: ml_collections.Conf
     c_max = max(int(c) for c in cfg.num_classes)
     first = next(iter(outputs.values()))
     dtype = (first[0] if isinstance(first, list) else first).dtype
-    logits = torch.full((len(pids), cfg.num_decode_steps, c_max), config_lib.MASKED_LOGIT, dtype=dtype)
+    logits = torch.full(
+        (len(pids), cfg.num_decode_steps, c_max), config_lib.MASKED_LOGIT, dtype=dtype, device=pids.device
+    )
     for p, out in outputs.items():
         idx = torch.nonzero(pids == p).squeeze(1)
         steps = out if isinstance(out, list) else [out]
