@@ -156,7 +156,7 @@ def _shape(config, state):
 
 
 def _type(config, state):
-    return {**config, "model_type": "bert"}, state
+    return {**config, "model_type": "gpt2"}, state
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def _type(config, state):
         (_drop, ["missing key encoder.layer.1.mlp.fc2.bias", "dinov2"]),
         (_extra, ["unexpected key encoder.layer.0.surprise.weight"]),
         (_shape, ["encoder.layer.0.attention.attention.query.weight", "(32, 16)", "(32, 32)"]),
-        (_type, ["unsupported model type 'bert'"]),
+        (_type, ["unsupported model type 'gpt2'"]),
     ],
 )
 def test_converter_rejects_bad_input(tmp_path, hf_tiny, edit, expected):
