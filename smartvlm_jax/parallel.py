@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -100,6 +101,18 @@ def shardings_for(tree, mesh: Mesh, rules: Sequence[tuple[str, P]] = REPLICATED_
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map(fit, tree, specs)
+
+
+def any_process(flag: bool) -> bool:
+    """``flag`` OR-ed over all processes, the same answer on each: for decisions they must take together.
+
+    A SIGTERM (preemption, or passed on by a launcher) reaches processes at different steps; stopping on a
+    per-process flag would send one process into a checkpoint's barriers while another runs the next
+    step's collectives, and the job would hang.
+    """
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
