@@ -8,6 +8,7 @@ differ while the loss is otherwise permutation-invariant. Every subprocess runs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -43,6 +44,8 @@ RUN_ARGS = [
     "--config.distributed.initialization_timeout_s=120",
 ]
 RUN_TIMEOUT_S = 420
+REF_STEPS = 12
+STEPS_PER_EPOCH = 9  # ceil(66 train rows / 8)
 
 
 def _env(cache_dir: pathlib.Path) -> dict[str, str]:
@@ -62,7 +65,8 @@ def _env(cache_dir: pathlib.Path) -> dict[str, str]:
 def _losses(workdir: pathlib.Path) -> dict[int, float]:
     """step -> train loss from the run's log.jsonl (appended to by every leg of a resumed run)."""
     out: dict[int, float] = {}
-    for line in (workdir / "log.jsonl").read_text().splitlines():
+    log = workdir / "log.jsonl"
+    for line in log.read_text().splitlines() if log.exists() else []:
         rec = json.loads(line)
         if "train/loss" in rec:
             assert rec["step"] not in out, f"step {rec['step']} logged twice: the run did not resume"
@@ -75,37 +79,78 @@ def _local(n: int, workdir: pathlib.Path, *extra: str, log_dir: pathlib.Path) ->
             "--workdir", str(workdir), *extra]  # fmt: skip
 
 
-def _run(cmd: list[str], env: dict[str, str], log_dir: pathlib.Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    if proc.returncode:
-        logs = "".join(f"\n== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))
-        pytest.fail(f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}{logs}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 1-process x 4-device reference run of 4 steps, and a 2-process run of 2 steps (checkpointed).
+    """A 1-process x 4-device reference run of REF_STEPS steps, and a 2-process run stopped by SIGTERM.
 
     The two are independent, so they run side by side: much of a short run is waiting (barriers, I/O).
+    The launcher passes SIGTERM on to both processes; they must agree on one step, checkpoint it and exit 0.
     """
     base = tmp_path_factory.mktemp("launch")
     env = _env(base / "jax_cache")
     ref, multi = base / "ref", base / "multi"
     ref_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     ref_cmd = [sys.executable, "-m", "smartvlm_jax.main", *RUN_ARGS, "--workdir", str(ref)]
-    ref_cmd.append("--config.max_steps=4")
+    ref_cmd.append(f"--config.max_steps={REF_STEPS}")
     with open(base / "ref.log", "w") as ref_log:
         ref_proc = subprocess.Popen(ref_cmd, cwd=ROOT, env=ref_env, stdout=ref_log, stderr=subprocess.STDOUT)
+        leg1 = _launch(_local(2, multi, log_dir=base / "leg1"), env)
         try:
-            _run(_local(2, multi, "--config.max_steps=2", log_dir=base / "leg1"), env, base / "leg1")
+            _wait_for(lambda: max(_losses(multi), default=0) >= 2, leg1.proc, RUN_TIMEOUT_S, "step 2")
+            leg1.proc.send_signal(signal.SIGTERM)
+            out, _ = leg1.proc.communicate(timeout=RUN_TIMEOUT_S)
             ref_rc = ref_proc.wait(timeout=RUN_TIMEOUT_S)
         finally:
             if ref_proc.poll() is None:
                 ref_proc.kill()
                 ref_proc.wait()
+            if leg1.proc.poll() is None:
+                _stop(leg1)
     assert ref_rc == 0, (base / "ref.log").read_text()[-5000:]
-    return {"base": base, "env": env, "ref": ref, "multi": multi}
+    assert leg1.proc.returncode == 0 and _statuses(out) == {"0": "0", "1": "0"}, out + _logs(base / "leg1")
+    stopped_at = max(_losses(multi))
+    assert _finished_steps(multi / "checkpoints")[-1] == stopped_at
+    assert stopped_at + 2 <= REF_STEPS, f"SIGTERM landed late (step {stopped_at}); raise REF_STEPS"
+    return {"base": base, "env": env, "ref": ref, "multi": multi, "stopped_at": stopped_at}
+
+
+@dataclasses.dataclass
+class Launch:
+    proc: subprocess.Popen
+    pids: dict[int, int]
+
+
+def _launch(cmd: list[str], env: dict[str, str]) -> Launch:
+    """Start launch/local.sh and read the pids it prints first."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    pids: dict[int, int] = {}
+    while len(pids) < 2:
+        line = proc.stdout.readline()
+        assert line, "launcher ended before printing its pids"
+        match = re.match(r"local\.sh: process (\d) pid (\d+)", line)
+        if match:
+            pids[int(match[1])] = int(match[2])
+    return Launch(proc, pids)
+
+
+def _stop(launch: Launch) -> None:
+    """Kill a launch that is still running, trainers included (SIGKILL to bash does not reach them)."""
+    for pid in [launch.proc.pid, *launch.pids.values()]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    launch.proc.wait()
+
+
+def _statuses(out: str) -> dict[str, str]:
+    return dict(re.findall(r"local\.sh: process (\d) \(pid \d+\) exited with status (\d+)", out))
+
+
+def _logs(log_dir: pathlib.Path) -> str:
+    return "".join(f"\n== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))
 
 
 def _finished_steps(ckpt_dir: pathlib.Path) -> list[int]:
@@ -125,61 +170,42 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout_s: float, what: str) ->
 
 def test_two_processes_match_one_resume_and_fail_fast(runs):
     """2 x 2 devices gives 1 x 4's losses, resumes on the next batch, and a dead peer ends the job."""
-    ref, multi, base = runs["ref"], runs["multi"], runs["base"]
-    ref_losses, first_leg = _losses(ref), _losses(multi)
-    assert sorted(ref_losses) == [1, 2, 3, 4] and sorted(first_leg) == [1, 2]
-    assert _finished_steps(multi / "checkpoints") == [2]
+    ref, multi, base, k = runs["ref"], runs["multi"], runs["base"], runs["stopped_at"]
+    ref_losses = _losses(ref)
+    assert sorted(ref_losses) == list(range(1, REF_STEPS + 1))
 
-    # Second leg: resumes from step 2 and keeps training until one of its processes is killed.
-    log_dir = base / "leg2"
-    proc = subprocess.Popen(
-        _local(2, multi, log_dir=log_dir),
-        cwd=ROOT,
-        env=runs["env"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Second leg: resumes after step k and keeps training until one of its processes is killed.
+    leg2 = _launch(_local(2, multi, log_dir=base / "leg2"), runs["env"])
     try:
-        pids = {}
-        while len(pids) < 2:  # the launcher prints the pids first
-            line = proc.stdout.readline()
-            match = re.match(r"local\.sh: process (\d) pid (\d+)", line)
-            assert match or line, "launcher ended before printing its pids"
-            if match:
-                pids[int(match[1])] = int(match[2])
 
         def trained_past_a_checkpoint() -> bool:
-            steps = _losses(multi)
-            return max(steps) >= 6 and _finished_steps(multi / "checkpoints")[-1] >= 4
+            return max(_losses(multi)) >= k + 2 and _finished_steps(multi / "checkpoints")[-1] > k
 
-        _wait_for(trained_past_a_checkpoint, proc, RUN_TIMEOUT_S, "step 6 and a checkpoint at step 4")
-        os.kill(pids[1], signal.SIGKILL)
+        _wait_for(trained_past_a_checkpoint, leg2.proc, RUN_TIMEOUT_S, f"step {k + 2} and a checkpoint")
+        os.kill(leg2.pids[1], signal.SIGKILL)
         killed_at = time.monotonic()
-        out, _ = proc.communicate(timeout=HEARTBEAT_S * 6)
+        out, _ = leg2.proc.communicate(timeout=HEARTBEAT_S * 6)
         survivor_s = time.monotonic() - killed_at
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if leg2.proc.poll() is None:
+            _stop(leg2)
 
-    # The resumed leg continued on the exact next batch: its steps 3, 4 are the reference's.
+    # The resumed leg continued on the exact next batch: every step matches the 1-process run.
     losses = _losses(multi)
-    assert min(set(losses) - {1, 2}) == 3
-    for step in (1, 2, 3, 4):
+    assert sorted(losses)[: k + 2] == list(range(1, k + 3))
+    for step in range(1, k + 3):
         assert abs(losses[step] - ref_losses[step]) < 1e-5, (step, losses[step], ref_losses[step])
 
-    # The survivor exited on its own, non-zero, within the heartbeat timeout (plus start-up slack).
-    assert proc.returncode != 0
-    status = dict(re.findall(r"local\.sh: process (\d) \(pid \d+\) exited with status (\d+)", out))
+    # The survivor exited on its own, non-zero, within the heartbeat timeout (plus slack for a busy host).
+    assert leg2.proc.returncode != 0
+    status = _statuses(out)
     assert status.get("1") == str(128 + signal.SIGKILL) and status.get("0") not in (None, "0"), out
     assert survivor_s < HEARTBEAT_S * 5, survivor_s
 
     # The last finalised checkpoint is whole: it restores here (1 process), at its step, finite.
     last = _finished_steps(multi / "checkpoints")[-1]
-    assert last >= 4
     state, meta = _restore_on_one_device(multi / "checkpoints", last)
-    assert int(state["step"]) == last and meta["epoch"] == last // 9
+    assert int(state["step"]) == last and meta["epoch"] == last // STEPS_PER_EPOCH
     leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
     assert leaves and all(np.isfinite(x).all() for x in leaves)
 
