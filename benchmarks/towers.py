@@ -1,10 +1,14 @@
-"""Images/s (texts/s) of each frozen tower's forward: JAX vs transformers PyTorch, same inputs, same run.
+"""Frozen-tower throughput: JAX fp32 / bf16 vs transformers PyTorch fp32 / bf16, same inputs, same run.
 
 Builds random-init base towers (dinov2-base, siglip-base-patch16-224 vision and text) with transformers,
-loads the same weights into JAX through the converter, checks the outputs agree, then times both
-(fp32 by default) next to this machine's measured 2048^3 matmul GFLOP/s in each framework.
+loads the same weights into JAX through the converter, and times the four variants of each tower's forward
+(``last_hidden_state`` of a batch) in interleaved rounds, so a change of machine load hits them alike.
+Prints the median (and best) items/s of each, the instances/s of the three towers together (one DINOv2
+image + one SigLIP image + one question per puzzle instance), the max |diff| of JAX vs PyTorch, the
+relative error of JAX bf16's mean-pooled features against JAX fp32, the load average, and this machine's
+2048^3 matmul GFLOP/s in each framework and dtype.
 
-    python benchmarks/towers.py [--batch 8] [--iters 3] [--dtype float32] [--json out.json]
+    python -m benchmarks.towers [--batch 8] [--rounds 5] [--towers dinov2-base,...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,88 +38,148 @@ CONFIGS = {
     "siglip-base vision": ("vision", transformers.SiglipVisionModel, transformers.SiglipVisionConfig()),
     "siglip-base text": ("text", transformers.SiglipTextModel, transformers.SiglipTextConfig()),
 }
+VARIANTS = ("jax fp32", "jax bf16", "torch fp32", "torch bf16")
 
 
-def best_time(fn: Callable[[], Any], iters: int) -> float:
-    """Best wall time of ``iters`` calls after one warm-up (compilation) call."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
+def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``rounds`` times, interleaved (after one warm-up call each)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
-def matmul_gflops(iters: int) -> dict[str, float]:
-    """fp32 2048^3 matmul throughput of JAX and PyTorch on this machine."""
+def matmul_gflops(rounds: int) -> dict[str, float]:
+    """2048^3 matmul GFLOP/s: JAX and PyTorch, fp32 and bf16 (JAX bf16 accumulates in fp32)."""
     n = 2048
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    ja = jnp.asarray(a)
-    f = jax.jit(lambda x: x @ x)
-    ta = torch.from_numpy(a)
-    flops = 2 * n**3
-    return {
-        "jax": flops / best_time(lambda: f(ja).block_until_ready(), iters) / 1e9,
-        "torch": flops / best_time(lambda: ta @ ta, iters) / 1e9,
-    }
+    ja, jb = jnp.asarray(a), jnp.asarray(a, jnp.bfloat16)
+    f32 = jax.jit(lambda x: x @ x)
+    bf16 = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(a).bfloat16()
+    times = timed_rounds(
+        {
+            "jax fp32": lambda: f32(ja).block_until_ready(),
+            "jax bf16": lambda: bf16(jb).block_until_ready(),
+            "torch fp32": lambda: ta @ ta,
+            "torch bf16": lambda: tb @ tb,
+        },
+        rounds,
+    )
+    return {k: 2 * n**3 / min(v) / 1e9 for k, v in times.items()}
 
 
-def bench_tower(name: str, batch: int, iters: int, dtype: str, workdir: str) -> dict[str, Any]:
-    """Times one tower; returns items/s of both frameworks and their max |difference|."""
+def bench_tower(name: str, batch: int, rounds: int, workdir: str) -> dict[str, Any]:
+    """Times the four variants of one tower; returns items/s (median, best) and the accuracy figures."""
     part, cls, config = CONFIGS[name]
     torch.manual_seed(0)
     model = cls(config).eval()
     path = os.path.join(workdir, name.replace(" ", "_"))
     model.save_pretrained(path)
+    jax_towers = {dt: towers.load(path, part=part, dtype=dt) for dt in ("float32", "bfloat16")}
+    rng = np.random.default_rng(0)
     if part == "text":
-        ids = np.random.default_rng(0).integers(0, config.vocab_size, (batch, 64)).astype(np.int32)
-        tower = towers.load(path, part="text", dtype=dtype)
-        inputs, torch_kwargs = jnp.asarray(ids), {"input_ids": torch.from_numpy(ids.astype(np.int64))}
+        ids = rng.integers(0, config.vocab_size, (batch, 64)).astype(np.int32)
+        inputs = jnp.asarray(ids)
+        torch_inputs = {"input_ids": torch.from_numpy(ids.astype(np.int64))}
     else:
-        tower = towers.load(path, part="vision", dtype=dtype)
-        s = tower.image_size
-        pixels = np.random.default_rng(0).standard_normal((batch, s, s, 3)).astype(np.float32)
+        s = jax_towers["float32"].image_size
+        pixels = rng.standard_normal((batch, s, s, 3)).astype(np.float32)
         inputs = jnp.asarray(pixels)
-        torch_kwargs = {"pixel_values": torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())}
-    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    model = model.to(torch_dtype)
-    torch_kwargs = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in torch_kwargs.items()}
+        torch_inputs = {"pixel_values": torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())}
+    models = {"torch fp32": model, "torch bf16": cls(config).eval()}
+    models["torch bf16"].load_state_dict(model.state_dict())
+    models["torch bf16"] = models["torch bf16"].to(torch.bfloat16)
+    bf16_inputs = {k: v.bfloat16() if v.is_floating_point() else v for k, v in torch_inputs.items()}
 
-    def run_torch():
-        with torch.inference_mode():
-            return model(**torch_kwargs).last_hidden_state
+    def torch_fn(variant: str) -> Callable[[], torch.Tensor]:
+        kwargs = bf16_inputs if variant.endswith("bf16") else torch_inputs
 
-    t_jax = best_time(lambda: tower.encode(inputs).block_until_ready(), iters)
-    t_torch = best_time(run_torch, iters)
-    diff = float(np.abs(np.asarray(tower.encode(inputs)) - run_torch().float().numpy()).max())
-    return {"tower": name, "batch": batch, "dtype": dtype, "jax_per_s": batch / t_jax,
-            "torch_per_s": batch / t_torch, "max_abs_diff": diff}  # fmt: skip
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return models[variant](**kwargs).last_hidden_state
+
+        return run
+
+    fns: dict[str, Callable[[], Any]] = {
+        "jax fp32": lambda: jax_towers["float32"].encode(inputs).block_until_ready(),
+        "jax bf16": lambda: jax_towers["bfloat16"].encode(inputs).block_until_ready(),
+        "torch fp32": torch_fn("torch fp32"),
+        "torch bf16": torch_fn("torch bf16"),
+    }
+    times = timed_rounds(fns, rounds)
+    outs = {
+        "jax fp32": np.asarray(jax_towers["float32"].encode(inputs)),
+        "jax bf16": np.asarray(jax_towers["bfloat16"].encode(inputs)),
+        "torch fp32": fns["torch fp32"]().float().numpy(),
+        "torch bf16": fns["torch bf16"]().float().numpy(),
+    }
+    pooled = {k: v.mean(axis=1) for k, v in outs.items()}
+
+    def rel(a: str, b: str) -> float:
+        return float(np.linalg.norm(pooled[a] - pooled[b]) / np.linalg.norm(pooled[b]))
+
+    return {
+        "tower": name,
+        "batch": batch,
+        "per_s": {k: batch / float(np.median(v)) for k, v in times.items()},
+        "best_per_s": {k: batch / min(v) for k, v in times.items()},
+        "fp32_max_abs_diff_jax_vs_torch": float(np.abs(outs["jax fp32"] - outs["torch fp32"]).max()),
+        "bf16_pooled_rel_err_jax": rel("jax bf16", "jax fp32"),
+        "bf16_pooled_rel_err_torch": rel("torch bf16", "torch fp32"),
+    }
+
+
+def instances_per_s(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Instances/s of the towers together: one item of each tower an instance, run one after the other."""
+    return {v: 1.0 / sum(1.0 / r[key][v] for r in rows) for v in VARIANTS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--towers", default=",".join(CONFIGS), help="comma-separated subset of the towers")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
-    gflops = matmul_gflops(args.iters)
+    load_before = os.getloadavg()
+    gflops = matmul_gflops(args.rounds)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.towers.split(","):
-            rows.append(bench_tower(name, args.batch, args.iters, args.dtype, workdir))
-    print(f"matmul 2048^3 fp32: JAX {gflops['jax']:.0f} GFLOP/s, PyTorch {gflops['torch']:.0f} GFLOP/s")
+            rows.append(bench_tower(name, args.batch, args.rounds, workdir))
+    load_after = os.getloadavg()
+    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads, batch {args.batch}, {args.rounds} rounds")  # fmt: skip
+    fmt_load = lambda la: "/".join(f"{x:.2f}" for x in la)  # noqa: E731
+    print(f"load average (1/5/15 min): before {fmt_load(load_before)}, after {fmt_load(load_after)}")
+    print("matmul 2048^3 GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in gflops.items()))
+    print("items/s, median of the rounds (best in brackets)")
+    print(f"{'tower':<22}" + "".join(f"{v:>18}" for v in VARIANTS) + f"{'bf16 J/T':>10}{'fp32 J/T':>10}")
+    every = rows + (
+        [{"tower": "instances (all 3)", "per_s": instances_per_s(rows, "per_s"),
+          "best_per_s": instances_per_s(rows, "best_per_s")}] if len(rows) == len(CONFIGS) else []
+    )  # fmt: skip
+    for r in every:
+        cells = "".join(f"{r['per_s'][v]:>10.2f} ({r['best_per_s'][v]:>5.2f})" for v in VARIANTS)
+        ratio_bf = r["per_s"]["jax bf16"] / r["per_s"]["torch bf16"]
+        ratio_fp = r["per_s"]["jax fp32"] / r["per_s"]["torch fp32"]
+        print(f"{r['tower']:<22}{cells}{ratio_bf:>10.2f}{ratio_fp:>10.2f}")
     print(
-        f"{'tower':<22}{'batch':>6}{'dtype':>10}{'JAX/s':>10}{'torch/s':>10}{'JAX/torch':>11}{'max|diff|':>11}"
+        f"{'tower':<22}{'fp32 max|J-T|':>15}{'bf16 rel.err JAX':>18}{'bf16 rel.err torch':>20}  (mean-pooled)"
     )
     for r in rows:
-        print(f"{r['tower']:<22}{r['batch']:>6}{r['dtype']:>10}{r['jax_per_s']:>10.2f}{r['torch_per_s']:>10.2f}"
-              f"{r['jax_per_s'] / r['torch_per_s']:>11.2f}{r['max_abs_diff']:>11.1e}")  # fmt: skip
+        print(f"{r['tower']:<22}{r['fp32_max_abs_diff_jax_vs_torch']:>15.1e}"
+              f"{r['bf16_pooled_rel_err_jax']:>18.1e}{r['bf16_pooled_rel_err_torch']:>20.1e}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_gflops": gflops, "towers": rows, "devices": str(jax.devices())}, f, indent=2)
+            json.dump({"matmul_gflops": gflops, "towers": every, "load_before": load_before,
+                       "load_after": load_after, "devices": str(jax.devices())}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":
