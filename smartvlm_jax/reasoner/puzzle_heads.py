@@ -64,6 +64,7 @@ class StackedMLP(nn.Module):
             params.append((jnp.asarray(kernel), jnp.asarray(bias)))
             fan_in = width
 
+        x, rows = jnp.asarray(x), jnp.asarray(rows)  # numpy inputs cannot be indexed by tracers
         safe = jnp.minimum(rows, g - 1)
         act = jax.nn.relu if self.activation == "relu" else gelu
         if g == 1:  # a single shared MLP: plain matmuls

@@ -28,10 +28,12 @@ def _pair(cfg, seed=0):
 def _compare(cfg):
     port, model, params = _pair(cfg)
     vision, text, pid, labels = random_batch(cfg, PIDS)
-    loss_j, grads_j = jax.value_and_grad(
-        lambda p: reasoner.loss(model.apply({"params": p}, vision, text, pid), labels, pid, cfg)
+    loss_j, grads_j = jax.jit(
+        jax.value_and_grad(
+            lambda p: reasoner.loss(model.apply({"params": p}, vision, text, pid), labels, pid, cfg)
+        )
     )(params)
-    logits_j = np.asarray(model.apply({"params": params}, vision, text, pid))
+    logits_j = np.asarray(jax.jit(model.apply)({"params": params}, vision, text, pid))
 
     pid_t = torch.from_numpy(pid).long()
     outputs = port(torch.from_numpy(vision), torch.from_numpy(text), pid_t)
@@ -77,7 +79,7 @@ def test_quirks_change_sequence_logits_only():
     for quirks in (False, True):
         cfg = small_config(quirks)
         port, model, params = _pair(cfg)
-        out[quirks] = np.asarray(model.apply({"params": params}, vision, text, pid))
+        out[quirks] = np.asarray(jax.jit(model.apply)({"params": params}, vision, text, pid))
     ordinary = ~np.isin(pid, [16, 18, 39])
     np.testing.assert_allclose(out[False][ordinary], out[True][ordinary], atol=1e-6)
     assert np.abs(out[False][pid == 16] - out[True][pid == 16]).max() > 1e-3
@@ -87,7 +89,7 @@ def test_jax_to_port_transfer_roundtrip():
     cfg = small_config(True)
     model = reasoner.build(cfg)
     vision, text, pid, _ = random_batch(cfg, PIDS)
-    params = model.init(jax.random.PRNGKey(3), vision, text, pid)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(3), vision, text, pid)["params"]
     port = port_lib.TorchSmarterHead(cfg).eval()
     port_lib.load_jax_params(port, params)
     back = port_lib.jax_params(port)
@@ -110,7 +112,7 @@ def test_dropout_statistics_match():
     port, model, params = _pair(cfg)
     pids = [3, 16, 58]
     vision, text, pid, _ = random_batch(cfg, pids)
-    n = 400
+    n = 300
     keys = jax.random.split(jax.random.PRNGKey(0), n)
     apply = jax.jit(
         jax.vmap(
