@@ -1,5 +1,9 @@
 """Frozen-tower features: computed once per instance, cached in the workdir, reused by every epoch.
 
+Which towers a run uses is a variant (``config.model.features``): its vision towers (mean-pooled and
+concatenated) and its text tower, whose output is either pooled (SMARTER: the mean over all positions,
+[B, D]) or the token states (the SMART baseline: BERT states zeroed beyond the question, [B, L, D]).
+
 The towers never change during training, so the features of an instance never change either. The
 trainer extracts them split by split into ``<workdir>/features/<split>/`` as ``.npz`` shards (one per
 ``shard_batches`` batches of the deterministic, unshuffled pipeline), so a killed extraction resumes at
@@ -29,7 +33,18 @@ VISION_TOWERS_OF_VARIANT: Mapping[str, tuple[str, ...]] = {
     "fused": ("dinov2", "siglip"),
     "dinov2": ("dinov2",),
     "siglip": ("siglip",),
+    "resnet": ("resnet",),  # the SMART baseline: ResNet-50 global-pooled features (2048-d)
 }
+# The text tower of each variant and what it gives the head: "mean" ([B, D], the mean over all positions,
+# padding included; SPEC 4) or "tokens" ([B, L, D] token states, zero beyond the question; SPEC 5 Baseline).
+TEXT_TOWER_OF_VARIANT: Mapping[str, tuple[str, str]] = {
+    "fused": ("siglip", "mean"),
+    "dinov2": ("siglip", "mean"),
+    "siglip": ("siglip", "mean"),
+    "resnet": ("bert", "tokens"),
+}
+# The head that takes each kind of text features (reasoner heads, config.model.head).
+HEAD_OF_TEXT_OUTPUT: Mapping[str, str] = {"mean": "smarter", "tokens": "baseline"}
 
 # Per-example fields that travel with the features, so evaluation needs no image decoding.
 LABEL_FIELDS = ("labels", "puzzle_ids", "instance_ids", "option_values", "answer_index")
@@ -41,6 +56,11 @@ class FrozenTowers:
 
     vision: Mapping[str, object]  # name -> towers.load(..., part="vision")
     text: object  # towers.load(..., part="text")
+    text_output: str = "mean"  # "mean": pooled [B, D]; "tokens": question token states [B, L, D]
+
+    def __post_init__(self) -> None:
+        if self.text_output not in HEAD_OF_TEXT_OUTPUT:
+            raise ValueError(f"text_output={self.text_output!r} is not one of {sorted(HEAD_OF_TEXT_OUTPUT)}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -62,35 +82,66 @@ class FrozenTowers:
         return {"vision": {n: t.params for n, t in self.vision.items()}, "text": self.text.params}
 
     def features(self, params: Mapping, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        """Pure: (vision [B, sum D], text [B, D]) from a batch of uint8 images and question ids.
+        """Pure: (vision [B, sum D], text) from a batch of uint8 images and question ids.
 
-        Vision: the mean over all tokens of each tower's last_hidden_state, concatenated (SPEC 5.1).
-        Text: the mean over all 64 positions, padding included (SPEC 4).
+        Vision: the mean over all tokens of each tower's last_hidden_state, concatenated (SPEC 5.1; for
+        ResNet-50 the global average pool). Text, ``text_output="mean"``: the mean over all positions,
+        padding included, [B, D] (SPEC 4); ``"tokens"``: last_hidden_state [B, L, D] with the positions
+        beyond the question (pad ids) zeroed, as the baseline's reference copies BERT's states of the
+        unpadded question into a zero buffer (the same as ``reasoner.baseline.question_states``).
         """
         pooled = []
         for name, tower in self.vision.items():
             pixels = tower.normalize(batch[f"image/{name}"])
             hidden = tower.apply(params["vision"][name], pixels)
             pooled.append(jnp.mean(hidden.astype(jnp.float32), axis=1))
-        text = self.text.apply(params["text"], batch["question_ids"])
-        return jnp.concatenate(pooled, axis=-1), jnp.mean(text.astype(jnp.float32), axis=1)
+        ids = batch["question_ids"]
+        text = self.text.apply(params["text"], ids).astype(jnp.float32)
+        if self.text_output == "tokens":
+            real = ids != int(self.text.config.get("pad_token_id") or 0)  # BERT's own attention mask
+            return jnp.concatenate(pooled, axis=-1), jnp.where(real[..., None], text, 0.0)
+        return jnp.concatenate(pooled, axis=-1), jnp.mean(text, axis=1)
 
 
-def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
-    """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
+def check_variant(variant: str, head: str | None = None) -> None:
+    """ValueError naming the field when ``config.model.features`` is unknown or does not suit the head.
+
+    The SMARTER head takes pooled text [B, D], the baseline head BERT token states [B, L, D]; a mismatch
+    would otherwise surface as a shape error deep inside the first step.
+    """
     if variant not in VISION_TOWERS_OF_VARIANT:
         raise ValueError(
             f"config.model.features={variant!r} is not one of {sorted(VISION_TOWERS_OF_VARIANT)}"
         )
+    wants = HEAD_OF_TEXT_OUTPUT[TEXT_TOWER_OF_VARIANT[variant][1]]
+    if head is not None and head != wants:
+        fits = sorted(v for v, (_, out) in TEXT_TOWER_OF_VARIANT.items() if HEAD_OF_TEXT_OUTPUT[out] == head)
+        raise ValueError(
+            f"config.model.features={variant!r} feeds the {wants!r} head, but config.model.head={head!r} "
+            f"(features for that head: {fits})"
+        )
+
+
+def tower_names(variant: str) -> tuple[str, ...]:
+    """Every tower a variant loads (``config.towers.<name>`` directories): its vision towers, then text."""
+    check_variant(variant)
+    vision, (text, _) = VISION_TOWERS_OF_VARIANT[variant], TEXT_TOWER_OF_VARIANT[variant]
+    return vision if text in vision else (*vision, text)
+
+
+def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
+    """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
+    check_variant(variant)
     vision = {}
     for name in VISION_TOWERS_OF_VARIANT[variant]:
         vision[name] = towers_lib.load(_tower_dir(towers_cfg, name), part="vision", dtype=towers_cfg.dtype)
-    text = towers_lib.load(_tower_dir(towers_cfg, "siglip"), part="text", dtype=towers_cfg.dtype)
-    return FrozenTowers(vision=vision, text=text)
+    text_name, text_output = TEXT_TOWER_OF_VARIANT[variant]
+    text = towers_lib.load(_tower_dir(towers_cfg, text_name), part="text", dtype=towers_cfg.dtype)
+    return FrozenTowers(vision=vision, text=text, text_output=text_output)
 
 
 def _tower_dir(towers_cfg: ml_collections.ConfigDict, name: str) -> str:
-    path = towers_cfg[name]
+    path = towers_cfg.get(name, "")  # a config.json written before the baseline towers has no resnet/bert
     if not path or not os.path.isdir(path):
         raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
     return path
