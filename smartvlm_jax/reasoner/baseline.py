@@ -222,6 +222,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The SMART baseline head: ResNet-50 (2048) + BERT-base states (768), R = 128, H = 256, L = 110."""
     cfg = config_lib.default_config()
     cfg.head = "baseline"
+    cfg.features = "resnet"
     cfg.vision_dim = VISION_DIM
     cfg.text_dim = TEXT_DIM
     cfg.use_qf = False

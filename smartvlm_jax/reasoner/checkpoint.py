@@ -25,9 +25,14 @@ BEST_MODEL_DIR = "best_model"
 
 
 def example_inputs(cfg: ml_collections.ConfigDict, batch: int = 2) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Zero features and valid puzzle ids of the right shapes, for init and shape inference."""
+    """Zero features and valid puzzle ids of the right shapes, for init and shape inference.
+
+    Text is pooled [B, text_dim] for the SMARTER head and BERT token states [B, max_qlen, text_dim] for the
+    baseline head (whose parameters do not depend on the length).
+    """
     vision = jnp.zeros((batch, config_lib.vision_dim(cfg)), jnp.float32)
-    text = jnp.zeros((batch, cfg.text_dim), jnp.float32)
+    tokens = (cfg.max_qlen,) if cfg.get("head", "smarter") == "baseline" else ()
+    text = jnp.zeros((batch, *tokens, cfg.text_dim), jnp.float32)
     pids = jnp.full((batch,), int(cfg.puzzle_ids[0]), jnp.int32)
     return vision, text, pids
 

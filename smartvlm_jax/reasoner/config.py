@@ -14,7 +14,7 @@ import numpy as np
 from smartvlm_jax import puzzles
 
 # Width of the frozen vision features for each tower choice (SPEC section 5.1 and the variants).
-VISION_DIMS: dict[str, int] = {"fused": 1536, "dinov2": 768, "siglip": 768}
+VISION_DIMS: dict[str, int] = {"fused": 1536, "dinov2": 768, "siglip": 768, "resnet": 2048}
 HEAD_IMPLS: tuple[str, ...] = ("gather", "ragged")
 HEADS: tuple[str, ...] = ("smarter", "baseline")  # baseline: the SMART paper's (reasoner/baseline.py)
 # Number of per-puzzle image encoders: one per puzzle id 1..101 plus the unused index 0, so that the
@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.head = "smarter"  # "smarter" (this paper's head) or "baseline" (SMART's ResNet-50 + BERT head)
     c.puzzle_ids = []  # sorted puzzle ids of the run (1..101); decoders are indexed by rank among them
     c.num_classes = []  # C_p of each puzzle in puzzle_ids, same order
-    c.features = "fused"  # vision features: "fused" (DINOv2+SigLIP, 1536-d), "dinov2" or "siglip" (768-d)
+    c.features = "fused"  # vision: "fused" (DINOv2+SigLIP, 1536), "dinov2"/"siglip" (768), "resnet" (2048)
     c.vision_dim = 0  # width of the vision features; 0: that of `features` (base towers); set for other sizes
     c.text_dim = 768  # width of the pooled question features from the text tower
     c.use_qf = True  # QF layer (self- and cross-attention + intermediate); False: q_MLP variant
