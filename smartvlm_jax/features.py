@@ -16,8 +16,11 @@ import dataclasses
 import json
 import os
 import pathlib
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +48,8 @@ TEXT_TOWER_OF_VARIANT: Mapping[str, tuple[str, str]] = {
 }
 # The head that takes each kind of text features (reasoner heads, config.model.head).
 HEAD_OF_TEXT_OUTPUT: Mapping[str, str] = {"mean": "smarter", "tokens": "baseline"}
+
+T = TypeVar("T")
 
 # Per-example fields that travel with the features, so evaluation needs no image decoding.
 LABEL_FIELDS = ("labels", "puzzle_ids", "instance_ids", "option_values", "answer_index")
@@ -154,6 +159,50 @@ def host_value(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
+def prefetch(items: Iterable[T], size: int = 2) -> Iterator[T]:
+    """Yields ``items`` in order while a background thread produces up to ``size`` of them ahead.
+
+    Decoding and resizing a batch (PIL, grain) then runs while XLA computes the previous one: both release
+    the GIL for their heavy work. An exception of the producer is re-raised here; leaving the loop early
+    stops the producer at its next item.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple) -> bool:
+        """Waits for room unless the consumer has left; whether the entry was queued."""
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            put((end, e))
+
+    thread = threading.Thread(target=produce, name="feature-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def extract_split(
     towers: FrozenTowers,
     batches: Iterable[Mapping[str, np.ndarray]],
@@ -169,6 +218,11 @@ def extract_split(
     ``batches`` is the split's unshuffled pipeline (last batch padded, ``mask`` False on padding);
     ``row_position(puzzle_ids, instance_ids)`` maps examples to their row in the split, so the cache is in
     row order whatever order the processes' shards arrive in. Shards already on disk are skipped.
+
+    Streaming: batches are decoded ahead by :func:`prefetch`, and batch i + 1 is dispatched to the device
+    before batch i's features are copied back to the host, so decoding, the towers' compute and the host
+    copy overlap. The jitted function sees one batch shape (the pipeline pads the last batch), so it
+    compiles once. Progress (samples/s after the first, compiling batch, and ETA) is logged every 10 s.
     """
     out_dir = pathlib.Path(out_dir)
     if (out_dir / "done.json").exists():
@@ -178,41 +232,76 @@ def extract_split(
     if params_sharding is not None:
         params = jax.device_put(params, params_sharding)
     forward = jax.jit(towers.features)
+    progress = _Progress(out_dir.name, num_rows)
     pending: list[dict[str, np.ndarray]] = []
-    shard, done_rows, start = 0, 0, time.time()
-    for i, batch in enumerate(batches):
-        shard = i // shard_batches
-        shard_file = out_dir / f"shard_{shard:05d}.npz"
-        if shard_file.exists():
-            continue  # resumed: this part was extracted before the kill
-        gbatch = to_global(batch)
-        vision, text = forward(params, gbatch)
+
+    def finish(index: int, gbatch: Mapping[str, jax.Array], vision: jax.Array, text: jax.Array) -> None:
         rows = {"vision": host_value(vision), "text": host_value(text)}
         rows.update({k: host_value(gbatch[k]) for k in (*LABEL_FIELDS, "mask")})
         pending.append(rows)
-        done_rows += int(rows["mask"].sum())
-        if (i + 1) % shard_batches == 0:
-            _write_shard(shard_file, pending)
-            pending = []
-        rate = done_rows / max(time.time() - start, 1e-9)
-        logging.log_every_n_seconds(
-            logging.INFO,
-            "features %s: %d/%d rows, %.1f rows/s, ETA %.0f s",
-            10,
-            out_dir.name,
-            done_rows,
-            num_rows,
-            rate,
-            (num_rows - done_rows) / max(rate, 1e-9),
-        )
+        if (index + 1) % shard_batches == 0:
+            _write_shard(out_dir / f"shard_{index // shard_batches:05d}.npz", pending)
+            pending.clear()
+        progress.update(int(rows["mask"].sum()))
+
+    in_flight = None
+    last = -1
+    for i, batch in enumerate(prefetch(batches)):
+        last = i
+        if (out_dir / f"shard_{i // shard_batches:05d}.npz").exists():
+            continue  # resumed: this part was extracted before the kill
+        gbatch = to_global(batch)
+        launched = (i, gbatch, *forward(params, gbatch))  # dispatch returns before the compute ends
+        if in_flight is not None:
+            finish(*in_flight)
+        in_flight = launched
+    if in_flight is not None:
+        finish(*in_flight)
     if pending:
-        _write_shard(out_dir / f"shard_{shard:05d}.npz", pending)
+        _write_shard(out_dir / f"shard_{last // shard_batches:05d}.npz", pending)
+    progress.done()
     multihost_utils.sync_global_devices(f"features {out_dir}")
     cache = _assemble(out_dir, row_position, num_rows)
     if jax.process_index() == 0:
         (out_dir / "done.json").write_text(json.dumps({"rows": num_rows}))
     multihost_utils.sync_global_devices(f"features done {out_dir}")
     return cache
+
+
+class _Progress:
+    """samples/s and ETA of an extraction; the rate leaves out the first batch, which includes compiling."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total = name, total
+        self.rows = 0
+        self.timed_rows = 0
+        self.t0: float | None = None
+
+    def update(self, rows: int) -> None:
+        self.rows += rows
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+            return
+        self.timed_rows += rows
+        rate = self.rate()
+        logging.log_every_n_seconds(
+            logging.INFO,
+            "features %s: %d/%d samples, %.2f samples/s, ETA %.0f s",
+            10,
+            self.name,
+            self.rows,
+            self.total,
+            rate,
+            (self.total - self.rows) / max(rate, 1e-9),
+        )
+
+    def rate(self) -> float:
+        if self.t0 is None:
+            return 0.0
+        return self.timed_rows / max(time.perf_counter() - self.t0, 1e-9)
+
+    def done(self) -> None:
+        logging.info("features %s: %d samples extracted, %.2f samples/s", self.name, self.rows, self.rate())
 
 
 def _write_shard(path: pathlib.Path, parts: list[dict[str, np.ndarray]]) -> None:
