@@ -1,9 +1,9 @@
 """Multi-process training through launch/local.sh, and the launch scripts' command lines.
 
 The multi-process tests run real jobs: 2 processes x 2 CPU devices joined by JAX's coordinator on a free
-port, against 1 process x 4 devices on the same synthetic smoke data. Dropout is off (pdrop=0) in these
-runs: a 2-process global batch is a permutation of the 1-process batch, so per-example dropout masks would
-differ while the loss is otherwise permutation-invariant. Every subprocess runs under a timeout.
+port, against 1 process x 4 devices on the same synthetic smoke data, dropout on: each process reads its
+contiguous block of every global batch, so the assembled batch (and its dropout masks) is the 1-process
+one. Every subprocess runs under a timeout.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ RUN_ARGS = [
     "--config.num_epochs=20",  # fixes the learning-rate schedule; runs stop earlier through max_steps
     "--config.log_every_steps=1",
     "--config.checkpoint_every_steps=2",
-    "--config.model.pdrop=0.0",
     f"--config.distributed.heartbeat_timeout_s={HEARTBEAT_S}",
     "--config.distributed.initialization_timeout_s=120",
 ]

@@ -5,7 +5,7 @@ Order of operations (every process runs the same plan and keeps its own slice):
   -> per-epoch order: a permutation seeded by (seed, epoch), truncated to whole global batches
      (drop_remainder) or padded to whole global batches with masked copies (so every process yields the
      same number of batches and evaluation sees every example with static shapes)
-  -> this process's share `[process_index::process_count]`, disjoint and complete across processes
+  -> this process's contiguous block of each global batch, disjoint and complete across processes
   -> read + decode: PNG bytes -> RGB, shorter side 224 (the reference's PIL resize) -> each tower's
      resizer; question -> tokenizer
   -> batch of global_batch_size / process_count rows.
@@ -138,6 +138,20 @@ class _EpochPlan:
         return int(order[0]), False
 
 
+class _ProcessBlock:
+    """Local example number -> the plan's (record, mask) at this process's block of each global batch."""
+
+    def __init__(self, plan: _EpochPlan, global_batch_size: int, process_index: int, process_count: int):
+        self._plan = plan
+        self._local = global_batch_size // process_count
+        self._global = global_batch_size
+        self._offset = process_index * self._local
+
+    def __call__(self, number: int) -> tuple[int, bool]:
+        batch, row = divmod(int(number), self._local)
+        return self._plan(batch * self._global + self._offset + row)
+
+
 class _Decode:
     """Record -> example: the reference's image (RGB, shorter side 224), each tower's resize, tokens."""
 
@@ -195,10 +209,15 @@ def example_plan(
     if per_epoch == 0:
         raise ValueError(f"{len(records)} examples are fewer than one global batch of {global_batch_size}")
     total = per_epoch * num_epochs if num_epochs is not None else sys.maxsize // per_epoch * per_epoch
-    ds = grain.MapDataset.range(total).map(_EpochPlan(records, per_epoch, seed, shuffle))
-    # Every process takes the same plan and keeps every process_count-th example: disjoint, complete,
-    # and, since per_epoch is a multiple of the global batch, the same number of batches everywhere.
-    return ds[process_index::process_count]
+    plan = _EpochPlan(records, per_epoch, seed, shuffle)
+    # Every process takes the same plan and keeps its contiguous block of each global batch: disjoint,
+    # complete, the same number of batches everywhere (per_epoch is a multiple of the global batch), and
+    # the global batch assembled from the processes' blocks is, row for row, the one a single process
+    # sees, so dropout masks and batch-order effects do not depend on the number of processes.
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} does not divide among {process_count} processes")
+    local = _ProcessBlock(plan, global_batch_size, process_index, process_count)
+    return grain.MapDataset.range(total // process_count).map(local)
 
 
 def make_pipeline(
