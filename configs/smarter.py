@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.towers = ml_collections.ConfigDict()
     c.towers.dinov2 = ""  # local DINOv2 directory (Hugging Face layout or converted)
     c.towers.siglip = ""  # local SigLIP directory (full SiglipModel: vision, text and spiece.model)
+    c.towers.resnet = ""  # local ResNet-50 directory (SMART baseline; HF ResNetModel or torchvision layout)
+    c.towers.bert = ""  # local BERT directory with vocab.txt (SMART baseline: bert-base-uncased or mBERT)
     c.towers.dtype = "float32"  # "float32" (parity) or "bfloat16" (weights bf16, fp32 accumulation)
     c.towers.tiny = False  # build tiny random towers (and a tokenizer) into <workdir>/towers instead
     c.towers.fsdp = False  # shard the towers' large matrices over the mesh's fsdp axis

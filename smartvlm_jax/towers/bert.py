@@ -294,6 +294,30 @@ class WordPieceTokenizer:
         return {name: getattr(self, name) for name in fields}
 
 
+def write_vocab(sentences: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 500) -> str:
+    """Writes a whole-word ``vocab.txt`` for ``sentences`` (tiny random BERT towers) -> its path.
+
+    ``[PAD]`` is id 0 (BERT's ``pad_token_id``), then the other specials, then the words of the basic
+    tokenisation :class:`WordPieceTokenizer` applies, most frequent first (ties alphabetical), up to
+    ``vocab_size`` entries; words left out become ``[UNK]``. The analogue of ``train_sentencepiece`` for
+    smoke runs and tests, which have no pretrained vocabulary.
+    """
+    specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocab_size must exceed the {len(specials)} special tokens, got {vocab_size}")
+    basic = WordPieceTokenizer(specials)
+    counts: dict[str, int] = {}
+    for sentence in sentences:
+        for word in basic._basic(sentence):
+            counts[word] = counts.get(word, 0) + 1
+    words = sorted((w for w in counts if w not in specials), key=lambda w: (-counts[w], w))
+    path = os.path.join(os.fspath(out_dir), "vocab.txt")
+    os.makedirs(os.fspath(out_dir), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t in (*specials, *words)[:vocab_size]))
+    return path
+
+
 # Keys of BertForPreTraining / BertForMaskedLM checkpoints (bert-base-uncased's) outside the encoder.
 PRETRAINING_HEAD_KEYS = (
     "cls.predictions.bias",

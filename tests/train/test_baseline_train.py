@@ -1,0 +1,155 @@
+"""The SMART baseline through the trainer: recipe, tiny end-to-end runs (towers in the step and cached),
+model dirs, and config errors.
+
+Runs use synthetic puzzles (11 puzzles x 20 instances), tiny random ResNet + BERT towers and one epoch.
+"""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from configs import baseline as baseline_config
+from smartvlm_jax import features, optim, reasoner, train
+from smartvlm_jax.reasoner import baseline, checkpoint
+
+OVERRIDES = {
+    "synthetic.enabled": True,
+    "synthetic.per_puzzle": 20,
+    "towers.tiny": True,
+    "data.data_tot": 20,
+    "num_epochs": 1,
+    "batch_size": 16,
+    "eval_batch_size": 32,
+    "checkpoint_every_steps": 100,
+    "log_every_steps": 1,
+    "optim.lr": 1e-3,
+}
+
+
+def run_config(**extra):
+    config = baseline_config.get_config()
+    for key, value in {**OVERRIDES, **extra}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def losses(workdir: pathlib.Path) -> list[float]:
+    records = [json.loads(line) for line in (workdir / "log.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in records if "train/loss" in r]
+
+
+def test_recipe_is_the_smart_baselines():
+    c = baseline_config.get_config()
+    assert (c.model.head, c.model.features, c.model.use_qf) == ("baseline", "resnet", False)
+    assert (c.model.repr_size, c.model.h_sz, c.model.max_qlen) == (128, 256, 110)
+    assert (c.optim.name, c.optim.b1, c.optim.b2, c.optim.grad_clip, c.optim.schedule) == (
+        "adam",
+        0.9,
+        0.99,
+        0.0,
+        "constant",
+    )
+    assert not c.cache_features
+    assert features.tower_names(c.model.features) == ("resnet", "bert")
+    # Plain Adam at a constant lr, unclipped: the same updates as optax.adam over steps of varied gradients.
+    tx, plain = optim.make_optimizer(c.optim, total_steps=100), optax.adam(c.optim.lr, b1=0.9, b2=0.99)
+    params = {"w": np.zeros(3, np.float32)}
+    state, plain_state = tx.init(params), plain.init(params)
+    for g in (np.array([50.0, -3.0, 0.5]), np.array([0.01, 2.0, -0.2]), np.array([7.0, 7.0, 7.0])):
+        grads = {"w": g.astype(np.float32)}
+        updates, state = tx.update(grads, state, params)
+        expected, plain_state = plain.update(grads, plain_state, params)
+        np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(expected["w"]), rtol=1e-6)
+    assert float(optim.learning_rate_schedule(c.optim, 100)(99)) == pytest.approx(c.optim.lr)
+
+
+def test_example_inputs_give_token_states():
+    cfg = baseline.default_config()
+    cfg.puzzle_ids, cfg.num_classes = [3, 16], [5, 27]
+    vision, text, pids = checkpoint.example_inputs(cfg, batch=3)
+    assert vision.shape == (3, 2048) and text.shape == (3, 110, 768) and pids.shape == (3,)
+    smarter = reasoner.default_config()
+    smarter.puzzle_ids, smarter.num_classes = [3], [5]
+    assert checkpoint.example_inputs(smarter, batch=3)[1].shape == (3, 768)
+
+
+@pytest.fixture(scope="module")
+def uncached(tmp_path_factory):
+    """The default baseline run: ResNet + BERT inside every step."""
+    workdir = tmp_path_factory.mktemp("baseline")
+    return workdir, train.train_and_evaluate(run_config(), workdir)
+
+
+def test_end_to_end_with_towers_in_the_step(uncached):
+    workdir, results = uncached
+    assert not (workdir / "features").exists()
+    steps = losses(workdir)
+    assert len(steps) == 9 and all(np.isfinite(steps))  # 132 train rows / 16
+    assert results["test"]["n"] == 11 * 4 and 0.0 <= results["test"]["S_acc"] <= 1.0
+    model, variables, cfg = reasoner.load(workdir)
+    assert isinstance(model, baseline.BaselineHead)
+    assert (cfg.head, cfg.vision_dim, cfg.text_dim) == ("baseline", 64, 32)  # tiny ResNet and BERT widths
+    assert "q_lstm" in variables["params"] and "ans_decoder_lstm" in variables["params"]
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["towers"]["bert"].endswith("towers/bert") and saved["optim"]["name"] == "adam"
+
+
+def test_cached_token_states_train_the_same(uncached, tmp_path):
+    """Cached features ([N, 110, D] token states, zero beyond each question) give the same run."""
+    workdir, results = uncached
+    reuse = {
+        "synthetic.enabled": False,
+        "data.root": str(workdir / "synthetic"),
+        "data.data_dir": str(workdir / "tfds"),
+        "towers.tiny": False,
+        "towers.resnet": str(workdir / "towers" / "resnet"),
+        "towers.bert": str(workdir / "towers" / "bert"),
+        "cache_features": True,
+    }
+    cached = train.train_and_evaluate(run_config(**reuse), tmp_path)
+    cache = features.load_split(tmp_path / "features" / "train")
+    assert cache["vision"].shape == (132, 64) and cache["text"].shape == (132, 110, 32)
+    empty = np.all(cache["text"] == 0, axis=-1)  # [N, 110]: positions beyond the question
+    assert empty[:, -1].all() and not empty[:, :3].any()  # [CLS] + words + [SEP], then zeros
+    np.testing.assert_allclose(losses(tmp_path), losses(workdir), atol=1e-5)
+    assert cached["test"]["S_acc"] == results["test"]["S_acc"]
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"model.features": "fused"}, "config.model.features"),  # SMARTER features for the baseline head
+        ({"towers.tiny": False, "towers.resnet": "/no/such/dir"}, "config.towers.resnet"),
+    ],
+)
+def test_bad_config_fails_before_any_work(tmp_path, extra, field):
+    with pytest.raises((ValueError, FileNotFoundError), match=field.replace(".", r"\.")):
+        train.train_and_evaluate(run_config(**extra), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_frozen_towers_zero_text_beyond_the_question(uncached):
+    workdir, _ = uncached
+    cfg = run_config()
+    cfg.towers.resnet, cfg.towers.bert = str(workdir / "towers" / "resnet"), str(workdir / "towers" / "bert")
+    frozen = features.load_towers(cfg.towers, "resnet")
+    assert frozen.text_output == "tokens" and frozen.vision_dim == 64 and frozen.text_dim == 32
+    ids = frozen.text.tokenize(["how many circles are there?", "which option"])
+    batch = {"image/resnet": np.zeros((2, 224, 224, 3), np.uint8), "question_ids": ids}
+    vision, text = jax.jit(frozen.features)(frozen.params(), batch)
+    hidden = np.asarray(frozen.text.encode(ids))
+    real = ids != 0
+    np.testing.assert_array_equal(np.asarray(text)[~real], 0.0)
+    np.testing.assert_allclose(np.asarray(text)[real], hidden[real], atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(text), np.asarray(baseline.question_states(hidden, real)), atol=1e-6
+    )
+    assert vision.shape == (2, 64)
