@@ -198,17 +198,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on a field that cannot be right, naming it."""
     if config.optim.name not in ("adam", "adamw"):
         raise ValueError(f"config.optim.name={config.optim.name!r} is not 'adamw' or 'adam'")
-    if config.model.features not in features.VISION_TOWERS_OF_VARIANT:
-        raise ValueError(
-            f"config.model.features={config.model.features!r} is not one of "
-            f"{sorted(features.VISION_TOWERS_OF_VARIANT)}"
-        )
+    features.check_variant(config.model.features, config.model.get("head", "smarter"))
     if config.towers.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
     if not config.towers.tiny:
-        needed = {n for n in features.VISION_TOWERS_OF_VARIANT[config.model.features]} | {"siglip"}
-        for name in sorted(needed):
-            path = config.towers[name]
+        for name in features.tower_names(config.model.features):
+            path = config.towers.get(name, "")
             if not path or not pathlib.Path(path).is_dir():
                 raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
     if not config.synthetic.enabled and not pathlib.Path(config.data.root or "/nonexistent").is_dir():
@@ -262,26 +257,42 @@ def prepare_towers(
 ) -> ml_collections.ConfigDict:
     """The tower directories of the run; tiny random ones (and their tokenizer) are built in the workdir."""
     from smartvlm_jax import towers as towers_lib
+    from smartvlm_jax.towers import bert
 
     towers_cfg = ml_collections.ConfigDict(config.towers)
     if not towers_cfg.tiny:
         return towers_cfg
     base = workdir / "towers"
+    baseline = "bert" in features.tower_names(config.model.features)
     if jax.process_index() == 0 and not base.exists():
         tmp = workdir / "towers.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        siglip_cfg = towers_lib.tiny_config("siglip")
-        spm = towers_lib.train_sentencepiece(
-            sorted({q.lower() for q in questions}), tmp / "tokenizer", siglip_cfg["text_config"]["vocab_size"]
-        )
-        towers_lib.create_random(tmp / "dinov2", "dinov2", towers_lib.tiny_config("dinov2"), seed=config.seed)
-        towers_lib.create_random(
-            tmp / "siglip", "siglip", siglip_cfg, seed=config.seed + 1, tokenizer_model=spm
-        )
+        if baseline:  # the SMART baseline's ResNet + BERT, with a whole-word vocabulary of the questions
+            bert_cfg = towers_lib.tiny_config("bert")
+            vocab = bert.write_vocab(sorted(questions), tmp / "tokenizer", bert_cfg["vocab_size"])
+            towers_lib.create_random(
+                tmp / "resnet", "resnet", towers_lib.tiny_config("resnet"), seed=config.seed
+            )
+            towers_lib.create_random(
+                tmp / "bert", "bert", bert_cfg, seed=config.seed + 1, tokenizer_model=vocab
+            )
+        else:
+            siglip_cfg = towers_lib.tiny_config("siglip")
+            spm = towers_lib.train_sentencepiece(
+                sorted({q.lower() for q in questions}),
+                tmp / "tokenizer",
+                siglip_cfg["text_config"]["vocab_size"],
+            )
+            towers_lib.create_random(
+                tmp / "dinov2", "dinov2", towers_lib.tiny_config("dinov2"), seed=config.seed
+            )
+            towers_lib.create_random(
+                tmp / "siglip", "siglip", siglip_cfg, seed=config.seed + 1, tokenizer_model=spm
+            )
         tmp.rename(base)
     multihost_utils.sync_global_devices("tiny towers")
-    towers_cfg.dinov2 = str(base / "dinov2")
-    towers_cfg.siglip = str(base / "siglip")
+    for name in ("resnet", "bert") if baseline else ("dinov2", "siglip"):
+        towers_cfg[name] = str(base / name)
     return towers_cfg
 
 
