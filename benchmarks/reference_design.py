@@ -233,13 +233,14 @@ def whole_run(
     batch: int,
     epochs: int,
     dtype: str = "float32",
+    device: str = "cpu",
     seed: int = 0,
 ) -> dict:
     """The reference's run: load, train ``epochs`` (towers every step), validate every epoch with the
     towers again, save the best head, test it. Returns the test metrics and the best epoch."""
     steps_per_epoch = math.ceil(len(splits["train"]) / batch)
     design = ReferenceDesign(
-        tower_dirs, head_cfg, optim_cfg, epochs * steps_per_epoch, dtype=dtype, seed=seed
+        tower_dirs, head_cfg, optim_cfg, epochs * steps_per_epoch, dtype=dtype, device=device, seed=seed
     )
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(

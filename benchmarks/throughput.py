@@ -83,11 +83,12 @@ class Settings:
     epochs: int  # epochs of the whole runs
     pipeline_epochs: int  # epochs of the input-pipeline row
     compile: bool  # also time torch.compile where it works
+    run_puzzles: int = 0  # the whole run uses the first this many synthetic puzzles (0: all 11)
 
 
 MODES = {
     "full": Settings("base", 16, 128, 5, 20, 16, 3, 3, True),
-    "quick": Settings("base", 4, 128, 5, 5, 8, 3, 2, False),
+    "quick": Settings("base", 2, 128, 5, 5, 8, 3, 2, False, run_puzzles=6),
     "tiny": Settings("tiny", 4, 32, 5, 5, 8, 1, 1, False),
 }
 
@@ -123,19 +124,26 @@ def try_measure(fn: Callable[[], Any], repeats: int, items: int) -> dict[str, An
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 
 
-def matmul_flops(repeats: int, dtype: str) -> dict[str, dict[str, float]]:
+def torch_sync(x: Any = None) -> Any:
+    """Wait for queued CUDA work (timings of asynchronous GPU calls), then return ``x``."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return x
+
+
+def matmul_flops(repeats: int, dtype: str, torch_device: str = "cpu") -> dict[str, dict[str, float]]:
     """2048^3 matmul FLOP/s of JAX and PyTorch (the machine's attainable matmul rate in this run)."""
     n = 2048
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     if dtype == "bfloat16":
         ja = jnp.asarray(a, jnp.bfloat16)
         f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
-        ta = torch.from_numpy(a).bfloat16()
+        ta = torch.from_numpy(a).bfloat16().to(torch_device)
     else:
-        ja, f, ta = jnp.asarray(a), jax.jit(lambda x: x @ x), torch.from_numpy(a)
+        ja, f, ta = jnp.asarray(a), jax.jit(lambda x: x @ x), torch.from_numpy(a).to(torch_device)
     out = {
         "jax": measure(lambda: f(ja).block_until_ready(), repeats, 1),
-        "torch": measure(lambda: ta @ ta, repeats, 1),
+        "torch": measure(lambda: torch_sync(ta @ ta), repeats, 1),
     }
     for v in out.values():
         v["flop_per_s"] = 2 * n**3 * v["per_s"]
@@ -199,6 +207,8 @@ class Bench:
     frozen: features_lib.FrozenTowers
     head_cfg: ml_collections.ConfigDict
     optim_cfg: ml_collections.ConfigDict
+    torch_device: str = "cpu"
+    peak_flop_per_s: float = 0.0  # the accelerator's peak for MFU (0: not reported)
 
     def loader_batch(self, size: int) -> tuple[dict[str, Any], list]:
         """The same ``size`` train rows as the reference loader yields them and as 224-side PIL images."""
@@ -213,12 +223,13 @@ class Bench:
             self.optim_cfg,
             total_steps=1000,
             dtype=self.dtype,
+            device=self.torch_device,
             compile_towers=compile_towers,
             compile_head=compile_head,
         )
 
 
-def prepare(settings: Settings, dtype: str, workdir: pathlib.Path) -> Bench:
+def prepare(settings: Settings, dtype: str, workdir: pathlib.Path, torch_device: str = "cpu") -> Bench:
     root, data_dir = workdir / "synthetic", workdir / "tfds"
     per_puzzle = max(settings.per_puzzle, math.ceil(max(settings.batch, settings.head_batch) / 11) + 1)
     synthetic.write_dataset(str(root), per_puzzle=per_puzzle, seed=0)
@@ -240,6 +251,7 @@ def prepare(settings: Settings, dtype: str, workdir: pathlib.Path) -> Bench:
         frozen,
         head_config(rows, frozen),
         optim_config(),
+        torch_device,
     )
 
 
@@ -292,11 +304,11 @@ def bench_towers(bench: Bench, matmul: dict) -> dict:
 
     design = bench.reference()
     pixels, ids = design.pixel_values(items["images"]), design.token_ids(items["questions"])
-    eager = measure(lambda: design.tower_features(pixels, ids), s.repeats, s.batch)
+    eager = measure(lambda: torch_sync(design.tower_features(pixels, ids)), s.repeats, s.batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_towers=True)
-        compiled = try_measure(lambda: cdesign.tower_features(pixels, ids), s.repeats, s.batch)
+        compiled = try_measure(lambda: torch_sync(cdesign.tower_features(pixels, ids)), s.repeats, s.batch)
     flop_rates = {}
     for name, m, mm in (
         ("jax", jax_m, "jax"),
@@ -306,6 +318,8 @@ def bench_towers(bench: Bench, matmul: dict) -> dict:
         if m and "median_s" in m:
             rate = flops / m["median_s"]
             flop_rates[name] = {"flop_per_s": rate, "fraction_of_matmul": rate / matmul[mm]["flop_per_s"]}
+            if bench.peak_flop_per_s > 0:  # MFU against the accelerator's datasheet peak
+                flop_rates[name]["mfu"] = rate / bench.peak_flop_per_s
     return result(jax_m, eager, compiled, "samples/s", forward_flops=flops, flop_rates=flop_rates)
 
 
@@ -335,11 +349,11 @@ def bench_full_step(bench: Bench) -> dict:
     jax_m = measure(jax_step, s.repeats, s.batch)
     jax_m["host_preprocess_median_s"] = statistics.median(host[1:])
     design = bench.reference()
-    eager = measure(lambda: design.train_step(items), s.repeats, s.batch)
+    eager = measure(lambda: torch_sync(design.train_step(items)), s.repeats, s.batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_towers=True, compile_head=True)
-        compiled = try_measure(lambda: cdesign.train_step(items), s.repeats, s.batch)
+        compiled = try_measure(lambda: torch_sync(cdesign.train_step(items)), s.repeats, s.batch)
     return result(jax_m, eager, compiled, "samples/s")
 
 
@@ -375,12 +389,13 @@ def bench_head_step(bench: Bench) -> dict:
     jax_m = measure(jax_step, s.repeats, s.head_batch)
     targs = [torch.from_numpy(batch[k]) for k in ("vision", "text")]
     targs += [torch.from_numpy(batch[k].astype(np.int64)) for k in ("puzzle_ids", "labels")]
+    targs = [t.to(bench.torch_device) for t in targs]
     design = bench.reference()
-    eager = measure(lambda: design.head_step(*targs), s.repeats, s.head_batch)
+    eager = measure(lambda: torch_sync(design.head_step(*targs)), s.repeats, s.head_batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_head=True)
-        compiled = try_measure(lambda: cdesign.head_step(*targs), s.repeats, s.head_batch)
+        compiled = try_measure(lambda: torch_sync(cdesign.head_step(*targs)), s.repeats, s.head_batch)
     return result(jax_m, eager, compiled, "samples/s")
 
 
@@ -401,11 +416,11 @@ def bench_inference(bench: Bench) -> dict:
 
     jax_m = measure(jax_predict, s.repeats, s.batch)
     design = bench.reference()
-    eager = measure(lambda: design.predict(items), s.repeats, s.batch)
+    eager = measure(lambda: torch_sync(design.predict(items)), s.repeats, s.batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_towers=True, compile_head=True)
-        compiled = try_measure(lambda: cdesign.predict(items), s.repeats, s.batch)
+        compiled = try_measure(lambda: torch_sync(cdesign.predict(items)), s.repeats, s.batch)
     return result(jax_m, eager, compiled, "samples/s")
 
 
@@ -484,20 +499,24 @@ def bench_whole_run(bench: Bench) -> dict:
             cfg.data.data_dir = os.path.join(wd, "tfds")  # our run builds its dataset: part of the wall time
             out["ours"] = train.train_and_evaluate(cfg, wd)
 
+    ids = sorted({r.puzzle_id for r in bench.rows})[: s.run_puzzles or None]
+    cfg.data.puzzle_ids = ",".join(str(p) for p in ids)
+    rows = [r for r in bench.rows if r.puzzle_id in ids]
     data_cfg = ml_collections.ConfigDict(cfg.data)  # data_tot picks the same first rows for both runs
-    classes = smart101.num_classes(bench.rows)
-    splits = {k: smart101.split_rows(bench.rows, k, data_cfg, classes) for k in train.SPLITS}
+    classes = smart101.num_classes(rows)
+    splits = {k: smart101.split_rows(rows, k, data_cfg, classes) for k in train.SPLITS}
 
     def reference():
         out["reference"] = ref.whole_run(
             bench.tower_dirs,
-            bench.head_cfg,
+            head_config(rows, bench.frozen),
             bench.optim_cfg,
             splits,
             classes,
             batch=s.run_batch,
             epochs=s.epochs,
             dtype=bench.dtype,
+            device=bench.torch_device,
         )
 
     out: dict[str, Any] = {}
@@ -600,12 +619,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(settings: Settings, dtype: str, rows: Sequence[str], workdir: pathlib.Path) -> dict:
+def run(
+    settings: Settings,
+    dtype: str,
+    rows: Sequence[str],
+    workdir: pathlib.Path,
+    torch_device: str = "cpu",
+    peak_tflops: float = 0.0,
+) -> dict:
     """Measure ``rows`` (keys of :data:`ROWS`) and return the report (JSON-ready)."""
     start = time.perf_counter()
-    bench = prepare(settings, dtype, workdir)
-    report: dict[str, Any] = {"config": {"dtype": dtype, **dataclasses.asdict(settings)}, "rows": {}}
-    report["matmul"] = matmul_flops(settings.repeats, dtype)
+    bench = prepare(settings, dtype, workdir, torch_device)
+    bench.peak_flop_per_s = peak_tflops * 1e12
+    config = {"dtype": dtype, "torch_device": torch_device, "peak_tflops": peak_tflops}
+    report: dict[str, Any] = {"config": {**config, **dataclasses.asdict(settings)}, "rows": {}}
+    report["matmul"] = matmul_flops(settings.repeats, dtype, torch_device)
     for key in rows:
         t = time.perf_counter()
         r = ROWS[key][1](bench, report["matmul"]) if key == "towers_forward" else ROWS[key][1](bench)
@@ -643,6 +671,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         default=None,
         help="also time torch.compile (default: on in the full mode)",
     )
+    parser.add_argument(
+        "--torch-device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="PyTorch's device (JAX uses its default backend)",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="accelerator peak (dense, at --dtype) for towers' MFU"
+    )
     parser.add_argument("--batch", type=int, default=0, help="override the tower rows' batch")
     parser.add_argument("--repeats", type=int, default=0, help="override the timed repeats (>= 5 advised)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {list(ROWS)}")
@@ -659,7 +695,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"--rows: unknown {unknown}; known: {list(ROWS)}")
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="smartvlm_bench_"))
-        report = run(settings, args.dtype, rows, pathlib.Path(workdir).absolute())
+        report = run(
+            settings, args.dtype, rows, pathlib.Path(workdir).absolute(), args.torch_device, args.peak_tflops
+        )
     print(format_table(report))
     m = report["machine"]
     print(
