@@ -1,4 +1,4 @@
-"""Reference (published PyTorch SMARTER) checkpoints <-> the Flax head's parameters.
+"""Reference (published PyTorch SMARTER, and the SMART baseline) checkpoints <-> the Flax head's parameters.
 
 The mapping is a rename table over numpy arrays (PyTorch Linear weights are (out, in), ours (in, out);
 GRU weights stack the gates r, z, n along the first axis), so it needs no torch. Reading a `.pth`
@@ -9,8 +9,12 @@ file does, and torch is imported lazily for that alone.
 
 writes a model dir (reasoner.save, reference_quirks on) that reasoner.load accepts. The checkpoint's
 key set must match the head exactly: a missing, unexpected or wrongly shaped key is an error naming
-it. Parameters that exist in the reference but take no part in its forward pass (o_encoder, q_MLP
-next to a QF layer, the dummy index-0 encoder and decoder) are checked for presence and ignored.
+it. Parameters that exist in the reference but take no part in its forward pass (q_MLP next to a QF
+layer, the dummy index-0 encoder and decoder) are checked for presence and ignored; o_encoder is ignored.
+
+A checkpoint of the SMART baseline (``run_baseline``: ResNet-50 + BERT, recognised by its ``q_lstm`` GRU)
+converts the same way into the baseline head (reasoner/baseline.py, ``features="resnet"``), through the
+rename table of ``convert/baseline_table.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import ml_collections
 import numpy as np
 
 from smartvlm_jax import puzzles
+from smartvlm_jax.convert import baseline_table
+from smartvlm_jax.reasoner import baseline as baseline_lib
 from smartvlm_jax.reasoner import checkpoint
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.model import build
@@ -40,6 +46,28 @@ class ConversionError(ValueError):
 def _decoder_index(cfg: ml_collections.ConfigDict) -> dict[int, int]:
     """Puzzle id -> index k of ans_decoder.<k> (1 + rank among the run's sorted ids)."""
     return {int(p): i + 1 for i, p in enumerate(sorted(int(x) for x in cfg.puzzle_ids))}
+
+
+def is_baseline(state_dict: Mapping) -> bool:
+    """Whether reference weights are the SMART baseline's (its BERT-states GRU ``q_lstm``), not SMARTER's."""
+    return "q_lstm.weight_ih_l0" in state_dict
+
+
+def _dummies(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The reference's unused index-0 Linear(R, 1) decoder and (per-puzzle encoders) encoder, as zeros."""
+    r = cfg.repr_size
+    out = {
+        "ans_decoder.0.0.weight": np.zeros((1, r), np.float32),
+        "ans_decoder.0.0.bias": np.zeros(1, np.float32),
+    }
+    if not cfg.use_single_image_head:
+        out.update(
+            {
+                "im_encoder.0.0.weight": np.zeros((1, r), np.float32),
+                "im_encoder.0.0.bias": np.zeros(1, np.float32),
+            }
+        )
+    return out
 
 
 def _linear(prefix: str, node: Mapping) -> dict[str, np.ndarray]:
@@ -56,6 +84,9 @@ def reference_from_params(params: Mapping, cfg: ml_collections.ConfigDict) -> di
     The reference's unused `o_encoder` (and `q_MLP` next to a QF layer) have no counterpart here and
     are left out.
     """
+    if cfg.get("head", "smarter") == "baseline":
+        out = {**baseline_table.state_from_params(params, cfg), **_dummies(cfg)}
+        return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
     tab = config_lib.tables(cfg)
     r = cfg.repr_size
     out: dict[str, np.ndarray] = {}
@@ -141,6 +172,11 @@ def params_from_reference(state_dict: Mapping[str, np.ndarray], cfg: ml_collecti
     for k, v in expected.items():
         if sd[k].shape != v.shape:
             raise ConversionError(f"wrong shape for key {k}: {sd[k].shape}, expected {v.shape}")
+    if cfg.get("head", "smarter") == "baseline":
+        converted = baseline_table.params_from_state(sd, cfg)
+        if jax.tree.map(np.shape, converted) != jax.tree.map(np.shape, params):  # the table and module agree
+            raise ConversionError("the baseline rename table does not give the head's parameter shapes")
+        return converted
 
     tab = config_lib.tables(cfg)
     r = cfg.repr_size
@@ -209,6 +245,8 @@ def config_from_reference(
             raise ConversionError(f"missing key {key}")
         return shapes[key]
 
+    if is_baseline(state_dict):
+        return _baseline_config(shapes, need, puzzle_ids, features)
     cfg = config_lib.default_config()
     cfg.reference_quirks = True
     cfg.use_single_image_head = "im_encoder.0.weight" in shapes
@@ -230,23 +268,50 @@ def config_from_reference(
         cfg.max_qlen = (rows + 1) // 2
     else:
         cfg.h_sz, cfg.text_dim = need("q_MLP.0.weight")
+    cfg.puzzle_ids, cfg.num_classes = _decoder_classes(shapes, puzzle_ids, "ln3", "GRU")
+    config_lib.validate(cfg)
+    return cfg
+
+
+def _decoder_classes(
+    shapes: Mapping[str, tuple[int, ...]], puzzle_ids: list[int], last_linear: str, rnn: str
+) -> tuple[list[int], list[int]]:
+    """(sorted ids, C_p of each) from the decoders: the MLP's last Linear (C_p, R), the RNN's (G C_p, C_p)."""
     ids = sorted(int(p) for p in puzzle_ids)
     classes = []
     for k, p in enumerate(ids, start=1):
-        mlp_key, gru_key = f"ans_decoder.{k}.ln3.weight", f"ans_decoder.{k}.weight_hh_l0"
+        mlp_key, rnn_key = f"ans_decoder.{k}.{last_linear}.weight", f"ans_decoder.{k}.weight_hh_l0"
         if puzzles.is_sequence(p):
-            if gru_key not in shapes:
-                raise ConversionError(f"missing key {gru_key} (GRU decoder of sequence puzzle {p})")
-            classes.append(shapes[gru_key][1])
+            if rnn_key not in shapes:
+                raise ConversionError(f"missing key {rnn_key} ({rnn} decoder of sequence puzzle {p})")
+            classes.append(int(shapes[rnn_key][1]))
         else:
             if mlp_key not in shapes:
                 raise ConversionError(f"missing key {mlp_key} (MLP decoder of puzzle {p})")
-            classes.append(shapes[mlp_key][0])
+            classes.append(int(shapes[mlp_key][0]))
     extra = f"ans_decoder.{len(ids) + 1}."
     if any(k.startswith(extra) for k in shapes):
         raise ConversionError(f"unexpected key {extra}*: the checkpoint has more decoders than --puzzles")
-    cfg.puzzle_ids = ids
-    cfg.num_classes = [int(c) for c in classes]
+    return ids, classes
+
+
+def _baseline_config(shapes, need, puzzle_ids: list[int], features: str | None) -> ml_collections.ConfigDict:
+    """The baseline head's config (quirks on) from SMART baseline weights: R, H, widths and each C_p.
+
+    The question length L is not in the weights (the GRU runs over any length); it stays BERT's 110.
+    """
+    if features not in (None, "resnet"):
+        raise ConversionError(
+            f"--features {features}: a SMART baseline checkpoint (q_lstm) takes ResNet-50 features (resnet)"
+        )
+    cfg = baseline_lib.default_config()
+    cfg.reference_quirks = True
+    cfg.use_single_image_head = "im_encoder.0.weight" in shapes
+    first = "im_encoder.0.weight" if cfg.use_single_image_head else "im_encoder.1.0.weight"
+    cfg.repr_size, cfg.vision_dim = need(first)
+    gates, cfg.text_dim = need("q_lstm.weight_ih_l0")  # [3H, D]: gates r, z, n
+    cfg.h_sz = gates // 3
+    cfg.puzzle_ids, cfg.num_classes = _decoder_classes(shapes, puzzle_ids, "4", "LSTM")
     config_lib.validate(cfg)
     return cfg
 
@@ -294,7 +359,7 @@ def _parse_puzzles(text: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    """CLI: `reference --ckpt X.pth --puzzles all|ID,ID --out DIR [--features fused|dinov2|siglip]`."""
+    """CLI: `reference --ckpt X.pth --puzzles all|ID,ID --out DIR [--features fused|dinov2|siglip|resnet]`."""
     parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.convert reference", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="reference checkpoint {'net': state_dict, ...}")
     parser.add_argument("--puzzles", required=True, help="'all' or the run's puzzle ids, comma separated")
