@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip = 1.0  # global-norm gradient clipping (0 disables)
     c.optim.schedule = "warmup_cosine"  # "warmup_cosine" or "constant"
     c.optim.warmup_steps = 10  # linear warm-up from lr 0
+    # As PyTorch's per-module AdamW: per-puzzle encoder/decoder rows a batch does not use keep their
+    # weights, moments and step count (no decay); False: one dense AdamW over the stacked parameters.
+    c.optim.skip_absent_rows = True
 
     c.batch_size = 128  # global batch size (all processes and devices together)
     c.eval_batch_size = 128  # global batch size of evaluation and feature extraction

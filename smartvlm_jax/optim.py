@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -26,9 +30,19 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW (or Adam) with the schedule; weight decay on every parameter."""
+    """Global-norm clipping, then AdamW (or Adam) with the schedule; weight decay on every parameter.
+
+    With ``optim.skip_absent_rows`` the update takes ``row_mask=`` (``reasoner.row_presence``) and, as
+    PyTorch does for parameters without a gradient, leaves the rows of per-puzzle stacks that the batch did
+    not use exactly as they were (moments, step count and weights).
+    """
     schedule = learning_rate_schedule(optim, total_steps)
-    if optim.name == "adamw":
+    if optim.get("skip_absent_rows", False):
+        if optim.name not in ("adam", "adamw"):
+            raise ValueError(f"config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
+        decay = optim.weight_decay if optim.name == "adamw" else 0.0
+        opt = row_sparse_adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=decay)
+    elif optim.name == "adamw":
         opt = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
     elif optim.name == "adam":
         opt = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
@@ -37,3 +51,59 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
     if optim.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
     return opt
+
+
+class RowSparseAdamState(NamedTuple):
+    step: jax.Array  # optimiser steps taken (drives the learning-rate schedule, as a PyTorch scheduler)
+    count: Any  # per leaf, per row of its leading axis: the updates that row has had
+    mu: Any
+    nu: Any
+
+
+def row_sparse_adam(
+    schedule: optax.Schedule, *, b1: float, b2: float, eps: float, weight_decay: float
+) -> optax.GradientTransformationExtraArgs:
+    """Adam(W) whose per-puzzle rows update only when the batch used them (PyTorch's AdamW per module).
+
+    ``update(grads, state, params, row_mask=tree)`` with ``row_mask`` a tree like ``params`` holding a bool
+    [rows] per stacked leaf (None for shared leaves, always updated). A masked-out row keeps its moments,
+    its own step count (so its bias correction is the module's own, as in PyTorch) and its weights; weight
+    decay is decoupled and scaled by the learning rate, as ``torch.optim.AdamW`` does.
+    """
+
+    def init(params):
+        return RowSparseAdamState(
+            step=jnp.zeros((), jnp.int32),
+            count=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p)[:1], jnp.int32), params),
+            mu=jax.tree.map(jnp.zeros_like, params),
+            nu=jax.tree.map(jnp.zeros_like, params),
+        )
+
+    def leaf(g, m, v, c, p, rows, lr):
+        on = jnp.ones(c.shape, bool) if rows is None else rows
+        c_new = c + on.astype(jnp.int32)
+        expand = (1,) * (g.ndim - c.ndim)
+        on, steps = on.reshape(on.shape + expand), jnp.maximum(c_new, 1).reshape(c.shape + expand)
+        m_new = jnp.where(on, b1 * m + (1 - b1) * g, m)
+        v_new = jnp.where(on, b2 * v + (1 - b2) * g * g, v)
+        m_hat = m_new / (1 - b1 ** steps.astype(g.dtype))
+        v_hat = v_new / (1 - b2 ** steps.astype(g.dtype))
+        u = -lr * (m_hat / (jnp.sqrt(v_hat) + eps) + weight_decay * p)
+        return jnp.where(on, u, 0).astype(g.dtype), m_new, v_new, c_new
+
+    def update(grads, state, params=None, *, row_mask=None, **_):
+        if params is None:
+            raise ValueError("row_sparse_adam needs params (decoupled weight decay)")
+        treedef = jax.tree.structure(params)
+        # Row masks hold None for shared leaves, so flatten every tree up to the parameters' structure.
+        masks = [None] * treedef.num_leaves if row_mask is None else treedef.flatten_up_to(row_mask)
+        parts = (grads, state.mu, state.nu, state.count, params)
+        lr = schedule(state.step)
+        out = [
+            leaf(*args, rows, lr)
+            for *args, rows in zip(*(treedef.flatten_up_to(t) for t in parts), masks, strict=True)
+        ]
+        updates, mu, nu, count = (treedef.unflatten(list(x)) for x in zip(*out, strict=True))
+        return updates, RowSparseAdamState(step=state.step + 1, count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -86,7 +86,8 @@ def train_step(
         return reasoner.loss(logits, batch["labels"], batch["puzzle_ids"], model_cfg, mask=batch["mask"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    rows = reasoner.row_presence(model_cfg, state.params, batch["puzzle_ids"], batch["mask"])
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, row_mask=rows)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )

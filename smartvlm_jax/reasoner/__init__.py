@@ -10,6 +10,7 @@ from smartvlm_jax.reasoner.config import MASKED_LOGIT, default_config, validate
 from smartvlm_jax.reasoner.losses import loss, predictions
 from smartvlm_jax.reasoner.model import SmarterHead, build
 from smartvlm_jax.reasoner.predictor import Predictor
+from smartvlm_jax.reasoner.presence import row_presence
 
 __all__ = [
     "MASKED_LOGIT",
@@ -21,6 +22,7 @@ __all__ = [
     "loss",
     "param_summary",
     "predictions",
+    "row_presence",
     "save",
     "validate",
 ]

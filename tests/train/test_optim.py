@@ -59,3 +59,46 @@ def test_adamw_with_clipping_matches_torch():
         sched.step()
     np.testing.assert_allclose(np.asarray(params["w"]), w.detach().numpy(), rtol=1e-5, atol=1e-6)
     assert jax.tree.leaves(params)[0].dtype == jnp.float32
+
+
+def test_row_sparse_adamw_matches_torch_modules_without_gradients():
+    """Stacked per-puzzle rows vs one torch parameter per row: rows a batch does not use get grad None
+    in PyTorch and AdamW skips them (no decay, no moments, own step count); ours must do the same."""
+    cfg = smarter.get_config().optim
+    cfg.warmup_steps = 1
+    cfg.skip_absent_rows = True
+    tx = optim.make_optimizer(cfg, total_steps=20)
+    schedule = optim.learning_rate_schedule(cfg, 20)
+    rng = np.random.default_rng(1)
+    rows0 = rng.normal(size=(3, 4)).astype(np.float32)
+    shared0 = rng.normal(size=(2,)).astype(np.float32)
+    present = [np.array([1, 0, 1], bool), np.array([0, 1, 1], bool), np.array([1, 0, 0], bool)]
+    grads = [
+        (rng.normal(size=(3, 4)).astype(np.float32) * p[:, None], rng.normal(size=(2,))) for p in present
+    ]
+
+    params = {"stack": jnp.asarray(rows0), "shared": jnp.asarray(shared0)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for (g_rows, g_shared), p in zip(grads, present, strict=True):
+        g = {"stack": jnp.asarray(g_rows), "shared": jnp.asarray(g_shared, jnp.float32)}
+        updates, state = update(g, state, params, row_mask={"stack": jnp.asarray(p), "shared": None})
+        params = optax.apply_updates(params, updates)
+
+    rows = [torch.nn.Parameter(torch.tensor(r)) for r in rows0]
+    shared = torch.nn.Parameter(torch.tensor(shared0))
+    opt = torch.optim.AdamW([*rows, shared], lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(schedule(s)) / cfg.lr)
+    for (g_rows, g_shared), p in zip(grads, present, strict=True):
+        opt.zero_grad(set_to_none=True)
+        for r, g, used in zip(rows, g_rows, p, strict=True):
+            r.grad = torch.tensor(g) if used else None
+        shared.grad = torch.tensor(g_shared, dtype=torch.float32)
+        torch.nn.utils.clip_grad_norm_([*rows, shared], cfg.grad_clip)
+        opt.step()
+        sched.step()
+    expected = np.stack([r.detach().numpy() for r in rows])
+    np.testing.assert_allclose(np.asarray(params["stack"]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(params["shared"]), shared.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected[1], rows0[1])  # row 1 was used once: it moved, and only then
+    np.testing.assert_array_equal(np.asarray(state[1].count["stack"]), [2, 1, 2])
