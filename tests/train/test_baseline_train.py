@@ -33,12 +33,7 @@ OVERRIDES = {
 
 def run_config(**extra):
     config = baseline_config.get_config()
-    for key, value in {**OVERRIDES, **extra}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict({**OVERRIDES, **extra})
     return config
 
 
