@@ -139,7 +139,14 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
         *[f"--config.{k}={v}" for k, v in {**OVERRIDES, **reusing(workdir)}.items()],
         "--config.cache_features=False",  # slower steps: a window to interrupt in
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        # The three launches run the same program: later ones load its compiled executables from disk.
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
 
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _wait_for_checkpoint(tmp_path, first)
@@ -148,6 +155,7 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     assert first.returncode == 0, out.decode()[-3000:]
     assert b"SIGTERM: saving step" in out
     stopped = max(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
+    assert any((tmp_path / "jax_cache").iterdir())
     assert stopped < 39 and not (tmp_path / "results.json").exists()
 
     second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
