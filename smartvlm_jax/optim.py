@@ -36,18 +36,16 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
     PyTorch does for parameters without a gradient, leaves the rows of per-puzzle stacks that the batch did
     not use exactly as they were (moments, step count and weights).
     """
+    if optim.name not in ("adam", "adamw"):
+        raise ValueError(f"config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
     schedule = learning_rate_schedule(optim, total_steps)
+    decay = optim.weight_decay if optim.name == "adamw" else 0.0
     if optim.get("skip_absent_rows", False):
-        if optim.name not in ("adam", "adamw"):
-            raise ValueError(f"config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
-        decay = optim.weight_decay if optim.name == "adamw" else 0.0
         opt = row_sparse_adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=decay)
     elif optim.name == "adamw":
-        opt = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
-    elif optim.name == "adam":
-        opt = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+        opt = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=decay)
     else:
-        raise ValueError(f"config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
+        opt = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
     if optim.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(optim.grad_clip), opt)
     return opt

@@ -197,8 +197,7 @@ class Run:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on a field that cannot be right, naming it."""
-    if config.optim.name not in ("adam", "adamw"):
-        raise ValueError(f"config.optim.name={config.optim.name!r} is not 'adamw' or 'adam'")
+    optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
     features.check_variant(config.model.features, config.model.get("head", "smarter"))
     if config.towers.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
