@@ -84,7 +84,7 @@ class FrozenTowers:
         return {name: tower.resizer for name, tower in self.vision.items()}
 
     def params(self) -> dict:
-        return {"vision": {n: t.params for n, t in self.vision.items()}, "text": self.text.params}
+        return {"vision": {n: t.ready_params for n, t in self.vision.items()}, "text": self.text.ready_params}
 
     def features(self, params: Mapping, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """Pure: (vision [B, sum D], text) from a batch of uint8 images and question ids.

@@ -160,6 +160,13 @@ def forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], d
     return vit.map_groups(lambda px: _forward(params, px, config, dtype), pixels, group)
 
 
+def prepare(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters :func:`forward` runs fastest on: each block's q/k/v fused (:func:`vit.fuse_qkv`)."""
+    layout = SWIGLU_LAYOUT if config["use_swiglu_ffn"] else LAYOUT
+    layers = vit.fuse_qkv(params["encoder"]["layer"], layout, int(config["hidden_size"]))
+    return {**params, "encoder": {**params["encoder"], "layer": layers}}
+
+
 def _forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
     patch = _int(config["patch_size"])
     emb = params["embeddings"]

@@ -8,6 +8,7 @@ config and checkpoint prefix are); loading, conversion, saving and random init t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,8 @@ class Family:
     specs: Callable[[dict[str, Any]], Specs]
     forward: Forward
     pool: Pool
+    # params -> the equivalent params ``forward`` runs fastest on (computed once, outside jit)
+    prepare: Callable[[Any, dict[str, Any]], Any] = lambda params, config: params
 
     def full_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The part's config with HF defaults filled in for keys a hand-written config leaves out."""
@@ -67,6 +70,7 @@ FAMILIES: dict[tuple[str, str], Family] = {
         dinov2.param_specs,
         dinov2.forward,
         lambda params, hidden, config, dtype: hidden[:, 0],  # Dinov2Model.pooler_output: normed CLS
+        dinov2.prepare,
     ),
     ("siglip", "vision"): Family(
         "siglip",
@@ -75,6 +79,7 @@ FAMILIES: dict[tuple[str, str], Family] = {
         siglip.vision_param_specs,
         siglip.vision_forward,
         siglip.vision_pooled,
+        siglip.prepare,
     ),
     ("siglip", "text"): Family(
         "siglip",
@@ -83,6 +88,7 @@ FAMILIES: dict[tuple[str, str], Family] = {
         siglip.text_param_specs,
         siglip.text_forward,
         lambda params, hidden, config, dtype: siglip.text_pooled(params, hidden),
+        siglip.prepare,
     ),
     # SMART baseline towers: ResNet-50 (tokens = the last feature map, mean = global pool) and BERT.
     ("resnet", "vision"): Family(
@@ -143,7 +149,9 @@ class Tower:
     """A loaded frozen tower part: config, parameters, preprocessing and a pure, jit-able forward.
 
     ``apply(params, x)`` is pure (params are an argument) so it can be jitted, sharded and mapped by the
-    caller; ``encode(x)`` is the jitted ``apply`` with this tower's own params.
+    caller; ``encode(x)`` is the jitted ``apply`` with this tower's own params. ``params`` keep the HF
+    names (what is saved and converted); ``ready_params`` are the same weights laid out for speed (ViT
+    towers: q/k/v fused), computed once on first use; ``apply`` takes either and gives the same result.
     """
 
     kind: str
@@ -175,13 +183,18 @@ class Tower:
             raise AttributeError(f"the {self.part} part of {self.kind} has no image size")
         return self.resizer.size
 
+    @functools.cached_property
+    def ready_params(self) -> Any:
+        """``params`` prepared for the forward (q/k/v fused for the ViT towers); what ``encode`` runs."""
+        return self._family.prepare(self.params, self.config)
+
     def apply(self, params: Any, inputs: jax.Array) -> jax.Array:
         """Pure forward: pixels [B, S, S, 3] (vision) or token ids [B, T] (text) -> last_hidden_state."""
         return self._family.forward(params, inputs, self.config, self._compute_dtype)
 
     def encode(self, inputs: jax.Array) -> jax.Array:
         """``apply`` with this tower's params, jitted."""
-        return self._encode(self.params, inputs)
+        return self._encode(self.ready_params, inputs)
 
     def pooled(self, params: Any, hidden: jax.Array) -> jax.Array:
         """HF ``pooler_output`` from ``last_hidden_state`` (DINOv2: CLS; SigLIP: attention pool / head)."""

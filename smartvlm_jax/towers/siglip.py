@@ -120,6 +120,12 @@ def text_param_specs(config: dict[str, Any]) -> Specs:
     return specs
 
 
+def prepare(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the forwards run fastest on (vision or text): each block's q/k/v fused."""
+    layers = vit.fuse_qkv(params["encoder"]["layers"], LAYOUT, int(config["hidden_size"]))
+    return {**params, "encoder": {**params["encoder"], "layers": layers}}
+
+
 def _encode(params: dict[str, Any], x: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
     return vit.encoder(
         params["encoder"]["layers"],

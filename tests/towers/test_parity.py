@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -163,3 +164,35 @@ def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):
     with pytest.raises(ValueError, match="attention impl"):
         vit.encoder(tower.params["encoder"]["layer"], whole, dinov2.LAYOUT, 1, impl="x",
                     num_heads=2, eps=1e-6, act=vit.gelu_erf, dtype=np.float32)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ready_params_fuse_qkv_and_match_hf_named_params(hf_tiny, tmp_path, dtype):
+    """``ready_params`` (q/k/v fused once, outside jit) give what the HF-named ``params`` give, for every
+    ViT tower part and SwiGLU DINOv2; ``params`` keep their HF names (what conversion saves)."""
+    from smartvlm_jax.towers import vit
+
+    swiglu = towers.create_random(
+        str(tmp_path / "swiglu"), "dinov2", {**towers.tiny_config("dinov2"), "use_swiglu_ffn": True}
+    )
+    rng = np.random.default_rng(2)
+    pixels = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
+    ids = rng.integers(0, 500, (3, 64)).astype(np.int32)
+    cases = [(swiglu, "vision", pixels), (hf_tiny["dinov2"], "vision", pixels)]
+    cases += [(hf_tiny["siglip"], part, x) for part, x in (("vision", pixels), ("text", ids))]
+    for path, part, x in cases:
+        tower = towers.load(path, part=part, dtype=dtype)
+        ready = tower.ready_params
+        assert ready is tower.ready_params  # computed once
+        layers = (ready["encoder"].get("layer") or ready["encoder"]["layers"]).values()
+        hf_layers = (tower.params["encoder"].get("layer") or tower.params["encoder"]["layers"]).values()
+        for block, hf_block in zip(layers, hf_layers, strict=True):
+            fused = block[vit.FUSED_QKV]["kernel"]
+            width = fused.shape[0]
+            assert fused.shape == (width, 3 * width) and fused.dtype == jnp.dtype(dtype)
+            assert vit.FUSED_QKV not in hf_block
+            flat = str(jax.tree_util.tree_structure(block))
+            assert not any(name in flat for name in ("query", "q_proj", "'key'", "k_proj", "v_proj"))
+        f = jax.jit(tower.apply)
+        np.testing.assert_array_equal(np.asarray(f(ready, x)), np.asarray(f(tower.params, x)))
+        np.testing.assert_array_equal(np.asarray(tower.encode(x)), np.asarray(f(tower.params, x)))
