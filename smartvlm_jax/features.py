@@ -83,6 +83,12 @@ class FrozenTowers:
         """Picklable per-image resizers for the data pipeline, keyed like the batch's ``image/<name>``."""
         return {name: tower.resizer for name, tower in self.vision.items()}
 
+    @property
+    def compiler_options(self) -> dict | None:
+        """XLA options for jitting a function that runs these towers: theirs if they all agree, else None."""
+        options = [t.compiler_options for t in (*self.vision.values(), self.text)]
+        return options[0] if all(o == options[0] for o in options) else None
+
     def params(self) -> dict:
         return {"vision": {n: t.ready_params for n, t in self.vision.items()}, "text": self.text.ready_params}
 
@@ -231,7 +237,7 @@ def extract_split(
     params = towers.params()
     if params_sharding is not None:
         params = jax.device_put(params, params_sharding)
-    forward = jax.jit(towers.features)
+    forward = jax.jit(towers.features, compiler_options=towers.compiler_options)
     progress = _Progress(out_dir.name, num_rows)
     pending: list[dict[str, np.ndarray]] = []
 

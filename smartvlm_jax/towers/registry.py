@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax.towers import bert, dinov2, resnet, siglip
+from smartvlm_jax.towers import bert, dinov2, resnet, siglip, vit
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
 from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
@@ -169,7 +169,7 @@ class Tower:
     def __post_init__(self) -> None:
         self._family = FAMILIES[(self.kind, self.part)]
         self._compute_dtype = compute_dtype(self.dtype)
-        self._encode = jax.jit(self.apply)
+        self._encode = jax.jit(self.apply, compiler_options=self.compiler_options)
 
     @property
     def hidden_size(self) -> int:
@@ -182,6 +182,14 @@ class Tower:
         if self.resizer is None:
             raise AttributeError(f"the {self.part} part of {self.kind} has no image size")
         return self.resizer.size
+
+    @property
+    def compiler_options(self) -> dict[str, Any] | None:
+        """XLA options for jitting this tower's forward (``jax.jit(..., compiler_options=)``), or None.
+
+        ViT towers in float32 on CPU compile their dots through oneDNN (:func:`vit.compiler_options`).
+        """
+        return vit.compiler_options(self._compute_dtype) if self.kind in ("dinov2", "siglip") else None
 
     @functools.cached_property
     def ready_params(self) -> Any:

@@ -95,7 +95,7 @@ def test_apply_is_pure_and_jittable(hf_tiny):
     tower = towers.load(hf_tiny["siglip_vision_model"])
     pixels = np.zeros((1, 32, 32, 3), np.float32)
     zeroed = jax.tree.map(lambda a: a * 0, tower.params)
-    f = jax.jit(tower.apply)
+    f = jax.jit(tower.apply, compiler_options=tower.compiler_options)  # as encode compiles it
     assert not np.allclose(f(tower.params, pixels), f(zeroed, pixels))
     np.testing.assert_allclose(f(tower.params, pixels), tower.encode(pixels), atol=1e-6)
 
@@ -193,6 +193,6 @@ def test_ready_params_fuse_qkv_and_match_hf_named_params(hf_tiny, tmp_path, dtyp
             assert vit.FUSED_QKV not in hf_block
             flat = str(jax.tree_util.tree_structure(block))
             assert not any(name in flat for name in ("query", "q_proj", "'key'", "k_proj", "v_proj"))
-        f = jax.jit(tower.apply)
+        f = jax.jit(tower.apply, compiler_options=tower.compiler_options)
         np.testing.assert_array_equal(np.asarray(f(ready, x)), np.asarray(f(tower.params, x)))
         np.testing.assert_array_equal(np.asarray(tower.encode(x)), np.asarray(f(tower.params, x)))
