@@ -8,7 +8,7 @@ image + one SigLIP image + one question per puzzle instance), the max |diff| of 
 relative error of JAX bf16's mean-pooled features against JAX fp32, the load average, and this machine's
 2048^3 matmul GFLOP/s in each framework and dtype.
 
-    python -m benchmarks.towers [--batch 8] [--rounds 5] [--towers dinov2-base,...] [--json out.json]
+    python -m benchmarks.towers [--batch 8] [--rounds 8] [--towers dinov2-base,...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,14 +42,20 @@ VARIANTS = ("jax fp32", "jax bf16", "torch fp32", "torch bf16")
 
 
 def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``rounds`` times, interleaved (after one warm-up call each)."""
+    """Seconds per call of each function, ``rounds`` times, interleaved (after one warm-up call each).
+
+    The order rotates every round, so each function follows each other one equally often: a call runs
+    slower right after a PyTorch call (its OpenMP threads keep spinning, and AMX/AVX-512 work lowers the
+    clock for a while), and a fixed order would charge that to the same function every round.
+    """
     for fn in fns.values():
         fn()
+    names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t)
     return times
 
@@ -143,7 +149,7 @@ def instances_per_s(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=8, help="a multiple of 4 rotates the order evenly")
     parser.add_argument("--towers", default=",".join(CONFIGS), help="comma-separated subset of the towers")
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args()
