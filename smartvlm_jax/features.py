@@ -211,7 +211,7 @@ def prefetch(items: Iterable[T], size: int = 2) -> Iterator[T]:
 
 def extract_split(
     towers: FrozenTowers,
-    batches: Iterable[Mapping[str, np.ndarray]],
+    batches: Iterable[Mapping[str, np.ndarray]] | Callable[..., Iterable[Mapping[str, np.ndarray]]],
     to_global: Callable[[Mapping[str, np.ndarray]], Mapping[str, jax.Array]],
     row_position: Callable[[np.ndarray, np.ndarray], np.ndarray],
     num_rows: int,
@@ -223,7 +223,9 @@ def extract_split(
 
     ``batches`` is the split's unshuffled pipeline (last batch padded, ``mask`` False on padding);
     ``row_position(puzzle_ids, instance_ids)`` maps examples to their row in the split, so the cache is in
-    row order whatever order the processes' shards arrive in. Shards already on disk are skipped.
+    row order whatever order the processes' shards arrive in. Shards already on disk are skipped; when
+    ``batches`` is a callable, ``batches(start_batch=n)`` is asked for the batches from the first one
+    after the leading shards on disk, so a resumed extraction does not decode what it already holds.
 
     Streaming: batches are decoded ahead by :func:`prefetch`, and batch i + 1 is dispatched to the device
     before batch i's features are copied back to the host, so decoding, the towers' compute and the host
@@ -250,9 +252,17 @@ def extract_split(
             pending.clear()
         progress.update(int(rows["mask"].sum()))
 
+    start = 0
+    if callable(batches):
+        while (out_dir / f"shard_{start:05d}.npz").exists():
+            start += 1
+        start *= shard_batches
+        if start:
+            logging.info("features %s: resuming at batch %d", out_dir.name, start)
+        batches = batches(start_batch=start)
     in_flight = None
-    last = -1
-    for i, batch in enumerate(prefetch(batches)):
+    last = start - 1
+    for i, batch in enumerate(prefetch(batches), start=start):
         last = i
         if (out_dir / f"shard_{i // shard_batches:05d}.npz").exists():
             continue  # resumed: this part was extracted before the kill

@@ -167,7 +167,9 @@ class Run:
     def to_global(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         return pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
 
-    def image_batches(self, split: str, *, shuffle: bool, num_epochs: int, global_batch: int):
+    def image_batches(
+        self, split: str, *, shuffle: bool, num_epochs: int, global_batch: int, start_batch: int = 0
+    ):
         return pipeline.make_pipeline(
             self.data_cfg.data_dir,
             split,
@@ -180,6 +182,7 @@ class Run:
             num_epochs=num_epochs,
             drop_remainder=False,
             worker_count=self.config.worker_count,
+            start_batch=start_batch,
         )
 
     def batches(self, split: str, *, shuffle: bool, num_epochs: int, global_batch: int):
@@ -340,7 +343,13 @@ def extract_features(run: Run) -> None:
 
         run.caches[split] = features.extract_split(
             run.frozen,
-            run.image_batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size),
+            functools.partial(
+                run.image_batches,
+                split,
+                shuffle=False,
+                num_epochs=1,
+                global_batch=run.config.eval_batch_size,
+            ),
             run.to_global,
             row_position,
             len(rows),

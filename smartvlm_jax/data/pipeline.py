@@ -236,6 +236,7 @@ def make_pipeline(
     process_count: int | None = None,
     worker_count: int = 0,
     read_threads: int = 4,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
     """Host-local batches of `split` for this process (see the module docstring for the plan).
 
@@ -243,8 +244,11 @@ def make_pipeline(
     "labels" int32 [b,10], "puzzle_ids", "instance_ids", "answer_index" int32 [b], "option_values"
     int32 [b,5,10], "mask" bool [b], with b = global_batch_size / process_count. `num_epochs=None`
     repeats forever. `worker_count > 0` decodes in that many processes (needs a `__main__` guard);
-    `read_threads` decode in threads of this process.
+    `read_threads` decode in threads of this process. `start_batch` skips that many batches of the plan
+    without reading or decoding them (a resumed feature extraction starts where its shards end).
     """
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
@@ -264,9 +268,10 @@ def make_pipeline(
         )
     except ValueError as e:
         raise ValueError(f"split {split!r}: {e}") from None
+    local_batch = global_batch_size // process_count
+    ds = ds[start_batch * local_batch :]
     ds = ds.map(_Decode(source, preprocessors, tokenizer, data_cfg.get("image_side", smart101.IMAGE_SIDE)))
     # Threads decode single examples ahead of the batcher; a batch then needs no more than a copy.
-    local_batch = global_batch_size // process_count
     read = grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=max(2 * local_batch, read_threads)
     )

@@ -147,6 +147,19 @@ def test_resume_on_the_exact_next_batch(built_dir, tmp_path):
         assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
+def test_start_batch_skips_whole_batches_of_the_plan(built_dir):
+    """Two processes, start_batch=3: each yields its block of global batches 3, 4, ...; start < 0 fails."""
+    for index in (0, 1):
+        kw = dict(shuffle=False, process_index=index, process_count=2)
+        full = list(_pipe(built_dir, "val", **kw))
+        late = list(_pipe(built_dir, "val", start_batch=3, **kw))
+        assert len(late) == len(full) - 3 > 0
+        for got, want in zip(late, full[3:], strict=True):
+            assert all(np.array_equal(got[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match="start_batch"):
+        _pipe(built_dir, "val", start_batch=-1)
+
+
 def test_global_batch_on_a_mesh(built_dir):
     mesh = jax.make_mesh((len(jax.devices()),), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))

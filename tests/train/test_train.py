@@ -222,3 +222,33 @@ def test_nan_loss_stops_with_step_and_checkpoint(reference, tmp_path):
     config.optim.warmup_steps = 1
     with pytest.raises(FloatingPointError, match=r"at step \d+; last good checkpoint: "):
         train.train_and_evaluate(config, tmp_path)
+
+
+def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(reference, tmp_path):
+    """A feature cache that lost its last shards (and done.json) is completed from the first missing shard:
+    the pipeline is asked to start there, and the finished cache equals an uninterrupted extraction."""
+    workdir, _ = reference
+    config = run_config(**reusing(workdir), feature_shard_batches=2)
+    full = train.setup(config, tmp_path)
+    train.extract_features(full)  # train split: 198 rows / 32 -> 7 batches -> shards 0-3
+    train_dir = tmp_path / "features" / "train"
+    assert len(list(train_dir.glob("shard_*.npz"))) == 4
+    (train_dir / "done.json").unlink()
+    for index in (2, 3):
+        (train_dir / f"shard_{index:05d}.npz").unlink()
+
+    resumed = train.setup(config, tmp_path)
+    starts = []
+    image_batches = resumed.image_batches
+
+    def recording(split, **kwargs):
+        starts.append((split, kwargs.get("start_batch", 0)))
+        return image_batches(split, **kwargs)
+
+    resumed.image_batches = recording
+    train.extract_features(resumed)
+    assert ("train", 4) in starts  # shards 0 and 1 hold batches 0-3: nothing of them is decoded again
+    assert not any(split != "train" for split, _ in starts)  # the other splits are done: not read at all
+    for split, cache in full.caches.items():
+        for key, value in cache.items():
+            np.testing.assert_array_equal(resumed.caches[split][key], value, err_msg=f"{split}/{key}")
