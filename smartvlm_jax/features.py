@@ -143,11 +143,12 @@ def tower_names(variant: str) -> tuple[str, ...]:
 def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
     """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
     check_variant(variant)
+    onednn = bool(towers_cfg.get("cpu_onednn", True))
     vision = {}
     for name in VISION_TOWERS_OF_VARIANT[variant]:
-        vision[name] = towers_lib.load(_tower_dir(towers_cfg, name), part="vision", dtype=towers_cfg.dtype)
+        vision[name] = towers_lib.load(_tower_dir(towers_cfg, name), "vision", towers_cfg.dtype, onednn)
     text_name, text_output = TEXT_TOWER_OF_VARIANT[variant]
-    text = towers_lib.load(_tower_dir(towers_cfg, text_name), part="text", dtype=towers_cfg.dtype)
+    text = towers_lib.load(_tower_dir(towers_cfg, text_name), "text", towers_cfg.dtype, onednn)
     return FrozenTowers(vision=vision, text=text, text_output=text_output)
 
 

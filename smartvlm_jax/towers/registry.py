@@ -165,6 +165,7 @@ class Tower:
     resizer: Resizer | None = None
     normalize: Normalizer | None = None
     tokenizer: SiglipTextTokenizer | bert.WordPieceTokenizer | None = None
+    cpu_onednn: bool = True  # see compiler_options
 
     def __post_init__(self) -> None:
         self._family = FAMILIES[(self.kind, self.part)]
@@ -187,9 +188,12 @@ class Tower:
     def compiler_options(self) -> dict[str, Any] | None:
         """XLA options for jitting this tower's forward (``jax.jit(..., compiler_options=)``), or None.
 
-        ViT towers in float32 on CPU compile their dots through oneDNN (:func:`vit.compiler_options`).
+        ViT towers in float32 on CPU compile their dots through oneDNN (:func:`vit.compiler_options`)
+        unless loaded with ``cpu_onednn=False``.
         """
-        return vit.compiler_options(self._compute_dtype) if self.kind in ("dinov2", "siglip") else None
+        if not self.cpu_onednn or self.kind not in ("dinov2", "siglip"):
+            return None
+        return vit.compiler_options(self._compute_dtype)
 
     @functools.cached_property
     def ready_params(self) -> Any:

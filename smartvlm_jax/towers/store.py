@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -79,23 +80,28 @@ def build_tower(
     )
 
 
-def load(path: str | os.PathLike, part: str = "vision", dtype: str = "float32") -> Tower:
+def load(
+    path: str | os.PathLike, part: str = "vision", dtype: str = "float32", cpu_onednn: bool = True
+) -> Tower:
     """Loads one part ("vision" | "text") of a tower from an HF directory or a converted one.
 
     ``dtype``: "float32", or "bfloat16" (matmul weights and inputs in bf16, float32 accumulation and
-    residual stream; outputs are float32 either way).
+    residual stream; outputs are float32 either way). ``cpu_onednn``: compile float32 ViT forwards on
+    CPU with their dots in oneDNN (``Tower.compiler_options``); False keeps XLA's defaults.
     """
     path = os.fspath(path)
     if is_converted(path):
-        return _load_converted(path, part, dtype)
-    if os.path.isfile(os.path.join(path, "config.json")):
+        tower = _load_converted(path, part, dtype)
+    elif os.path.isfile(os.path.join(path, "config.json")):
         from smartvlm_jax.convert import hf  # lazy: reading .bin checkpoints may import torch
 
         top_config, flat, processor, tokenizer = hf.read_part(path, part)
-        return build_tower(top_config, part, flat, dtype, processor, tokenizer)
-    raise FileNotFoundError(
-        f"{path}: neither a converted tower ({META_FILE}) nor an HF directory (config.json)"
-    )
+        tower = build_tower(top_config, part, flat, dtype, processor, tokenizer)
+    else:
+        raise FileNotFoundError(
+            f"{path}: neither a converted tower ({META_FILE}) nor an HF directory (config.json)"
+        )
+    return dataclasses.replace(tower, cpu_onednn=cpu_onednn)
 
 
 def _load_converted(path: str, part: str, dtype: str) -> Tower:

@@ -196,3 +196,17 @@ def test_ready_params_fuse_qkv_and_match_hf_named_params(hf_tiny, tmp_path, dtyp
         f = jax.jit(tower.apply, compiler_options=tower.compiler_options)
         np.testing.assert_array_equal(np.asarray(f(ready, x)), np.asarray(f(tower.params, x)))
         np.testing.assert_array_equal(np.asarray(tower.encode(x)), np.asarray(f(tower.params, x)))
+
+
+def test_compiler_options_only_for_float32_vit_towers_on_cpu(hf_tiny):
+    """CPU float32 ViT towers compile their dots through oneDNN unless loaded with cpu_onednn=False;
+    bf16 keeps XLA's defaults. Both compilations give the same features within float32 rounding."""
+    from smartvlm_jax.towers import vit
+
+    fp32 = towers.load(hf_tiny["dinov2"])
+    assert fp32.compiler_options == vit.CPU_FP32_COMPILER_OPTIONS
+    assert towers.load(hf_tiny["dinov2"], dtype="bfloat16").compiler_options is None
+    plain = towers.load(hf_tiny["dinov2"], cpu_onednn=False)
+    assert plain.compiler_options is None
+    pixels = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(fp32.encode(pixels)), np.asarray(plain.encode(pixels)), atol=1e-5)
