@@ -150,7 +150,9 @@ class Predictor:
                     f"{', '.join(required_kinds(cfg.features))}"
                 )
             towers = {name: towers_cfg.get(name, "") for name in required_kinds(cfg.features)}
-        frozen = resolve_towers(towers, cfg.features, dtype, str(path))
+        frozen = resolve_towers(
+            towers, cfg.features, dtype, str(path), cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
+        )
         image_side = (run or {}).get("data", {}).get("image_side", smart101.IMAGE_SIDE)
         return cls(
             model,
@@ -362,6 +364,7 @@ def resolve_towers(
     variant: str,
     dtype: str = "float32",
     checkpoint_name: str = "the checkpoint",
+    cpu_onednn: bool = True,
 ) -> features.FrozenTowers:
     """Load the towers a feature variant needs from directories whose kind is read from each.
 
@@ -399,13 +402,13 @@ def resolve_towers(
         if kind in features.VISION_TOWERS_OF_VARIANT[variant]:
             if "vision" not in parts:
                 raise ValueError(f"tower {d} ({kind}) has no vision part; it has {list(parts)}")
-            vision[kind] = towers_lib.load(d, part="vision", dtype=dtype)
+            vision[kind] = towers_lib.load(d, part="vision", dtype=dtype, cpu_onednn=cpu_onednn)
         if kind == "siglip":
             if "text" not in parts:
                 raise ValueError(
                     f"tower {d} (siglip) has no text part (the question encoder); it has {list(parts)}"
                 )
-            text = towers_lib.load(d, part="text", dtype=dtype)
+            text = towers_lib.load(d, part="text", dtype=dtype, cpu_onednn=cpu_onednn)
     vision = {k: vision[k] for k in features.VISION_TOWERS_OF_VARIANT[variant]}  # concatenation order
     return features.FrozenTowers(vision=vision, text=text)
 
