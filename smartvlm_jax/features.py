@@ -257,9 +257,11 @@ def extract_split(
     if callable(batches):
         while (out_dir / f"shard_{start:05d}.npz").exists():
             start += 1
+        # the ETA counts what the shards on disk hold as done (npz reads just their masks)
+        progress.rows = sum(int(np.load(out_dir / f"shard_{k:05d}.npz")["mask"].sum()) for k in range(start))
         start *= shard_batches
         if start:
-            logging.info("features %s: resuming at batch %d", out_dir.name, start)
+            logging.info("features %s: resuming at batch %d (%d done)", out_dir.name, start, progress.rows)
         batches = batches(start_batch=start)
     in_flight = None
     last = start - 1
