@@ -13,6 +13,7 @@ its first missing shard. Rows are stored in the split's row order, the order the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -88,6 +89,12 @@ class FrozenTowers:
         """XLA options for jitting a function that runs these towers: theirs if they all agree, else None."""
         options = [t.compiler_options for t in (*self.vision.values(), self.text)]
         return options[0] if all(o == options[0] for o in options) else None
+
+    @functools.cached_property
+    def jitted_features(self) -> Callable:
+        """:meth:`features` jitted once for these towers (with their compiler options): every split's
+        extraction shares one compilation per batch shape."""
+        return jax.jit(self.features, compiler_options=self.compiler_options)
 
     def params(self) -> dict:
         return {"vision": {n: t.ready_params for n, t in self.vision.items()}, "text": self.text.ready_params}
@@ -240,7 +247,7 @@ def extract_split(
     params = towers.params()
     if params_sharding is not None:
         params = jax.device_put(params, params_sharding)
-    forward = jax.jit(towers.features, compiler_options=towers.compiler_options)
+    forward = towers.jitted_features
     progress = _Progress(out_dir.name, num_rows)
     pending: list[dict[str, np.ndarray]] = []
 

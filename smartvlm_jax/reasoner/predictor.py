@@ -117,7 +117,7 @@ class Predictor:
             puzzles.is_sequence(int(p)) for p in cfg.puzzle_ids
         )
         self._forward = jax.jit(self._forward_impl)
-        self._features = jax.jit(frozen.features, compiler_options=frozen.compiler_options)
+        self._features = frozen.jitted_features
 
     # ------------------------------------------------------------------------------------ loading
 

@@ -231,6 +231,7 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
     config = run_config(**reusing(workdir), feature_shard_batches=2)
     full = train.setup(config, tmp_path)
     train.extract_features(full)  # train split: 198 rows / 32 -> 7 batches -> shards 0-3
+    assert full.frozen.jitted_features._cache_size() == 1  # one compilation serves all three splits
     train_dir = tmp_path / "features" / "train"
     assert len(list(train_dir.glob("shard_*.npz"))) == 4
     (train_dir / "done.json").unlink()
