@@ -296,7 +296,7 @@ def bench_towers(bench: Bench, matmul: dict) -> dict:
     items, images = bench.loader_batch(s.batch)
     batch = jax.device_put(host_preprocess(frozen, images, items["questions"]))
     params = frozen.params()
-    fwd = jax.jit(frozen.features, compiler_options=frozen.compiler_options)
+    fwd = frozen.jitted_features
     cost = fwd.lower(params, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))

@@ -150,12 +150,14 @@ def tower_names(variant: str) -> tuple[str, ...]:
 def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
     """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
     check_variant(variant)
-    onednn = bool(towers_cfg.get("cpu_onednn", True))
-    vision = {}
-    for name in VISION_TOWERS_OF_VARIANT[variant]:
-        vision[name] = towers_lib.load(_tower_dir(towers_cfg, name), "vision", towers_cfg.dtype, onednn)
+    load = functools.partial(
+        towers_lib.load, dtype=towers_cfg.dtype, cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
+    )
+    vision = {
+        name: load(_tower_dir(towers_cfg, name), part="vision") for name in VISION_TOWERS_OF_VARIANT[variant]
+    }
     text_name, text_output = TEXT_TOWER_OF_VARIANT[variant]
-    text = towers_lib.load(_tower_dir(towers_cfg, text_name), "text", towers_cfg.dtype, onednn)
+    text = load(_tower_dir(towers_cfg, text_name), part="text")
     return FrozenTowers(vision=vision, text=text, text_output=text_output)
 
 

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from smartvlm_jax.towers.params import flatten, unflatten
+
 Params = Mapping[str, Any]
 F32 = jnp.float32
 
@@ -179,19 +181,6 @@ def _qkv_projection(p: Params, layout: BlockLayout, width: int) -> tuple[jax.Arr
     return kernel, bias
 
 
-def _drop(tree: Params, path: str) -> dict[str, Any]:
-    """A copy of nested dict ``tree`` without the entry at dotted ``path`` (emptied parents removed)."""
-    head, _, rest = path.partition(".")
-    out = dict(tree)
-    if rest:
-        out[head] = _drop(tree[head], rest)
-        if not out[head]:
-            del out[head]
-    else:
-        del out[head]
-    return out
-
-
 def fuse_qkv(layers: Params, layout: BlockLayout, width: int) -> dict[str, Any]:
     """``layers`` (``{"0": block, ...}``) with each block's q, k, v projections replaced by one fused one.
 
@@ -199,13 +188,12 @@ def fuse_qkv(layers: Params, layout: BlockLayout, width: int) -> dict[str, Any]:
     per-call concatenation. Leaves other than q/k/v are shared, not copied. The result is for running the
     tower (``Tower.ready_params``), not for saving: checkpoints keep the HF names.
     """
+    separate = tuple(f"{path}." for path in (layout.query, layout.key, layout.value))
     fused = {}
     for name, block in layers.items():
         kernel, bias = jax.jit(_qkv_projection, static_argnums=(1, 2))(block, layout, width)
-        slim = block
-        for path in (layout.query, layout.key, layout.value):
-            slim = _drop(slim, path)
-        fused[name] = {**slim, FUSED_QKV: {"kernel": kernel, "bias": bias}}
+        rest = {key: leaf for key, leaf in flatten(block).items() if not key.startswith(separate)}
+        fused[name] = {**unflatten(rest), FUSED_QKV: {"kernel": kernel, "bias": bias}}
     return fused
 
 
