@@ -156,14 +156,17 @@ def forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], d
     """
     patch = _int(config["patch_size"])
     tokens = 1 + (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
-    group = vit.group_size(pixels.shape[0], tokens)
+    group = vit.group_size(pixels.shape[0], tokens, vit.group_rows(params["encoder"]["layer"]))
     return vit.map_groups(lambda px: _forward(params, px, config, dtype), pixels, group)
 
 
-def prepare(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """The parameters :func:`forward` runs fastest on: each block's q/k/v fused (:func:`vit.fuse_qkv`)."""
+def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) -> dict[str, Any]:
+    """The parameters :func:`forward` runs fastest on: each block's q/k/v fused (:func:`vit.fuse_qkv`),
+    and with ``pack`` its linears packed for the oneDNN kernels (:func:`vit.pack_linears`)."""
     layout = SWIGLU_LAYOUT if config["use_swiglu_ffn"] else LAYOUT
     layers = vit.fuse_qkv(params["encoder"]["layer"], layout, int(config["hidden_size"]))
+    if pack:
+        layers = vit.pack_linears(layers, layout)
     return {**params, "encoder": {**params["encoder"], "layer": layers}}
 
 

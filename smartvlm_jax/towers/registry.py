@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax.towers import bert, dinov2, resnet, siglip, vit
+from smartvlm_jax.towers import bert, dinov2, onednn, resnet, siglip, vit
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
 from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
@@ -37,8 +37,9 @@ class Family:
     specs: Callable[[dict[str, Any]], Specs]
     forward: Forward
     pool: Pool
-    # params -> the equivalent params ``forward`` runs fastest on (computed once, outside jit)
-    prepare: Callable[[Any, dict[str, Any]], Any] = lambda params, config: params
+    # (params, config, pack) -> the equivalent params ``forward`` runs fastest on (computed once, outside
+    # jit); ``pack``: with the block linears packed for the oneDNN kernels (ViT towers)
+    prepare: Callable[[Any, dict[str, Any], bool], Any] = lambda params, config, pack: params
 
     def full_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The part's config with HF defaults filled in for keys a hand-written config leaves out."""
@@ -196,9 +197,29 @@ class Tower:
         return vit.compiler_options(self._compute_dtype)
 
     @functools.cached_property
+    def packs_linears(self) -> bool:
+        """Whether ``ready_params`` hold the block linears packed for the oneDNN kernels
+        (:mod:`smartvlm_jax.towers.onednn`): ViT towers loaded with ``cpu_onednn``, on a one-device CPU
+        backend where the kernels build. (A custom call has no SPMD partitioning rule: over several
+        devices it would run replicated.)"""
+        return (
+            self.cpu_onednn
+            and self.kind in ("dinov2", "siglip")
+            and vit.default_impl() == "cpu"
+            and jax.device_count() == 1
+            and onednn.unavailable_reason() is None
+        )
+
+    @functools.cached_property
     def ready_params(self) -> Any:
-        """``params`` prepared for the forward (q/k/v fused for the ViT towers); what ``encode`` runs."""
-        return self._family.prepare(self.params, self.config)
+        """``params`` prepared for the forward (ViT towers: q/k/v fused, linears packed where
+        ``packs_linears``); what ``encode`` runs."""
+        return self.prepared(self.packs_linears)
+
+    def prepared(self, pack: bool) -> Any:
+        """``params`` laid out for the forward, with (``pack``, CPU only) or without the block linears
+        packed for the oneDNN kernels; ``ready_params`` is the one this process runs."""
+        return self._family.prepare(self.params, self.config, pack)
 
     def apply(self, params: Any, inputs: jax.Array) -> jax.Array:
         """Pure forward: pixels [B, S, S, 3] (vision) or token ids [B, T] (text) -> last_hidden_state."""

@@ -120,9 +120,12 @@ def text_param_specs(config: dict[str, Any]) -> Specs:
     return specs
 
 
-def prepare(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """The parameters the forwards run fastest on (vision or text): each block's q/k/v fused."""
+def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) -> dict[str, Any]:
+    """The parameters the forwards run fastest on (vision or text): each block's q/k/v fused, and with
+    ``pack`` its linears packed for the oneDNN kernels (:func:`vit.pack_linears`)."""
     layers = vit.fuse_qkv(params["encoder"]["layers"], LAYOUT, int(config["hidden_size"]))
+    if pack:
+        layers = vit.pack_linears(layers, LAYOUT)
     return {**params, "encoder": {**params["encoder"], "layers": layers}}
 
 
@@ -145,7 +148,7 @@ def vision_forward(
     """NHWC pixels [B, S, S, C] -> ``last_hidden_state`` [B, (S / p)^2, D] (float32), in CPU-sized groups."""
     patch = _int(config["patch_size"])
     tokens = (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
-    group = vit.group_size(pixels.shape[0], tokens)
+    group = vit.group_size(pixels.shape[0], tokens, vit.group_rows(params["encoder"]["layers"]))
     return vit.map_groups(lambda px: _vision_forward(params, px, config, dtype), pixels, group)
 
 
@@ -193,7 +196,7 @@ def text_forward(params: dict[str, Any], ids: jax.Array, config: dict[str, Any],
     n_pos = params["embeddings"]["position_embedding"]["embedding"].shape[0]
     if t > n_pos:
         raise ValueError(f"sequence length {t} exceeds max_position_embeddings {n_pos}")
-    group = vit.group_size(ids.shape[0], t)
+    group = vit.group_size(ids.shape[0], t, vit.group_rows(params["encoder"]["layers"]))
     return vit.map_groups(lambda i: _text_forward(params, i, config, dtype), ids, group)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from smartvlm_jax import towers
+from smartvlm_jax.towers import onednn
 from tests.towers.conftest import (
     DINOV2_BASE,
     SIGLIP_BASE_TEXT,
@@ -117,7 +118,8 @@ def base_dirs(tmp_path_factory, spiece):
 
 @pytest.mark.parametrize("which", ["dinov2", "vision", "text"])
 def test_base_size_parity_and_bf16(base_dirs, which, spiece):
-    """Real base configs: fp32 max |diff| <= 1e-4 vs PyTorch; bf16 mean-pooled relative error <= 2e-2."""
+    """Real base configs: fp32 max |diff| <= 1e-4 vs PyTorch; bf16 mean-pooled relative error <= 2e-2; with
+    XLA's dots and with the oneDNN kernels."""
     config, path = base_dirs[which]
     model = hf_model(config)
     save_hf(model, path, spiece if which == "text" else None)
@@ -138,6 +140,11 @@ def test_base_size_parity_and_bf16(base_dirs, which, spiece):
     low = np.asarray(bf16.encode(inputs))
     assert low.dtype == np.float32
     assert _mean_rel_err(low, ours) <= 2e-2
+    if onednn.unavailable_reason() is None:  # the oneDNN kernels (one-device CPU runs), same bounds
+        packed = np.asarray(jax.jit(tower.apply)(tower.prepared(pack=True), inputs))
+        assert np.abs(packed - ref).max() <= TOL
+        low = np.asarray(jax.jit(bf16.apply)(bf16.prepared(pack=True), inputs))
+        assert _mean_rel_err(low, ours) <= 2e-2
 
 
 def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):

@@ -1,0 +1,190 @@
+"""oneDNN kernels for the frozen towers on CPU, called from jitted code as XLA FFI custom calls.
+
+On CPU, XLA's own GEMMs and attention are where the towers lost to PyTorch, which runs oneDNN. The ViT
+blocks therefore run through ``onednn_kernels.cc``: linear layers with weights packed once into oneDNN's
+blocked layout (:func:`pack`), bias and GELU fused into the matmul (:func:`linear`); self-attention read
+straight from the fused q/k/v projection, per image batched matmuls and a softmax (:func:`attention`).
+
+The C++ source is compiled on first use with the system C++ compiler against jaxlib's FFI headers and
+the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (requirements.txt), and cached under
+``$SMARTVLM_JAX_CACHE`` (default ``~/.cache/smartvlm_jax``). Where any of that is missing,
+:func:`unavailable_reason` says what, and the towers keep XLA's dots.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE = pathlib.Path(__file__).with_name("onednn_kernels.cc")
+LINEAR = "smartvlm_onednn_linear"
+ATTENTION = "smartvlm_onednn_attention"
+# Activations the GEMM can apply as a post-op; the numbering is the C++ enum's.
+ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2}
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(ml_dtypes.bfloat16): 1}
+
+
+class UnavailableError(RuntimeError):
+    """The oneDNN kernels cannot be built or loaded here; the message says why."""
+
+
+def _prefixes() -> list[pathlib.Path]:
+    # pip puts a wheel's data/ files under the environment prefix (a venv) or the user base (--user)
+    seen = []
+    for p in (sys.prefix, sys.base_prefix, sysconfig.get_config_var("userbase") or ""):
+        if p and pathlib.Path(p) not in seen:
+            seen.append(pathlib.Path(p))
+    return seen
+
+
+def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
+    """(include dir, lib dir) of the installed oneDNN wheels."""
+    for prefix in _prefixes():
+        include, lib = prefix / "include", prefix / "lib"
+        if (include / "oneapi" / "dnnl" / "dnnl.hpp").is_file() and (lib / "libdnnl.so.3").is_file():
+            return include, lib
+    raise UnavailableError(
+        "oneDNN not found (looked for include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so.3 under "
+        f"{', '.join(map(str, _prefixes()))}); install onednn-cpu-gomp and onednn-devel-cpu-gomp"
+    )
+
+
+def _cache_dir() -> pathlib.Path:
+    root = os.environ.get("SMARTVLM_JAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "smartvlm_jax"
+    )
+    return pathlib.Path(root) / "onednn"
+
+
+def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
+    """Compiles ``onednn_kernels.cc`` once per source / jaxlib / oneDNN combination; returns the .so."""
+    wanted = os.environ.get("CXX")
+    compiler = shutil.which(wanted) if wanted else shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise UnavailableError(
+            f"C++ compiler $CXX={wanted!r} not found" if wanted else "no C++ compiler (g++ / c++) on PATH"
+        )
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        source + jax.ffi.include_dir().encode() + str(lib).encode() + jax.__version__.encode()
+    )
+    out = _cache_dir() / f"libsmartvlm_onednn_{key.hexdigest()[:16]}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        built = pathlib.Path(tmp) / out.name
+        cmd = [
+            compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
+            "-isystem", jax.ffi.include_dir(), "-isystem", str(include),
+            f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}",
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise UnavailableError(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
+        os.replace(built, out)  # atomic: concurrent builders each install a whole library
+    log.info("built the oneDNN tower kernels: %s", out)
+    return out
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    """The built kernel library, loaded and registered with XLA (once per process)."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise UnavailableError(f"the oneDNN kernels are built for x86-64 Linux, not {platform.system()} "
+                               f"{platform.machine()}")  # fmt: skip
+    lib = ctypes.CDLL(str(_build(*_find_onednn())))
+    lib.smartvlm_dnnl_packed_bytes.restype = ctypes.c_int64
+    lib.smartvlm_dnnl_packed_bytes.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.smartvlm_dnnl_pack.restype = ctypes.c_int
+    lib.smartvlm_dnnl_pack.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_void_p,
+    ]
+    jax.ffi.register_ffi_target(LINEAR, jax.ffi.pycapsule(lib.SmartvlmDnnlLinear), platform="cpu")
+    jax.ffi.register_ffi_target(ATTENTION, jax.ffi.pycapsule(lib.SmartvlmDnnlAttention), platform="cpu")
+    return lib
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None when the kernels are built and registered, else why not (logged once as a warning)."""
+    try:
+        _library()
+    except (UnavailableError, OSError) as e:
+        log.warning("oneDNN tower kernels unavailable, using XLA's dots: %s", e)
+        return str(e)
+    return None
+
+
+def pack(kernel: Any) -> jax.Array:
+    """A ``[K, N]`` float32 / bfloat16 kernel in oneDNN's packed layout (flat, same dtype) for :func:`linear`.
+
+    Runs on the host, outside jit; the result is only meaningful to :func:`linear`.
+    """
+    w = np.ascontiguousarray(np.asarray(kernel))
+    if w.ndim != 2 or w.dtype not in _DTYPE_CODES:
+        raise ValueError(f"pack takes a [K, N] float32 or bfloat16 kernel, got {w.dtype} {w.shape}")
+    lib, code = _library(), _DTYPE_CODES[w.dtype]
+    size = lib.smartvlm_dnnl_packed_bytes(w.shape[0], w.shape[1], code)
+    if size < 0 or size % w.itemsize:
+        raise UnavailableError(f"oneDNN has no packed layout for a {w.dtype} {w.shape} kernel")
+    packed = np.empty(size // w.itemsize, w.dtype)
+    if lib.smartvlm_dnnl_pack(w.ctypes.data, w.shape[0], w.shape[1], code, packed.ctypes.data):
+        raise UnavailableError(f"oneDNN failed to pack a {w.dtype} {w.shape} kernel")
+    return jnp.asarray(packed)
+
+
+def linear(
+    x: jax.Array, packed: jax.Array, bias: jax.Array, act: str | None = None, out_dtype: Any = jnp.float32
+):
+    """``act(x @ W + bias)`` over the last axis of ``x``, ``W`` packed by :func:`pack`; fp32 accumulation.
+
+    ``x`` is cast to the kernel's dtype; ``bias`` is float32 ``[N]``; ``act`` one of :data:`ACTIVATIONS`;
+    the result is ``out_dtype`` (float32, or the kernel's dtype) ``[..., N]``.
+    """
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {sorted(map(str, ACTIVATIONS))}, got {act!r}")
+    if jnp.dtype(out_dtype) not in (jnp.dtype(jnp.float32), packed.dtype):
+        raise ValueError(
+            f"out_dtype must be float32 or the kernel's {packed.dtype}, got {jnp.dtype(out_dtype)}"
+        )
+    _library()
+    out = jax.ShapeDtypeStruct((*x.shape[:-1], bias.shape[-1]), out_dtype)
+    call = jax.ffi.ffi_call(LINEAR, out)
+    return call(x.astype(packed.dtype), packed, bias.astype(jnp.float32), act=np.int64(ACTIVATIONS[act]))
+
+
+def attention(qkv: jax.Array, num_heads: int, scale: float) -> jax.Array:
+    """Softmax self-attention from a fused projection ``qkv`` [B, T, 3 * D] (q | k | v, heads inside each)
+    -> ``[B, T, D]`` in ``qkv``'s dtype (float32 or bfloat16).
+
+    Scores are ``scale * q k^T`` in float32; the softmax is rounded to the dtype before the PV product.
+    """
+    _library()
+    b, t, width = qkv.shape
+    if width % (3 * num_heads):
+        raise ValueError(f"qkv width {width} is not 3 x {num_heads} heads x head_dim")
+    out = jax.ShapeDtypeStruct((b, t, width // 3), qkv.dtype)
+    return jax.ffi.ffi_call(ATTENTION, out)(qkv, heads=np.int64(num_heads), scale=np.float32(scale))
