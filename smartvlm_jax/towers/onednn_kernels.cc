@@ -8,6 +8,7 @@
 //
 // Built on first use by smartvlm_jax/towers/onednn.py against jaxlib's FFI headers and the onednn wheels.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -152,24 +153,28 @@ ffi::Error Linear(ffi::AnyBuffer x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32>
   return ffi::Error::Success();
 }
 
-// Self-attention of one image's heads from the fused projection's output, where q, k, v of head h at
-// token t are qkv[t, 0 | 1 | 2, h, :]. Per image: q, k, v copied head-major ([H, T, Dh], so the batched
-// matmuls get dense operands and oneDNN's AMX kernels; strided views fell back to a slower GEMM), scores
-// (float32) = scale * q k^T, softmax to the compute dtype, P v, copied back to ctx[t, h, :]. The [H, T, T]
-// scores of one image stay in cache.
+// Self-attention from the fused projection's output, where q, k, v of head h at token t of image i are
+// qkv[i, t, 0 | 1 | 2, h, :]. A few images at a time (as many as keep their float32 scores within
+// kScoreBytes, in cache): q, k, v copied head-major ([n * H, T, Dh], so the batched matmuls get dense
+// operands and oneDNN's AMX kernels; strided views fell back to a slower GEMM), scores (float32) =
+// scale * q k^T, softmax to the compute dtype, P v, copied back to ctx[i, t, h, :].
+constexpr int64_t kScoreBytes = 4 << 20;
+
 struct AttentionPrimitives {
   dnnl::matmul scores, context;
   dnnl::softmax_forward softmax;
   memory::desc heads, keys, s, p;  // q / v / output [H, T, Dh]; k^T [H, Dh, T] over k's storage; s; p
 };
 
-using AttentionKey = std::tuple<int64_t, int64_t, int64_t, int, float>;  // tokens, heads, head dim, dtype, scale
+// (image-heads, tokens, head dim, dtype, scale)
+using AttentionKey = std::tuple<int64_t, int64_t, int64_t, int, float>;
 
-AttentionPrimitives& Attention(int64_t t, int64_t h, int64_t dh, memory::data_type type, float scale) {
+// Primitives for h (images x heads) attention problems of t tokens.
+AttentionPrimitives& Attention(int64_t h, int64_t t, int64_t dh, memory::data_type type, float scale) {
   static std::mutex mutex;
   static std::map<AttentionKey, AttentionPrimitives> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  AttentionKey key{t, h, dh, static_cast<int>(type), scale};
+  AttentionKey key{h, t, dh, static_cast<int>(type), scale};
   auto found = cache.find(key);
   if (found != cache.end()) return found->second;
   memory::desc heads({h, t, dh}, type, memory::format_tag::abc);
@@ -190,19 +195,22 @@ AttentionPrimitives& Attention(int64_t t, int64_t h, int64_t dh, memory::data_ty
   return cache.emplace(key, std::move(prims)).first->second;
 }
 
-// Copies [T, H, Dh] rows (token stride `stride` elements) to [H, T, Dh], or back with `to_heads` false.
-void CopyHeads(char* tokens, char* heads, int64_t t, int64_t h, int64_t dh, int64_t stride, size_t elem,
-               bool to_heads) {
+// Copies n images' [T, H, Dh] rows (token stride `stride` elements) to [n, H, T, Dh], or back with
+// `to_heads` false.
+void CopyHeads(char* tokens, char* heads, int64_t n, int64_t t, int64_t h, int64_t dh, int64_t stride,
+               size_t elem, bool to_heads) {
   const size_t row = dh * elem;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t head = 0; head < h; ++head) {
-    for (int64_t token = 0; token < t; ++token) {
-      char* a = tokens + (token * stride + head * dh) * elem;
-      char* b = heads + (head * t + token) * row;
-      if (to_heads)
-        std::memcpy(b, a, row);
-      else
-        std::memcpy(a, b, row);
+#pragma omp parallel for collapse(3) schedule(static)
+  for (int64_t image = 0; image < n; ++image) {
+    for (int64_t head = 0; head < h; ++head) {
+      for (int64_t token = 0; token < t; ++token) {
+        char* a = tokens + ((image * t + token) * stride + head * dh) * elem;
+        char* b = heads + ((image * h + head) * t + token) * row;
+        if (to_heads)
+          std::memcpy(b, a, row);
+        else
+          std::memcpy(a, b, row);
+      }
     }
   }
 }
@@ -219,31 +227,33 @@ ffi::Error SelfAttention(ffi::AnyBuffer qkv, ffi::Result<ffi::AnyBuffer> ctx, in
     return ffi::Error::InvalidArgument("onednn attention: ctx must be [B, T, heads * head_dim]");
   if (b == 0 || t == 0) return ffi::Error::Success();
   try {
-    AttentionPrimitives& prims = Attention(t, heads, dh, type, scale);
-    dnnl::engine& engine = Engine();
-    // one image's q, k, v, output, scores and probabilities, kept per thread: no page faults per call
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(b, kScoreBytes / (heads * t * t * 4)));
     const size_t elem = type == memory::data_type::bf16 ? 2 : 4;
-    const size_t head_bytes = prims.heads.get_size(), s_bytes = prims.s.get_size();
-    thread_local std::vector<char> scratch;
-    if (scratch.size() < 4 * head_bytes + s_bytes + prims.p.get_size())
-      scratch.resize(4 * head_bytes + s_bytes + prims.p.get_size());
-    char* base = scratch.data();
-    memory q(prims.heads, engine, base), k(prims.keys, engine, base + head_bytes);
-    memory v(prims.heads, engine, base + 2 * head_bytes), out(prims.heads, engine, base + 3 * head_bytes);
-    memory s(prims.s, engine, base + 4 * head_bytes), p(prims.p, engine, base + 4 * head_bytes + s_bytes);
+    dnnl::engine& engine = Engine();
     dnnl::stream stream(engine);
     char* in = static_cast<char*>(qkv.untyped_data());
     char* dst = static_cast<char*>(ctx->untyped_data());
-    for (int64_t i = 0; i < b; ++i) {
-      char* image = in + i * t * 3 * d * elem;
-      CopyHeads(image, base, t, heads, dh, 3 * d, elem, true);
-      CopyHeads(image + d * elem, base + head_bytes, t, heads, dh, 3 * d, elem, true);
-      CopyHeads(image + 2 * d * elem, base + 2 * head_bytes, t, heads, dh, 3 * d, elem, true);
+    // q, k, v, output, scores and probabilities of one chunk, kept per thread: no page faults per call
+    thread_local std::vector<char> scratch;
+    for (int64_t i = 0; i < b; i += chunk) {
+      const int64_t n = std::min(chunk, b - i);
+      AttentionPrimitives& prims = Attention(n * heads, t, dh, type, scale);
+      const size_t head_bytes = prims.heads.get_size(), s_bytes = prims.s.get_size();
+      if (scratch.size() < 4 * head_bytes + s_bytes + prims.p.get_size())
+        scratch.resize(4 * head_bytes + s_bytes + prims.p.get_size());
+      char* base = scratch.data();
+      memory q(prims.heads, engine, base), k(prims.keys, engine, base + head_bytes);
+      memory v(prims.heads, engine, base + 2 * head_bytes), out(prims.heads, engine, base + 3 * head_bytes);
+      memory s(prims.s, engine, base + 4 * head_bytes), p(prims.p, engine, base + 4 * head_bytes + s_bytes);
+      char* images = in + i * t * 3 * d * elem;
+      CopyHeads(images, base, n, t, heads, dh, 3 * d, elem, true);
+      CopyHeads(images + d * elem, base + head_bytes, n, t, heads, dh, 3 * d, elem, true);
+      CopyHeads(images + 2 * d * elem, base + 2 * head_bytes, n, t, heads, dh, 3 * d, elem, true);
       prims.scores.execute(stream, {{DNNL_ARG_SRC, q}, {DNNL_ARG_WEIGHTS, k}, {DNNL_ARG_DST, s}});
       prims.softmax.execute(stream, {{DNNL_ARG_SRC, s}, {DNNL_ARG_DST, p}});
       prims.context.execute(stream, {{DNNL_ARG_SRC, p}, {DNNL_ARG_WEIGHTS, v}, {DNNL_ARG_DST, out}});
       stream.wait();
-      CopyHeads(dst + i * t * d * elem, base + 3 * head_bytes, t, heads, dh, d, elem, false);
+      CopyHeads(dst + i * t * d * elem, base + 3 * head_bytes, n, t, heads, dh, d, elem, false);
     }
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn attention: ") + e.what());
