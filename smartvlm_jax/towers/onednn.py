@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SOURCE = pathlib.Path(__file__).with_name("onednn_kernels.cc")
 LINEAR = "smartvlm_onednn_linear"
 ATTENTION = "smartvlm_onednn_attention"
+BLOCK = "smartvlm_onednn_encoder_block"
 # Activations the GEMM can apply as a post-op; the numbering is the C++ enum's.
 ACTIVATIONS = {None: 0, "gelu_erf": 1, "gelu_tanh": 2}
 _DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(ml_dtypes.bfloat16): 1}
@@ -124,6 +125,7 @@ def _library() -> ctypes.CDLL:
     ]
     jax.ffi.register_ffi_target(LINEAR, jax.ffi.pycapsule(lib.SmartvlmDnnlLinear), platform="cpu")
     jax.ffi.register_ffi_target(ATTENTION, jax.ffi.pycapsule(lib.SmartvlmDnnlAttention), platform="cpu")
+    jax.ffi.register_ffi_target(BLOCK, jax.ffi.pycapsule(lib.SmartvlmDnnlEncoderBlock), platform="cpu")
     return lib
 
 
@@ -188,3 +190,44 @@ def attention(qkv: jax.Array, num_heads: int, scale: float) -> jax.Array:
         raise ValueError(f"qkv width {width} is not 3 x {num_heads} heads x head_dim")
     out = jax.ShapeDtypeStruct((b, t, width // 3), qkv.dtype)
     return jax.ffi.ffi_call(ATTENTION, out)(qkv, heads=np.int64(num_heads), scale=np.float32(scale))
+
+
+def encoder_block(
+    x: jax.Array,
+    p: dict[str, Any],
+    num_heads: int,
+    eps: float,
+    act: str,
+    layer_scale: bool,
+) -> jax.Array:
+    """One pre-LN transformer block on the float32 residual stream ``x`` [B, T, D], in one call:
+    ``h = x + ls1 * out(attention(qkv(ln1(x))))``, ``y = h + ls2 * fc2(act(fc1(ln2(h))))``.
+
+    ``p`` holds ``ln1`` / ``ln2`` (``scale``, ``bias``), ``qkv``, ``out``, ``fc1``, ``fc2`` (``packed``,
+    ``bias``) and, with ``layer_scale``, ``ls1`` / ``ls2`` [D]. Matmul inputs are in the kernels' dtype,
+    LayerNorm, residuals and scales in float32, as in :func:`smartvlm_jax.towers.vit.encoder_block`.
+    """
+    _library()
+    d = x.shape[-1]
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    ones = jnp.ones((d,), jnp.float32)
+    args = [
+        f32(x),
+        f32(p["ln1"]["scale"]), f32(p["ln1"]["bias"]),
+        p["qkv"]["packed"], f32(p["qkv"]["bias"]),
+        p["out"]["packed"], f32(p["out"]["bias"]),
+        f32(p["ls1"]) if layer_scale else ones,
+        f32(p["ln2"]["scale"]), f32(p["ln2"]["bias"]),
+        p["fc1"]["packed"], f32(p["fc1"]["bias"]),
+        p["fc2"]["packed"], f32(p["fc2"]["bias"]),
+        f32(p["ls2"]) if layer_scale else ones,
+    ]  # fmt: skip
+    call = jax.ffi.ffi_call(BLOCK, jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    return call(
+        *args,
+        heads=np.int64(num_heads),
+        eps=np.float32(eps),
+        act=np.int64(ACTIVATIONS[act]),
+        scale=np.float32((d // num_heads) ** -0.5),
+        layer_scale=bool(layer_scale),
+    )

@@ -8,18 +8,22 @@
 //
 // Built on first use by smartvlm_jax/towers/onednn.py against jaxlib's FFI headers and the onednn wheels.
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
-#include <vector>
 
 #include "dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -35,6 +39,31 @@ constexpr int64_t kPackRows = 1024;
 
 // Activations fused into the GEMM as an oneDNN post-op; numbering shared with onednn.py.
 enum Activation : int64_t { kNone = 0, kGeluErf = 1, kGeluTanh = 2 };
+
+// Bytes rounded up to whole cache lines: AMX tile loads from buffers that are not 64-byte aligned ran
+// the block's GEMMs ~10 % slower.
+size_t Aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// A growing buffer for intermediates, used by the executor thread only (one per call site), so calls
+// reuse warm memory. 2 MiB-aligned and offered to transparent huge pages (fewer TLB misses).
+class Scratch {
+ public:
+  char* Get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(data_);
+      size_ = (bytes + kHuge - 1) / kHuge * kHuge;
+      data_ = static_cast<char*>(std::aligned_alloc(kHuge, size_));
+      if (data_ == nullptr) throw std::bad_alloc();
+      madvise(data_, size_, MADV_HUGEPAGE);  // advice only: ignored where THP is off
+    }
+    return data_;
+  }
+
+ private:
+  static constexpr size_t kHuge = 2 << 20;
+  char* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 // Runs every oneDNN call on one long-lived thread. XLA invokes a custom call from whichever of its worker
 // threads is free, and each new calling thread gets its own OpenMP team: the idle teams' spinning threads
@@ -75,18 +104,27 @@ class Executor {
   const std::function<void()>* task_ = nullptr;
 };
 
-// Runs `body` on the executor; a oneDNN error becomes the FFI error "<what>: <message>".
+// Bad arguments found while running (shapes that only the executor sees); reported as InvalidArgument.
+struct BadArgument : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Runs `body` on the executor; a BadArgument becomes InvalidArgument, any other error (oneDNN's)
+// Internal "<what>: <message>".
 ffi::Error RunDnnl(const char* what, const std::function<void()>& body) {
   std::string failure;
+  bool bad_argument = false;
   Executor::Get().Run([&] {
     try {
       body();
-    } catch (const dnnl::error& e) {
-      failure = e.what();
+    } catch (const BadArgument& e) {
+      failure = e.what(), bad_argument = true;
+    } catch (const std::exception& e) {
+      failure = std::string(what) + ": " + e.what();
     }
   });
   if (failure.empty()) return ffi::Error::Success();
-  return ffi::Error::Internal(std::string(what) + ": " + failure);
+  return bad_argument ? ffi::Error::InvalidArgument(failure) : ffi::Error::Internal(failure);
 }
 
 dnnl::engine& Engine() {
@@ -119,21 +157,11 @@ memory::desc PackedWeights(int64_t k, int64_t n, memory::data_type type) {
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int64_t>;  // m, k, n, src, dst, act
 
-struct KeyHash {
-  size_t operator()(const Key& key) const {
-    size_t h = 0;
-    auto mix = [&h](int64_t v) { h = h * 1000003u ^ std::hash<int64_t>()(v); };
-    mix(std::get<0>(key)), mix(std::get<1>(key)), mix(std::get<2>(key));
-    mix(std::get<3>(key)), mix(std::get<4>(key)), mix(std::get<5>(key));
-    return h;
-  }
-};
-
 // One primitive per shape: creating it JIT-generates the kernels, which must not happen per call.
 dnnl::matmul& Primitive(int64_t m, int64_t k, int64_t n, memory::data_type src_type,
                         memory::data_type dst_type, int64_t act) {
   static std::mutex mutex;
-  static std::unordered_map<Key, dnnl::matmul, KeyHash> cache;
+  static std::map<Key, dnnl::matmul> cache;
   std::lock_guard<std::mutex> lock(mutex);
   Key key{m, k, n, static_cast<int>(src_type), static_cast<int>(dst_type), act};
   auto found = cache.find(key);
@@ -164,6 +192,33 @@ memory::data_type DnnlType(ffi::DataType type) {
   }
 }
 
+size_t Bytes(memory::data_type type) { return type == memory::data_type::bf16 ? 2 : 4; }
+
+void CheckPacked(const ffi::AnyBuffer& packed, int64_t k, int64_t n, memory::data_type type, const char* what) {
+  if (DnnlType(packed.element_type()) != type)
+    throw BadArgument(std::string(what) + ": the packed kernel's dtype differs from its input's");
+  const size_t want = PackedWeights(k, n, type).get_size();
+  if (packed.size_bytes() != want)
+    throw BadArgument(std::string(what) + ": packed kernel holds " + std::to_string(packed.size_bytes()) +
+                      " bytes, a [" + std::to_string(k) + ", " + std::to_string(n) +
+                      "] kernel packs into " + std::to_string(want));
+}
+
+// y[m, n] = act(x[m, k] @ W + bias), W packed.
+void RunLinear(dnnl::stream& stream, int64_t m, int64_t k, int64_t n, memory::data_type src_type,
+               memory::data_type dst_type, int64_t act, void* x, void* packed, float* bias, void* y) {
+  dnnl::engine& engine = Engine();
+  dnnl::matmul& matmul = Primitive(m, k, n, src_type, dst_type, act);
+  memory src({{m, k}, src_type, memory::format_tag::ab}, engine, x);
+  memory weights(PackedWeights(k, n, src_type), engine, packed);
+  memory bias_mem({{1, n}, memory::data_type::f32, memory::format_tag::ab}, engine, bias);
+  memory dst({{m, n}, dst_type, memory::format_tag::ab}, engine, y);
+  matmul.execute(stream, {{DNNL_ARG_SRC, src},
+                          {DNNL_ARG_WEIGHTS, weights},
+                          {DNNL_ARG_BIAS, bias_mem},
+                          {DNNL_ARG_DST, dst}});
+}
+
 ffi::Error Linear(ffi::AnyBuffer x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
                   ffi::Result<ffi::AnyBuffer> y, int64_t act) {
   auto dims = x.dimensions();
@@ -175,34 +230,46 @@ ffi::Error Linear(ffi::AnyBuffer x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32>
   const memory::data_type dst_type = DnnlType(y->element_type());
   if (src_type == memory::data_type::undef || dst_type == memory::data_type::undef)
     return ffi::Error::InvalidArgument("onednn linear: x and y must be float32 or bfloat16");
-  if (x.element_type() != packed.element_type())
-    return ffi::Error::InvalidArgument("onednn linear: x and the packed kernel differ in dtype");
   if (act < kNone || act > kGeluTanh)
     return ffi::Error::InvalidArgument("onednn linear: unknown activation " + std::to_string(act));
-  const size_t want = PackedWeights(k, n, src_type).get_size();
-  if (packed.size_bytes() != want)
-    return ffi::Error::InvalidArgument("onednn linear: packed kernel holds " +
-                                       std::to_string(packed.size_bytes()) + " bytes, a [" +
-                                       std::to_string(k) + ", " + std::to_string(n) +
-                                       "] kernel packs into " + std::to_string(want));
   if (static_cast<int64_t>(y->element_count()) != m * n)
     return ffi::Error::InvalidArgument("onednn linear: y must hold rows(x) * n elements");
-  if (m == 0) return ffi::Error::Success();
   return RunDnnl("onednn linear", [&] {
-    dnnl::matmul& matmul = Primitive(m, k, n, src_type, dst_type, act);
-    dnnl::engine& engine = Engine();
-    memory src({{m, k}, src_type, memory::format_tag::ab}, engine, x.untyped_data());
-    memory weights(PackedWeights(k, n, src_type), engine, packed.untyped_data());
-    memory bias_mem({{1, n}, memory::data_type::f32, memory::format_tag::ab}, engine,
-                    bias.typed_data());
-    memory dst({{m, n}, dst_type, memory::format_tag::ab}, engine, y->untyped_data());
-    dnnl::stream stream(engine);
-    matmul.execute(stream, {{DNNL_ARG_SRC, src},
-                            {DNNL_ARG_WEIGHTS, weights},
-                            {DNNL_ARG_BIAS, bias_mem},
-                            {DNNL_ARG_DST, dst}});
+    CheckPacked(packed, k, n, src_type, "onednn linear");
+    if (m == 0) return;
+    dnnl::stream stream(Engine());
+    RunLinear(stream, m, k, n, src_type, dst_type, act, x.untyped_data(), packed.untyped_data(),
+              bias.typed_data(), y->untyped_data());
     stream.wait();
   });
+}
+
+// LayerNorm over the last axis of float32 x[m, d] (biased variance), written in `dst_type`.
+void RunLayerNorm(dnnl::stream& stream, int64_t m, int64_t d, memory::data_type dst_type, float eps,
+                  float* x, float* scale, float* shift, void* y) {
+  using Ln = dnnl::layer_normalization_forward;
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, int, float>, Ln> cache;
+  dnnl::engine& engine = Engine();
+  memory::desc src({m, d}, memory::data_type::f32, memory::format_tag::ab);
+  memory::desc dst({m, d}, dst_type, memory::format_tag::ab);
+  Ln* ln;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto key = std::make_tuple(m, d, static_cast<int>(dst_type), eps);
+    auto found = cache.find(key);
+    if (found == cache.end()) {
+      Ln::primitive_desc pd(engine, dnnl::prop_kind::forward_inference, src, dst, eps,
+                            dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
+      found = cache.emplace(key, Ln(pd)).first;
+    }
+    ln = &found->second;
+  }
+  memory::desc channels({d}, memory::data_type::f32, memory::format_tag::a);
+  ln->execute(stream, {{DNNL_ARG_SRC, memory(src, engine, x)},
+                       {DNNL_ARG_DST, memory(dst, engine, y)},
+                       {DNNL_ARG_SCALE, memory(channels, engine, scale)},
+                       {DNNL_ARG_SHIFT, memory(channels, engine, shift)}});
 }
 
 // Self-attention from the fused projection's output, where q, k, v of head h at token t of image i are
@@ -267,46 +334,124 @@ void CopyHeads(char* tokens, char* heads, int64_t n, int64_t t, int64_t h, int64
   }
 }
 
+// ctx[b, t, heads * dh] = attention of qkv[b, t, 3 * heads * dh], both of `type`.
+void RunAttention(dnnl::stream& stream, int64_t b, int64_t t, int64_t heads, int64_t dh,
+                  memory::data_type type, float scale, char* qkv, char* ctx) {
+  const int64_t d = heads * dh, chunk = std::max<int64_t>(1, std::min<int64_t>(b, kScoreBytes / (heads * t * t * 4)));
+  const size_t elem = Bytes(type);
+  dnnl::engine& engine = Engine();
+  static Scratch scratch;  // one chunk's q, k, v, output, scores, probabilities
+  for (int64_t i = 0; i < b; i += chunk) {
+    const int64_t n = std::min(chunk, b - i);
+    AttentionPrimitives& prims = Attention(n * heads, t, dh, type, scale);
+    const size_t head_bytes = Aligned(prims.heads.get_size()), s_bytes = Aligned(prims.s.get_size());
+    char* base = scratch.Get(4 * head_bytes + s_bytes + prims.p.get_size());
+    memory q(prims.heads, engine, base), k(prims.keys, engine, base + head_bytes);
+    memory v(prims.heads, engine, base + 2 * head_bytes), out(prims.heads, engine, base + 3 * head_bytes);
+    memory s(prims.s, engine, base + 4 * head_bytes), p(prims.p, engine, base + 4 * head_bytes + s_bytes);
+    char* images = qkv + i * t * 3 * d * elem;
+    CopyHeads(images, base, n, t, heads, dh, 3 * d, elem, true);
+    CopyHeads(images + d * elem, base + head_bytes, n, t, heads, dh, 3 * d, elem, true);
+    CopyHeads(images + 2 * d * elem, base + 2 * head_bytes, n, t, heads, dh, 3 * d, elem, true);
+    prims.scores.execute(stream, {{DNNL_ARG_SRC, q}, {DNNL_ARG_WEIGHTS, k}, {DNNL_ARG_DST, s}});
+    prims.softmax.execute(stream, {{DNNL_ARG_SRC, s}, {DNNL_ARG_DST, p}});
+    prims.context.execute(stream, {{DNNL_ARG_SRC, p}, {DNNL_ARG_WEIGHTS, v}, {DNNL_ARG_DST, out}});
+    stream.wait();
+    CopyHeads(ctx + i * t * d * elem, base + 3 * head_bytes, n, t, heads, dh, d, elem, false);
+  }
+}
+
 ffi::Error SelfAttention(ffi::AnyBuffer qkv, ffi::Result<ffi::AnyBuffer> ctx, int64_t heads, float scale) {
   auto dims = qkv.dimensions();
   if (dims.size() != 3 || heads <= 0 || dims[2] % (3 * heads))
     return ffi::Error::InvalidArgument("onednn attention: qkv must be [B, T, 3 * heads * head_dim]");
-  const int64_t b = dims[0], t = dims[1], dh = dims[2] / (3 * heads), d = heads * dh;
+  const int64_t b = dims[0], t = dims[1], dh = dims[2] / (3 * heads);
   const memory::data_type type = DnnlType(qkv.element_type());
   if (type == memory::data_type::undef || ctx->element_type() != qkv.element_type())
     return ffi::Error::InvalidArgument("onednn attention: qkv and ctx must share a float32 / bfloat16 dtype");
-  if (static_cast<int64_t>(ctx->element_count()) != b * t * d)
+  if (static_cast<int64_t>(ctx->element_count()) != b * t * heads * dh)
     return ffi::Error::InvalidArgument("onednn attention: ctx must be [B, T, heads * head_dim]");
   if (b == 0 || t == 0) return ffi::Error::Success();
   return RunDnnl("onednn attention", [&] {
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(b, kScoreBytes / (heads * t * t * 4)));
-    const size_t elem = type == memory::data_type::bf16 ? 2 : 4;
-    dnnl::engine& engine = Engine();
-    dnnl::stream stream(engine);
-    char* in = static_cast<char*>(qkv.untyped_data());
-    char* dst = static_cast<char*>(ctx->untyped_data());
-    // q, k, v, output, scores and probabilities of one chunk, kept per thread: no page faults per call
-    thread_local std::vector<char> scratch;
-    for (int64_t i = 0; i < b; i += chunk) {
-      const int64_t n = std::min(chunk, b - i);
-      AttentionPrimitives& prims = Attention(n * heads, t, dh, type, scale);
-      const size_t head_bytes = prims.heads.get_size(), s_bytes = prims.s.get_size();
-      if (scratch.size() < 4 * head_bytes + s_bytes + prims.p.get_size())
-        scratch.resize(4 * head_bytes + s_bytes + prims.p.get_size());
-      char* base = scratch.data();
-      memory q(prims.heads, engine, base), k(prims.keys, engine, base + head_bytes);
-      memory v(prims.heads, engine, base + 2 * head_bytes), out(prims.heads, engine, base + 3 * head_bytes);
-      memory s(prims.s, engine, base + 4 * head_bytes), p(prims.p, engine, base + 4 * head_bytes + s_bytes);
-      char* images = in + i * t * 3 * d * elem;
-      CopyHeads(images, base, n, t, heads, dh, 3 * d, elem, true);
-      CopyHeads(images + d * elem, base + head_bytes, n, t, heads, dh, 3 * d, elem, true);
-      CopyHeads(images + 2 * d * elem, base + 2 * head_bytes, n, t, heads, dh, 3 * d, elem, true);
-      prims.scores.execute(stream, {{DNNL_ARG_SRC, q}, {DNNL_ARG_WEIGHTS, k}, {DNNL_ARG_DST, s}});
-      prims.softmax.execute(stream, {{DNNL_ARG_SRC, s}, {DNNL_ARG_DST, p}});
-      prims.context.execute(stream, {{DNNL_ARG_SRC, p}, {DNNL_ARG_WEIGHTS, v}, {DNNL_ARG_DST, out}});
-      stream.wait();
-      CopyHeads(dst + i * t * d * elem, base + 3 * head_bytes, n, t, heads, dh, d, elem, false);
+    dnnl::stream stream(Engine());
+    RunAttention(stream, b, t, heads, dh, type, scale, static_cast<char*>(qkv.untyped_data()),
+                 static_cast<char*>(ctx->untyped_data()));
+  });
+}
+
+// y[m, d] = residual + scale * y (scale per channel; none: 1), in place.
+void AddResidual(float* y, const float* residual, const float* scale, int64_t m, int64_t d) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < m; ++row) {
+    float* out = y + row * d;
+    const float* in = residual + row * d;
+    if (scale != nullptr) {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] = in[c] + scale[c] * out[c];
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] = in[c] + out[c];
     }
+  }
+}
+
+// One pre-LN transformer block on the float32 residual stream x[B, T, D], in one call:
+//   h = x + ls1 * (attention(ln1(x) @ Wqkv + bqkv) @ Wo + bo)
+//   y = h + ls2 * (act(ln2(h) @ W1 + b1) @ W2 + b2)
+// with the matmuls' inputs in the packed kernels' dtype, float32 accumulation, LayerNorm, residuals and
+// layer scales in float32 (no layer scale: ls = 1 is not applied). The intermediates stay in buffers of
+// the executor thread, reused from call to call.
+ffi::Error EncoderBlock(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> ln1_scale, ffi::Buffer<ffi::F32> ln1_shift,
+                        ffi::AnyBuffer qkv_w, ffi::Buffer<ffi::F32> qkv_b, ffi::AnyBuffer out_w,
+                        ffi::Buffer<ffi::F32> out_b, ffi::Buffer<ffi::F32> ls1, ffi::Buffer<ffi::F32> ln2_scale,
+                        ffi::Buffer<ffi::F32> ln2_shift, ffi::AnyBuffer fc1_w, ffi::Buffer<ffi::F32> fc1_b,
+                        ffi::AnyBuffer fc2_w, ffi::Buffer<ffi::F32> fc2_b, ffi::Buffer<ffi::F32> ls2,
+                        ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t heads, float eps, int64_t act,
+                        float scale, bool layer_scale) {
+  auto dims = x.dimensions();
+  if (dims.size() != 3 || heads <= 0 || dims[2] % heads)
+    return ffi::Error::InvalidArgument("onednn block: x must be [B, T, D] with D a multiple of heads");
+  const int64_t b = dims[0], t = dims[1], d = dims[2], m = b * t, f = fc1_b.element_count();
+  const memory::data_type type = DnnlType(qkv_w.element_type());
+  if (type == memory::data_type::undef)
+    return ffi::Error::InvalidArgument("onednn block: kernels must be float32 or bfloat16");
+  if (act < kNone || act > kGeluTanh)
+    return ffi::Error::InvalidArgument("onednn block: unknown activation " + std::to_string(act));
+  for (auto* channels : {&ln1_scale, &ln1_shift, &out_b, &ls1, &ln2_scale, &ln2_shift, &fc2_b, &ls2})
+    if (static_cast<int64_t>(channels->element_count()) != d)
+      return ffi::Error::InvalidArgument("onednn block: norms, output biases and layer scales must be [D]");
+  if (static_cast<int64_t>(qkv_b.element_count()) != 3 * d)
+    return ffi::Error::InvalidArgument("onednn block: the q/k/v bias must be [3 D]");
+  if (m == 0) return ffi::Error::Success();
+  return RunDnnl("onednn block", [&] {
+    CheckPacked(qkv_w, d, 3 * d, type, "onednn block q/k/v");
+    CheckPacked(out_w, d, d, type, "onednn block output projection");
+    CheckPacked(fc1_w, d, f, type, "onednn block fc1");
+    CheckPacked(fc2_w, f, d, type, "onednn block fc2");
+    const size_t elem = Bytes(type);
+    static Scratch scratch;
+    const size_t normed = Aligned(m * d * elem), qkv = Aligned(3 * m * d * elem), ctx = Aligned(m * d * elem);
+    char* normed_buf = scratch.Get(normed + qkv + ctx + Aligned(m * f * elem) + m * d * 4);
+    char* qkv_buf = normed_buf + normed;
+    char* ctx_buf = qkv_buf + qkv;
+    char* hidden_buf = ctx_buf + ctx;
+    float* mid = reinterpret_cast<float*>(hidden_buf + Aligned(m * f * elem));  // h, between the halves
+    dnnl::stream stream(Engine());
+    RunLayerNorm(stream, m, d, type, eps, x.typed_data(), ln1_scale.typed_data(), ln1_shift.typed_data(),
+                 normed_buf);
+    RunLinear(stream, m, d, 3 * d, type, type, kNone, normed_buf, qkv_w.untyped_data(),
+              qkv_b.typed_data(), qkv_buf);
+    RunAttention(stream, b, t, heads, d / heads, type, scale, qkv_buf, ctx_buf);
+    RunLinear(stream, m, d, d, type, memory::data_type::f32, kNone, ctx_buf, out_w.untyped_data(),
+              out_b.typed_data(), mid);
+    AddResidual(mid, x.typed_data(), layer_scale ? ls1.typed_data() : nullptr, m, d);
+    RunLayerNorm(stream, m, d, type, eps, mid, ln2_scale.typed_data(), ln2_shift.typed_data(), normed_buf);
+    RunLinear(stream, m, d, f, type, type, act, normed_buf, fc1_w.untyped_data(), fc1_b.typed_data(),
+              hidden_buf);
+    RunLinear(stream, m, f, d, type, memory::data_type::f32, kNone, hidden_buf,
+              fc2_w.untyped_data(), fc2_b.typed_data(), y->typed_data());
+    AddResidual(y->typed_data(), mid, layer_scale ? ls2.typed_data() : nullptr, m, d);
+    stream.wait();
   });
 }
 
@@ -318,6 +463,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SmartvlmDnnlAttention, SelfAttention,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("heads")
                                   .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SmartvlmDnnlEncoderBlock, EncoderBlock,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ln1 scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ln1 shift
+                                  .Arg<ffi::AnyBuffer>()         // q/k/v packed
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // q/k/v bias
+                                  .Arg<ffi::AnyBuffer>()         // output projection packed
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // its bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ls1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ln2 scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ln2 shift
+                                  .Arg<ffi::AnyBuffer>()         // fc1 packed
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // fc1 bias
+                                  .Arg<ffi::AnyBuffer>()         // fc2 packed
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // fc2 bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ls2
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("heads")
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("act")
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("layer_scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SmartvlmDnnlLinear, Linear,
                               ffi::Ffi::Bind()

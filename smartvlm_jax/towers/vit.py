@@ -289,7 +289,27 @@ def encoder_block(
     dtype: Any,
     impl: str = "cpu",
 ) -> jax.Array:
-    """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32."""
+    """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32.
+
+    Blocks packed by :func:`pack_linears` (CPU) run as one oneDNN call (:func:`onednn.encoder_block`),
+    except SwiGLU ones, activations oneDNN lacks and a single layer scale, whose linears and attention
+    still go to oneDNN one by one.
+    """
+    one_scale = bool(layout.layer_scale1) != bool(layout.layer_scale2)
+    whole = not layout.swiglu and act in ONEDNN_ACTIVATIONS and not one_scale
+    if "packed" in p.get(FUSED_QKV, {}) and whole:
+        weights = {
+            "ln1": get(p, layout.norm1),
+            "qkv": p[FUSED_QKV],
+            "out": get(p, layout.out),
+            "ln2": get(p, layout.norm2),
+            "fc1": get(p, layout.fc1),
+            "fc2": get(p, layout.fc2),
+        }
+        scaled = bool(layout.layer_scale1)
+        if scaled:
+            weights.update(ls1=get(p, layout.layer_scale1), ls2=get(p, layout.layer_scale2))
+        return onednn.encoder_block(x, weights, num_heads, eps, ONEDNN_ACTIVATIONS[act], scaled)
     h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype, impl)
     if layout.layer_scale1:
         h = h * get(p, layout.layer_scale1).astype(F32)
