@@ -273,11 +273,12 @@ void RunLayerNorm(dnnl::stream& stream, int64_t m, int64_t d, memory::data_type 
 }
 
 // Self-attention from the fused projection's output, where q, k, v of head h at token t of image i are
-// qkv[i, t, 0 | 1 | 2, h, :]. A few images at a time (as many as keep their float32 scores within
-// kScoreBytes, in cache): q, k, v copied head-major ([n * H, T, Dh], so the batched matmuls get dense
-// operands and oneDNN's AMX kernels; strided views fell back to a slower GEMM), scores (float32) =
-// scale * q k^T, softmax to the compute dtype, P v, copied back to ctx[i, t, h, :].
-constexpr int64_t kScoreBytes = 4 << 20;
+// qkv[i, t, 0 | 1 | 2, h, :]. q, k, v are copied head-major ([B * H, T, Dh], so the batched matmuls get
+// dense operands and oneDNN's AMX kernels; strided views fell back to a slower GEMM); then, a few
+// (image, head) problems at a time, as many as keep their float32 scores within kScoreBytes (in cache):
+// scores = scale * q k^T (float32), softmax to the compute dtype, P v; the result is copied back to
+// ctx[i, t, h, :].
+constexpr int64_t kScoreBytes = 2 << 20;
 
 struct AttentionPrimitives {
   dnnl::matmul scores, context;
@@ -337,28 +338,34 @@ void CopyHeads(char* tokens, char* heads, int64_t n, int64_t t, int64_t h, int64
 // ctx[b, t, heads * dh] = attention of qkv[b, t, 3 * heads * dh], both of `type`.
 void RunAttention(dnnl::stream& stream, int64_t b, int64_t t, int64_t heads, int64_t dh,
                   memory::data_type type, float scale, char* qkv, char* ctx) {
-  const int64_t d = heads * dh, chunk = std::max<int64_t>(1, std::min<int64_t>(b, kScoreBytes / (heads * t * t * 4)));
-  const size_t elem = Bytes(type);
+  const int64_t d = heads * dh, problems = b * heads;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(problems, kScoreBytes / (t * t * 4)));
+  const size_t elem = Bytes(type), head_bytes = Aligned(problems * t * dh * elem);
+  static Scratch scratch;  // q, k, v and output of all problems, then one chunk's scores and probabilities
+  AttentionPrimitives& full = Attention(chunk, t, dh, type, scale);
+  const size_t s_bytes = Aligned(full.s.get_size());
+  char* base = scratch.Get(4 * head_bytes + s_bytes + full.p.get_size());
+  char* q = base;
+  char* k = base + head_bytes;
+  char* v = base + 2 * head_bytes;
+  char* out = base + 3 * head_bytes;
+  CopyHeads(qkv, q, b, t, heads, dh, 3 * d, elem, true);
+  CopyHeads(qkv + d * elem, k, b, t, heads, dh, 3 * d, elem, true);
+  CopyHeads(qkv + 2 * d * elem, v, b, t, heads, dh, 3 * d, elem, true);
   dnnl::engine& engine = Engine();
-  static Scratch scratch;  // one chunk's q, k, v, output, scores, probabilities
-  for (int64_t i = 0; i < b; i += chunk) {
-    const int64_t n = std::min(chunk, b - i);
-    AttentionPrimitives& prims = Attention(n * heads, t, dh, type, scale);
-    const size_t head_bytes = Aligned(prims.heads.get_size()), s_bytes = Aligned(prims.s.get_size());
-    char* base = scratch.Get(4 * head_bytes + s_bytes + prims.p.get_size());
-    memory q(prims.heads, engine, base), k(prims.keys, engine, base + head_bytes);
-    memory v(prims.heads, engine, base + 2 * head_bytes), out(prims.heads, engine, base + 3 * head_bytes);
+  for (int64_t i = 0; i < problems; i += chunk) {
+    const int64_t n = std::min(chunk, problems - i);
+    AttentionPrimitives& prims = n == chunk ? full : Attention(n, t, dh, type, scale);
+    const size_t offset = i * t * dh * elem;
     memory s(prims.s, engine, base + 4 * head_bytes), p(prims.p, engine, base + 4 * head_bytes + s_bytes);
-    char* images = qkv + i * t * 3 * d * elem;
-    CopyHeads(images, base, n, t, heads, dh, 3 * d, elem, true);
-    CopyHeads(images + d * elem, base + head_bytes, n, t, heads, dh, 3 * d, elem, true);
-    CopyHeads(images + 2 * d * elem, base + 2 * head_bytes, n, t, heads, dh, 3 * d, elem, true);
-    prims.scores.execute(stream, {{DNNL_ARG_SRC, q}, {DNNL_ARG_WEIGHTS, k}, {DNNL_ARG_DST, s}});
+    memory q_mem(prims.heads, engine, q + offset), k_mem(prims.keys, engine, k + offset);
+    memory v_mem(prims.heads, engine, v + offset), out_mem(prims.heads, engine, out + offset);
+    prims.scores.execute(stream, {{DNNL_ARG_SRC, q_mem}, {DNNL_ARG_WEIGHTS, k_mem}, {DNNL_ARG_DST, s}});
     prims.softmax.execute(stream, {{DNNL_ARG_SRC, s}, {DNNL_ARG_DST, p}});
-    prims.context.execute(stream, {{DNNL_ARG_SRC, p}, {DNNL_ARG_WEIGHTS, v}, {DNNL_ARG_DST, out}});
-    stream.wait();
-    CopyHeads(ctx + i * t * d * elem, base + 3 * head_bytes, n, t, heads, dh, d, elem, false);
+    prims.context.execute(stream, {{DNNL_ARG_SRC, p}, {DNNL_ARG_WEIGHTS, v_mem}, {DNNL_ARG_DST, out_mem}});
   }
+  stream.wait();
+  CopyHeads(ctx, out, b, t, heads, dh, d, elem, false);
 }
 
 ffi::Error SelfAttention(ffi::AnyBuffer qkv, ffi::Result<ffi::AnyBuffer> ctx, int64_t heads, float scale) {
