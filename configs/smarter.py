@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.towers.resnet = ""  # local ResNet-50 directory (SMART baseline; HF ResNetModel or torchvision layout)
     c.towers.bert = ""  # local BERT directory with vocab.txt (SMART baseline: bert-base-uncased or mBERT)
     c.towers.dtype = "float32"  # "float32" (parity) or "bfloat16" (weights bf16, fp32 accumulation)
-    c.towers.cpu_onednn = True  # CPU, float32: tower forwards compile their dots through oneDNN (faster)
+    c.towers.cpu_onednn = True  # CPU, one device: ViT blocks through the oneDNN kernels (README: CPU kernels)
     c.towers.tiny = False  # build tiny random towers (and a tokenizer) into <workdir>/towers instead
     c.towers.fsdp = False  # shard the towers' large matrices over the mesh's fsdp axis
 

@@ -96,8 +96,11 @@ class FrozenTowers:
         extraction shares one compilation per batch shape."""
         return jax.jit(self.features, compiler_options=self.compiler_options)
 
-    def params(self) -> dict:
-        return {"vision": {n: t.ready_params for n, t in self.vision.items()}, "text": self.text.ready_params}
+    def params(self, pack: bool | None = None) -> dict:
+        """The towers' parameters for :meth:`features`: their ``ready_params``, or with ``pack`` given
+        ``prepared(pack)`` (False: XLA's dots everywhere, e.g. for XLA's FLOP count)."""
+        get = (lambda t: t.ready_params) if pack is None else (lambda t: t.prepared(pack))
+        return {"vision": {n: get(t) for n, t in self.vision.items()}, "text": get(self.text)}
 
     def features(self, params: Mapping, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """Pure: (vision [B, sum D], text) from a batch of uint8 images and question ids.

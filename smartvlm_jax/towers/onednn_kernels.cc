@@ -1,10 +1,11 @@
-// Frozen-tower kernels on CPU through oneDNN, as XLA FFI custom calls: linear layers and self-attention.
+// Frozen-tower kernels on CPU through oneDNN, as XLA FFI custom calls: a whole pre-LN encoder block
+// (SmartvlmDnnlEncoderBlock), and the linear layers and self-attention it is made of on their own.
 //
-// XLA:CPU runs the towers' bfloat16 GEMMs at ~1,300 GFLOP/s on AMX machines where oneDNN's brgemm
-// kernels reach ~2,000 with weights stored in oneDNN's blocked ("packed") layout, and its attention
-// (score dot, exp, PV dot, plus the transposes around them) takes ~4x what oneDNN's batched matmuls and
-// softmax take. The towers are frozen, so each kernel is packed once, outside jit (smartvlm_dnnl_pack),
-// and every call multiplies by the packed copy: y = act(x @ W + b), accumulation in float32.
+// On AMX machines XLA:CPU runs the towers' bfloat16 GEMMs at ~1,300 GFLOP/s where oneDNN's brgemm kernels
+// reach ~2,000 with weights in oneDNN's blocked ("packed") layout, and XLA's attention (score dot, exp,
+// PV dot and the transposes around them) takes ~4x what oneDNN's batched matmuls and softmax take. The
+// towers are frozen, so each kernel is packed once, outside jit (smartvlm_dnnl_pack), and every call
+// multiplies by the packed copy: y = act(x @ W + b), accumulation in float32.
 //
 // Built on first use by smartvlm_jax/towers/onednn.py against jaxlib's FFI headers and the onednn wheels.
 
@@ -69,6 +70,8 @@ class Scratch {
 // threads is free, and each new calling thread gets its own OpenMP team: the idle teams' spinning threads
 // then steal the cores from the busy one (measured: the towers' GEMMs ~25 % slower). One thread, one
 // team; concurrent calls (independent branches of one program) take turns instead of oversubscribing.
+// A process forked after the first call has no executor thread: its children must not run the kernels
+// (the data workers, the only forked processes here, never do).
 class Executor {
  public:
   static Executor& Get() {

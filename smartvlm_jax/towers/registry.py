@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,8 @@ from smartvlm_jax.towers import bert, dinov2, onednn, resnet, siglip, vit
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
 from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
+
+log = logging.getLogger(__name__)
 
 Forward = Callable[[Any, jax.Array, dict[str, Any], Any], jax.Array]
 Pool = Callable[[Any, jax.Array, dict[str, Any], Any], jax.Array]
@@ -166,7 +169,7 @@ class Tower:
     resizer: Resizer | None = None
     normalize: Normalizer | None = None
     tokenizer: SiglipTextTokenizer | bert.WordPieceTokenizer | None = None
-    cpu_onednn: bool = True  # see compiler_options
+    cpu_onednn: bool = True  # see packs_linears and compiler_options
 
     def __post_init__(self) -> None:
         self._family = FAMILIES[(self.kind, self.part)]
@@ -214,6 +217,8 @@ class Tower:
     def ready_params(self) -> Any:
         """``params`` prepared for the forward (ViT towers: q/k/v fused, linears packed where
         ``packs_linears``); what ``encode`` runs."""
+        if self.packs_linears:
+            log.info("%s %s tower: encoder blocks run through the oneDNN CPU kernels", self.kind, self.part)
         return self.prepared(self.packs_linears)
 
     def prepared(self, pack: bool) -> Any:

@@ -86,8 +86,9 @@ def load(
     """Loads one part ("vision" | "text") of a tower from an HF directory or a converted one.
 
     ``dtype``: "float32", or "bfloat16" (matmul weights and inputs in bf16, float32 accumulation and
-    residual stream; outputs are float32 either way). ``cpu_onednn``: compile float32 ViT forwards on
-    CPU with their dots in oneDNN (``Tower.compiler_options``); False keeps XLA's defaults.
+    residual stream; outputs are float32 either way). ``cpu_onednn``: on a one-device CPU backend run
+    the ViT blocks through the oneDNN kernels (``Tower.packs_linears``) and compile float32 forwards with
+    their remaining dots in oneDNN (``Tower.compiler_options``); False keeps XLA's defaults throughout.
     """
     path = os.fspath(path)
     if is_converted(path):
