@@ -160,7 +160,7 @@ def pack(kernel: Any) -> jax.Array:
 
 def linear(
     x: jax.Array, packed: jax.Array, bias: jax.Array, act: str | None = None, out_dtype: Any = jnp.float32
-):
+) -> jax.Array:
     """``act(x @ W + bias)`` over the last axis of ``x``, ``W`` packed by :func:`pack`; fp32 accumulation.
 
     ``x`` is cast to the kernel's dtype; ``bias`` is float32 ``[N]``; ``act`` one of :data:`ACTIVATIONS`;

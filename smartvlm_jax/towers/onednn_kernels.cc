@@ -124,6 +124,8 @@ ffi::Error RunDnnl(const char* what, const std::function<void()>& body) {
       failure = e.what(), bad_argument = true;
     } catch (const std::exception& e) {
       failure = std::string(what) + ": " + e.what();
+    } catch (...) {  // nothing may escape into the executor thread
+      failure = std::string(what) + ": unknown error";
     }
   });
   if (failure.empty()) return ffi::Error::Success();
