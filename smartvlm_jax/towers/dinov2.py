@@ -161,12 +161,9 @@ def forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], d
 
 
 def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) -> dict[str, Any]:
-    """The parameters :func:`forward` runs fastest on: each block's q/k/v fused (:func:`vit.fuse_qkv`),
-    and with ``pack`` its linears packed for the oneDNN kernels (:func:`vit.pack_linears`)."""
+    """The parameters :func:`forward` runs fastest on (:func:`vit.prepare_layers`)."""
     layout = SWIGLU_LAYOUT if config["use_swiglu_ffn"] else LAYOUT
-    layers = vit.fuse_qkv(params["encoder"]["layer"], layout, int(config["hidden_size"]))
-    if pack:
-        layers = vit.pack_linears(layers, layout)
+    layers = vit.prepare_layers(params["encoder"]["layer"], layout, int(config["hidden_size"]), pack)
     return {**params, "encoder": {**params["encoder"], "layer": layers}}
 
 

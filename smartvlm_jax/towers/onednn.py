@@ -198,14 +198,14 @@ def encoder_block(
     num_heads: int,
     eps: float,
     act: str,
-    layer_scale: bool,
 ) -> jax.Array:
     """One pre-LN transformer block on the float32 residual stream ``x`` [B, T, D], in one call:
     ``h = x + ls1 * out(attention(qkv(ln1(x))))``, ``y = h + ls2 * fc2(act(fc1(ln2(h))))``.
 
     ``p`` holds ``ln1`` / ``ln2`` (``scale``, ``bias``), ``qkv``, ``out``, ``fc1``, ``fc2`` (``packed``,
-    ``bias``) and, with ``layer_scale``, ``ls1`` / ``ls2`` [D]. Matmul inputs are in the kernels' dtype,
-    LayerNorm, residuals and scales in float32, as in :func:`smartvlm_jax.towers.vit.encoder_block`.
+    ``bias``) and, where the block has layer scales, ``ls1`` / ``ls2`` [D] (absent: ones). Matmul inputs
+    are in the kernels' dtype; LayerNorm, residuals and scales in float32, as in
+    :func:`smartvlm_jax.towers.vit.encoder_block`.
     """
     _library()
     d = x.shape[-1]
@@ -216,11 +216,11 @@ def encoder_block(
         f32(p["ln1"]["scale"]), f32(p["ln1"]["bias"]),
         p["qkv"]["packed"], f32(p["qkv"]["bias"]),
         p["out"]["packed"], f32(p["out"]["bias"]),
-        f32(p["ls1"]) if layer_scale else ones,
+        f32(p.get("ls1", ones)),
         f32(p["ln2"]["scale"]), f32(p["ln2"]["bias"]),
         p["fc1"]["packed"], f32(p["fc1"]["bias"]),
         p["fc2"]["packed"], f32(p["fc2"]["bias"]),
-        f32(p["ls2"]) if layer_scale else ones,
+        f32(p.get("ls2", ones)),
     ]  # fmt: skip
     call = jax.ffi.ffi_call(BLOCK, jax.ShapeDtypeStruct(x.shape, jnp.float32))
     return call(
@@ -229,5 +229,4 @@ def encoder_block(
         eps=np.float32(eps),
         act=np.int64(ACTIVATIONS[act]),
         scale=np.float32((d // num_heads) ** -0.5),
-        layer_scale=bool(layer_scale),
     )

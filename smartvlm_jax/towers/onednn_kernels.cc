@@ -391,19 +391,14 @@ ffi::Error SelfAttention(ffi::AnyBuffer qkv, ffi::Result<ffi::AnyBuffer> ctx, in
   });
 }
 
-// y[m, d] = residual + scale * y (scale per channel; none: 1), in place.
+// y[m, d] = residual + scale * y (scale per channel), in place.
 void AddResidual(float* y, const float* residual, const float* scale, int64_t m, int64_t d) {
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < m; ++row) {
     float* out = y + row * d;
     const float* in = residual + row * d;
-    if (scale != nullptr) {
 #pragma omp simd
-      for (int64_t c = 0; c < d; ++c) out[c] = in[c] + scale[c] * out[c];
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) out[c] = in[c] + out[c];
-    }
+    for (int64_t c = 0; c < d; ++c) out[c] = in[c] + scale[c] * out[c];
   }
 }
 
@@ -411,15 +406,15 @@ void AddResidual(float* y, const float* residual, const float* scale, int64_t m,
 //   h = x + ls1 * (attention(ln1(x) @ Wqkv + bqkv) @ Wo + bo)
 //   y = h + ls2 * (act(ln2(h) @ W1 + b1) @ W2 + b2)
 // with the matmuls' inputs in the packed kernels' dtype, float32 accumulation, LayerNorm, residuals and
-// layer scales in float32 (no layer scale: ls = 1 is not applied). The intermediates stay in buffers of
-// the executor thread, reused from call to call.
+// layer scales in float32 (a block without layer scales passes ones: y * 1 is exact). The intermediates
+// stay in buffers of the executor thread, reused from call to call.
 ffi::Error EncoderBlock(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> ln1_scale, ffi::Buffer<ffi::F32> ln1_shift,
                         ffi::AnyBuffer qkv_w, ffi::Buffer<ffi::F32> qkv_b, ffi::AnyBuffer out_w,
                         ffi::Buffer<ffi::F32> out_b, ffi::Buffer<ffi::F32> ls1, ffi::Buffer<ffi::F32> ln2_scale,
                         ffi::Buffer<ffi::F32> ln2_shift, ffi::AnyBuffer fc1_w, ffi::Buffer<ffi::F32> fc1_b,
                         ffi::AnyBuffer fc2_w, ffi::Buffer<ffi::F32> fc2_b, ffi::Buffer<ffi::F32> ls2,
                         ffi::Result<ffi::Buffer<ffi::F32>> y, int64_t heads, float eps, int64_t act,
-                        float scale, bool layer_scale) {
+                        float scale) {
   auto dims = x.dimensions();
   if (dims.size() != 3 || heads <= 0 || dims[2] % heads)
     return ffi::Error::InvalidArgument("onednn block: x must be [B, T, D] with D a multiple of heads");
@@ -456,13 +451,13 @@ ffi::Error EncoderBlock(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> ln1_scale
     RunAttention(stream, b, t, heads, d / heads, type, scale, qkv_buf, ctx_buf);
     RunLinear(stream, m, d, d, type, memory::data_type::f32, kNone, ctx_buf, out_w.untyped_data(),
               out_b.typed_data(), mid);
-    AddResidual(mid, x.typed_data(), layer_scale ? ls1.typed_data() : nullptr, m, d);
+    AddResidual(mid, x.typed_data(), ls1.typed_data(), m, d);
     RunLayerNorm(stream, m, d, type, eps, mid, ln2_scale.typed_data(), ln2_shift.typed_data(), normed_buf);
     RunLinear(stream, m, d, f, type, type, act, normed_buf, fc1_w.untyped_data(), fc1_b.typed_data(),
               hidden_buf);
     RunLinear(stream, m, f, d, type, memory::data_type::f32, kNone, hidden_buf,
               fc2_w.untyped_data(), fc2_b.typed_data(), y->typed_data());
-    AddResidual(y->typed_data(), mid, layer_scale ? ls2.typed_data() : nullptr, m, d);
+    AddResidual(y->typed_data(), mid, ls2.typed_data(), m, d);
     stream.wait();
   });
 }
@@ -497,8 +492,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SmartvlmDnnlEncoderBlock, EncoderBlock,
                                   .Attr<int64_t>("heads")
                                   .Attr<float>("eps")
                                   .Attr<int64_t>("act")
-                                  .Attr<float>("scale")
-                                  .Attr<bool>("layer_scale"));
+                                  .Attr<float>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SmartvlmDnnlLinear, Linear,
                               ffi::Ffi::Bind()

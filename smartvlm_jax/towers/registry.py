@@ -125,6 +125,9 @@ MODEL_TYPES: dict[str, ModelType] = {
     "bert": ModelType("bert", {"text": PartSource(None, ("", "bert."))}, ignored=bert.PRETRAINING_HEAD_KEYS),
 }
 
+# Tower kinds built from vit.py's pre-LN blocks (fused q/k/v, oneDNN kernels, CPU compiler options).
+VIT_KINDS = ("dinov2", "siglip")
+
 FORMAT = "smartvlm_jax.towers"
 META_FILE = "towers.json"
 
@@ -189,13 +192,17 @@ class Tower:
         return self.resizer.size
 
     @property
+    def _is_vit(self) -> bool:
+        return self.kind in VIT_KINDS
+
+    @property
     def compiler_options(self) -> dict[str, Any] | None:
         """XLA options for jitting this tower's forward (``jax.jit(..., compiler_options=)``), or None.
 
         ViT towers in float32 on CPU compile their dots through oneDNN (:func:`vit.compiler_options`)
         unless loaded with ``cpu_onednn=False``.
         """
-        if not self.cpu_onednn or self.kind not in ("dinov2", "siglip"):
+        if not (self.cpu_onednn and self._is_vit):
             return None
         return vit.compiler_options(self._compute_dtype)
 
@@ -207,7 +214,7 @@ class Tower:
         devices it would run replicated.)"""
         return (
             self.cpu_onednn
-            and self.kind in ("dinov2", "siglip")
+            and self._is_vit
             and vit.default_impl() == "cpu"
             and jax.device_count() == 1
             and onednn.unavailable_reason() is None

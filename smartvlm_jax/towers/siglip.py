@@ -121,11 +121,8 @@ def text_param_specs(config: dict[str, Any]) -> Specs:
 
 
 def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) -> dict[str, Any]:
-    """The parameters the forwards run fastest on (vision or text): each block's q/k/v fused, and with
-    ``pack`` its linears packed for the oneDNN kernels (:func:`vit.pack_linears`)."""
-    layers = vit.fuse_qkv(params["encoder"]["layers"], LAYOUT, int(config["hidden_size"]))
-    if pack:
-        layers = vit.pack_linears(layers, LAYOUT)
+    """The parameters the forwards run fastest on, vision or text (:func:`vit.prepare_layers`)."""
+    layers = vit.prepare_layers(params["encoder"]["layers"], LAYOUT, int(config["hidden_size"]), pack)
     return {**params, "encoder": {**params["encoder"], "layers": layers}}
 
 

@@ -56,7 +56,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-# The activations oneDNN applies inside a packed GEMM (:func:`linear_act`), by their names there.
+# The activations the oneDNN encoder block applies inside its MLP's first matmul, by their names there.
 ONEDNN_ACTIVATIONS: dict[Callable[[jax.Array], jax.Array], str] = {
     gelu_erf: "gelu_erf",
     gelu_tanh: "gelu_tanh",
@@ -82,13 +82,6 @@ def linear(p: Params, x: jax.Array) -> jax.Array:
     if "bias" in p:
         y = y + p["bias"].astype(F32)
     return y
-
-
-def linear_act(p: Params, x: jax.Array, act: Callable[[jax.Array], jax.Array], dtype: Any) -> jax.Array:
-    """``act(linear(p, x))`` in ``dtype``; one oneDNN call when ``p`` is packed and ``act`` is a GELU."""
-    if "packed" in p and act in ONEDNN_ACTIVATIONS:
-        return onednn.linear(x, p["packed"], p["bias"], ONEDNN_ACTIVATIONS[act], dtype)
-    return act(linear(p, x)).astype(dtype)
 
 
 def layer_norm(p: Params, x: jax.Array, eps: float) -> jax.Array:
@@ -233,6 +226,13 @@ def pack_linears(layers: Params, layout: BlockLayout) -> dict[str, Any]:
     return packed
 
 
+def prepare_layers(layers: Params, layout: BlockLayout, width: int, pack: bool) -> dict[str, Any]:
+    """``layers`` laid out for the forward, once, outside jit: q/k/v fused (:func:`fuse_qkv`) and, with
+    ``pack``, the linears packed for the oneDNN kernels (:func:`pack_linears`)."""
+    layers = fuse_qkv(layers, layout, width)
+    return pack_linears(layers, layout) if pack else layers
+
+
 def self_attention(
     p: Params, x: jax.Array, layout: BlockLayout, num_heads: int, dtype: Any, impl: str = "cpu"
 ) -> jax.Array:
@@ -274,7 +274,7 @@ def mlp(
         gate, up = jnp.split(linear(get(p, layout.fc1), x), 2, axis=-1)
         h = (jax.nn.silu(gate) * up).astype(dtype)
     else:
-        h = linear_act(get(p, layout.fc1), x, act, dtype)
+        h = act(linear(get(p, layout.fc1), x)).astype(dtype)
     return linear(get(p, layout.fc2), h)
 
 
@@ -292,12 +292,10 @@ def encoder_block(
     """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32.
 
     Blocks packed by :func:`pack_linears` (CPU) run as one oneDNN call (:func:`onednn.encoder_block`),
-    except SwiGLU ones, activations oneDNN lacks and a single layer scale, whose linears and attention
-    still go to oneDNN one by one.
+    except SwiGLU ones and activations oneDNN lacks, whose linears and attention still go to oneDNN one by
+    one.
     """
-    one_scale = bool(layout.layer_scale1) != bool(layout.layer_scale2)
-    whole = not layout.swiglu and act in ONEDNN_ACTIVATIONS and not one_scale
-    if "packed" in p.get(FUSED_QKV, {}) and whole:
+    if "packed" in p.get(FUSED_QKV, {}) and not layout.swiglu and act in ONEDNN_ACTIVATIONS:
         weights = {
             "ln1": get(p, layout.norm1),
             "qkv": p[FUSED_QKV],
@@ -306,10 +304,10 @@ def encoder_block(
             "fc1": get(p, layout.fc1),
             "fc2": get(p, layout.fc2),
         }
-        scaled = bool(layout.layer_scale1)
-        if scaled:
-            weights.update(ls1=get(p, layout.layer_scale1), ls2=get(p, layout.layer_scale2))
-        return onednn.encoder_block(x, weights, num_heads, eps, ONEDNN_ACTIVATIONS[act], scaled)
+        for key, path in (("ls1", layout.layer_scale1), ("ls2", layout.layer_scale2)):
+            if path:
+                weights[key] = get(p, path)
+        return onednn.encoder_block(x, weights, num_heads, eps, ONEDNN_ACTIVATIONS[act])
     h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype, impl)
     if layout.layer_scale1:
         h = h * get(p, layout.layer_scale1).astype(F32)
