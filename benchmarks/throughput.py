@@ -627,8 +627,10 @@ def run(
     workdir: pathlib.Path,
     torch_device: str = "cpu",
     peak_tflops: float = 0.0,
+    out: str = "",
 ) -> dict:
-    """Measure ``rows`` (keys of :data:`ROWS`) and return the report (JSON-ready)."""
+    """Measure ``rows`` (keys of :data:`ROWS`) and return the report (JSON-ready); with ``out``, the report
+    so far is written there after every row (a run cut by a time limit keeps the rows it finished)."""
     start = time.perf_counter()
     bench = prepare(settings, dtype, workdir, torch_device)
     bench.peak_flop_per_s = peak_tflops * 1e12
@@ -649,9 +651,15 @@ def run(
         r["bench_seconds"] = time.perf_counter() - t
         report["rows"][key] = r
         print(f"  {key}: {r['bench_seconds']:.0f} s", file=sys.stderr, flush=True)
+        if out:
+            write_report(report, out)
     report["machine"] = machine()
     report["total_seconds"] = time.perf_counter() - start
     return report
+
+
+def write_report(report: dict, path: str) -> None:
+    pathlib.Path(path).write_text(json.dumps(report, indent=2, default=float) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -697,7 +705,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="smartvlm_bench_"))
         report = run(
-            settings, args.dtype, rows, pathlib.Path(workdir).absolute(), args.torch_device, args.peak_tflops
+            settings,
+            args.dtype,
+            rows,
+            pathlib.Path(workdir).absolute(),
+            args.torch_device,
+            args.peak_tflops,
+            args.out,
         )
     print(format_table(report))
     m = report["machine"]
@@ -706,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{m['versions']['torch']}, {report['total_seconds']:.0f} s in all"
     )
     if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
+        write_report(report, args.out)
     return report
 
 

@@ -11,7 +11,9 @@ usual mixed-precision recipe on TPU/GPU; with float32 weights it is plain fp32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -121,9 +123,46 @@ def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 # Attention formulations, picked at trace time from the backend (see :func:`default_impl`):
-# "cpu": :func:`attend_heads_major`; "fused": ``jax.nn.dot_product_attention`` with the platform's
-# implementation (cuDNN flash attention on GPU, XLA's on TPU; XLA's reference elsewhere).
+# "cpu": :func:`attend_heads_major`; "fused": :func:`fused_attention` (cuDNN flash attention on NVIDIA
+# GPUs in bf16/fp16, XLA's ``dot_product_attention`` otherwise).
 ATTENTION_IMPLS = ("cpu", "fused")
+# jax.nn.dot_product_attention's own default is XLA's formulation on every backend: cuDNN must be asked for.
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Scaled (already) attention of ``[B, T, H, Dh]`` q/k/v -> ``[B, T, H, Dh]`` in q's dtype.
+
+    On a CUDA GPU with bf16/fp16 operands: ``jax.nn.dot_product_attention(implementation="cudnn")``, cuDNN's
+    fused flash attention, where :func:`cudnn_attention_compiles` for these shapes; otherwise (another GPU
+    vendor, an old cuDNN or compute capability, a head size cuDNN refuses: a warning says why; float32;
+    other backends) XLA's formulation of the same function.
+    """
+    if jax.default_backend() == "gpu" and q.dtype in CUDNN_DTYPES:
+        reason = cudnn_attention_compiles(tuple(q.shape), tuple(k.shape), jnp.dtype(q.dtype).name)
+        if not reason:
+            return jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
+        warnings.warn(
+            f"cuDNN attention unavailable for {q.shape} {q.dtype} ({reason}); using XLA's", stacklevel=2
+        )
+    return jax.nn.dot_product_attention(q, k, v, scale=1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def cudnn_attention_compiles(q_shape: tuple, kv_shape: tuple, dtype: str) -> str:
+    """"" if cuDNN's fused attention traces and compiles for these shapes on the default GPU, else why not.
+
+    Probed once per shape with a stand-alone compilation: cuDNN refuses some configurations only when XLA
+    builds its graph, which a surrounding jit could not recover from.
+    """
+    q = jax.ShapeDtypeStruct(q_shape, dtype)
+    kv = jax.ShapeDtypeStruct(kv_shape, dtype)
+    fn = functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation="cudnn")
+    try:
+        jax.jit(fn).lower(q, kv, kv).compile()
+    except Exception as e:  # noqa: BLE001 - any refusal means: use XLA's formulation
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return ""
 
 
 def default_impl() -> str:
@@ -254,8 +293,7 @@ def self_attention(
     scale = jnp.concatenate([jnp.full((d,), head_dim**-0.5, F32), jnp.ones((2 * d,), F32)])
     qkv = (qkv * scale).astype(dtype).reshape(b, t, 3, num_heads, head_dim)
     if impl == "fused":
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh]
-        ctx = jax.nn.dot_product_attention(q, k, v, scale=1.0).astype(F32).reshape(b, t, d)
+        ctx = fused_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).astype(F32).reshape(b, t, d)
     elif impl == "cpu":
         qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, T, Dh]
         ctx = attend_heads_major(qkv[0], qkv[1], qkv[2])
