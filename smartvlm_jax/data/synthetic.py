@@ -329,7 +329,6 @@ NEAREST_FORMAT: dict[int, tuple[str, str]] = {
     84: (LETTER, "'C or D' among letters: letters A-E"),
     90: (NUMBER_OR_IMPOSSIBLE, "integers and 'never': integers and 'Impossible'"),
     92: (UNIT, "'20cm' (no space): '20 cm'"),
-    100: (WORD, "words of any letters: words of eight colour-coded letters"),
     101: (
         NUMBER_OR_IMPOSSIBLE,
         "'only 3', 'only 5 or 6', 'impossible' (not a sequence puzzle): integers and 'Impossible'",
@@ -385,6 +384,8 @@ def root_format(puzzle_id: int) -> tuple[str, str]:
         kind = LETTER if options == list(LETTERS) else LETTERS_FORMAT
     elif not kind and all(re.fullmatch(r"\d+ (hours?|cm|km)", o) for o in options):
         kind = UNIT
+    elif not kind and puzzles.is_sequence(puzzle_id) and all(o.isalpha() and o.isupper() for o in options):
+        kind = WORD  # puzzle 100; its words use WORD_ALPHABET, so that colours can draw them
     if not kind:
         raise ValueError(f"puzzle {puzzle_id}: no encodable option format for root options {options}")
     unit = ""
@@ -497,7 +498,7 @@ def _save_png(im: Image.Image, path: str, rgba: bool) -> None:
     if rgba:
         rgba_im = im.convert("RGBA")
         arr = np.asarray(rgba_im).copy()
-        arr[(arr[..., :3] == 255).all(-1), 3] = 0
+        arr[(arr[..., 0] & arr[..., 1] & arr[..., 2]) == 255, 3] = 0  # white (fast all-255 test)
         im = Image.fromarray(arr, "RGBA")
     im.save(path, format="PNG")
 
