@@ -6,7 +6,15 @@ ids that together exercise every answer-value rule of SPEC section 2. In every f
 determines the answer with big, high-contrast shapes (count circles, read a clock hand, name a shape,
 list the filled boxes...), so a tiny model looking at ~32 px images can learn it. Deterministic for a seed.
 
+`--puzzles all` writes every puzzle id 1..101 (SMART-101 scale), the release's misnamed `62/puzzle_63.csv`
+included: the eleven families as above, every other puzzle from its root puzzle in the shipped
+SMART_info_v2.csv (`root_puzzle`: the root's question with its numbers varied, options in the root's own
+format or, where SPEC section 2 cannot encode it, the nearest one that it can (NEAREST_FORMAT), and a
+picture that draws the answer's value). Puzzles are written by `--workers` processes; the files depend
+only on (seed, puzzle id), not on the worker count. No `Answer` or option has surrounding whitespace.
+
     python -m smartvlm_jax.data.synthetic --out /tmp/smart_synth --per-puzzle 40 --seed 0
+    python -m smartvlm_jax.data.synthetic --out /tmp/smart101 --per-puzzle 2000 --puzzles all --workers 2
 """
 
 from __future__ import annotations
@@ -442,8 +450,9 @@ def _root_order(root: Root, options: list[int], index: int, rng: np.random.Gener
     answer = options[index]
     if values == sorted(values):
         return options, index
-    options = sorted(options, reverse=True) if values == sorted(values, reverse=True) else options
-    if options[0] < options[-1]:  # an unsorted root: shuffle
+    if values == sorted(values, reverse=True):
+        options = sorted(options, reverse=True)
+    else:
         options = [options[i] for i in rng.permutation(5)]
     return options, options.index(answer)
 
