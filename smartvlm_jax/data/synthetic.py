@@ -561,8 +561,9 @@ def write_dataset(
     """Write synthetic puzzles in the release layout under `out_dir`; returns the puzzle ids written.
 
     `puzzle_ids`: None = the 11 families, "all" = every id 1..101 (families where there is one, the
-    others from their roots), or a list of ids. `workers` > 1 writes puzzles in that many processes;
-    the files are byte-identical for any worker count. Raises ValueError for ids outside 1..101.
+    others from their roots), or a list of ids. `workers` > 1 writes puzzles in that many spawned
+    processes (a calling script needs the usual `if __name__ == "__main__":` guard); the files are
+    byte-identical for any worker count. Raises ValueError for ids outside 1..101.
     """
     ids = resolve_ids(puzzle_ids)
     if workers <= 1 or len(ids) == 1:
@@ -596,8 +597,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     puzzle_ids = args.puzzles
-    if puzzle_ids is not None:
-        puzzle_ids = "all" if puzzle_ids == ["all"] else [int(p) for p in puzzle_ids]
+    if puzzle_ids == ["all"]:
+        puzzle_ids = "all"
+    elif puzzle_ids is not None:
+        if not all(p.isdigit() for p in puzzle_ids):
+            parser.error(f'--puzzles takes "all" alone or puzzle ids, not {puzzle_ids}')
+        puzzle_ids = [int(p) for p in puzzle_ids]
     start = time.perf_counter()
     ids = write_dataset(args.out, args.per_puzzle, args.seed, puzzle_ids, workers=args.workers)
     shown = "1..101" if len(ids) == len(puzzles.ALL_PUZZLE_IDS) else ids

@@ -143,3 +143,11 @@ def test_same_files_for_any_worker_count(tmp_path):
 def test_unknown_puzzle_ids_raise(tmp_path):
     with pytest.raises(ValueError, match="1..101"):
         synthetic.write_dataset(str(tmp_path), 1, seed=0, puzzle_ids=[0, 5])
+
+
+def test_cli(tmp_path, capsys):
+    synthetic.main(["--out", str(tmp_path), "--per-puzzle", "1", "--puzzles", "2", "62", "--workers", "1"])
+    assert smart101.found_puzzle_ids(str(tmp_path)) == [2, 62]
+    assert "puzzles [2, 62]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path), "--puzzles", "all", "3"])
