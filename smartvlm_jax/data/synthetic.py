@@ -6,20 +6,37 @@ ids that together exercise every answer-value rule of SPEC section 2. In every f
 determines the answer with big, high-contrast shapes (count circles, read a clock hand, name a shape,
 list the filled boxes...), so a tiny model looking at ~32 px images can learn it. Deterministic for a seed.
 
+`--puzzles all` writes every puzzle id 1..101 (SMART-101 scale), the release's misnamed `62/puzzle_63.csv`
+included: the eleven families as above, every other puzzle from its root puzzle in the shipped
+SMART_info_v2.csv (`root_puzzle`: the root's question with its numbers varied, options in the root's own
+format or, where SPEC section 2 cannot encode it, the nearest one that it can (NEAREST_FORMAT), and a
+picture that draws the answer's value). Puzzles are written by `--workers` processes; the files depend
+only on (seed, puzzle id), not on the worker count. No `Answer` or option has surrounding whitespace.
+
     python -m smartvlm_jax.data.synthetic --out /tmp/smart_synth --per-puzzle 40 --seed 0
+    python -m smartvlm_jax.data.synthetic --out /tmp/smart101 --per-puzzle 2000 --puzzles all --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
+import dataclasses
+import functools
 import itertools
 import math
+import multiprocessing
 import os
+import re
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from smartvlm_jax import assets, puzzles
+from smartvlm_jax.data import smart101
 
 LETTERS = ("A", "B", "C", "D", "E")
 # The release's puzzle CSV header; only id..Answer are read.
@@ -112,6 +129,11 @@ def count_circles(rng: np.random.Generator) -> Puzzle:
     return "In the picture, how many circles are there?", im, [str(o) for o in options], index
 
 
+def _impossible_distractor(texts: list[str], index: int) -> None:
+    """A distractor "Impossible" (value 0) replaces the last wrong option (the largest, if sorted)."""
+    texts[4 if index != 4 else 3] = "Impossible"
+
+
 def bar_length(rng: np.random.Generator) -> Puzzle:
     """Puzzle 7 (units " cm", "Impossible" -> 0): the bar is k units long on a drawn ruler of 8 units."""
     im = _canvas(rng)
@@ -124,9 +146,8 @@ def bar_length(rng: np.random.Generator) -> Puzzle:
         d.line((x0 + t * unit, im.height * 0.8, x0 + t * unit, im.height * 0.95), fill=BLACK, width=3)
     options, index = _options(rng, k, range(1, 10))
     texts = [f"{o} cm" for o in options]
-    if rng.random() < 0.3:  # a distractor "Impossible" (value 0) replaces the largest wrong option
-        last = 4 if index != 4 else 3
-        texts[last] = "Impossible"
+    if rng.random() < 0.3:
+        _impossible_distractor(texts, index)
     return "How long is the red bar, if one tick is 1 cm?", im, texts, index
 
 
@@ -235,15 +256,23 @@ def marked_letters(rng: np.random.Generator) -> Puzzle:
     return "Which places, A to E from left to right, hold a triangle?", im, texts, index
 
 
-def colour_word(rng: np.random.Generator) -> Puzzle:
-    """Puzzle 39 (every character a letter): the colours of four discs spell a word (A red, B green...)."""
+def _colour_word(
+    rng: np.random.Generator, alphabet: str, colours: Sequence[tuple[int, int, int]]
+) -> tuple[Image.Image, list[str], int]:
+    """Four discs whose colours (alphabet[i] <-> colours[i]) spell the answer word; five word options."""
     im = _canvas(rng)
     d = ImageDraw.Draw(im)
-    word = "".join("ABCD"[int(i)] for i in rng.integers(4, size=4))
+    word = "".join(alphabet[int(i)] for i in rng.integers(len(alphabet), size=4))
     for letter, (x, y, r) in zip(word, _cells(im, 4), strict=True):
-        _disc(d, x, y, r, LETTER_COLOURS["ABCD".index(letter)])
-    cands = ["".join(p) for p in itertools.product("ABCD", repeat=4)]
+        _disc(d, x, y, r, colours[alphabet.index(letter)])
+    cands = ["".join(p) for p in itertools.product(alphabet, repeat=4)]
     options, index = _options(rng, word, cands, sort=False)
+    return im, options, index
+
+
+def colour_word(rng: np.random.Generator) -> Puzzle:
+    """Puzzle 39 (every character a letter): the colours of four discs spell a word (A red, B green...)."""
+    im, options, index = _colour_word(rng, "ABCD", LETTER_COLOURS)
     return "Red is A, green B, blue C, orange D. Which word do the discs spell?", im, options, index
 
 
@@ -283,43 +312,270 @@ FAMILIES: dict[int, Callable[[np.random.Generator], Puzzle]] = {
 }
 
 
+# ------------------------------------------------------------------ the other 90 puzzles, from their roots
+
+# Formats of the options, as the root puzzle in SMART_info_v2.csv writes them:
+#   number  plain integers ("12")            unit    integer and unit ("3 hours", "45 cm", "9 km")
+#   letter  the letters "A".."E" in order    letters five other capital letters ("R", "L", "K"...)
+#   number_or_impossible  integers, one distractor "Impossible" (value 0)
+#   word    four-letter words, a sequence of letters (puzzle 100)
+NUMBER, UNIT, LETTER, LETTERS_FORMAT, NUMBER_OR_IMPOSSIBLE, WORD = (
+    "number",
+    "unit",
+    "letter",
+    "letters",
+    "number_or_impossible",
+    "word",
+)
+# Roots whose option format the answer-value rules of SPEC section 2 (and the reference's get_val) cannot
+# encode, with the nearest format that can be. Puzzles 1 ("Adam", "Basil"...: icon names instead), 25
+# ("1:00" without AM/PM: "1:00 PM" instead) and 63 ("2,3,or 4", whose empty item the reference cannot
+# parse: "2 and 3", "2 or 3", "3 only" instead) are synthetic families, which write encodable formats.
+NEAREST_FORMAT: dict[int, tuple[str, str]] = {
+    65: (LETTER, "sentences '1 is blue, 2 is green, and 3 is red': letters A-E"),
+    66: (LETTER, "'person A'..'person E': the letters alone"),
+    84: (LETTER, "'C or D' among letters: letters A-E"),
+    90: (NUMBER_OR_IMPOSSIBLE, "integers and 'never': integers and 'Impossible'"),
+    92: (UNIT, "'20cm' (no space): '20 cm'"),
+    101: (
+        NUMBER_OR_IMPOSSIBLE,
+        "'only 3', 'only 5 or 6', 'impossible' (not a sequence puzzle): integers and 'Impossible'",
+    ),
+}
+UNIT_NAMES: tuple[str, ...] = ("hours", "cm", "km")  # the units that SPEC section 2 strips
+# Puzzle 100's alphabet (the root's words use these letters) and its colour code.
+WORD_ALPHABET = "AEHKMSTZ"
+WORD_COLOURS = (*LETTER_COLOURS, BLACK, GRAY, (140, 40, 180), (0, 190, 200))
+# Largest answer value that `_draw_value` draws (tens as squares, units as discs on a 6 x 3 grid).
+MAX_DRAWN_VALUE = 99
+# Question numbers that are varied: not part of a longer number, a time ("6:00") or a unit ("1m").
+_QUESTION_NUMBER = re.compile(r"(?<![\d:.])\d+(?![\d:A-Za-z])")
+
+
+@dataclasses.dataclass(frozen=True)
+class Root:
+    """A root puzzle of SMART_info_v2.csv: its skill type, question text and the five option texts."""
+
+    puzzle_id: int
+    skill: str
+    question: str
+    options: tuple[str, ...]
+
+
+@functools.cache
+def roots() -> dict[int, Root]:
+    """The 101 root puzzles of the shipped SMART_info_v2.csv, by puzzle id (its `id` column)."""
+    with open(assets.path("SMART_info_v2.csv"), newline="", encoding="utf-8") as f:
+        return {
+            int(r["id"]): Root(
+                int(r["id"]), r["type"].strip().lower(), r["Question"].strip(), tuple(r[k] for k in LETTERS)
+            )
+            for r in csv.DictReader(f)
+        }
+
+
+def _is_int(text: str) -> bool:
+    return re.fullmatch(r"-?\d+", text.strip()) is not None
+
+
+def root_format(puzzle_id: int) -> tuple[str, str]:
+    """(format, unit) of a non-family puzzle's options, read from its root's options (see NUMBER...).
+
+    `unit` is " hours", " cm" or " km" for the unit format, else "". Roots that no rule can encode use
+    NEAREST_FORMAT. Raises ValueError for a root whose format is neither recognised nor listed there.
+    """
+    options = [o.strip() for o in roots()[puzzle_id].options]
+    kind = NEAREST_FORMAT.get(puzzle_id, ("", ""))[0]
+    if not kind and all(_is_int(o) for o in options):
+        kind = NUMBER
+    elif not kind and all(len(o) == 1 and o.isupper() for o in options):
+        kind = LETTER if options == list(LETTERS) else LETTERS_FORMAT
+    elif not kind and all(re.fullmatch(r"\d+ (hours?|cm|km)", o) for o in options):
+        kind = UNIT
+    elif not kind and puzzles.is_sequence(puzzle_id) and all(o.isalpha() and o.isupper() for o in options):
+        kind = WORD  # puzzle 100; its words use WORD_ALPHABET, so that colours can draw them
+    if not kind:
+        raise ValueError(f"puzzle {puzzle_id}: no encodable option format for root options {options}")
+    unit = ""
+    if kind == UNIT:
+        unit = " " + next(u for u in UNIT_NAMES if options[0].rstrip("s").endswith(u.rstrip("s")))
+    return kind, unit
+
+
+def _vary_numbers(rng: np.random.Generator, text: str) -> str:
+    """The text with each number n replaced by a random one within about n/4 of it (at least 1)."""
+
+    def vary(match: re.Match) -> str:
+        n = int(match.group())
+        step = max(1, n // 4)
+        return str(max(1, n + int(rng.integers(-step, step + 1))))
+
+    return _QUESTION_NUMBER.sub(vary, text)
+
+
+def _draw_value(rng: np.random.Generator, value: int) -> Image.Image:
+    """A picture that shows `value` (0..99): value // 10 blue squares then value % 10 red discs, row-major
+    on a 6 x 3 grid inside a gray frame (0 is the empty frame)."""
+    if not 0 <= value <= MAX_DRAWN_VALUE:
+        raise ValueError(f"cannot draw value {value}: outside 0..{MAX_DRAWN_VALUE}")
+    im = _canvas(rng)
+    d = ImageDraw.Draw(im)
+    d.rectangle((0, 0, im.width - 1, im.height - 1), outline=GRAY, width=4)
+    cells = _cells(im, 6, 3)
+    tens, units = divmod(value, 10)
+    for x, y, r in cells[:tens]:
+        _box(d, x, y, r, BLUE)
+    for x, y, r in cells[tens : tens + units]:
+        _disc(d, x, y, r, RED)
+    return im
+
+
+def _root_numbers(root: Root) -> list[int]:
+    """The first integer of each of the root's options that has one ("45 cm" -> 45, "never" -> none)."""
+    found = [re.search(r"\d+", o) for o in root.options]
+    return [int(m.group()) for m in found if m]
+
+
+def _number_candidates(root: Root, low: int) -> range:
+    """Answer values of a numeric root: its options' range widened by half its span, within low..99."""
+    values = _root_numbers(root)
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, 8)
+    return range(max(low, lo - span // 2), min(MAX_DRAWN_VALUE, hi + span // 2) + 1)
+
+
+def _root_order(root: Root, options: list[int], index: int, rng: np.random.Generator) -> tuple[list, int]:
+    """Numeric options ordered as the root orders its own: ascending, descending or shuffled."""
+    values = _root_numbers(root)
+    answer = options[index]
+    if values == sorted(values):
+        return options, index
+    if values == sorted(values, reverse=True):
+        options = sorted(options, reverse=True)
+    else:
+        options = [options[i] for i in rng.permutation(5)]
+    return options, options.index(answer)
+
+
+def root_puzzle(puzzle_id: int, rng: np.random.Generator) -> Puzzle:
+    """One instance of a non-family puzzle: the root's question with its numbers varied, options in the
+    root's format (`root_format`), and a picture that draws the answer's value (`_draw_value`; puzzle 100
+    colour-codes its word). A root without question text (none in the shipped file) gets a generic
+    question of its skill type."""
+    root = roots()[puzzle_id]
+    question = _vary_numbers(rng, root.question) or f"Solve this {root.skill} puzzle: what is the answer?"
+    kind, unit = root_format(puzzle_id)
+    if kind == WORD:
+        im, options, index = _colour_word(rng, WORD_ALPHABET, WORD_COLOURS)
+        return question, im, options, index
+    if kind == LETTER:
+        index = int(rng.integers(5))
+        return question, _draw_value(rng, index), list(LETTERS), index
+    if kind == LETTERS_FORMAT:
+        letters = [chr(ord("A") + i) for i in range(26)]
+        answer = letters[int(rng.integers(26))]
+        options, index = _options(rng, answer, letters, sort=False)
+        return question, _draw_value(rng, ord(answer) - ord("A")), options, index
+    cands = _number_candidates(root, 0 if kind == NUMBER else 1)
+    answer = int(cands[int(rng.integers(len(cands)))])
+    options, index = _options(rng, answer, cands)
+    options, index = _root_order(root, options, index, rng)
+    im = _draw_value(rng, answer)
+    if kind == UNIT:
+        texts = [f"{o}{' hour' if unit == ' hours' and o == 1 else unit}" for o in options]
+    else:
+        texts = [str(o) for o in options]
+    if kind == NUMBER_OR_IMPOSSIBLE and rng.random() < 0.5:
+        _impossible_distractor(texts, index)
+    return question, im, texts, index
+
+
+def generator(puzzle_id: int) -> Callable[[np.random.Generator], Puzzle]:
+    """The instance generator of a puzzle id 1..101: its family, else its root (`root_puzzle`).
+
+    Raises ValueError for an id outside 1..101.
+    """
+    if puzzle_id in FAMILIES:
+        return FAMILIES[puzzle_id]
+    if puzzle_id not in puzzles.ALL_PUZZLE_IDS:
+        raise ValueError(f"no synthetic puzzle {puzzle_id}: ids are 1..101")
+    return functools.partial(root_puzzle, puzzle_id)
+
+
 def _save_png(im: Image.Image, path: str, rgba: bool) -> None:
     """Save as PNG; RGBA pictures make the white background transparent, as many release PNGs are."""
     if rgba:
         rgba_im = im.convert("RGBA")
         arr = np.asarray(rgba_im).copy()
-        arr[(arr[..., :3] == 255).all(-1), 3] = 0
+        arr[(arr[..., 0] & arr[..., 1] & arr[..., 2]) == 255, 3] = 0  # white (fast all-255 test)
         im = Image.fromarray(arr, "RGBA")
     im.save(path, format="PNG")
 
 
 def write_puzzle(out_dir: str, puzzle_id: int, per_puzzle: int, seed: int) -> None:
-    """Write one puzzle's folder: CSV with the release header and `per_puzzle` instances, and their PNGs."""
+    """Write one puzzle's folder: CSV with the release header and `per_puzzle` instances, and their PNGs.
+
+    The CSV is `puzzle_<pid>.csv`, except the release's misnamed `62/puzzle_63.csv`. Nothing written has
+    surrounding whitespace in `Answer` or an option (SPEC section 1: the reference does not strip them).
+    The random stream depends on (seed, puzzle_id) only.
+    """
+    make = generator(puzzle_id)
     rng = np.random.default_rng([seed, puzzle_id])
     folder = os.path.join(out_dir, str(puzzle_id))
     os.makedirs(os.path.join(folder, "img"), exist_ok=True)
-    with open(os.path.join(folder, f"puzzle_{puzzle_id}.csv"), "w", newline="", encoding="utf-8") as f:
+    csv_name = smart101.MISNAMED_CSV.get(puzzle_id, f"puzzle_{puzzle_id}.csv")
+    with open(os.path.join(folder, csv_name), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)  # QUOTE_MINIMAL: questions with commas are quoted, as in the release
         writer.writerow(CSV_HEADER)
         for k in range(1, per_puzzle + 1):
-            question, im, options, index = FAMILIES[puzzle_id](rng)
+            question, im, options, index = make(rng)
             image = f"puzzle_{puzzle_id}_e_{k}.png"
             _save_png(im, os.path.join(folder, "img", image), rgba=bool(rng.random() < 0.3))
-            # Some answers carry a trailing space, a known trait of the release.
-            answer = LETTERS[index] + (" " if k % 7 == 0 else "")
-            writer.writerow([k, question, image, *options, answer, "synthetic"])
+            writer.writerow([k, question, image, *options, LETTERS[index], "synthetic"])
+
+
+def resolve_ids(puzzle_ids: str | Sequence[int] | None) -> list[int]:
+    """None -> the 11 families; "all" -> 1..101; ids (or "1,2,3") -> those, sorted.
+
+    Raises ValueError for an id outside 1..101.
+    """
+    if puzzle_ids is None:
+        return sorted(FAMILIES)
+    if puzzle_ids == "all":
+        return list(puzzles.ALL_PUZZLE_IDS)
+    ids = smart101.resolve_puzzle_ids("", puzzle_ids)
+    unknown = [p for p in ids if p not in puzzles.ALL_PUZZLE_IDS]
+    if unknown:
+        families = sorted(FAMILIES)
+        raise ValueError(f"no synthetic puzzle for ids {unknown}: ids are 1..101 (families: {families})")
+    return ids
 
 
 def write_dataset(
-    out_dir: str, per_puzzle: int, seed: int, puzzle_ids: Sequence[int] | None = None
+    out_dir: str,
+    per_puzzle: int,
+    seed: int,
+    puzzle_ids: str | Sequence[int] | None = None,
+    workers: int = 1,
 ) -> list[int]:
-    """Write synthetic puzzles in the release layout under `out_dir`; returns the puzzle ids written."""
-    ids = sorted(FAMILIES) if puzzle_ids is None else sorted(int(p) for p in puzzle_ids)
-    unknown = [p for p in ids if p not in FAMILIES]
-    if unknown:
-        raise ValueError(f"no synthetic family for puzzle ids {unknown}; available: {sorted(FAMILIES)}")
-    for pid in ids:
-        write_puzzle(out_dir, pid, per_puzzle, seed)
+    """Write synthetic puzzles in the release layout under `out_dir`; returns the puzzle ids written.
+
+    `puzzle_ids`: None = the 11 families, "all" = every id 1..101 (families where there is one, the
+    others from their roots), or a list of ids. `workers` > 1 writes puzzles in that many spawned
+    processes (a calling script needs the usual `if __name__ == "__main__":` guard); the files are
+    byte-identical for any worker count. Raises ValueError for ids outside 1..101.
+    """
+    ids = resolve_ids(puzzle_ids)
+    if workers <= 1 or len(ids) == 1:
+        for pid in ids:
+            write_puzzle(out_dir, pid, per_puzzle, seed)
+        return ids
+    # Spawned workers: the caller may have JAX threads running, which fork would copy mid-state.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(ids)), mp_context=context) as pool:
+        # Largest first would not matter: every puzzle costs about the same. Results re-raise errors.
+        for future in [pool.submit(write_puzzle, out_dir, pid, per_puzzle, seed) for pid in ids]:
+            future.result()
     return ids
 
 
@@ -331,11 +587,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-puzzle", type=int, default=40, help="instances per puzzle")
     parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal files")
     parser.add_argument(
-        "--puzzles", type=int, nargs="*", default=None, help="puzzle ids (default: all families)"
+        "--puzzles",
+        nargs="*",
+        default=None,
+        help='"all" (ids 1..101) or puzzle ids (default: the 11 families)',
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="writer processes (default: CPU count)"
     )
     args = parser.parse_args(argv)
-    ids = write_dataset(args.out, args.per_puzzle, args.seed, args.puzzles)
-    print(f"wrote {args.per_puzzle} instances of puzzles {ids} to {args.out}")
+    puzzle_ids = args.puzzles
+    if puzzle_ids == ["all"]:
+        puzzle_ids = "all"
+    elif puzzle_ids is not None:
+        if not all(p.isdigit() for p in puzzle_ids):
+            parser.error(f'--puzzles takes "all" alone or puzzle ids, not {puzzle_ids}')
+        puzzle_ids = [int(p) for p in puzzle_ids]
+    start = time.perf_counter()
+    ids = write_dataset(args.out, args.per_puzzle, args.seed, puzzle_ids, workers=args.workers)
+    shown = "1..101" if len(ids) == len(puzzles.ALL_PUZZLE_IDS) else ids
+    print(
+        f"wrote {args.per_puzzle} instances of puzzles {shown} to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s ({args.workers} workers)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from PIL import Image
 
 from smartvlm_jax import puzzles
 from smartvlm_jax.data import smart101, synthetic
+from tests.data.helpers import count_blobs, is_blue
 
 
 def test_layout_matches_release(synthetic_root):
@@ -48,27 +49,9 @@ def test_deterministic_for_a_seed(tmp_path):
     )
 
 
-def _blue_blobs(path):
-    """Connected blue regions of a picture, counted on a coarse grid (the circles are far apart)."""
-    arr = np.asarray(smart101.load_image(path)).astype(int)
-    blue = (arr[..., 2] > 150) & (arr[..., 0] < 100)
-    seen, count = np.zeros_like(blue), 0
-    for start in zip(*np.nonzero(blue), strict=True):
-        if seen[start]:
-            continue
-        count += 1
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            if 0 <= y < blue.shape[0] and 0 <= x < blue.shape[1] and blue[y, x] and not seen[y, x]:
-                seen[y, x] = True
-                stack += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
-    return count
-
-
 def test_picture_determines_the_answer(synthetic_root):
     for row in smart101.read_puzzle(synthetic_root, 3)[:6]:
-        assert _blue_blobs(row.image_path) == row.label[0]
+        assert count_blobs(row.image_path, is_blue) == row.label[0]
     for row in smart101.read_puzzle(synthetic_root, 25):
         dark = np.asarray(smart101.load_image(row.image_path))[2, 2].mean() < 100  # corner = sky
         assert dark == (row.label[0] > 12)
