@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.synthetic.enabled = False  # write synthetic SMART-format puzzles to <workdir>/synthetic and use them
     c.synthetic.per_puzzle = 100  # instances per synthetic puzzle
     c.synthetic.seed = 0  # seed of the synthetic generator
+    c.synthetic.puzzles = ""  # "": the 11 drawn families; "all": ids 1..101 (SMART-101's shape); or "1,7,..."
+    c.synthetic.workers = 1  # processes writing puzzles (byte-identical output for any count)
 
     c.towers = ml_collections.ConfigDict()
     c.towers.dinov2 = ""  # local DINOv2 directory (Hugging Face layout or converted)

@@ -211,6 +211,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
     if not config.synthetic.enabled and not pathlib.Path(config.data.root or "/nonexistent").is_dir():
         raise FileNotFoundError(f"config.data.root={config.data.root!r} is not a directory")
+    if config.synthetic.enabled:
+        from smartvlm_jax.data import synthetic
+
+        try:
+            synthetic.resolve_ids(config.synthetic.puzzles or None)
+        except ValueError as e:
+            raise ValueError(f"config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
@@ -228,6 +235,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
                 str(workdir / "synthetic.tmp"),
                 per_puzzle=config.synthetic.per_puzzle,
                 seed=config.synthetic.seed,
+                puzzle_ids=config.synthetic.puzzles or None,
+                workers=config.synthetic.workers,
             )
             (workdir / "synthetic.tmp").rename(workdir / "synthetic")
         multihost_utils.sync_global_devices("synthetic data")

@@ -197,6 +197,7 @@ def test_evaluate_cli_reproduces_the_test_metrics(reference):
         ({"model.features": "clip"}, "config.model.features"),
         ({"optim.name": "sgd"}, "config.optim.name"),
         ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
+        ({"synthetic.puzzles": "1,102"}, "config.synthetic.puzzles"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, extra, field):
