@@ -11,7 +11,7 @@ process's peak RSS (``ru_maxrss``, which counts memmapped pages it holds) and it
   ``features.load_split`` (read-only memmaps).
 
 Both read their batches through ``train.GatherCached``, as the trainer: float16 becomes float32, and a
-memmap's pages leave the resident set every 256 MiB read.
+memmap's pages leave the resident set every 32 MiB read.
 
     python -m benchmarks.feature_cache --dir /tmp/fc --sizes 1000,4000      # both layouts, both dtypes
     python -m benchmarks.feature_cache --dir /tmp/fc --sizes 101000 --layouts mmap --dtypes float32

@@ -113,20 +113,21 @@ def predict_step(params, batch, tower_params, *, model, model_cfg, towers=None) 
 class GatherCached:
     """Turns a batch of (row position, mask) pairs into a batch of cached features and labels.
 
-    The cache's arrays are memmaps (``features.load_split``): indexing them with the batch's rows reads
-    those rows only. float16-stored features become float32 here, on their way to the device. Every
+    The cache's arrays are memmaps (``features.load_split``): ``features.read_rows`` reads the batch's
+    rows only. float16-stored features become float32 here, on their way to the device. Every
     ``release_bytes`` read, the memmaps' pages leave the process's resident set (``features.release``), so
-    an epoch over a cache larger than memory keeps the RSS small.
+    an epoch over a cache larger than memory keeps the RSS small. (The kernel maps about 8x the bytes a
+    shuffled batch reads, whole page-cache folios around each row: 32 MiB read holds ~300 MiB resident.)
     """
 
-    def __init__(self, cache: Mapping[str, np.ndarray], release_bytes: int = 256 << 20):
+    def __init__(self, cache: Mapping[str, np.ndarray], release_bytes: int = 32 << 20):
         self._cache = cache
         self._release_bytes = release_bytes
         self._read = 0
 
     def __call__(self, planned: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         rows, mask = planned
-        batch = {k: v[np.asarray(rows)] for k, v in self._cache.items()}
+        batch = {k: features.read_rows(v, np.asarray(rows)) for k, v in self._cache.items()}
         self._read += sum(v.nbytes for v in batch.values())
         if self._read >= self._release_bytes:
             features.release(self._cache)
