@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.cache_features = True  # extract frozen-tower features once and train the head alone on them
     c.feature_shard_batches = 16  # batches per feature-cache shard (the unit a killed extraction redoes)
+    c.feature_dtype = "float32"  # cached float features stored as "float32" or "float16" (half the disk)
     c.worker_count = 0  # grain worker processes decoding images (0: in the main process)
 
     c.checkpoint_every_steps = 200  # save the latest train state (and data iterator) this often

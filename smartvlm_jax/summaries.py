@@ -8,11 +8,13 @@ import time; this project keeps TensorFlow out of its runtime, so events are wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from absl import logging
@@ -65,3 +67,44 @@ class Progress:
         eta = (self._total - step) / rate if rate > 0 else float("nan")
         shown = " ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in scalars.items())
         logging.info("step %d/%d  %.2f steps/s  ETA %.0f s  %s", step, self._total, rate, eta, shown)
+
+
+class StageTimes:
+    """Wall seconds of a run's stages, with counts (samples, steps, saves) and their rates.
+
+    ``with times("eval"): ...`` adds the block's seconds to the stage; the yielded dict takes counts
+    (``counts["steps"] = 10``) that :meth:`record` turns into rates (``steps_per_s``). One per run, carried
+    on the run's state; a resumed run records what its own process did.
+    """
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[dict[str, float]]:
+        counts: dict[str, float] = {}
+        start = time.perf_counter()
+        try:
+            yield counts
+        finally:
+            self.add(name, time.perf_counter() - start, **counts)
+
+    def add(self, name: str, seconds: float, **counts: float) -> None:
+        entry = self.stages.setdefault(name, {"seconds": 0.0})
+        entry["seconds"] += seconds
+        for unit, n in counts.items():
+            entry[unit] = entry.get(unit, 0) + n
+
+    def record(self) -> dict:
+        """``{stage: {"seconds", count, count_per_s}, ..., "peak_rss_kib"}``, also logged a line each."""
+        out: dict = {}
+        for name, entry in self.stages.items():
+            out[name] = dict(entry)
+            for unit in (k for k in entry if k in ("samples", "steps")):
+                out[name][f"{unit}_per_s"] = entry[unit] / max(entry["seconds"], 1e-9)
+            shown = " ".join(f"{k}={v:.4g}" for k, v in out[name].items() if k != "seconds")
+            logging.info("timing %s: %.2f s %s", name, entry["seconds"], shown)
+        # ru_maxrss: KiB on Linux; it counts the memmapped cache pages this process has resident too
+        out["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        logging.info("timing peak resident memory: %.1f MiB", out["peak_rss_kib"] / 1024)
+        return out

@@ -12,6 +12,7 @@ import math
 import pathlib
 import shutil
 import signal
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -110,14 +111,28 @@ def predict_step(params, batch, tower_params, *, model, model_cfg, towers=None) 
 
 
 class GatherCached:
-    """Turns a batch of (row position, mask) pairs into a batch of cached features and labels."""
+    """Turns a batch of (row position, mask) pairs into a batch of cached features and labels.
 
-    def __init__(self, cache: Mapping[str, np.ndarray]):
+    The cache's arrays are memmaps (``features.load_split``): ``features.read_rows`` reads the batch's
+    rows only. float16-stored features become float32 here, on their way to the device. Every
+    ``release_bytes`` read, the memmaps' pages leave the process's resident set (``features.release``), so
+    an epoch over a cache larger than memory keeps the RSS small. (The kernel maps about 8x the bytes a
+    shuffled batch reads, whole page-cache folios around each row: 32 MiB read holds ~300 MiB resident.)
+    """
+
+    def __init__(self, cache: Mapping[str, np.ndarray], release_bytes: int = 32 << 20):
         self._cache = cache
+        self._release_bytes = release_bytes
+        self._read = 0
 
     def __call__(self, planned: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         rows, mask = planned
-        batch = {k: v[np.asarray(rows)] for k, v in self._cache.items()}
+        batch = {k: features.read_rows(v, np.asarray(rows)) for k, v in self._cache.items()}
+        self._read += sum(v.nbytes for v in batch.values())
+        if self._read >= self._release_bytes:
+            features.release(self._cache)
+            self._read = 0
+        batch = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in batch.items()}
         batch["mask"] = np.asarray(mask, bool)
         return batch
 
@@ -159,6 +174,7 @@ class Run:
     model: Any
     tower_params: Any = None
     caches: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    timing: summaries.StageTimes = dataclasses.field(default_factory=summaries.StageTimes)
 
     @property
     def is_lead(self) -> bool:
@@ -218,6 +234,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             synthetic.resolve_ids(config.synthetic.puzzles or None)
         except ValueError as e:
             raise ValueError(f"config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
+    if config.get("feature_dtype", "float32") not in ("float32", "float16"):
+        raise ValueError(f"config.feature_dtype={config.feature_dtype!r} is not 'float32' or 'float16'")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
@@ -310,12 +328,15 @@ def prepare_towers(
 
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     check_config(config)
+    timing = summaries.StageTimes()
     mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
-    data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
-    towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
-    frozen = features.load_towers(towers_cfg, config.model.features)
+    with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
+        data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
+    with timing("towers"):  # tiny towers built (if asked) and loaded
+        towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
+        frozen = features.load_towers(towers_cfg, config.model.features)
     model_cfg = ml_collections.ConfigDict(config.model)
     model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
     model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
@@ -323,6 +344,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     model_cfg.text_dim = frozen.text_dim
     model = reasoner.build(model_cfg)  # validates: an unknown variant names its field
     run = Run(config, workdir, mesh, data_cfg, splits, num_classes, towers_cfg, frozen, model_cfg, model)
+    run.timing = timing
     rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES
     run.tower_params = jax.device_put(frozen.params(), parallel.shardings_for(frozen.params(), mesh, rules))
     write_run_config(run)
@@ -350,22 +372,28 @@ def extract_features(run: Run) -> None:
                 [positions[(int(p), int(i))] for p, i in zip(puzzle_ids, instance_ids, strict=True)]
             )
 
-        run.caches[split] = features.extract_split(
-            run.frozen,
-            functools.partial(
-                run.image_batches,
-                split,
-                shuffle=False,
-                num_epochs=1,
-                global_batch=run.config.eval_batch_size,
-            ),
-            run.to_global,
-            row_position,
-            len(rows),
-            run.workdir / "features" / split,
-            shard_batches=run.config.feature_shard_batches,
-            params_sharding=jax.tree.map(lambda x: x.sharding, run.tower_params),
-        )
+        out_dir = run.workdir / "features" / split
+        cached = (out_dir / "done.json").exists()
+        with run.timing(f"features/{split}") as counts:
+            run.caches[split] = features.extract_split(
+                run.frozen,
+                functools.partial(
+                    run.image_batches,
+                    split,
+                    shuffle=False,
+                    num_epochs=1,
+                    global_batch=run.config.eval_batch_size,
+                ),
+                run.to_global,
+                row_position,
+                len(rows),
+                out_dir,
+                shard_batches=run.config.feature_shard_batches,
+                params_sharding=jax.tree.map(lambda x: x.sharding, run.tower_params),
+                storage_dtype=run.config.get("feature_dtype", "float32"),
+            )
+            if not cached:  # samples/s: the split's rows over the whole extraction, compiling included
+                counts["samples"] = len(rows)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -509,16 +537,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         state, meta = restored.state, restored.meta
         logging.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
 
+    timing = run.timing
+
     def save(step: int) -> None:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(train_iter),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        with timing("checkpoint") as counts:
+            counts["saves"] = 1
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(train_iter),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+
+    def compile_steps(batch: Mapping[str, jax.Array]) -> float:
+        """Compile the train and eval steps ahead of time (jax AOT); the jitted calls reuse the
+        executables. Returns the seconds spent, which the training stage leaves out."""
+        start = time.perf_counter()
+        with timing("compile/train_step"):
+            step_fn.lower(state, batch, run.tower_params if towers else None).compile()
+        eval_batch = {
+            k: jax.ShapeDtypeStruct((config.eval_batch_size, *v.shape[1:]), v.dtype, sharding=v.sharding)
+            for k, v in batch.items()
+        }
+        with timing("compile/eval_step"):
+            pred_fn.lower(state.params, eval_batch, run.tower_params).compile()
+        return time.perf_counter() - start
 
     step_fn = jax.jit(
         functools.partial(
@@ -538,12 +584,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     last_saved = step
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
     pending = None
+    compiled = False
     try:
         while step < max_steps and meta["epochs_without_improvement"] <= config.early_stop_patience:
+            start = time.perf_counter()  # the training stage: batch, step and loss, compilation left out
             batch = run.to_global(next(train_iter))
+            compile_s = 0.0 if compiled else compile_steps(batch)
+            compiled = True
             state, step_metrics = step_fn(state, batch, run.tower_params if towers else None)
             step += 1
             loss = float(jax.device_get(step_metrics.loss.compute()))
+            timing.add("train", time.perf_counter() - start - compile_s, steps=1)
             if not math.isfinite(loss):
                 latest = manager.latest_step()
                 raise FloatingPointError(
@@ -559,14 +610,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 pending = None
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
-                val = evaluate_split(run, state.params, "val", pred_fn)
+                with timing("eval"):
+                    val = evaluate_split(run, state.params, "val", pred_fn)
                 writer.write_scalars(step, {k: val[k] for k in ("S_acc", "O_acc", "err")}, prefix="val/")
                 logging.info("epoch %d: val S_acc %.4f O_acc %.4f", epoch, val["S_acc"], val["O_acc"])
                 meta["epoch"] = epoch
                 meta["val"].append(evaluate.to_json_safe(val))
                 if val["S_acc"] > meta["best_val_S_acc"]:
                     meta.update(best_val_S_acc=val["S_acc"], best_epoch=epoch, epochs_without_improvement=0)
-                    export_best(run, state.params)
+                    with timing("checkpoint"):
+                        export_best(run, state.params)
                 else:
                     meta["epochs_without_improvement"] += 1
                 save(step)
@@ -583,13 +636,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 return {"stopped_at_step": step}
         if last_saved != step:
             save(step)
-        manager.wait_until_finished()
+        with timing("checkpoint"):
+            manager.wait_until_finished()
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         writer.close()
 
     if not (workdir / reasoner.checkpoint.BEST_MODEL_DIR).exists():  # max_steps ended it before an epoch did
-        export_best(run, state.params)
+        with timing("checkpoint"):
+            export_best(run, state.params)
     return test_best(run, pred_fn, meta, steps=step)
 
 
@@ -605,7 +660,8 @@ def make_pred_fn(run: Run):
 
 def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
     """Evaluate ``<workdir>/best_model`` on the test split; write results.json, plots and the table."""
-    test = with_baselines(run, "test", evaluate_split(run, best_params(run), "test", pred_fn))
+    with run.timing("eval"):
+        test = with_baselines(run, "test", evaluate_split(run, best_params(run), "test", pred_fn))
     best_epoch = int(meta["best_epoch"])
     results = {
         "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
@@ -614,8 +670,11 @@ def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
         "steps": steps,
     }
     if run.is_lead:
+        with run.timing("plots"):
+            evaluate.plot_results(test, run.workdir, prefix="test")
+    results["timing"] = run.timing.record()
+    if run.is_lead:
         evaluate.write_results(run.workdir, results)
-        evaluate.plot_results(test, run.workdir, prefix="test")
         print(evaluate.format_table(test))
     return results
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import smoke
-from smartvlm_jax import evaluate, predict, reasoner, train
+from smartvlm_jax import evaluate, features, predict, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 
@@ -56,7 +56,7 @@ def test_predictor_equals_evaluation_path(workdir, run_config, predictor):
         [r.image_path for r in rows], [r.question for r in rows], [r.options for r in rows],
         [r.puzzle_id for r in rows],
     )  # fmt: skip
-    cache = dict(np.load(workdir / "features" / "test" / "features.npz"))
+    cache = features.load_split(workdir / "features" / "test")
     np.testing.assert_array_equal(cache["puzzle_ids"], [r.puzzle_id for r in rows])  # same row order
 
     vision, text = predictor.features([r.image_path for r in rows], [r.question for r in rows])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from smartvlm_jax import evaluate, reasoner, train
+from smartvlm_jax import evaluate, features, reasoner, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OVERRIDES = {
@@ -83,6 +83,19 @@ def test_end_to_end_run_writes_results_and_learns(reference):
     assert cfg.vision_dim == 64 and cfg.text_dim == 32  # tiny towers: 2 x 32-d vision, 32-d text
     assert len(saved["val"]["per_puzzle"]) == 11 and saved["best_epoch"] >= 1
     assert json.loads((workdir / "config.json").read_text())["towers"]["dinov2"].endswith("towers/dinov2")
+
+
+def test_results_time_every_stage(reference):
+    workdir, results = reference
+    timing = evaluate.load_results(workdir)["timing"]
+    assert timing == json.loads(json.dumps(results["timing"]))
+    stages = ("dataset", "towers", "compile/train_step", "compile/eval_step", "train", "eval", "checkpoint")
+    for stage in (*stages, "plots", "features/train", "features/val", "features/test"):
+        assert timing[stage]["seconds"] > 0, stage
+    assert timing["features/train"]["samples"] == 198 and timing["features/train"]["samples_per_s"] > 0
+    assert timing["train"]["steps"] == 39 and timing["train"]["steps_per_s"] > 0
+    assert timing["checkpoint"]["saves"] >= 3  # every epoch end at least
+    assert timing["peak_rss_kib"] > 100 * 1024
 
 
 def copy_features(workdir: pathlib.Path, to: pathlib.Path) -> None:
@@ -225,19 +238,30 @@ def test_nan_loss_stops_with_step_and_checkpoint(reference, tmp_path):
         train.train_and_evaluate(config, tmp_path)
 
 
+class Killed(Exception):
+    pass
+
+
 def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(reference, tmp_path):
-    """A feature cache that lost its last shards (and done.json) is completed from the first missing shard:
-    the pipeline is asked to start there, and the finished cache equals an uninterrupted extraction."""
+    """An extraction killed part-way is completed from its first missing shard: the pipeline is asked to
+    start there, and the finished cache (one memmapped .npy per field) equals an uninterrupted one."""
     workdir, _ = reference
     config = run_config(**reusing(workdir), feature_shard_batches=2)
-    full = train.setup(config, tmp_path)
-    train.extract_features(full)  # train split: 198 rows / 32 -> 7 batches -> shards 0-3
-    assert full.frozen.jitted_features._cache_size() == 1  # one compilation serves all three splits
+    killed = train.setup(config, tmp_path)
+    image_batches = killed.image_batches
+
+    def dying(split, **kwargs):  # killed while decoding batch 5 of the train split (7 batches of 32)
+        for i, batch in enumerate(image_batches(split, **kwargs)):
+            if i == 5:
+                raise Killed
+            yield batch
+
+    killed.image_batches = dying
+    with pytest.raises(Killed):
+        train.extract_features(killed)
     train_dir = tmp_path / "features" / "train"
-    assert len(list(train_dir.glob("shard_*.npz"))) == 4
-    (train_dir / "done.json").unlink()
-    for index in (2, 3):
-        (train_dir / f"shard_{index:05d}.npz").unlink()
+    assert sorted(p.name for p in train_dir.glob("shard_*")) == ["shard_00000.npy", "shard_00001.npy"]
+    assert not (train_dir / "done.json").exists() and not (train_dir / "vision.npy").exists()
 
     resumed = train.setup(config, tmp_path)
     starts = []
@@ -249,8 +273,33 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
 
     resumed.image_batches = recording
     train.extract_features(resumed)
-    assert ("train", 4) in starts  # shards 0 and 1 hold batches 0-3: nothing of them is decoded again
-    assert not any(split != "train" for split, _ in starts)  # the other splits are done: not read at all
-    for split, cache in full.caches.items():
+    assert starts == [("train", 4), ("val", 0), ("test", 0)]  # shards 0 and 1 hold batches 0-3
+    assert resumed.frozen.jitted_features._cache_size() == 1  # one compilation serves all three splits
+    assert not list(train_dir.glob("shard_*")) and not list(train_dir.glob("*.partial.npy"))
+    for split, cache in resumed.caches.items():
+        uninterrupted = features.load_split(workdir / "features" / split)
+        assert cache.keys() == uninterrupted.keys() >= {"vision", "text", "labels", "puzzle_ids"}
         for key, value in cache.items():
-            np.testing.assert_array_equal(resumed.caches[split][key], value, err_msg=f"{split}/{key}")
+            assert isinstance(value, np.memmap) and value.mode == "r", (split, key)
+            np.testing.assert_array_equal(value, uninterrupted[key], err_msg=f"{split}/{key}")
+
+
+def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
+    """float16 storage: the cached values are float16(the float32 cache's values), batches reach the step
+    as float32, and the losses stay within 2e-3 of the float32 run's."""
+    workdir, results = reference
+    half = train.train_and_evaluate(run_config(**reusing(workdir), feature_dtype="float16"), tmp_path)
+    for split in train.SPLITS:
+        cache = features.load_split(tmp_path / "features" / split)
+        full = features.load_split(workdir / "features" / split)
+        for key in ("vision", "text"):
+            assert cache[key].dtype == np.float16, (split, key)
+            np.testing.assert_array_equal(cache[key], full[key].astype(np.float16))
+        np.testing.assert_array_equal(cache["labels"], full["labels"])
+    assert (tmp_path / "features/train/text.npy").stat().st_size < (
+        workdir / "features/train/text.npy"
+    ).stat().st_size
+    ref, low = losses(workdir), losses(tmp_path)
+    assert ref.keys() == low.keys()
+    np.testing.assert_allclose(list(low.values()), list(ref.values()), atol=2e-3, rtol=0)
+    assert abs(half["test"]["S_acc"] - results["test"]["S_acc"]) <= 2 / 66
