@@ -464,11 +464,15 @@ def load_results(workdir: str | os.PathLike[str]) -> dict[str, Any]:
         return _restore_int_keys(json.load(f))
 
 
+PUZZLES_PER_PANEL = 34
+
+
 def _bars(
     ax: Any,
     labels: Sequence[str],
     series: Mapping[str, Sequence[float]],
     markers: Mapping[str, Sequence[float]],
+    legend: bool = True,
 ) -> None:
     """Grouped bars (one group per label) plus optional per-group marker lines (e.g. the greedy level)."""
     x = np.arange(len(labels))
@@ -478,12 +482,13 @@ def _bars(
     for name, values in markers.items():
         ax.scatter(x, values, marker="_", s=200, color="black", zorder=3, label=name)
     ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=90 if len(labels) > 20 else 0, fontsize=7 if len(labels) > 20 else 9)
+    ax.set_xticklabels(labels, rotation=90 if len(labels) > 40 else 0, fontsize=8 if len(labels) > 20 else 9)
     ax.set_ylim(0, 100)
-    ax.margins(x=0.01)  # 101 groups: keep the side padding to about one bar
+    ax.margins(x=0.01)  # many groups: keep the side padding to about one bar
     ax.set_ylabel("accuracy %")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    if legend:
+        ax.legend(fontsize=8, loc="upper right", ncols=3)
 
 
 def plot_results(
@@ -503,14 +508,19 @@ def plot_results(
     pids = sorted(per_puzzle)
     rows = [per_puzzle[p] for p in pids]
     greedy_pp = {int(k): v for k, v in metrics.get("greedy_per_puzzle", {}).items()}
-    markers = {"greedy S_acc": to_pct([greedy_pp.get(p, {}) for p in pids], "S_acc")} if greedy_pp else {}
-    fig = Figure(figsize=(max(6.0, 0.25 * len(pids) + 2.0), 4.0), layout="constrained")
-    ax = fig.subplots()
-    _bars(
-        ax, [str(p) for p in pids], {"S_acc": to_pct(rows, "S_acc"), "O_acc": to_pct(rows, "O_acc")}, markers
-    )
+    greedy = to_pct([greedy_pp.get(p, {}) for p in pids], "S_acc") if greedy_pp else []
+    # Up to PUZZLES_PER_PANEL bars a row: all 101 puzzles take 3 rows of readable, unrotated ids.
+    panels = max(1, math.ceil(len(pids) / PUZZLES_PER_PANEL))
+    per_panel = math.ceil(len(pids) / panels) if pids else 1
+    width = max(6.0, 0.38 * min(len(pids), per_panel) + 2.0)
+    fig = Figure(figsize=(width, 1.0 + 3.0 * panels), layout="constrained")
+    for i, ax in enumerate(np.atleast_1d(fig.subplots(panels, 1))):
+        part = slice(i * per_panel, (i + 1) * per_panel)
+        markers = {"greedy S_acc": greedy[part]} if greedy else {}
+        series = {"S_acc": to_pct(rows[part], "S_acc"), "O_acc": to_pct(rows[part], "O_acc")}
+        _bars(ax, [str(p) for p in pids[part]], series, markers, legend=i == 0)
     ax.set_xlabel("puzzle id")
-    ax.set_title(
+    fig.suptitle(
         f"{prefix}: per-puzzle accuracy "
         f"(all: S_acc {_pct(metrics.get('S_acc'))}%, O_acc {_pct(metrics.get('O_acc'))}%)"
     )

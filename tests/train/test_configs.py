@@ -12,6 +12,9 @@ ABLATIONS = {
     "dinov2_only": {"model.features": "dinov2"},
     "siglip_only": {"model.features": "siglip"},
     "single_image_head": {"model.use_single_image_head": True},
+    # not an ablation: the paper recipe on 101 synthetic puzzles with tiny towers (the scale rehearsal)
+    "smart101_tiny": {"synthetic.enabled": True, "synthetic.puzzles": "all", "synthetic.per_puzzle": 1000,
+                      "synthetic.workers": 2, "towers.tiny": True},
 }
 
 
