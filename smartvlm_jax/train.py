@@ -279,7 +279,21 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     for name, split_rows in splits.items():
         if not split_rows:
             raise ValueError(f"the {name} split is empty under config.data={data_cfg.to_dict()}")
+        ids = sorted({r.puzzle_id for r in split_rows})
+        logging.info("%s split (%s): %d rows of %d puzzles: %s", name, data_cfg.split_type, len(split_rows),
+                     len(ids), id_ranges(ids))  # fmt: skip
     return data_cfg, rows, splits, num_classes
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """Sorted ids as compact ranges for a log line: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
+    out: list[list[int]] = []
+    for i in sorted(ids):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
 
 
 def prepare_towers(

@@ -81,3 +81,8 @@ def test_main_job_on_all_101_puzzles(data, tmp_path, split_type):
     assert {"greedy_S_acc", "chance_S_acc"} <= set(test)
     assert (tmp_path / "test_per_puzzle.png").stat().st_size > 0
     assert results["steps"] >= 1
+
+
+def test_split_puzzles_are_logged_as_ranges():
+    assert train.id_ranges(puzzles.PUZZLE_SPLIT_TEST) == "61-62, 65-67, 69-77, 94-99, 101"
+    assert train.id_ranges([]) == "" and train.id_ranges([5]) == "5"
