@@ -15,6 +15,10 @@ memmap's pages leave the resident set every 32 MiB read.
 
     python -m benchmarks.feature_cache --dir /tmp/fc --sizes 1000,4000      # both layouts, both dtypes
     python -m benchmarks.feature_cache --dir /tmp/fc --sizes 101000 --layouts mmap --dtypes float32
+    python -m benchmarks.feature_cache --dir /tmp/fc --sizes 101000 --layouts mmap --train-steps 20
+
+``--train-steps K`` then runs K training steps of the SMART baseline head (its BiGRU over the token states)
+on shuffled batches of the cache, as the trainer does, and reports the step time and peak RSS.
 
 ``--cold`` drops the cache files from the page cache (``posix_fadvise`` DONTNEED on those files only)
 before reading, so the epoch reads the disk. The cache directory is removed after each measurement.
@@ -84,7 +88,7 @@ def rss_anon_kib() -> int:
     return -1
 
 
-def read(layout: str, out: pathlib.Path) -> dict:
+def read(layout: str, out: pathlib.Path, train_steps: int = 0) -> dict:
     from smartvlm_jax import features, train
 
     start = time.perf_counter()
@@ -100,16 +104,64 @@ def read(layout: str, out: pathlib.Path) -> dict:
         if not np.array_equal(batch["text"][:, -1, -1], (rows % 1000).astype(np.float32) / 8):
             raise AssertionError(f"the batch at {s} holds other rows")
     epoch_s = time.perf_counter() - start
-    return {
+    out = {
         "load_s": load_s,
         "epoch_s": epoch_s,
         "samples_per_s": n / epoch_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "end_rss_anon_mib": rss_anon_kib() / 1024,
     }
+    if train_steps:
+        out.update(train_baseline(gather, order, train_steps))
+    return out
 
 
-def measure(layout: str, n: int, dtype: str, root: pathlib.Path, cold: bool) -> dict:
+def train_baseline(gather, order: np.ndarray, steps: int) -> dict:
+    """``steps`` jitted training steps of the SMART baseline head (configs/baseline.py: BiGRU over the 110
+    token states, plain Adam) on batches of the cache's rows in the shuffled order, as the trainer feeds
+    them; labels are made from the row ids (the cache's synthetic values carry no answer)."""
+    import functools
+
+    import jax
+
+    from configs import baseline as baseline_config
+    from smartvlm_jax import optim, reasoner, train
+
+    config = baseline_config.get_config()
+    cfg = config.model
+    cfg.puzzle_ids, cfg.num_classes = list(range(1, 102)), [20] * 101
+    cfg.vision_dim, cfg.text_dim = VISION, TEXT
+    model, tx = reasoner.build(cfg), optim.make_optimizer(config.optim, steps)
+    inputs = reasoner.checkpoint.example_inputs(cfg, batch=1)
+    params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *inputs)["params"]
+    rng = jax.random.key_data(jax.random.key(2))
+    state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                             opt_state=tx.init(params), rng=rng)  # fmt: skip
+    schedule = optim.learning_rate_schedule(config.optim, steps)
+    step = jax.jit(functools.partial(train.train_step, model=model, model_cfg=cfg, tx=tx, schedule=schedule),
+                   donate_argnums=(0,))  # fmt: skip
+    times = []
+    for i in range(steps + 1):  # the first step compiles
+        rows = order[i * BATCH : (i + 1) * BATCH]
+        t = time.perf_counter()
+        batch = gather((rows, np.ones(len(rows), bool)))
+        labels = np.zeros((len(rows), 10), np.int32)
+        labels[:, 0] = rows % 20
+        batch = {k: batch[k] for k in ("vision", "text", "puzzle_ids", "mask")} | {"labels": labels}
+        state, metrics = step(state, batch, None)
+        loss = float(metrics.loss.compute())
+        times.append(time.perf_counter() - t)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss {loss} at step {i}")
+    return {
+        "train_steps": steps,
+        "train_step_s": float(np.median(times[1:])),
+        "train_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_end_rss_anon_mib": rss_anon_kib() / 1024,
+    }
+
+
+def measure(layout: str, n: int, dtype: str, root: pathlib.Path, cold: bool, train_steps: int = 0) -> dict:
     out = root / f"{layout}_{dtype}_{n}"
     shutil.rmtree(out, ignore_errors=True)
     me = [sys.executable, "-m", "benchmarks.feature_cache", "--dir", str(out), "--layouts", layout]
@@ -119,7 +171,8 @@ def measure(layout: str, n: int, dtype: str, root: pathlib.Path, cold: bool) -> 
     disk = sum(p.stat().st_size for p in out.iterdir())
     if cold:
         drop_page_cache(out)
-    done = subprocess.run([*me, "--read"], check=True, capture_output=True, text=True)
+    done = subprocess.run([*me, "--read", "--train-steps", str(train_steps)], check=True, capture_output=True,
+                          text=True)  # fmt: skip
     shutil.rmtree(out)
     return {"layout": layout, "dtype": dtype, "n": n, "disk_gib": disk / 2**30, "write_s": write_s,
             **json.loads(done.stdout.strip().splitlines()[-1])}  # fmt: skip
@@ -132,6 +185,8 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="npz,mmap")
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--cold", action="store_true", help="read from disk, not the page cache")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="after the epoch, time this many SMART-baseline training steps on the cache")
     parser.add_argument("--write", type=int, default=0, help=argparse.SUPPRESS)  # child: write one cache
     parser.add_argument("--read", action="store_true", help=argparse.SUPPRESS)  # child: read one cache
     args = parser.parse_args(argv)
@@ -140,7 +195,7 @@ def main(argv=None) -> None:
         write(args.layouts, args.write, args.dtypes, root)
         return
     if args.read:
-        print(json.dumps(read(args.layouts, root)))
+        print(json.dumps(read(args.layouts, root, args.train_steps)))
         return
     print(
         "| layout | dtype | N | disk GiB | write s | load s | epoch s | samples/s | peak RSS MiB | anon MiB |"
@@ -149,9 +204,15 @@ def main(argv=None) -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         for dtype in args.dtypes.split(","):
             for layout in args.layouts.split(","):
-                r = measure(layout, n, dtype, root, args.cold)
-                cells = (f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values())
-                print("| " + " | ".join(cells) + " |", flush=True)
+                r = measure(layout, n, dtype, root, args.cold, args.train_steps)
+                cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()]
+                print("| " + " | ".join(cells[:10]) + " |", flush=True)
+                if args.train_steps:
+                    print(f"  baseline head: {r['train_steps']} steps of batch {BATCH}, median "
+                          f"{r['train_step_s']:.2f} s a step (batch read included), peak RSS "
+                          f"{r['train_peak_rss_mib']:.0f} MiB, anonymous "
+                          f"{r['train_end_rss_anon_mib']:.0f} MiB",
+                          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
