@@ -11,8 +11,12 @@ Prints a table of seconds and seconds per 1,000 instances per stage, writes ``sc
 ``--towers-json`` (a ``benchmarks.towers --batches 32`` report of this machine) turns the base towers'
 measured instances/s into what a base-tower run of each size would spend extracting features here.
 
-    python -m benchmarks.scale --workdir DIR [--sizes 10,100,1000] [--split-types instance[,puzzle,...]]
+    python -m benchmarks.scale --workdir DIR [--sizes 10,100,1000] [--split-types puzzle,fewshot,answer]
         [--split-size 1000] [--towers-json towers.json] [--feature-dtype float32]
+
+``--sizes``: instances per puzzle of the instance-split runs; ``--split-types``: other split types, run at
+``--split-size`` instances per puzzle. Each run starts from an empty run directory (data and TFDS builds
+are reused).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +58,7 @@ def write_data(workdir: pathlib.Path, per_puzzle: int) -> tuple[pathlib.Path, fl
 def run_job(workdir: pathlib.Path, root: pathlib.Path, per_puzzle: int, split_type: str, args) -> dict:
     """One main job in its own process; its results.json plus the process's wall seconds."""
     run_dir = workdir / f"run_{per_puzzle}_{split_type}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a finished one would resume and time nothing
     cmd = [sys.executable, "-m", "smartvlm_jax.main", "--config", "configs/smart101_tiny.py",
            "--workdir", str(run_dir), "--config.synthetic.enabled=False", f"--config.data.root={root}",
            f"--config.data.data_dir={workdir / f'tfds_{per_puzzle}'}", f"--config.data.data_tot={per_puzzle}",
@@ -63,6 +69,8 @@ def run_job(workdir: pathlib.Path, root: pathlib.Path, per_puzzle: int, split_ty
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     results = evaluate.load_results(run_dir)
+    if not results["timing"].get("train", {}).get("steps"):
+        raise RuntimeError(f"{run_dir}: the run trained no step (see {log.name})")
     return {"per_puzzle": per_puzzle, "instances": per_puzzle * NUM_PUZZLES, "split_type": split_type,
             "wall_s": wall, "timing": results["timing"], "results": results}  # fmt: skip
 
@@ -91,7 +99,7 @@ def format_table(runs: list[dict]) -> str:
         train = r["timing"].get("train", {})
         cells = " | ".join(f"{sec[s]:.1f} ({1000 * sec[s] / r['instances']:.2f})" for s in STAGES)
         lines.append(
-            f"| {r['instances']:,} | {r['split_type']} | {cells} | {r['wall_s']:.0f} | "
+            f"| {r['instances']:,} | {r['split_type']} | {cells} | {r['wall_s']:.0f} s | "
             f"{r['timing']['peak_rss_kib'] / 1024:.0f} MiB | {samples_per_s(r['timing']):.0f} samples/s | "
             f"{train.get('steps_per_s', float('nan')):.1f} steps/s |"
         )
@@ -132,6 +140,8 @@ def plot(runs: list[dict], path: pathlib.Path) -> None:
 def base_tower_estimate(runs: list[dict], towers_json: str) -> dict[int, float]:
     """Seconds the base towers would add to each size's extraction here, from their measured instances/s."""
     report = json.loads(pathlib.Path(towers_json).read_text())
+    if report.get("tiny"):
+        raise ValueError(f"{towers_json} measured tiny towers (benchmarks.towers --tiny): no base-tower rate")
     rate = {r["batch"]: r["per_s"] for r in report["towers"] if r["tower"].startswith("instances")}
     batch = 32 if 32 in rate else max(rate)
     per_s = max(rate[batch].get("jax bf16", 0.0), rate[batch].get("jax fp32", 0.0))
@@ -146,15 +156,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--sizes", default="10,100,1000", help="instances per puzzle (x 101)")
-    parser.add_argument("--split-types", default="instance", help="split types run at --split-size")
-    parser.add_argument("--split-size", type=int, default=1000)
+    parser.add_argument("--split-types", default="", help="other split types, run at --split-size only")
+    parser.add_argument("--split-size", type=int, default=1000, help="instances per puzzle of those runs")
     parser.add_argument("--feature-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--towers-json", default="", help="benchmarks.towers JSON (batch 32) of this machine")
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     plan = [(n, "instance") for n in map(int, args.sizes.split(","))]
-    plan += [(args.split_size, s) for s in args.split_types.split(",") if (args.split_size, s) not in plan]
+    others = [(args.split_size, s) for s in args.split_types.split(",") if s]
+    plan += [run for run in others if run not in plan]
     report: dict[str, Any] = {"generate_s": {}, "runs": []}
     for per_puzzle, split_type in plan:
         root, seconds = write_data(workdir, per_puzzle)
@@ -167,8 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         (workdir / "scale.json").write_text(json.dumps(evaluate.to_json_safe(summary), indent=2) + "\n")
     runs = report["runs"]
     print(format_table(runs))
-    print("data generation (2 processes): " + ", ".join(
-        f"{int(n) * NUM_PUZZLES:,}: {s:.0f} s" for n, s in report["generate_s"].items() if s))  # fmt: skip
+    written = {int(n) * NUM_PUZZLES: s for n, s in report["generate_s"].items() if s}
+    if written:
+        print("data generation (2 processes): " + ", ".join(f"{n:,}: {s:.0f} s" for n, s in written.items()))
     sizes = sorted({r["per_puzzle"] for r in runs if r["split_type"] == "instance"})
     if len(sizes) >= 2:
         g = growth(runs, sizes[-2], sizes[-1])

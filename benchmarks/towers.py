@@ -130,7 +130,7 @@ class TowerBench:
     """One tower in JAX (fp32, bf16) and PyTorch (fp32, bf16) on the same random-init weights."""
 
     def __init__(self, name: str, workdir: str, torch_device: str, tiny: bool):
-        self.name, self.torch_device = name, torch_device
+        self.name, self.torch_device = (name.replace("-base", "-tiny") if tiny else name), torch_device
         self.part, cls, make_config = CONFIGS[name]
         self.config = (TINY_CONFIGS[name] if tiny else make_config)()
         torch.manual_seed(0)
@@ -221,7 +221,7 @@ def with_instances(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = list(rows)
     for batch in sorted({r["batch"] for r in rows}):
         same = [r for r in rows if r["batch"] == batch]
-        if len(same) == len(CONFIGS):
+        if len({r["tower"] for r in same}) == len(CONFIGS):
             out.append({"tower": "instances (all 3)", "batch": batch, "per_s": instances_per_s(same, "per_s"),
                         "best_per_s": instances_per_s(same, "best_per_s")})  # fmt: skip
     return out
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__, "transformers": transformers.__version__,
         "torch_device": args.torch_device,
         "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "peak_tflops": args.peak_tflops,
-        "load_before": os.getloadavg(), "matmul_n": n, "towers": [],
+        "load_before": os.getloadavg(), "matmul_n": n, "tiny": args.tiny, "towers": [],
     }  # fmt: skip
     report["matmul_gflops"] = matmul_gflops(args.rounds, args.torch_device, n)
 

@@ -346,7 +346,11 @@ class _Progress:
         return self.timed_rows / max(time.perf_counter() - self.t0, 1e-9)
 
     def done(self) -> None:
-        logging.info("features %s: %d samples extracted, %.2f samples/s", self.name, self.rows, self.rate())
+        if self.timed_rows:
+            rate = f"{self.rate():.2f} samples/s after the first (compiling) batch"
+        else:  # one batch: nothing but the compiling batch to time
+            rate = "one batch, no rate"
+        logging.info("features %s: %d samples extracted, %s", self.name, self.rows, rate)
 
 
 def _marker(out_dir: pathlib.Path, shard: int) -> pathlib.Path:

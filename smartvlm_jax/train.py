@@ -234,6 +234,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             synthetic.resolve_ids(config.synthetic.puzzles or None)
         except ValueError as e:
             raise ValueError(f"config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
+    if config.data.split_type not in smart101.SPLIT_TYPES:
+        raise ValueError(
+            f"config.data.split_type={config.data.split_type!r} is not one of {smart101.SPLIT_TYPES}"
+        )
     if config.get("feature_dtype", "float32") not in ("float32", "float16"):
         raise ValueError(f"config.feature_dtype={config.feature_dtype!r} is not 'float32' or 'float16'")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):

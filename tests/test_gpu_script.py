@@ -34,7 +34,8 @@ def test_run_sh_dry_run_leaves_every_part_result(tmp_path):
         towers, job, throughput = read("towers.json"), read("main_job.json"), read("throughput.json")
     assert {"machine.txt", "tests.log", "towers.log", "main_job.log", "throughput.log"} <= names
     measured = {(r["tower"], r["batch"]) for r in towers["towers"]}
-    assert measured >= {("dinov2-base", 2), ("siglip-base text", 4)}
+    assert measured >= {("dinov2-tiny", 2), ("siglip-tiny text", 4), ("instances (all 3)", 4)}
+    assert towers["tiny"] is True
     assert all(r["per_s"]["jax bf16"] > 0 for r in towers["towers"])
     assert job["returncode"] == 0 and 0 <= job["test"]["S_acc"] <= 1
     assert set(throughput["rows"]) == {"towers_forward", "full_train_step", "head_train_step", "inference",
@@ -55,7 +56,7 @@ def test_check_wheels_finds_missing_dependencies_versions_and_wrong_platforms(tm
     _wheel(tmp_path, "grain", "0.2.18", ["numpy>=2", "absl-py", 'pywin32; sys_platform == "win32"'])
     problems, notes = check_wheels.check(tmp_path, device)
     assert not [p for p in problems if "grain" in p], problems  # markers for other platforms do not count
-    assert any("absl-py" in n and "not recorded" in n for n in notes)
+    assert any("not recorded" in n and "absl-py" in n for n in notes)
     assert any("the device has 0.11.2" in n for n in notes)  # our jax pin vs the device's jax
     _wheel(tmp_path, "clu", "0.0.12", ["numpy<2", "flax"])
     _wheel(tmp_path, "dm_tree", "0.1.10", [], tag="cp311-cp311-manylinux_2_17_x86_64")

@@ -23,6 +23,6 @@ sed -n 's/^# build: //p' benchmarks/gpu/wheels.txt | xargs -r "$python" -m pip w
 rm "$dest.tmp/requirements.txt"
 rm -rf "$dest"
 mv "$dest.tmp" "$dest"
-echo "downloaded $(find "$dest" -name '*.whl' | wc -l) wheels ($(du -sh "$dest" | cut -f1)) in $(($(date +%s) - start)) s:"
+echo "downloaded $(find "$dest" -name '*.whl' | wc -l) wheels in $(($(date +%s) - start)) s:"
 ls "$dest"
 "$python" benchmarks/gpu/check_wheels.py --wheels "$dest"

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # One command on a lent GPU machine (device tool: carry [".gpu_wheels"], after benchmarks/gpu/prepare.sh
-# here): installs the carried wheels, records the machine, then measures in four parts, each under a time
-# budget so the whole ends within ~9 minutes and a cut part still leaves the others' results:
-#   1. tests: the GPU-only tests (pytest -m gpu: cuDNN attention, FSDP towers on the device mesh)
-#   2. towers: benchmarks.towers, bf16 at batches 32/128/256 (+ fp32 parity at 32), JAX vs PyTorch CUDA, MFU
-#   3. main_job: the main job on a medium synthetic set with base-size towers (fused, bf16), time per stage
-#   4. throughput: benchmarks.throughput, every row, JAX and PyTorch on the GPU
-# Results: $OUT/summary.txt (one line a part) and $OUT/gpu_results.tar.gz (every JSON and log), rewritten
-# after each part. The device tool brings back 8 files at most, hence the archive.
+# here): installs the carried wheels, records the machine (machine.txt), then runs five parts, each under
+# a time budget so the whole ends within ~9 minutes and a cut part still leaves the others' results:
+#   imports: the project and its dependencies import (versions printed)
+#   tests: the GPU-only tests (pytest -m gpu: cuDNN attention, FSDP towers on the device mesh)
+#   towers: benchmarks.towers, bf16 at batches 32/128/256 (+ fp32 parity at 32), JAX vs PyTorch CUDA, MFU
+#   main_job: the main job on a medium synthetic set with base-size towers (fused, bf16), time per stage
+#   throughput: benchmarks.throughput, every row, JAX and PyTorch on the GPU
+# Results: OUT/summary.txt (one line a part) and OUT/gpu_results.tar.gz (every JSON and log), rewritten
+# after each part (the device tool brings back 8 files at most, hence the archive). OUT is --out, else
+# $OUT (set by the device tool), else a new temporary folder.
 #
-#   bash benchmarks/gpu/run.sh [--out DIR]     # on the device ($OUT there)
-#   bash benchmarks/gpu/run.sh --dry-run [--out DIR]   # here, on CPU: tiny sizes, same code paths (CI)
+#   bash benchmarks/gpu/run.sh [--out DIR]             # on the device
+#   bash benchmarks/gpu/run.sh --dry-run [--out DIR]   # here, on CPU (CI): tiny towers and sizes, no wheel
+#       install, JAX on CPU, grain without worker processes; the GPU tests are collected and skipped
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 dry=0
@@ -18,8 +21,12 @@ out=${OUT:-}
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dry-run) dry=1 ;;
-    --out) out=$2; shift ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    --out)
+      [[ $# -ge 2 ]] || { echo "run.sh: --out needs a folder" >&2; exit 2; }
+      out=$2
+      shift
+      ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -64,11 +71,11 @@ part() {  # part NAME SECONDS COMMAND...: runs under its budget, logs to NAME.lo
   local name=$1 seconds=$2 start rc
   shift 2
   start=$(date +%s)
-  timeout --kill-after=15 "$seconds" "$@" >"$work/$name.log" 2>&1
+  timeout --kill-after=5 "$seconds" "$@" >"$work/$name.log" 2>&1
   rc=$?
-  echo "$name: exit $rc$( ((rc == 124)) && echo ' (budget reached)') in $(($(date +%s) - start)) s of $seconds" |
+  echo "$name: exit $rc$( ((rc == 124 || rc == 137)) && echo ' (budget reached)') in $(($(date +%s) - start)) s of $seconds" |
     tee -a "$work/summary.txt"
-  tail -n 25 "$work/$name.log"
+  tail -n 25 "$work/$name.log" | tr '\r' '\n' | grep -v '^\s*$' | tail -n 25
   save
 }
 

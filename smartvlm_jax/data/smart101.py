@@ -355,6 +355,10 @@ def skill_types() -> dict[int, str]:
 # --------------------------------------------------------------------------------------------- splits
 
 
+# The split types of SPEC section 3 (``default_data_config().split_type``).
+SPLIT_TYPES = ("instance", "puzzle", "fewshot", "answer")
+
+
 def default_data_config() -> ml_collections.ConfigDict:
     """The data fields of a run's config, each with its default."""
     c = ml_collections.ConfigDict()
@@ -396,8 +400,8 @@ def _answer_holdout_class(labels: Sequence[int], num_classes: int) -> int:
 def _check_split(split: str, cfg: ml_collections.ConfigDict) -> None:
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, not {split!r}")
-    if cfg.split_type not in ("instance", "puzzle", "fewshot", "answer"):
-        raise ValueError(f"split_type must be instance, puzzle, fewshot or answer, not {cfg.split_type!r}")
+    if cfg.split_type not in SPLIT_TYPES:
+        raise ValueError(f"split_type must be one of {SPLIT_TYPES}, not {cfg.split_type!r}")
 
 
 def split_indices(

@@ -211,6 +211,7 @@ def test_evaluate_cli_reproduces_the_test_metrics(reference):
         ({"optim.name": "sgd"}, "config.optim.name"),
         ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
         ({"synthetic.puzzles": "1,102"}, "config.synthetic.puzzles"),
+        ({"data.split_type": "puzle"}, "config.data.split_type"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, extra, field):
