@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 from configs import smoke
 from smartvlm_jax import evaluate, puzzles, train
@@ -18,7 +19,7 @@ PER_PUZZLE = 6
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
+def persistent_compilation_cache(tmp_path_factory):
     """The four runs compile the same head, towers and shapes: XLA's persistent cache compiles them once."""
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     before = {k: getattr(jax.config, k) for k in keys}
@@ -27,6 +28,7 @@ def compilation_cache(tmp_path_factory):
     yield
     for k, v in before.items():
         jax.config.update(k, v)
+    compilation_cache.reset_cache()  # the cache was initialised on first use: later tests compile afresh
 
 
 @pytest.fixture(scope="module")
