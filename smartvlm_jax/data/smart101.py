@@ -8,12 +8,15 @@ that a label means the same thing in every stage.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
 import functools
+import io
 import logging
 import os
+import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import ml_collections
@@ -228,7 +231,7 @@ def read_puzzle(root: str | os.PathLike, puzzle_id: int) -> list[Row]:
     path = puzzle_csv_path(root, puzzle_id)
     img_dir = os.path.join(root, str(puzzle_id), "img")
     parsed = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(decode_csv(path), newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -245,6 +248,45 @@ def read_puzzle(root: str | os.PathLike, puzzle_id: int) -> list[Row]:
             for p in parsed
         ]
     return parsed
+
+
+# Byte-order marks: Excel's "CSV UTF-8" starts with the UTF-8 one; "Unicode Text" is UTF-16 with its own.
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def decode_csv(path: str | os.PathLike) -> str:
+    """The text of a puzzle CSV: UTF-8, with or without a byte-order mark, or UTF-16 with one; any line ends.
+
+    Other encodings are refused rather than guessed (a Windows-1252 or Latin-1 file decodes as something
+    under most 8-bit codecs, silently changing the text the towers read): raises MalformedRowError naming
+    `path:line`, the column and the offending byte, e.g. a cp1252 dash (0x96) or a Latin-1 e-acute (0xe9).
+    """
+    data = pathlib.Path(path).read_bytes()
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError as e:
+                raise _encoding_error(path, data, e, codec) from None
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise MalformedRowError(
+            f"{path}:{line}: NUL bytes (UTF-16 without a byte-order mark?); re-save it as UTF-8"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _encoding_error(path, data, e, "utf-8") from None
+
+
+def _encoding_error(path, data: bytes, error: UnicodeDecodeError, codec: str) -> MalformedRowError:
+    line = data[: error.start].count(b"\n") + 1
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    byte = data[error.start : error.start + 1].hex()
+    return MalformedRowError(
+        f"{path}:{line}: byte 0x{byte} at column {column} is not {codec} ({error.reason}); puzzle CSVs are "
+        "read as UTF-8 (a byte-order mark is fine) or UTF-16 with one: re-save it as UTF-8"
+    )
 
 
 def _parse_record(puzzle_id: int, record: dict, row_index: int, where: str, img_dir: str) -> Row:
