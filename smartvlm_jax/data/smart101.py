@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import assets, puzzles
+from smartvlm_jax import assets, images, puzzles
 
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 # Shorter image side after the reference's first resize (torchvision Resize(224) on a PIL image).
@@ -364,13 +364,15 @@ def drop_bad_images(rows: Sequence[Row], skip_bad_rows: bool) -> tuple[list[Row]
     return good, skipped
 
 
-def resize_shorter_side(image: Image.Image, side: int = IMAGE_SIDE) -> Image.Image:
+def resize_shorter_side(image: Image.Image | np.ndarray, side: int = IMAGE_SIDE) -> Image.Image:
     """RGB image with its shorter side resized to `side`, exactly as torchvision's Resize(side) on PIL.
 
-    torchvision keeps the aspect ratio with int() truncation of the longer side and calls PIL's bilinear
-    resize, which antialiases when shrinking.
+    The image (any PIL mode, or an array) becomes 8-bit RGB by `images.to_rgb8` (the reference's
+    `convert("RGB")` for 8-bit modes; 16-bit and float data scaled, not clipped). torchvision keeps the
+    aspect ratio with int() truncation of the longer side and calls PIL's bilinear resize, which
+    antialiases when shrinking.
     """
-    image = image.convert("RGB")
+    image = images.to_rgb8(image, alpha="drop")
     w, h = image.size
     if w <= h:
         size = (side, int(side * h / w))

@@ -219,10 +219,8 @@ class Predictor:
     def _reference_image(self, image: ImageInput, index: int) -> Image.Image:
         """Decode any PNG/JPEG/array and apply the reference's first resize (RGB, shorter side 224)."""
         try:
-            if isinstance(image, Image.Image):
+            if isinstance(image, (Image.Image, np.ndarray)):  # any mode, shape or bit depth images.py takes
                 return smart101.resize_shorter_side(image, self.image_side)
-            if isinstance(image, np.ndarray):
-                return smart101.resize_shorter_side(Image.fromarray(image), self.image_side)
             source = io.BytesIO(image) if isinstance(image, bytes) else image
             with Image.open(source) as im:
                 return smart101.resize_shorter_side(im, self.image_side)

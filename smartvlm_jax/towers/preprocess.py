@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from smartvlm_jax import images
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = int(Image.Resampling.BICUBIC)
@@ -23,24 +25,10 @@ BILINEAR = int(Image.Resampling.BILINEAR)
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
-    """A PIL RGB image from a PIL image of any mode or a uint8 [H, W], [H, W, 1|3|4] array.
-
-    Transparency is composited onto white, as transformers' ``convert_to_rgb`` does.
-    """
-    if isinstance(image, np.ndarray):
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            raise TypeError(f"image arrays must be uint8, got {arr.dtype}")
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-            raise ValueError(f"expected an [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] array, got {arr.shape}")
-        image = Image.fromarray(arr)
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    """A PIL RGB image from a PIL image of any mode or an image array (``images.to_rgb8``'s rules: 16-bit
+    and float data scaled to 8 bits), transparency composited onto white as transformers'
+    ``convert_to_rgb`` does. Raises ValueError for an array of another shape or dtype."""
+    return images.to_rgb8(image, alpha="white")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""images.to_rgb8 on every PIL mode and array kind it takes, and the three entry points that use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smartvlm_jax import images
+from smartvlm_jax.data import smart101
+from smartvlm_jax.towers import preprocess
+
+H, W = 24, 40
+RAMP16 = np.tile(np.linspace(0, 65535, W).astype(np.uint16), (H, 1))  # a 0..65535 ramp across the image
+RAMP8 = np.rint(RAMP16 / 257).astype(np.uint8)
+
+
+def _rgb() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _assert_grey_ramp(out: Image.Image) -> None:
+    arr = np.asarray(out)
+    assert out.mode == "RGB" and arr.shape == (H, W, 3)
+    np.testing.assert_allclose(arr[..., 0].astype(int), RAMP8.astype(int), atol=1)
+    assert len(np.unique(arr)) >= W - 1  # every grey level of the ramp survives (was 2-5 before)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I"])
+def test_sixteen_bit_modes_are_scaled_not_clipped(mode):
+    image = Image.fromarray(RAMP16) if mode != "I" else Image.fromarray(RAMP16.astype(np.int32))
+    if mode not in ("I;16", "I"):
+        image = Image.frombytes(mode, (W, H), RAMP16.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    assert image.mode == mode
+    _assert_grey_ramp(images.to_rgb8(image))
+
+
+def test_float_mode_and_arrays():
+    unit = RAMP16.astype(np.float32) / 65535
+    _assert_grey_ramp(images.to_rgb8(Image.fromarray(unit, mode="F")))
+    for dtype in (np.float16, np.float32, np.float64):
+        _assert_grey_ramp(images.to_rgb8(unit.astype(dtype)))
+    _assert_grey_ramp(images.to_rgb8(unit * 1000 - 7))  # outside [0, 1]: its own min..max
+    with pytest.raises(ValueError, match="not all finite"):
+        images.to_rgb8(np.full((H, W), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "CMYK", "YCbCr", "LA", "RGBA"])
+def test_eight_bit_modes_convert_as_pil(mode):
+    """The reference's convert("RGB") for the 8-bit modes (alpha dropped), whatever the policy says
+    where there is no alpha."""
+    image = Image.fromarray(_rgb()).convert(mode)
+    expected = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(images.to_rgb8(image, alpha="drop")), expected)
+    if "A" not in image.getbands():
+        np.testing.assert_array_equal(np.asarray(images.to_rgb8(image, alpha="white")), expected)
+
+
+def test_transparency_policies():
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 0] = 200  # red, fully transparent on the left half
+    rgba[:, W // 2 :, 3] = 255
+    white = np.asarray(images.to_rgb8(rgba, alpha="white"))
+    assert (white[:, : W // 2] == 255).all() and (white[:, W // 2 :] == [200, 0, 0]).all()
+    dropped = np.asarray(images.to_rgb8(rgba, alpha="drop"))
+    assert (dropped == [200, 0, 0]).all()
+    # P with a transparent palette index (GIF/PNG style) and LA
+    p = Image.fromarray(rgba[..., :3]).convert("P")
+    p.info["transparency"] = int(np.asarray(p)[0, 0])
+    assert (np.asarray(images.to_rgb8(p, alpha="white"))[0, 0] == 255).all()
+    la = Image.fromarray(np.stack([np.full((H, W), 10, np.uint8), rgba[..., 3]], -1), mode="LA")
+    assert (np.asarray(images.to_rgb8(la, alpha="white"))[:, 0] == 255).all()
+    assert (np.asarray(images.to_rgb8(la, alpha="drop")) == 10).all()
+    with pytest.raises(ValueError, match="alpha must be"):
+        images.to_rgb8(rgba, alpha="black")
+
+
+@pytest.mark.parametrize("shape", [(H, W), (H, W, 1), (H, W, 3), (H, W, 4)])
+def test_array_shapes(shape):
+    arr = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    out = np.asarray(images.to_rgb8(arr))
+    grey = arr.reshape(H, W, -1)[..., :3]
+    np.testing.assert_array_equal(out, np.broadcast_to(grey, (H, W, 3)))
+    np.testing.assert_array_equal(np.asarray(images.to_rgb8(arr.astype(np.uint16) * 257)), out)
+
+
+@pytest.mark.parametrize(
+    "array", [np.zeros((H, W), bool), np.zeros((H, W), np.int64), np.zeros((H, W, 2), np.uint8),
+              np.zeros((H, W, 5), np.uint8), np.zeros((2, H, W, 3), np.uint8), np.zeros((0, W), np.uint8)],
+)  # fmt: skip
+def test_other_arrays_are_refused_naming_shape_and_dtype(array):
+    with pytest.raises(ValueError, match=rf"shape \({array.shape[0]}, .*dtype {array.dtype}"):
+        images.to_rgb8(array)
+
+
+def test_entry_points_share_the_rule(tmp_path):
+    """The data pipeline's loader, the towers' resizers and the predictor's path (resize_shorter_side)
+    keep the grey levels of a 16-bit PNG, and take (H, W, 1) uint8 and uint16 arrays."""
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(RAMP16).save(path)
+    loaded = np.asarray(smart101.load_image(path))
+    assert (loaded == 255).mean() < 0.1 and len(np.unique(loaded)) > 100  # was 97-99 % white
+    resizer = preprocess.Resizer(size=32, resize=32, shortest_edge=False)
+    for image in (Image.open(path), RAMP16, RAMP8[..., None]):
+        assert len(np.unique(resizer(image))) > 16
+        assert len(np.unique(np.asarray(smart101.resize_shorter_side(image, 32)))) > 16
+    with pytest.raises(ValueError, match=r"shape \(24, 40, 2\) and dtype uint8"):
+        resizer(np.zeros((H, W, 2), np.uint8))
