@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from smartvlm_jax import assets, puzzles
+from smartvlm_jax import assets, cli, puzzles
 
 NUM_OPTIONS = 5
 RESULTS_FILENAME = "results.json"
@@ -561,18 +561,19 @@ def report(
 # Command line: `python -m smartvlm_jax.evaluate --workdir DIR [--split val|test]`.
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """Re-evaluate the best checkpoint of a training workdir on a split; update results.json and plots."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.evaluate", description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
+    parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
     from smartvlm_jax import train  # the trainer imports this module: import it only when run as a CLI
 
-    print(train.evaluate_workdir(args.workdir, args.split)["table"])
+    return cli.run(lambda: print(train.evaluate_workdir(args.workdir, args.split)["table"]), args.traceback)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -7,12 +7,14 @@ with the same workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import logging as py_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the run.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,9 +36,11 @@ def main(argv: list[str]) -> None:
     import jax
 
     logging.info("JAX %s on %d devices (%s)", jax.__version__, jax.device_count(), jax.devices()[0].platform)
-    from smartvlm_jax import train
+    from smartvlm_jax import cli, train
 
-    train.train_and_evaluate(config, _WORKDIR.value)
+    status = cli.run(lambda: train.train_and_evaluate(config, _WORKDIR.value), traceback=_TRACEBACK.value)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

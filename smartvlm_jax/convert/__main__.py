@@ -17,8 +17,12 @@ COMMANDS = {"hf": "smartvlm_jax.convert.hf", "reference": "smartvlm_jax.convert.
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``COMMAND ARGS...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: python -m smartvlm_jax.convert {{{','.join(COMMANDS)}}} ... (COMMAND --help: its flags)"
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\n{__doc__.split(chr(10) + chr(10))[1]}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m smartvlm_jax.convert {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[argv[0]])
     return int(module.main(argv[1:]))

@@ -12,10 +12,12 @@ import argparse
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from smartvlm_jax import cli
 from smartvlm_jax.data import smart101
 from smartvlm_jax.data.tfds_smart101 import SPLIT, Smart101, dataset_path
 
@@ -44,7 +46,7 @@ def build(
             if not overwrite:
                 raise FileExistsError(
                     f"{path} holds puzzles {existing.get('puzzle_ids')} of {existing.get('source')}, not "
-                    f"{ids} of {os.path.abspath(data_root)}; use another data dir or overwrite=True"
+                    f"{ids} of {os.path.abspath(data_root)}; use another data dir or replace it (--overwrite)"
                 )
             shutil.rmtree(path)
         else:
@@ -62,7 +64,7 @@ def build(
     return tfds.builder_from_directory(path)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -73,19 +75,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip rows with bad images (logged)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --data-dir")
+    parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    builder = build(
-        args.data_root,
-        args.data_dir,
-        args.puzzles if args.puzzles else "all",
-        skip_bad_rows=args.skip_bad_rows,
-        overwrite=args.overwrite,
-    )
-    meta = builder.info.metadata
-    count = builder.info.splits[SPLIT].num_examples
-    print(f"{builder.data_dir}: {count} rows of puzzles {meta['puzzle_ids']}, {len(meta['skipped'])} skipped")
+
+    def run() -> None:
+        builder = build(
+            args.data_root,
+            args.data_dir,
+            args.puzzles if args.puzzles else "all",
+            skip_bad_rows=args.skip_bad_rows,
+            overwrite=args.overwrite,
+        )
+        meta = builder.info.metadata
+        count = builder.info.splits[SPLIT].num_examples
+        skipped = len(meta["skipped"])
+        print(f"{builder.data_dir}: {count} rows of puzzles {meta['puzzle_ids']}, {skipped} skipped")
+
+    return cli.run(run, traceback=args.traceback)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
