@@ -53,6 +53,23 @@ class TrainMetrics(clu_metrics.Collection):
     learning_rate: clu_metrics.LastValue.from_output("learning_rate")
 
 
+def window_to_json(window: TrainMetrics | None) -> list[float] | None:
+    """The train metrics accumulated since the last logged step, as JSON numbers (for the checkpoint)."""
+    return None if window is None else [float(x) for x in jax.tree.leaves(jax.device_get(window))]
+
+
+def window_from_json(values: list[float] | None) -> TrainMetrics | None:
+    """Inverse of :func:`window_to_json` (each leaf back to its dtype)."""
+    if values is None:
+        return None
+    template = TrainMetrics.single_from_model_output(loss=0.0, grad_norm=0.0, learning_rate=0.0)
+    leaves, treedef = jax.tree.flatten(template)
+    if len(values) != len(leaves):
+        raise ValueError(f"checkpointed train-metrics window: {len(values)} values, expected {len(leaves)}")
+    typed = [np.asarray(v, np.asarray(t).dtype) for v, t in zip(values, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, typed)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pure steps.
 
@@ -554,12 +571,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         )
         state, meta = restored.state, restored.meta
         logging.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
+    # Train metrics since the last logged step: logs average fixed windows of log_every_steps steps, so a
+    # resumed run logs what the uninterrupted one does (the window's part before the resume is in meta).
+    pending = window_from_json(meta.get("train_window"))
 
     timing = run.timing
 
     def save(step: int) -> None:
         with timing("checkpoint") as counts:
             counts["saves"] = 1
+            meta["train_window"] = window_to_json(pending)
             manager.save(
                 step,
                 args=ocp.args.Composite(
@@ -601,7 +622,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     last_saved = step
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
-    pending = None
     compiled = False
     try:
         while step < max_steps and meta["epochs_without_improvement"] <= config.early_stop_patience:
@@ -625,7 +645,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 writer.write_scalars(step, scalars, prefix="train/")
                 if run.is_lead:
                     progress(step, scalars)
-                pending = None
+                if step % config.log_every_steps == 0:  # a last, partial log keeps its window for a resume
+                    pending = None
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
                 with timing("eval"):

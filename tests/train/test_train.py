@@ -138,6 +138,24 @@ def _wait_for_checkpoint(workdir: pathlib.Path, process: subprocess.Popen, after
     raise AssertionError("no checkpoint within 180 s")
 
 
+def test_resumed_run_logs_the_windows_of_the_uninterrupted_one(reference, tmp_path):
+    """Logged train/loss averages fixed windows of log_every_steps: a run stopped at step 7 (its checkpoint
+    holds the window's step 7) and resumed logs at steps 9 and 12 what an uninterrupted run logs."""
+    workdir, _ = reference
+    extra = {**reusing(workdir), "log_every_steps": 3, "checkpoint_every_steps": 100}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    for run_dir in (full, cut):
+        copy_features(workdir, run_dir)
+    train.train_and_evaluate(run_config(**extra, max_steps=12), full)
+    train.train_and_evaluate(run_config(**extra, max_steps=7), cut)
+    assert sorted(losses(cut)) == [3, 6, 7]  # the last, partial window is logged too
+    train.train_and_evaluate(run_config(**extra, max_steps=12), cut)
+    uninterrupted, resumed = losses(full), losses(cut)
+    assert sorted(uninterrupted) == [3, 6, 9, 12]
+    for step in (3, 6, 9, 12):
+        assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-6), step
+
+
 def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_path):
     """SIGTERM: save and exit 0. SIGKILL: the rerun resumes and ends exactly as a run never interrupted."""
     workdir, results = reference
