@@ -115,6 +115,15 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def _initialize(context: str, coordinator: str, **kwargs) -> None:
+    """``jax.distributed.initialize(**kwargs)``; a failure to form the job names the process, coordinator
+    and timeouts first."""
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # noqa: BLE001 - JAX raises its runtime error types here; say who waited for what
+        raise RuntimeError(f"JAX distributed start failed at {coordinator} ({context}): {e}") from e
+
+
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     """Start multi-process JAX when the run asks for it (before any other JAX call).
 
@@ -131,8 +140,13 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         initialization_timeout=int(cfg.initialization_timeout_s),
         heartbeat_timeout_seconds=int(cfg.heartbeat_timeout_s),
     )
+    waits = (
+        f"waiting up to {timeouts['initialization_timeout']} s for every process to join; a peer silent "
+        f"for {timeouts['heartbeat_timeout_seconds']} s (heartbeat timeout) then stops the job"
+    )
     if mode == "auto":
-        jax.distributed.initialize(**timeouts)
+        logging.info("JAX distributed (auto): joining the coordinator the environment names, %s", waits)
+        _initialize(waits, "the coordinator the environment names", **timeouts)
     elif mode == "explicit":
         process_id = cfg.process_id
         if process_id < 0:  # launchers that export the rank (SLURM, launch/local.sh) leave it in the env
@@ -142,7 +156,12 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
                 "config.distributed.mode='explicit' needs coordinator_address, num_processes >= 1 and "
                 f"process_id >= 0 (got {cfg.coordinator_address!r}, {cfg.num_processes}, {process_id})"
             )
-        jax.distributed.initialize(
+        # Said before JAX starts: when a peer never joins or dies, JAX's own abort text names neither.
+        who = f"process {process_id} of {cfg.num_processes}, coordinator {cfg.coordinator_address}"
+        logging.info("JAX distributed: %s; %s", who, waits)
+        _initialize(
+            f"{who}; {waits}",
+            cfg.coordinator_address,
             coordinator_address=cfg.coordinator_address,
             num_processes=int(cfg.num_processes),
             process_id=int(process_id),

@@ -200,6 +200,11 @@ def test_two_processes_match_one_resume_and_fail_fast(runs):
     status = _statuses(out)
     assert status.get("1") == str(128 + signal.SIGKILL) and status.get("0") not in (None, "0"), out
     assert survivor_s < HEARTBEAT_S * 5, survivor_s
+    # Before JAX's own abort text, the survivor's log said whom it waits for and how long.
+    whole = "".join(p.read_text() for p in sorted((base / "leg2").glob("*.log")))
+    expected = (r"JAX distributed: process 0 of 2, coordinator 127\.0\.0\.1:\d+; waiting up to \d+ s for "
+                rf"every process to join; a peer silent for {HEARTBEAT_S} s")  # fmt: skip
+    assert re.search(expected, whole), _logs(base / "leg2")
 
     # The last finalised checkpoint is whole: it restores here (1 process), at its step, finite.
     last = _finished_steps(multi / "checkpoints")[-1]
