@@ -242,6 +242,11 @@ def convert(src: str, out: str, parts: Sequence[str] | None = None) -> str:
     for part in parts:
         _, flats[part], processors[part], tok = read_part(src, part, state)
         tokenizer = tok or tokenizer
+    if "text" in parts and tokenizer is None:  # the text part could be loaded, but never fed
+        raise ValueError(
+            f"{src} has a text tower but no tokenizer (SigLIP: spiece.model; BERT: vocab.txt or "
+            "tokenizer.json): copy it next to config.json, or convert the vision part only (--parts vision)"
+        )
     return write_converted(out, config, flats, processors, tokenizer)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -175,6 +176,21 @@ def test_converter_rejects_bad_input(tmp_path, hf_tiny, edit, expected):
     stderr = _corrupt_and_convert(tmp_path, hf_tiny["dinov2"], edit)
     for text in expected:
         assert text in stderr, stderr
+
+
+def test_text_tower_without_tokenizer_is_refused(tmp_path, hf_tiny, capsys):
+    """A SigLIP directory without spiece.model: converting its text part is an error that says what is
+    missing (it would load, then fail at tokenize); the vision part alone still converts."""
+    src = tmp_path / "no_tokenizer"
+    shutil.copytree(hf_tiny["siglip"], src)
+    for name in os.listdir(src):
+        if name.startswith(("spiece", "tokenizer", "special_tokens")):
+            os.remove(src / name)
+    assert cli.main(["hf", "--src", str(src), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "has a text tower but no tokenizer (SigLIP: spiece.model" in err and "--parts vision" in err
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["hf", "--src", str(src), "--out", str(tmp_path / "vision"), "--parts", "vision"]) == 0
 
 
 DINOV2_SIZES = {  # released facebook/dinov2-* configs
