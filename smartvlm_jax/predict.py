@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import evaluate
+from smartvlm_jax import cli, evaluate
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner.predictor import Predictions, Predictor, read_run_config
 
@@ -65,6 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="examples per device batch")
     p.add_argument("--top-k", type=int, default=3, help="most probable values reported per position")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     one = p.add_argument_group("one puzzle")
     one.add_argument("--image", help="puzzle image (PNG of any size and mode)")
     one.add_argument("--question", help="question text")
@@ -282,7 +283,7 @@ def run_benchmark(predictor: Predictor, args: argparse.Namespace) -> dict[str, A
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a message on bad input)."""
     args = parse_args(argv)
-    try:
+    def run() -> None:
         start = time.perf_counter()
         predictor = Predictor.load(
             args.checkpoint,
@@ -300,10 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_split(predictor, args)
         else:
             raise ValueError("give --image (one puzzle), --data-root/--split (a split) or --benchmark N")
-    except (ValueError, OSError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return cli.run(run, traceback=args.traceback)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from smartvlm_jax import cli
 from smartvlm_jax.towers import resnet
 from smartvlm_jax.towers.bert import MAX_QLEN, WordPieceTokenizer
 from smartvlm_jax.towers.registry import model_type_entry, part_config
@@ -258,11 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--src", required=True, help="HF directory (config.json + weights)")
     parser.add_argument("--out", required=True, help="output directory; must not exist or be empty")
     parser.add_argument("--parts", default="", help="comma-separated parts (vision,text); default: all")
+    parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
     try:
         out = convert(args.src, args.out, parts)
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
+    except (*cli.INPUT_ERRORS, RuntimeError) as e:  # RuntimeError: a pytorch_model.bin without torch
+        if args.traceback:
+            raise
         print(f"error: converting {args.src}: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import puzzles
+from smartvlm_jax import cli, puzzles
 from smartvlm_jax.convert import baseline_table
 from smartvlm_jax.reasoner import baseline as baseline_lib
 from smartvlm_jax.reasoner import checkpoint
@@ -365,10 +365,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--puzzles", required=True, help="'all' or the run's puzzle ids, comma separated")
     parser.add_argument("--out", required=True, help="model dir to write (must not exist or be empty)")
     parser.add_argument("--features", choices=sorted(config_lib.VISION_DIMS), default=None)
+    parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
     try:
         out = convert(read_checkpoint(args.ckpt), _parse_puzzles(args.puzzles), args.out, args.features)
     except (ConversionError, OSError) as e:
+        if args.traceback:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
     _, variables, _ = checkpoint.load(out)
