@@ -84,10 +84,14 @@ def stage_seconds(timing: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def extracted_samples(timing: dict[str, Any]) -> int:
+    """Samples the run's feature extraction ran the towers on (all splits)."""
+    return sum(e.get("samples", 0) for k, e in timing.items() if k.startswith("features/"))
+
+
 def samples_per_s(timing: dict[str, Any]) -> float:
-    n = sum(e.get("samples", 0) for k, e in timing.items() if k.startswith("features/"))
     s = sum(e["seconds"] for k, e in timing.items() if k.startswith("features/"))
-    return n / s if s else float("nan")
+    return extracted_samples(timing) / s if s else float("nan")
 
 
 def format_table(runs: list[dict]) -> str:
@@ -145,11 +149,7 @@ def base_tower_estimate(runs: list[dict], towers_json: str) -> dict[int, float]:
     rate = {r["batch"]: r["per_s"] for r in report["towers"] if r["tower"].startswith("instances")}
     batch = 32 if 32 in rate else max(rate)
     per_s = max(rate[batch].get("jax bf16", 0.0), rate[batch].get("jax fp32", 0.0))
-    out = {}
-    for r in runs:
-        n = sum(e.get("samples", 0) for k, e in r["timing"].items() if k.startswith("features/"))
-        out[r["instances"]] = n / per_s
-    return out
+    return {r["instances"]: extracted_samples(r["timing"]) / per_s for r in runs}
 
 
 def main(argv: list[str] | None = None) -> dict:

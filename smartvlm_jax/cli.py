@@ -16,15 +16,21 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
 TRACEBACK_HELP = "show Python's traceback for input errors instead of one line"
 
 
-def run(fn: Callable[[], object], traceback: bool = False) -> int:
-    """Calls ``fn``; 0, or 1 after printing ``error: <message>`` for an input error (re-raised with
-    ``traceback``)."""
+def run(
+    fn: Callable[[], object],
+    traceback: bool = False,
+    *,
+    also: tuple[type[BaseException], ...] = (),
+    prefix: str = "",
+) -> int:
+    """Calls ``fn``; 0, or 1 after printing ``error: <prefix><message>`` for an input error (one of
+    :data:`INPUT_ERRORS` or ``also``), which ``traceback`` re-raises instead."""
     try:
         fn()
-    except INPUT_ERRORS as e:
+    except (*INPUT_ERRORS, *also) as e:
         if traceback:
             raise
         message = str(e) if not isinstance(e, KeyError) else f"missing {e}"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {prefix}{message}", file=sys.stderr)
         return 1
     return 0

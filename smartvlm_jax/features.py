@@ -60,6 +60,10 @@ T = TypeVar("T")
 LABEL_FIELDS = ("labels", "puzzle_ids", "instance_ids", "option_values", "answer_index")
 
 
+# Storage dtypes of the cached float features (``config.feature_dtype``); and a finished split's marker.
+STORAGE_DTYPES = ("float32", "float16")
+DONE_FILE = "done.json"
+
 @dataclasses.dataclass(frozen=True)
 class FrozenTowers:
     """The vision towers of a feature variant and the text tower, with a pure feature function."""
@@ -256,7 +260,7 @@ def extract_split(
     compiles once. Progress (samples/s after the first, compiling batch, and ETA) is logged every 10 s.
     """
     out_dir = pathlib.Path(out_dir)
-    if (out_dir / "done.json").exists():
+    if is_complete(out_dir):
         return load_split(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = towers.params()
@@ -353,6 +357,11 @@ class _Progress:
         logging.info("features %s: %d samples extracted, %s", self.name, self.rows, rate)
 
 
+def is_complete(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds a finished split cache (its ``done.json``; :func:`load_split` reads it)."""
+    return (pathlib.Path(out_dir) / DONE_FILE).exists()
+
+
 def _marker(out_dir: pathlib.Path, shard: int) -> pathlib.Path:
     return out_dir / f"shard_{shard:05d}.npy"
 
@@ -368,8 +377,8 @@ class _RowWriter:
     """Writes rows of a split into one ``<field>.partial.npy`` memmap per field (on process 0 only)."""
 
     def __init__(self, out_dir: pathlib.Path, num_rows: int, storage_dtype: np.dtype) -> None:
-        if storage_dtype not in (np.float32, np.float16):
-            raise ValueError(f"feature storage dtype {storage_dtype} is not float32 or float16")
+        if storage_dtype.name not in STORAGE_DTYPES:
+            raise ValueError(f"feature storage dtype {storage_dtype} is not one of {STORAGE_DTYPES}")
         self.out_dir, self.num_rows, self.storage_dtype = out_dir, num_rows, storage_dtype
         self.files: dict[str, np.memmap] = {}
         self.enabled = jax.process_index() == 0  # every process holds the gathered rows; one writes them
@@ -420,8 +429,8 @@ class _RowWriter:
         # (a kill between two renames leaves some fields renamed already: they count too)
         fields = sorted(p.stem for p in self.out_dir.glob("*.npy") if not p.name.startswith("shard_"))
         done = {"rows": self.num_rows, "fields": fields}
-        (self.out_dir / "done.json.tmp").write_text(json.dumps(done))
-        os.replace(self.out_dir / "done.json.tmp", self.out_dir / "done.json")
+        (self.out_dir / f"{DONE_FILE}.tmp").write_text(json.dumps(done))
+        os.replace(self.out_dir / f"{DONE_FILE}.tmp", self.out_dir / DONE_FILE)
         for marker in markers:
             marker.unlink()
 
@@ -434,7 +443,7 @@ def load_split(out_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     exactly a batch's rows instead.
     """
     out_dir = pathlib.Path(out_dir)
-    fields = json.loads((out_dir / "done.json").read_text())["fields"]
+    fields = json.loads((out_dir / DONE_FILE).read_text())["fields"]
     cache = {key: np.load(out_dir / f"{key}.npy", mmap_mode="r") for key in fields}
     for array in cache.values():
         if _row_bytes(array) >= mmap.PAGESIZE:

@@ -255,8 +255,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.data.split_type={config.data.split_type!r} is not one of {smart101.SPLIT_TYPES}"
         )
-    if config.get("feature_dtype", "float32") not in ("float32", "float16"):
-        raise ValueError(f"config.feature_dtype={config.feature_dtype!r} is not 'float32' or 'float16'")
+    if config.get("feature_dtype", "float32") not in features.STORAGE_DTYPES:
+        raise ValueError(
+            f"config.feature_dtype={config.feature_dtype!r} is not one of {features.STORAGE_DTYPES}"
+        )
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1")
@@ -378,8 +380,8 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     model_cfg.vision_dim = frozen.vision_dim
     model_cfg.text_dim = frozen.text_dim
     model = reasoner.build(model_cfg)  # validates: an unknown variant names its field
-    run = Run(config, workdir, mesh, data_cfg, splits, num_classes, towers_cfg, frozen, model_cfg, model)
-    run.timing = timing
+    run = Run(config, workdir, mesh, data_cfg, splits, num_classes, towers_cfg, frozen, model_cfg, model,
+              timing=timing)  # fmt: skip
     rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES
     run.tower_params = jax.device_put(frozen.params(), parallel.shardings_for(frozen.params(), mesh, rules))
     write_run_config(run)
@@ -408,7 +410,7 @@ def extract_features(run: Run) -> None:
             )
 
         out_dir = run.workdir / "features" / split
-        cached = (out_dir / "done.json").exists()
+        cached = features.is_complete(out_dir)
         with run.timing(f"features/{split}") as counts:
             run.caches[split] = features.extract_split(
                 run.frozen,

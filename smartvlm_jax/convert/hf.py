@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -262,12 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
-    try:
-        out = convert(args.src, args.out, parts)
-    except (*cli.INPUT_ERRORS, RuntimeError) as e:  # RuntimeError: a pytorch_model.bin without torch
-        if args.traceback:
-            raise
-        print(f"error: converting {args.src}: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return cli.run(  # RuntimeError: a pytorch_model.bin without torch
+        lambda: print(f"wrote {convert(args.src, args.out, parts)}"),
+        args.traceback,
+        also=(RuntimeError,),
+        prefix=f"converting {args.src}: ",
+    )

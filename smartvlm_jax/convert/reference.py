@@ -23,7 +23,6 @@ import argparse
 import pathlib
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 
@@ -367,13 +366,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--features", choices=sorted(config_lib.VISION_DIMS), default=None)
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         out = convert(read_checkpoint(args.ckpt), _parse_puzzles(args.puzzles), args.out, args.features)
-    except (ConversionError, OSError) as e:
-        if args.traceback:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    _, variables, _ = checkpoint.load(out)
-    print(f"wrote {out}\n{checkpoint.param_summary(variables)}")
-    return 0
+        _, variables, _ = checkpoint.load(out)
+        print(f"wrote {out}\n{checkpoint.param_summary(variables)}")
+
+    return cli.run(run, args.traceback)  # ConversionError is a ValueError
