@@ -64,6 +64,7 @@ LABEL_FIELDS = ("labels", "puzzle_ids", "instance_ids", "option_values", "answer
 STORAGE_DTYPES = ("float32", "float16")
 DONE_FILE = "done.json"
 
+
 @dataclasses.dataclass(frozen=True)
 class FrozenTowers:
     """The vision towers of a feature variant and the text tower, with a pure feature function."""

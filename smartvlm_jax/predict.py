@@ -283,6 +283,7 @@ def run_benchmark(predictor: Predictor, args: argparse.Namespace) -> dict[str, A
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a message on bad input)."""
     args = parse_args(argv)
+
     def run() -> None:
         start = time.perf_counter()
         predictor = Predictor.load(

@@ -324,7 +324,6 @@ def prepare_towers(
 ) -> ml_collections.ConfigDict:
     """The tower directories of the run; tiny random ones (and their tokenizer) are built in the workdir."""
     from smartvlm_jax import towers as towers_lib
-    from smartvlm_jax.towers import bert
 
     towers_cfg = ml_collections.ConfigDict(config.towers)
     if not towers_cfg.tiny:
@@ -336,7 +335,9 @@ def prepare_towers(
         shutil.rmtree(tmp, ignore_errors=True)
         if baseline:  # the SMART baseline's ResNet + BERT, with a whole-word vocabulary of the questions
             bert_cfg = towers_lib.tiny_config("bert")
-            vocab = bert.write_vocab(sorted(questions), tmp / "tokenizer", bert_cfg["vocab_size"])
+            vocab = towers_lib.write_wordpiece_vocab(
+                sorted(questions), tmp / "tokenizer", bert_cfg["vocab_size"]
+            )
             towers_lib.create_random(
                 tmp / "resnet", "resnet", towers_lib.tiny_config("resnet"), seed=config.seed
             )

@@ -22,9 +22,8 @@ import numpy as np
 
 from smartvlm_jax import cli
 from smartvlm_jax.towers import resnet
-from smartvlm_jax.towers.bert import MAX_QLEN, WordPieceTokenizer
 from smartvlm_jax.towers.registry import model_type_entry, part_config
-from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
+from smartvlm_jax.towers.tokenizer import TextTokenizer
 
 # Key renames applied before matching, per model type: checkpoints written with transformers' newer
 # module names are mapped onto the released (legacy) names our tables mirror.
@@ -145,67 +144,11 @@ def convert_part(
     return flat
 
 
-def _token_name(value: Any, default: str) -> str:
-    if isinstance(value, dict):
-        return str(value.get("content", default))
-    return default if value is None else str(value)
-
-
-def _wordpiece_vocab(path: str) -> tuple[str, ...] | None:
-    """BERT's vocabulary from ``vocab.txt``, or from a WordPiece ``tokenizer.json`` (what transformers 5
-    ``save_pretrained`` writes); None when the directory has neither."""
-    txt = os.path.join(path, "vocab.txt")
-    if os.path.isfile(txt):
-        return WordPieceTokenizer.from_file(txt).vocab
-    file = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(file):
-        return None
-    with open(file, encoding="utf-8") as f:
-        model = json.load(f).get("model") or {}
-    if model.get("type") != "WordPiece":
-        return None
-    ids = model["vocab"]
-    if sorted(ids.values()) != list(range(len(ids))):
-        raise ValueError(f"{file}: WordPiece vocabulary ids are not 0..{len(ids) - 1}")
-    return tuple(sorted(ids, key=ids.__getitem__))
-
-
-def read_tokenizer(path: str) -> SiglipTextTokenizer | WordPieceTokenizer | None:
-    """The tokenizer of an HF directory: SigLIP's ``spiece.model`` or BERT's ``vocab.txt`` (WordPiece),
-    with the settings of an optional ``tokenizer_config.json``."""
-    cfg: dict[str, Any] = {}
-    cfg_file = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(cfg_file):
-        with open(cfg_file) as f:
-            cfg = json.load(f)
-    model = os.path.join(path, "spiece.model")
-    vocab = _wordpiece_vocab(path)
-    if not os.path.isfile(model) and vocab is not None:
-        # BERT's model_max_length (512) is not used: the SMART baseline keeps MAX_QLEN token states.
-        return WordPieceTokenizer(
-            vocab,
-            max_length=MAX_QLEN,
-            do_lower_case=bool(cfg.get("do_lower_case", True)),
-            tokenize_chinese_chars=bool(cfg.get("tokenize_chinese_chars", True)),
-            strip_accents=cfg.get("strip_accents"),
-            unk_token=_token_name(cfg.get("unk_token"), "[UNK]"),
-            cls_token=_token_name(cfg.get("cls_token"), "[CLS]"),
-            sep_token=_token_name(cfg.get("sep_token"), "[SEP]"),
-            pad_token=_token_name(cfg.get("pad_token"), "[PAD]"),
-            mask_token=_token_name(cfg.get("mask_token"), "[MASK]"),
-        )
-    if not os.path.isfile(model):
-        return None
-    max_length = cfg.get("model_max_length", 64)
-    max_length = int(max_length) if isinstance(max_length, int) and 0 < max_length < 100_000 else 64
-    return SiglipTextTokenizer.from_file(
-        model,
-        max_length=max_length,
-        eos_token=_token_name(cfg.get("eos_token"), "</s>"),
-        unk_token=_token_name(cfg.get("unk_token"), "<unk>"),
-        pad_token=_token_name(cfg.get("pad_token"), "</s>"),
-        do_lower_case=bool(cfg.get("do_lower_case", True)),
-    )
+def read_tokenizer(path: str, kind: str) -> TextTokenizer | None:
+    """The text tokenizer of the ``kind`` ("siglip" | "bert") tower in HF directory ``path``, built by
+    transformers from its files (SigLIP: ``spiece.model``; BERT: ``tokenizer.json`` or ``vocab.txt``) and
+    ``tokenizer_config.json``; None when the directory has none of them."""
+    return TextTokenizer.from_dir(path, kind)
 
 
 def read_processor(path: str) -> dict[str, Any] | None:
@@ -219,14 +162,14 @@ def read_processor(path: str) -> dict[str, Any] | None:
 
 def read_part(
     path: str, part: str, state: Mapping[str, np.ndarray] | None = None
-) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any] | None, SiglipTextTokenizer | None]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any] | None, TextTokenizer | None]:
     """(top config, flat weights, processor settings, tokenizer) of one part of an HF directory."""
     config = read_config(path)
     model_type_entry(str(config.get("model_type")))  # unsupported types fail before reading weights
-    part_config(config, part)
+    family, _ = part_config(config, part)
     flat = convert_part(config, part, read_state(path) if state is None else state)
     processor = read_processor(path) if part == "vision" else None
-    tokenizer = read_tokenizer(path) if part == "text" else None
+    tokenizer = read_tokenizer(path, family.kind) if part == "text" else None
     return config, flat, processor, tokenizer
 
 

@@ -9,7 +9,7 @@ See the README section "Frozen towers" for the whole API.
 
 from smartvlm_jax.towers.registry import FAMILIES, MODEL_TYPES, Family, ModelType, PartSource, Tower
 from smartvlm_jax.towers.store import create_random, load, save, tiny_config
-from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer, train_sentencepiece
+from smartvlm_jax.towers.tokenizer import TextTokenizer, train_sentencepiece, write_wordpiece_vocab
 
 __all__ = [
     "FAMILIES",
@@ -17,11 +17,12 @@ __all__ = [
     "Family",
     "ModelType",
     "PartSource",
-    "SiglipTextTokenizer",
+    "TextTokenizer",
     "Tower",
     "create_random",
     "load",
     "save",
     "tiny_config",
     "train_sentencepiece",
+    "write_wordpiece_vocab",
 ]

@@ -22,7 +22,7 @@ from PIL import Image
 from smartvlm_jax.towers import bert, dinov2, onednn, resnet, siglip, vit
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
-from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
+from smartvlm_jax.towers.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Tower:
     processor_config: dict[str, Any] | None = None
     resizer: Resizer | None = None
     normalize: Normalizer | None = None
-    tokenizer: SiglipTextTokenizer | bert.WordPieceTokenizer | None = None
+    tokenizer: TextTokenizer | None = None
     cpu_onednn: bool = True  # see packs_linears and compiler_options
 
     def __post_init__(self) -> None:
@@ -255,7 +255,8 @@ class Tower:
         """Texts -> int32 [B, max_length] ids (text parts only)."""
         if self.tokenizer is None:
             raise AttributeError(
-                f"the {self.part} part of {self.kind} has no tokenizer (no spiece.model / vocab.txt)"
+                f"the {self.part} part of {self.kind} has no tokenizer "
+                "(no spiece.model / tokenizer.json / vocab.txt)"
             )
         return self.tokenizer(texts)
 

@@ -1,11 +1,13 @@
 """Loading and saving towers: HF directories (via the converter) and the converted format.
 
-Converted format (loads with neither torch nor transformers)::
+Converted format (loads without torch; transformers only builds a text part's tokenizer)::
 
     OUT/towers.json        {"format", "version", "kind", "model_type", "config": <HF config>, "parts": {...}}
     OUT/<part>/            Orbax checkpoint of the part's float32 parameters (nested dict, HF-mirroring names)
-    OUT/spiece.model       the sentencepiece model, when there is a text part with a tokenizer
-    OUT/vocab.txt          the WordPiece vocabulary instead, for BERT
+    OUT/tokenizer/         the text part's tokenizer as transformers saves it (``save_pretrained``): SigLIP
+                           ``spiece.model``, BERT ``tokenizer.json``, each with ``tokenizer_config.json``
+
+Version 1 directories (a bare ``spiece.model`` or ``vocab.txt`` plus settings in ``towers.json``) still load.
 
 Every write goes to a temporary sibling directory that is renamed into place at the end, so a failure
 never leaves a partial ``OUT``.
@@ -28,7 +30,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from smartvlm_jax.towers import preprocess
-from smartvlm_jax.towers.bert import WordPieceTokenizer
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
     FORMAT,
@@ -40,13 +41,10 @@ from smartvlm_jax.towers.registry import (
     part_config,
     read_meta,
 )
-from smartvlm_jax.towers.tokenizer import SiglipTextTokenizer
+from smartvlm_jax.towers.tokenizer import TextTokenizer
 
-VERSION = 1
-TOKENIZER_FILE = "spiece.model"
-VOCAB_FILE = "vocab.txt"  # BERT WordPiece
-DEFAULT_TOKENIZER = {"max_length": 64, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
-                     "do_lower_case": True}  # fmt: skip
+VERSION = 2  # 2: the tokenizer is transformers' save_pretrained directory (1: one file plus settings)
+TOKENIZER_DIR = "tokenizer"
 
 
 def build_tower(
@@ -55,7 +53,7 @@ def build_tower(
     flat: Mapping[str, np.ndarray],
     dtype: str,
     processor: Mapping[str, Any] | None = None,
-    tokenizer: SiglipTextTokenizer | WordPieceTokenizer | None = None,
+    tokenizer: TextTokenizer | None = None,
 ) -> Tower:
     """A :class:`Tower` from a top-level HF config and flat float32 weights, strictly checked."""
     family, cfg = part_config(top_config, part)
@@ -116,9 +114,14 @@ def _load_converted(path: str, part: str, dtype: str) -> Tower:
     tokenizer = None
     if info.get("tokenizer"):
         settings = dict(info["tokenizer"])
-        file = os.path.join(path, settings.pop("file"))
-        cls = WordPieceTokenizer if os.path.basename(file) == VOCAB_FILE else SiglipTextTokenizer
-        tokenizer = cls.from_file(file, **settings)
+        kind = meta["kind"]
+        if "dir" in settings:
+            folder = os.path.join(path, settings["dir"])
+            tokenizer = TextTokenizer.from_dir(folder, kind, settings["max_length"])
+            if tokenizer is None:
+                raise FileNotFoundError(f"{path}: {META_FILE} names a tokenizer in {folder}, which has none")
+        else:  # version 1
+            tokenizer = TextTokenizer.from_file(os.path.join(path, settings.pop("file")), kind, **settings)
     return build_tower(meta["config"], part, flat, dtype, info.get("processor"), tokenizer)
 
 
@@ -159,7 +162,7 @@ def write_converted(
     top_config: Mapping[str, Any],
     parts: Mapping[str, Mapping[str, np.ndarray]],
     processors: Mapping[str, Mapping[str, Any] | None] | None = None,
-    tokenizer: SiglipTextTokenizer | WordPieceTokenizer | None = None,
+    tokenizer: TextTokenizer | None = None,
 ) -> str:
     """Writes flat float32 weights of ``parts`` in the converted format (atomically); returns the path."""
     model_type = str(top_config["model_type"])
@@ -173,26 +176,13 @@ def write_converted(
             proc = (processors or {}).get(part) or preprocess.default_processor(family.kind, cfg)
             preprocess.from_processor_config(proc)  # fail now, not at load time, on unsupported settings
             info["processor"] = dict(proc)
-        if part == "text" and isinstance(tokenizer, WordPieceTokenizer):
-            if len(tokenizer.vocab) > cfg["vocab_size"]:
+        if part == "text" and tokenizer is not None:
+            if tokenizer.vocab_size > cfg["vocab_size"]:
                 raise ValueError(
-                    f"{VOCAB_FILE} has {len(tokenizer.vocab)} tokens but vocab_size is {cfg['vocab_size']}"
+                    f"the tokenizer has {tokenizer.vocab_size} ids but the text config's vocab_size is "
+                    f"{cfg['vocab_size']}"
                 )
-            info["tokenizer"] = {"file": VOCAB_FILE, **tokenizer.settings()}
-        elif part == "text" and tokenizer is not None:
-            vocab = tokenizer.sp.get_piece_size()
-            if vocab > cfg["vocab_size"]:
-                raise ValueError(
-                    f"tokenizer has {vocab} pieces but the text config's vocab_size is {cfg['vocab_size']}"
-                )
-            info["tokenizer"] = {
-                "file": TOKENIZER_FILE,
-                "max_length": tokenizer.max_length,
-                "eos_token": tokenizer.eos_token,
-                "unk_token": tokenizer.unk_token,
-                "pad_token": tokenizer.pad_token,
-                "do_lower_case": tokenizer.do_lower_case,
-            }
+            info["tokenizer"] = {"dir": TOKENIZER_DIR, "max_length": tokenizer.max_length}
         meta_parts[part] = info
     meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,
             "config": dict(top_config), "parts": meta_parts}  # fmt: skip
@@ -202,12 +192,7 @@ def write_converted(
             with _checkpointer() as ckpt:
                 ckpt.save(os.path.join(tmp, part), tree)
         if any("tokenizer" in info for info in meta_parts.values()):
-            if isinstance(tokenizer, WordPieceTokenizer):
-                with open(os.path.join(tmp, VOCAB_FILE), "w", encoding="utf-8") as f:
-                    f.write(tokenizer.vocab_text())
-            else:
-                with open(os.path.join(tmp, TOKENIZER_FILE), "wb") as f:
-                    f.write(tokenizer.model_proto)
+            tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
     return os.path.abspath(out_dir)
@@ -244,7 +229,8 @@ def create_random(
     """Writes a converted tower of random weights for ``hf_config`` (all its parts), without torch.
 
     ``kind`` ("dinov2" | "siglip") must agree with the config's ``model_type``; a SigLIP config with a text
-    part gets ``tokenizer_model`` (a ``spiece.model``; BERT: a ``vocab.txt``) copied in. Weights are
+    part gets the tokenizer transformers builds from ``tokenizer_model`` (SigLIP: a ``spiece.model``; BERT: a
+    ``vocab.txt``), saved with it. Weights are
     normal(0, initializer_range)
     with LayerNorms at identity, like HF's init in distribution (not bit-for-bit).
     """
@@ -259,10 +245,8 @@ def create_random(
         family, cfg = part_config(config, part)
         parts[part] = random_init(family.specs(cfg), seed * 1000 + i, std)
     tokenizer = None
-    if tokenizer_model and os.path.basename(os.fspath(tokenizer_model)) == VOCAB_FILE:
-        tokenizer = WordPieceTokenizer.from_file(tokenizer_model)  # BERT: a WordPiece vocab.txt
-    elif tokenizer_model:
-        tokenizer = SiglipTextTokenizer.from_file(tokenizer_model)
+    if tokenizer_model and "text" in entry.parts:
+        tokenizer = TextTokenizer.from_file(tokenizer_model, entry.kind)
     return write_converted(out_dir, config, parts, None, tokenizer)
 
 

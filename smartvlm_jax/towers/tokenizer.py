@@ -1,112 +1,126 @@
-"""SigLIP tokenisation without transformers: the same ids as ``SiglipTokenizer`` on the same spiece.model.
+"""Question tokenisation through transformers' own tokenizers, plus small vocabularies for tiny towers.
 
-It follows transformers' algorithm step by step: split out special tokens (stripping the whitespace beside
-them), canonicalise each piece of text (lower-case, drop ASCII punctuation, collapse whitespace), encode it
-with sentencepiece behind an ``<unk>`` prefix that is then cut off (so no dummy-prefix surprises), append
-``</s>`` unless already there, truncate/pad to ``max_length`` with the pad id.
+:class:`TextTokenizer` wraps the tokenizer a text tower was released with, built by transformers from the
+tower's directory: ``SiglipTokenizer`` (sentencepiece ``spiece.model``) for SigLIP, ``BertTokenizer``
+(``tokenizer.json`` or ``vocab.txt``, HF ``tokenizers`` WordPiece) for BERT. It is called the way the
+reference calls it (SPEC section 4: padded and truncated to ``max_length``), so the ids are transformers'
+by construction, never a re-implementation's.
+
+``train_sentencepiece`` and ``write_wordpiece_vocab`` build tiny vocabularies for random towers (tests,
+smoke runs), where the real SigLIP and BERT vocabularies cannot be downloaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import string
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 
-SPIECE_UNDERLINE = "\u2581"
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
+from smartvlm_jax.towers.bert import MAX_QLEN
+
+SIGLIP_MAX_LENGTH = 64  # SPEC section 4: SigLIP questions are padded and truncated to 64 tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerKind:
+    """The transformers class of one text tower kind and the files it can be built from."""
+
+    class_name: str
+    files: tuple[str, ...]  # any one of them suffices
+    max_length: int  # used when the tokenizer's own model_max_length is absent or unbounded
+
+
+KINDS = {
+    "siglip": TokenizerKind("SiglipTokenizer", ("spiece.model",), SIGLIP_MAX_LENGTH),
+    # The SMART baseline keeps MAX_QLEN token states whatever BERT's model_max_length (512) says.
+    "bert": TokenizerKind("BertTokenizer", ("tokenizer.json", "vocab.txt"), MAX_QLEN),
+}
+
+
+def _hf_class(kind: str) -> Any:
+    import transformers  # noqa: PLC0415 (0.7 s; only text towers need it)
+
+    return getattr(transformers, KINDS[kind].class_name)
 
 
 @dataclasses.dataclass
-class SiglipTextTokenizer:
-    """``list[str] -> np.int32 [B, max_length]``; picklable (holds the model bytes, reloads lazily)."""
+class TextTokenizer:
+    """``list[str] -> np.int32 [B, max_length]``: a transformers tokenizer called as the reference does.
 
-    model_proto: bytes
-    max_length: int = 64
-    eos_token: str = "</s>"
-    unk_token: str = "<unk>"
-    pad_token: str = "</s>"
-    do_lower_case: bool = True
-    _sp: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    ``hf``: a ``transformers`` tokenizer (``SiglipTokenizer`` / ``BertTokenizer``). Each text becomes
+    its special-token-framed ids (SigLIP ``... </s>``; BERT ``[CLS] ... [SEP]``), truncated to
+    ``max_length`` and padded with the pad id. Picklable (for grain workers): transformers' tokenizers
+    pickle, SigLIP's by the path of its ``spiece.model``, which must still exist where it is unpickled.
+    """
+
+    kind: str
+    hf: Any
+    max_length: int
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> SiglipTextTokenizer:
-        """Reads a sentencepiece ``spiece.model``."""
-        with open(path, "rb") as f:
-            return cls(f.read(), **kwargs)
+    def from_dir(
+        cls, path: str | os.PathLike, kind: str, max_length: int | None = None
+    ) -> TextTokenizer | None:
+        """The tokenizer of the ``kind`` ("siglip" | "bert") tower in ``path``; None when ``path`` has none
+        of its files. ``max_length`` defaults to the tokenizer's ``model_max_length`` for SigLIP (64 in the
+        release) and to ``MAX_QLEN`` (110) for BERT.
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_sp"] = None  # the C++ processor is rebuilt from the bytes in the worker
-        return state
+        Raises ``KeyError`` for a kind without a text tokenizer.
+        """
+        spec = KINDS[kind]
+        path = os.fspath(path)
+        if not any(os.path.isfile(os.path.join(path, f)) for f in spec.files):
+            return None
+        hf = _hf_class(kind).from_pretrained(path)
+        if max_length is None:
+            own = getattr(hf, "model_max_length", None)
+            sane = kind == "siglip" and isinstance(own, int) and 0 < own < 100_000
+            max_length = own if sane else spec.max_length
+        return cls(kind, hf, int(max_length))
+
+    @classmethod
+    def from_file(cls, file: str | os.PathLike, kind: str, **settings: Any) -> TextTokenizer:
+        """A tokenizer from one vocabulary file (SigLIP: ``spiece.model``; BERT: ``vocab.txt``) and the
+        transformers constructor's settings (``do_lower_case``, special tokens, ``max_length``): what random
+        towers are given, and what version-1 converted directories recorded in ``towers.json``."""
+        file = os.fspath(file)
+        max_length = int(settings.pop("max_length", KINDS[kind].max_length))
+        settings.pop("max_input_chars_per_word", None)  # WordPiece's default (100); not a constructor arg
+        if kind == "siglip":
+            hf = _hf_class(kind)(vocab_file=file, model_max_length=max_length, **settings)
+        else:
+            hf = _hf_class(kind)(vocab=file, **settings)
+        return cls(kind, hf, max_length)
 
     @property
-    def sp(self) -> spm.SentencePieceProcessor:
-        """The sentencepiece processor, built on first use."""
-        if self._sp is None:
-            sp = spm.SentencePieceProcessor()
-            sp.LoadFromSerializedProto(self.model_proto)
-            self._sp = sp
-        return self._sp
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can emit (added tokens included)."""
+        return len(self.hf)
 
-    def _specials(self) -> list[str]:
-        return sorted({self.eos_token, self.unk_token, self.pad_token}, key=len, reverse=True)
-
-    def _canonicalize(self, text: str) -> str:
-        if self.do_lower_case:
-            text = text.lower()
-        text = text.translate(_PUNCTUATION)
-        return re.sub(r"\s+", " ", text).strip()
-
-    def _encode_text(self, text: str) -> list[str]:
-        text = self._canonicalize(text)
-        pieces = self.sp.encode(self.unk_token + text, out_type=str)
-        n = len(self.sp.encode(self.unk_token, out_type=str))
-        return pieces[n:] if len(pieces) >= n else pieces
-
-    def pieces(self, text: str) -> list[str]:
-        """The token strings of one text, before ids, eos and padding."""
-        specials = self._specials()
-        chunks = re.split("(" + "|".join(re.escape(s) for s in specials) + ")", SPIECE_UNDERLINE + text)
-        # Special tokens strip the whitespace on both sides of them (AddedToken lstrip/rstrip).
-        for i, chunk in enumerate(chunks):
-            if chunk in specials:
-                if i > 0:
-                    chunks[i - 1] = chunks[i - 1].rstrip()
-                if i + 1 < len(chunks):
-                    chunks[i + 1] = chunks[i + 1].lstrip()
-        out: list[str] = []
-        for chunk in chunks:
-            if not chunk:
-                continue
-            out.extend([chunk] if chunk in specials else self._encode_text(chunk))
-        if len(out) > 1 and out[0] == SPIECE_UNDERLINE and out[1] in specials:
-            out = out[1:]
-        return out
-
-    def encode(self, text: str) -> list[int]:
-        """Ids of one text: pieces, truncated to leave room for ``</s>``, then ``</s>`` (unpadded)."""
-        ids = [self.sp.piece_to_id(p) for p in self.pieces(text)]
-        ids = ids[: self.max_length - 1]
-        eos = self.sp.piece_to_id(self.eos_token)
-        if not ids or ids[-1] != eos:
-            ids.append(eos)
-        return ids
+    def save(self, out_dir: str | os.PathLike) -> None:
+        """Writes the tokenizer's files (transformers ``save_pretrained``) into ``out_dir``."""
+        self.hf.save_pretrained(os.fspath(out_dir))
 
     def __call__(self, texts: Sequence[str] | Iterable[str]) -> np.ndarray:
+        """Texts -> int32 ids [B, max_length]; raises ``TypeError`` for a single string."""
         if isinstance(texts, str):
             raise TypeError("pass a list of strings, not a single string")
-        pad = self.sp.piece_to_id(self.pad_token)
-        rows = [self.encode(t) for t in texts]
-        out = np.full((len(rows), self.max_length), pad, np.int32)
-        for i, ids in enumerate(rows):
-            out[i, : len(ids)] = ids
-        return out
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.max_length), np.int32)
+        ids = self.hf(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        return np.asarray(ids, np.int32)
 
 
 def train_sentencepiece(sentences: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 500) -> str:
@@ -130,3 +144,35 @@ def train_sentencepiece(sentences: Iterable[str], out_dir: str | os.PathLike, vo
         minloglevel=2,
     )
     return prefix + ".model"
+
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def write_wordpiece_vocab(
+    sentences: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 500, lowercase: bool = True
+) -> str:
+    """Writes a whole-word BERT ``vocab.txt`` for ``sentences`` (tiny random BERT towers) -> its path.
+
+    ``[PAD]`` is id 0 (BERT's ``pad_token_id``), then the other specials, then the words of BERT's basic
+    tokenisation (HF ``tokenizers``' ``BertNormalizer`` + ``BertPreTokenizer``), most frequent first (ties
+    alphabetical), up to ``vocab_size`` entries; words left out become ``[UNK]``. The analogue of
+    :func:`train_sentencepiece` for smoke runs and tests. Raises ``ValueError`` when ``vocab_size`` leaves
+    no room after the five specials.
+    """
+    from tokenizers import normalizers, pre_tokenizers  # noqa: PLC0415 (comes with transformers)
+
+    if vocab_size <= len(BERT_SPECIALS):
+        raise ValueError(f"vocab_size must exceed the {len(BERT_SPECIALS)} special tokens, got {vocab_size}")
+    normalize = normalizers.BertNormalizer(lowercase=lowercase)
+    split = pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    for sentence in sentences:
+        for word, _ in split.pre_tokenize_str(normalize.normalize_str(sentence)):
+            counts[word] = counts.get(word, 0) + 1
+    words = sorted((w for w in counts if w not in BERT_SPECIALS), key=lambda w: (-counts[w], w))
+    path = os.path.join(os.fspath(out_dir), "vocab.txt")
+    os.makedirs(os.fspath(out_dir), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t in (*BERT_SPECIALS, *words)[:vocab_size]))
+    return path

@@ -150,7 +150,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=64)
 def cudnn_attention_compiles(q_shape: tuple, kv_shape: tuple, dtype: str) -> str:
-    """"" if cuDNN's fused attention traces and compiles for these shapes on the default GPU, else why not.
+    """Empty if cuDNN's fused attention traces and compiles for these shapes on the default GPU, else why not.
 
     Probed once per shape with a stand-alone compilation: cuDNN refuses some configurations only when XLA
     builds its graph, which a surrounding jit could not recover from.

@@ -1,4 +1,5 @@
-"""The SMART baseline's towers: ResNet (HF ResNetModel and torchvision layouts) and BERT with WordPiece.
+"""The SMART baseline's towers: ResNet (HF ResNetModel and torchvision layouts) and BERT (its tokenizer:
+test_tokenizers.py).
 
 Parity is fp32 against transformers' PyTorch models with random weights (tiny configs, plus one base-size
 case each: microsoft/resnet-50 and bert-base-uncased configs), within 1e-4.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from smartvlm_jax import towers
 from smartvlm_jax.convert import hf as convert_hf
-from smartvlm_jax.towers import bert, resnet
+from smartvlm_jax.towers import resnet
 from tests.towers.conftest import sample_images
 
 TOL = 1e-4
@@ -215,19 +215,6 @@ def test_resnet_preprocessing_is_torchvision_imagenet():
                                np.array([0.229, 0.224, 0.225]), atol=1e-5)  # fmt: skip
 
 
-@pytest.mark.parametrize("lower", [True, False])
-def test_wordpiece_matches_bert_tokenizer(vocab_file, lower):
-    ours = bert.WordPieceTokenizer.from_file(vocab_file, do_lower_case=lower)
-    theirs = transformers.BertTokenizer(vocab=vocab_file, do_lower_case=lower)
-    expected = theirs(SENTENCES, padding="max_length", max_length=110, truncation=True, return_tensors="np")
-    ids = ours(SENTENCES)
-    assert ids.shape == (len(SENTENCES), 110) and ids.dtype == np.int32
-    np.testing.assert_array_equal(ids, expected["input_ids"])
-    np.testing.assert_array_equal(ids != 0, expected["attention_mask"].astype(bool))
-    assert (ids == VOCAB.index("[UNK]")).any() and (ids[:, 0] == VOCAB.index("[CLS]")).all()
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(ours))(SENTENCES), ids)
-
-
 def test_tiny_bert_matches_transformers_with_padding(tmp_path, vocab_file):
     config = towers.tiny_config("bert")
     model = hf_module(config)
@@ -250,7 +237,7 @@ def test_tiny_bert_matches_transformers_with_padding(tmp_path, vocab_file):
     # Converted format: weights and tokenizer round-trip and load without the HF directory.
     out = towers.save(tower, tmp_path / "converted")
     again = towers.load(out, part="text")
-    assert os.path.isfile(os.path.join(out, "vocab.txt"))
+    assert os.path.isfile(os.path.join(out, "tokenizer", "tokenizer.json"))
     np.testing.assert_array_equal(again.tokenize(SENTENCES), tower.tokenize(SENTENCES))
     np.testing.assert_allclose(np.asarray(again.encode(ids)), ours, atol=1e-6, rtol=0)
 

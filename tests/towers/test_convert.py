@@ -88,7 +88,7 @@ def test_new_style_dinov2_names_are_accepted(hf_tiny):
 def test_cli_converts_and_converted_loads_without_torch(tmp_path, hf_tiny):
     out = tmp_path / "conv"
     assert cli.main(["hf", "--src", hf_tiny["siglip"], "--out", str(out)]) == 0
-    assert sorted(os.listdir(out)) == ["spiece.model", "text", "towers.json", "vision"]
+    assert sorted(os.listdir(out)) == ["text", "tokenizer", "towers.json", "vision"]
     for part in ("vision", "text"):
         _assert_same_params(towers.load(str(out), part), towers.load(hf_tiny["siglip"], part))
     code = (
@@ -96,8 +96,7 @@ def test_cli_converts_and_converted_loads_without_torch(tmp_path, hf_tiny):
         f"v = towers.load({str(out)!r}, 'vision'); t = towers.load({str(out)!r}, 'text')\n"
         "h = v.encode(v.preprocess([np.zeros((224, 250, 3), np.uint8)])); e = t.encode(t.tokenize(['hi']))\n"
         "assert h.shape == (1, 16, 32) and e.shape == (1, 64, 32)\n"
-        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
-        "assert not bad, bad\n"
+        "assert 'torch' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
