@@ -7,6 +7,7 @@ Errors outside these kinds (bugs, a NaN loss, a dead peer) keep their traceback.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -14,6 +15,17 @@ from collections.abc import Callable
 # NotADirectoryError and BadImageError; KeyError a missing checkpoint entry.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
 TRACEBACK_HELP = "show Python's traceback for input errors instead of one line"
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts: an int >= 1, or argparse's usage error naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
 
 
 def run(

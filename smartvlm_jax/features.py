@@ -141,13 +141,13 @@ def check_variant(variant: str, head: str | None = None) -> None:
     """
     if variant not in VISION_TOWERS_OF_VARIANT:
         raise ValueError(
-            f"config.model.features={variant!r} is not one of {sorted(VISION_TOWERS_OF_VARIANT)}"
+            f"--config.model.features={variant!r} is not one of {sorted(VISION_TOWERS_OF_VARIANT)}"
         )
     wants = HEAD_OF_TEXT_OUTPUT[TEXT_TOWER_OF_VARIANT[variant][1]]
     if head is not None and head != wants:
         fits = sorted(v for v, (_, out) in TEXT_TOWER_OF_VARIANT.items() if HEAD_OF_TEXT_OUTPUT[out] == head)
         raise ValueError(
-            f"config.model.features={variant!r} feeds the {wants!r} head, but config.model.head={head!r} "
+            f"--config.model.features={variant!r} feeds the {wants!r} head, but --config.model.head={head!r} "
             f"(features for that head: {fits})"
         )
 
@@ -176,7 +176,7 @@ def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTo
 def _tower_dir(towers_cfg: ml_collections.ConfigDict, name: str) -> str:
     path = towers_cfg.get(name, "")  # a config.json written before the baseline towers has no resnet/bert
     if not path or not os.path.isdir(path):
-        raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
+        raise FileNotFoundError(f"--config.towers.{name}={path!r} is not a directory")
     return path
 
 

@@ -19,7 +19,7 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
     if optim.schedule == "constant":
         return optax.constant_schedule(optim.lr)
     if optim.schedule != "warmup_cosine":
-        raise ValueError(f"config.optim.schedule={optim.schedule!r} is not 'warmup_cosine' or 'constant'")
+        raise ValueError(f"--config.optim.schedule={optim.schedule!r} is not 'warmup_cosine' or 'constant'")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=optim.lr,
@@ -37,7 +37,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
     not use exactly as they were (moments, step count and weights).
     """
     if optim.name not in ("adam", "adamw"):
-        raise ValueError(f"config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
+        raise ValueError(f"--config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
     schedule = learning_rate_schedule(optim, total_steps)
     decay = optim.weight_decay if optim.name == "adamw" else 0.0
     if optim.get("skip_absent_rows", False):

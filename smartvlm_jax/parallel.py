@@ -34,7 +34,7 @@ def make_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mes
     """A ('data', 'fsdp') mesh over all devices (of all processes), fsdp devices per group."""
     devices = list(jax.devices() if devices is None else devices)
     if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"config.mesh.fsdp={fsdp} does not divide the {len(devices)} devices")
+        raise ValueError(f"--config.mesh.fsdp={fsdp} does not divide the {len(devices)} devices")
     grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
     return Mesh(grid, DATA_AXES)
 
@@ -46,7 +46,7 @@ def mesh_devices(num_devices: int = -1) -> list[jax.Device]:
         return devices
     if jax.process_count() > 1 or not 1 <= num_devices <= len(devices):
         raise ValueError(
-            f"config.mesh.num_devices={num_devices} must be -1 or 1..{len(devices)} in a single-process run"
+            f"--config.mesh.num_devices={num_devices} must be -1 or 1..{len(devices)} in a single-process run"
         )
     return devices[:num_devices]
 
@@ -60,7 +60,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, field: str = "config.batch_size") -> None:
+def check_batch_size(batch_size: int, mesh: Mesh, field: str = "--config.batch_size") -> None:
     """Batches are split evenly over devices and processes; say which field breaks that."""
     n = mesh.devices.size
     if batch_size % n:
@@ -168,7 +168,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
             **timeouts,
         )
     else:
-        raise ValueError(f"config.distributed.mode={mode!r} is not one of 'none', 'auto', 'explicit'")
+        raise ValueError(f"--config.distributed.mode={mode!r} is not one of 'none', 'auto', 'explicit'")
     logging.info(
         "JAX process %d of %d, %d local / %d global devices",
         jax.process_index(),

@@ -62,8 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--towers", nargs="+", default=None, help="tower dirs (HF or converted); default: the run's"
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="tower dtype")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per device batch")
-    p.add_argument("--top-k", type=int, default=3, help="most probable values reported per position")
+    p.add_argument("--batch-size", type=cli.positive_int, default=64, help="examples per device batch")
+    p.add_argument("--top-k", type=cli.positive_int, default=3, help="most probable values reported per position")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     one = p.add_argument_group("one puzzle")
@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     many.add_argument("--out", help="CSV of one row per instance")
     bench = p.add_argument_group("benchmark")
     bench.add_argument("--benchmark", type=int, default=0, metavar="N", help="time batch 1 and batch N")
-    bench.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
+    bench.add_argument("--repeats", type=cli.positive_int, default=10, help="timed calls per measurement")
     return p.parse_args(argv)
 
 

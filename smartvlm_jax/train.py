@@ -236,32 +236,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
     features.check_variant(config.model.features, config.model.get("head", "smarter"))
     if config.towers.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
+        raise ValueError(f"--config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
     if not config.towers.tiny:
         for name in features.tower_names(config.model.features):
             path = config.towers.get(name, "")
             if not path or not pathlib.Path(path).is_dir():
-                raise FileNotFoundError(f"config.towers.{name}={path!r} is not a directory")
+                raise FileNotFoundError(f"--config.towers.{name}={path!r} is not a directory")
     if not config.synthetic.enabled and not pathlib.Path(config.data.root or "/nonexistent").is_dir():
-        raise FileNotFoundError(f"config.data.root={config.data.root!r} is not a directory")
+        raise FileNotFoundError(f"--config.data.root={config.data.root!r} is not a directory")
     if config.synthetic.enabled:
         from smartvlm_jax.data import synthetic
 
         try:
             synthetic.resolve_ids(config.synthetic.puzzles or None)
         except ValueError as e:
-            raise ValueError(f"config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
+            raise ValueError(f"--config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
     if config.data.split_type not in smart101.SPLIT_TYPES:
         raise ValueError(
-            f"config.data.split_type={config.data.split_type!r} is not one of {smart101.SPLIT_TYPES}"
+            f"--config.data.split_type={config.data.split_type!r} is not one of {smart101.SPLIT_TYPES}"
         )
     if config.get("feature_dtype", "float32") not in features.STORAGE_DTYPES:
         raise ValueError(
-            f"config.feature_dtype={config.feature_dtype!r} is not one of {features.STORAGE_DTYPES}"
+            f"--config.feature_dtype={config.feature_dtype!r} is not one of {features.STORAGE_DTYPES}"
         )
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
         if int(config[field]) < 1:
-            raise ValueError(f"config.{field}={config[field]} must be >= 1")
+            raise ValueError(f"--config.{field}={config[field]} must be >= 1")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -287,7 +287,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     missing = sorted(set(puzzle_ids) - set(available))
     if missing:
         raise ValueError(
-            f"config.data.puzzle_ids names puzzles {missing} absent from {root} (found {available})"
+            f"--config.data.puzzle_ids names puzzles {missing} absent from {root} (found {available})"
         )
     data_cfg.puzzle_ids = ",".join(str(p) for p in puzzle_ids)
     data_cfg.data_dir = data_cfg.data_dir or str(workdir / "tfds")
@@ -301,7 +301,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     splits = {s: smart101.split_rows(rows, s, data_cfg, num_classes) for s in SPLITS}
     for name, split_rows in splits.items():
         if not split_rows:
-            raise ValueError(f"the {name} split is empty under config.data={data_cfg.to_dict()}")
+            raise ValueError(f"the {name} split is empty under --config.data={data_cfg.to_dict()}")
         ids = sorted({r.puzzle_id for r in split_rows})
         logging.info("%s split (%s): %d rows of %d puzzles: %s", name, data_cfg.split_type, len(split_rows),
                      len(ids), id_ranges(ids))  # fmt: skip
@@ -369,7 +369,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     timing = summaries.StageTimes()
     mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
     parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "config.eval_batch_size")
+    parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
     with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
         data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
     with timing("towers"):  # tiny towers built (if asked) and loaded

@@ -25,7 +25,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
          "error: no puzzle folders under /no/such/root"),
         (["smartvlm_jax.evaluate", "--workdir", "/no/such/workdir"], "error: /no/such/workdir/config.json"),
         (["smartvlm_jax.main", "--config", "configs/smoke.py", "--workdir", "/tmp/unused_workdir",
-          "--config.towers.dtype=float8"], "error: config.towers.dtype='float8'"),
+          "--config.towers.dtype=float8"], "error: --config.towers.dtype='float8'"),
     ],
 )  # fmt: skip
 def test_input_errors_are_one_line_unless_traceback(args, message):
@@ -54,3 +54,8 @@ def test_build_names_the_flag_not_the_argument(tmp_path):
 def test_convert_help_lists_its_commands():
     out = _run("smartvlm_jax.convert", "--help")
     assert out.returncode == 0 and "{hf,reference}" in out.stdout and "``reference``" in out.stdout
+
+
+def test_predict_counts_are_checked_by_flag():
+    out = _run("smartvlm_jax.predict", "--checkpoint", "/no/such/dir", "--batch-size", "0")
+    assert out.returncode == 2 and "argument --batch-size: 0 is not >= 1" in out.stderr, out.stderr[-2000:]
