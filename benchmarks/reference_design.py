@@ -28,7 +28,7 @@ import torch
 import transformers
 from PIL import Image
 
-from smartvlm_jax import evaluate
+from smartvlm_jax import metrics
 from smartvlm_jax.data import smart101
 from smartvlm_jax.torch_port import head as port_lib
 from smartvlm_jax.towers import preprocess
@@ -213,7 +213,7 @@ def evaluate_rows(design: ReferenceDesign, rows: Sequence[smart101.Row], num_cla
     """Metrics of the current head on ``rows``, towers recomputed (the reference validates this way)."""
     loader = torch.utils.data.DataLoader(ReferenceItems(rows), batch_size=batch, collate_fn=collate)
     preds = np.concatenate([design.predict(b).cpu().numpy() for b in loader])
-    return evaluate.compute_metrics(
+    return metrics.compute_metrics(
         preds,
         np.asarray([r.label for r in rows], np.int32),
         np.asarray([r.puzzle_id for r in rows], np.int32),

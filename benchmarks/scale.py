@@ -35,7 +35,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from smartvlm_jax import evaluate  # noqa: E402
+from smartvlm_jax import reports  # noqa: E402
 from smartvlm_jax.data import synthetic  # noqa: E402
 
 NUM_PUZZLES = 101
@@ -68,7 +68,7 @@ def run_job(workdir: pathlib.Path, root: pathlib.Path, per_puzzle: int, split_ty
     with open(workdir / f"run_{per_puzzle}_{split_type}.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
-    results = evaluate.load_results(run_dir)
+    results = reports.load_results(run_dir)
     if not results["timing"].get("train", {}).get("steps"):
         raise RuntimeError(f"{run_dir}: the run trained no step (see {log.name})")
     return {"per_puzzle": per_puzzle, "instances": per_puzzle * NUM_PUZZLES, "split_type": split_type,
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {run['wall_s']:.0f} s", file=sys.stderr, flush=True)
         report["runs"].append(run)
         summary = {**report, "runs": [{k: v for k, v in r.items() if k != "results"} for r in report["runs"]]}
-        (workdir / "scale.json").write_text(json.dumps(evaluate.to_json_safe(summary), indent=2) + "\n")
+        (workdir / "scale.json").write_text(json.dumps(reports.to_json_safe(summary), indent=2) + "\n")
     runs = report["runs"]
     print(format_table(runs))
     written = {int(n) * NUM_PUZZLES: s for n, s in report["generate_s"].items() if s}
@@ -194,10 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"{n:,}: {s / 60:.0f} min" for n, s in report["base_tower_extraction_s"].items()))  # fmt: skip
     for r in runs:
         print(f"\n{r['instances']:,} instances, {r['split_type']} split, test:")
-        print(evaluate.format_table(r["results"]["test"]))
+        print(reports.format_table(r["results"]["test"]))
     plot(runs, workdir / "scale.png")
     summary = {**report, "runs": [{k: v for k, v in r.items() if k != "results"} for r in runs]}
-    (workdir / "scale.json").write_text(json.dumps(evaluate.to_json_safe(summary), indent=2) + "\n")
+    (workdir / "scale.json").write_text(json.dumps(reports.to_json_safe(summary), indent=2) + "\n")
     print(f"\n{workdir / 'scale.json'}, {workdir / 'scale.png'}")
     return report
 

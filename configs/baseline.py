@@ -13,12 +13,12 @@ for runs on a few puzzles.
 """
 
 from configs import smarter
-from smartvlm_jax.reasoner import baseline
+from smartvlm_jax.reasoner import config as head_config
 
 
 def get_config():
     c = smarter.get_config()
-    c.model = baseline.default_config()  # head "baseline", features "resnet": R 128, H 256, L 110 tokens
+    c.model = head_config.baseline_config()  # head "baseline", features "resnet": R 128, H 256, L 110 tokens
     c.optim.name = "adam"  # plain Adam (torch.optim.Adam), no decoupled weight decay
     c.optim.b2 = 0.99  # betas (0.9, 0.99)
     c.optim.weight_decay = 0.0  # Adam has none (the field is read by AdamW only)

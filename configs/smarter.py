@@ -10,8 +10,8 @@ Run on the released SMART-101 with local Hugging Face tower directories:
 
 import ml_collections
 
-from smartvlm_jax import reasoner
 from smartvlm_jax.data import smart101
+from smartvlm_jax.reasoner import config as head_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.towers.tiny = False  # build tiny random towers (and a tokenizer) into <workdir>/towers instead
     c.towers.fsdp = False  # shard the towers' large matrices over the mesh's fsdp axis
 
-    c.model = reasoner.default_config()  # head architecture; puzzle ids and C_p come from the data
+    c.model = head_config.default_config()  # head architecture; puzzle ids and C_p come from the data
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # "adamw" (SMARTER) or "adam" (SMART baseline)

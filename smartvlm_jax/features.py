@@ -35,24 +35,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from smartvlm_jax import towers as towers_lib
-
-# Which vision towers feed the reasoner for each feature variant, in concatenation order.
-VISION_TOWERS_OF_VARIANT: Mapping[str, tuple[str, ...]] = {
-    "fused": ("dinov2", "siglip"),
-    "dinov2": ("dinov2",),
-    "siglip": ("siglip",),
-    "resnet": ("resnet",),  # the SMART baseline: ResNet-50 global-pooled features (2048-d)
-}
-# The text tower of each variant and what it gives the head: "mean" ([B, D], the mean over all positions,
-# padding included; SPEC 4) or "tokens" ([B, L, D] token states, zero beyond the question; SPEC 5 Baseline).
-TEXT_TOWER_OF_VARIANT: Mapping[str, tuple[str, str]] = {
-    "fused": ("siglip", "mean"),
-    "dinov2": ("siglip", "mean"),
-    "siglip": ("siglip", "mean"),
-    "resnet": ("bert", "tokens"),
-}
-# The head that takes each kind of text features (reasoner heads, config.model.head).
-HEAD_OF_TEXT_OUTPUT: Mapping[str, str] = {"mean": "smarter", "tokens": "baseline"}
+from smartvlm_jax import variants
 
 T = TypeVar("T")
 
@@ -74,8 +57,8 @@ class FrozenTowers:
     text_output: str = "mean"  # "mean": pooled [B, D]; "tokens": question token states [B, L, D]
 
     def __post_init__(self) -> None:
-        if self.text_output not in HEAD_OF_TEXT_OUTPUT:
-            raise ValueError(f"text_output={self.text_output!r} is not one of {sorted(HEAD_OF_TEXT_OUTPUT)}")
+        if self.text_output not in variants.TEXT_OUTPUTS:
+            raise ValueError(f"text_output={self.text_output!r} is not one of {variants.TEXT_OUTPUTS}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -133,44 +116,17 @@ class FrozenTowers:
         return jnp.concatenate(pooled, axis=-1), jnp.mean(text, axis=1)
 
 
-def check_variant(variant: str, head: str | None = None) -> None:
-    """ValueError naming the field when ``config.model.features`` is unknown or does not suit the head.
-
-    The SMARTER head takes pooled text [B, D], the baseline head BERT token states [B, L, D]; a mismatch
-    would otherwise surface as a shape error deep inside the first step.
-    """
-    if variant not in VISION_TOWERS_OF_VARIANT:
-        raise ValueError(
-            f"--config.model.features={variant!r} is not one of {sorted(VISION_TOWERS_OF_VARIANT)}"
-        )
-    wants = HEAD_OF_TEXT_OUTPUT[TEXT_TOWER_OF_VARIANT[variant][1]]
-    if head is not None and head != wants:
-        fits = sorted(v for v, (_, out) in TEXT_TOWER_OF_VARIANT.items() if HEAD_OF_TEXT_OUTPUT[out] == head)
-        raise ValueError(
-            f"--config.model.features={variant!r} feeds the {wants!r} head, but --config.model.head={head!r} "
-            f"(features for that head: {fits})"
-        )
-
-
-def tower_names(variant: str) -> tuple[str, ...]:
-    """Every tower a variant loads (``config.towers.<name>`` directories): its vision towers, then text."""
-    check_variant(variant)
-    vision, (text, _) = VISION_TOWERS_OF_VARIANT[variant], TEXT_TOWER_OF_VARIANT[variant]
-    return vision if text in vision else (*vision, text)
-
-
 def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
     """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
-    check_variant(variant)
+    spec = variants.get(variant)
     load = functools.partial(
         towers_lib.load, dtype=towers_cfg.dtype, cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
     )
     vision = {
-        name: load(_tower_dir(towers_cfg, name), part="vision") for name in VISION_TOWERS_OF_VARIANT[variant]
+        name: load(_tower_dir(towers_cfg, name), part="vision") for name in spec.vision
     }
-    text_name, text_output = TEXT_TOWER_OF_VARIANT[variant]
-    text = load(_tower_dir(towers_cfg, text_name), part="text")
-    return FrozenTowers(vision=vision, text=text, text_output=text_output)
+    text = load(_tower_dir(towers_cfg, spec.text), part="text")
+    return FrozenTowers(vision=vision, text=text, text_output=spec.text_output)
 
 
 def _tower_dir(towers_cfg: ml_collections.ConfigDict, name: str) -> str:

@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import cli, evaluate
+from smartvlm_jax import cli, metrics, reports
 from smartvlm_jax.data import smart101
-from smartvlm_jax.reasoner.predictor import Predictions, Predictor, read_run_config
+from smartvlm_jax.inference import Predictions, Predictor
+from smartvlm_jax.workdir import Workdir
 
 CSV_FIELDS = (
     "puzzle_id",
@@ -63,7 +64,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="tower dtype")
     p.add_argument("--batch-size", type=cli.positive_int, default=64, help="examples per device batch")
-    p.add_argument("--top-k", type=cli.positive_int, default=3, help="most probable values reported per position")
+    p.add_argument(
+        "--top-k", type=cli.positive_int, default=3, help="most probable values reported per position"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     one = p.add_argument_group("one puzzle")
@@ -120,9 +123,10 @@ def run_one(predictor: Predictor, args: argparse.Namespace) -> None:
 
 def split_rows(
     predictor: Predictor, data_root: str, puzzles: str | None, split: str
-) -> tuple[list[smart101.Row], dict[int, int]]:
-    """The rows to answer and C_p of their puzzles, split with the training run's data settings if any."""
-    run = read_run_config(predictor.source) or {}
+) -> tuple[list[smart101.Row], list[smart101.Row], dict[int, int]]:
+    """(rows to answer, the training split's rows, C_p of their puzzles), split with the training run's
+    data settings if any (the training rows give the greedy baseline)."""
+    run = Workdir(predictor.source).run_config() or {}
     data_cfg = smart101.default_data_config()
     data_cfg.update({k: v for k, v in run.get("data", {}).items() if k in data_cfg})
     if puzzles is None:
@@ -134,11 +138,12 @@ def split_rows(
         ids = smart101.resolve_puzzle_ids(data_root, puzzles)
     rows = smart101.read_rows(data_root, ids)
     num_classes = smart101.num_classes(rows)
+    train_rows = smart101.split_rows(rows, "train", data_cfg, num_classes)
     if split != "all":
         rows = smart101.split_rows(rows, split, data_cfg, num_classes)
     if not rows:
         raise ValueError(f"the {split} split of puzzles {ids} in {data_root} is empty")
-    return rows, num_classes
+    return rows, train_rows, num_classes
 
 
 def _cell(values: Sequence[int]) -> str:
@@ -146,11 +151,11 @@ def _cell(values: Sequence[int]) -> str:
 
 
 def run_split(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
-    run = read_run_config(predictor.source) or {}
+    run = Workdir(predictor.source).run_config() or {}
     data_root = args.data_root or run.get("data", {}).get("root")
     if not data_root or not os.path.isdir(data_root):
         raise FileNotFoundError(f"--data-root {data_root!r} is not a directory")
-    rows, num_classes = split_rows(predictor, data_root, args.puzzles, args.split or "test")
+    rows, train_rows, num_classes = split_rows(predictor, data_root, args.puzzles, args.split or "test")
     start = time.perf_counter()
     out = predictor.predict(
         [r.image_path for r in rows],
@@ -159,33 +164,32 @@ def run_split(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
         [r.puzzle_id for r in rows],
     )
     seconds = time.perf_counter() - start
-    labels = np.asarray([r.label for r in rows], np.int64)
-    option_values = np.asarray([r.option_values for r in rows], np.int64)
-    answer_index = np.asarray([r.answer_index for r in rows], np.int64)
-    metrics = evaluate.compute_metrics(
-        out.values, labels, out.puzzle_ids, option_values, answer_index, num_classes
+    labels = smart101.label_arrays(rows)
+    train_labels = smart101.label_arrays(train_rows) if train_rows else None
+    result = metrics.evaluate_split(out.values, labels, num_classes, train_labels)
+    s_ok, o_ok = metrics.correctness(
+        out.values, labels["labels"], labels["puzzle_ids"], labels["option_values"], labels["answer_index"]
     )
-    s_ok, o_ok = evaluate.correctness(out.values, labels, out.puzzle_ids, option_values, answer_index)
     if args.out:
         write_csv(args.out, rows, out, s_ok, o_ok)
     summary = {
         "split": args.split or "test",
-        "n": metrics["n"],
-        "S_acc": metrics["S_acc"],
-        "O_acc": metrics["O_acc"],
-        "err": metrics["err"],
+        "n": result["n"],
+        "S_acc": result["S_acc"],
+        "O_acc": result["O_acc"],
+        "err": result["err"],
         "seconds": seconds,
         "out": args.out,
     }
     if args.json:
-        print(json.dumps(evaluate.to_json_safe(summary)))
+        print(json.dumps(reports.to_json_safe(summary)))
     else:
         print(
-            f"{summary['split']}: {metrics['n']} instances, S_acc {100 * metrics['S_acc']:.2f}%, "
-            f"O_acc {100 * metrics['O_acc']:.2f}%, {metrics['n'] / seconds:.1f} examples/s"
+            f"{summary['split']}: {result['n']} instances, S_acc {100 * result['S_acc']:.2f}%, "
+            f"O_acc {100 * result['O_acc']:.2f}%, {result['n'] / seconds:.1f} examples/s"
             + (f"; wrote {args.out}" if args.out else "")
         )
-    return {**summary, "metrics": metrics}
+    return {**summary, "metrics": result}
 
 
 def write_csv(

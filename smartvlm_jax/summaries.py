@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pathlib
 import resource
 import time
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 from absl import logging
+
+from smartvlm_jax.workdir import Workdir
 
 
 class RunWriter:
@@ -30,9 +31,9 @@ class RunWriter:
         if enabled:
             from tensorboardX import SummaryWriter  # imported only where events are written
 
-            workdir = pathlib.Path(workdir)
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            self._log = open(workdir / "log.jsonl", "a")  # noqa: SIM115 - closed in close()
+            workdir = Workdir(workdir)
+            self._tb = SummaryWriter(str(workdir.tensorboard))
+            self._log = open(workdir.log, "a")  # noqa: SIM115 - closed in close()
 
     def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
         if not self._enabled:

@@ -28,8 +28,9 @@ from absl import logging
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import evaluate, features, optim, parallel, reasoner, summaries
+from smartvlm_jax import features, metrics, optim, parallel, reasoner, reports, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
+from smartvlm_jax.workdir import Workdir
 
 SPLITS = ("train", "val", "test")
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
@@ -180,7 +181,7 @@ class Run:
     """What the loop needs, resolved from the config once."""
 
     config: ml_collections.ConfigDict
-    workdir: pathlib.Path
+    workdir: Workdir
     mesh: jax.sharding.Mesh
     data_cfg: ml_collections.ConfigDict
     splits: dict[str, list[smart101.Row]]
@@ -234,11 +235,11 @@ class Run:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on a field that cannot be right, naming it."""
     optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
-    features.check_variant(config.model.features, config.model.get("head", "smarter"))
+    variants.check(config.model.features, config.model.get("head", "smarter"))
     if config.towers.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
     if not config.towers.tiny:
-        for name in features.tower_names(config.model.features):
+        for name in variants.get(config.model.features).towers:
             path = config.towers.get(name, "")
             if not path or not pathlib.Path(path).is_dir():
                 raise FileNotFoundError(f"--config.towers.{name}={path!r} is not a directory")
@@ -264,22 +265,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"--config.{field}={config[field]} must be >= 1")
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
     """Rows and splits of the run (writing synthetic puzzles first if asked) and the built TFDS dataset."""
     from smartvlm_jax.data import build, synthetic
 
     data_cfg = ml_collections.ConfigDict(config.data)
     if config.synthetic.enabled:
-        data_cfg.root = str(workdir / "synthetic")
-        if jax.process_index() == 0 and not (workdir / "synthetic").exists():
+        data_cfg.root = str(workdir.synthetic)
+        if jax.process_index() == 0 and not workdir.synthetic.exists():
             synthetic.write_dataset(
-                str(workdir / "synthetic.tmp"),
+                str(workdir.staging(workdir.synthetic)),
                 per_puzzle=config.synthetic.per_puzzle,
                 seed=config.synthetic.seed,
                 puzzle_ids=config.synthetic.puzzles or None,
                 workers=config.synthetic.workers,
             )
-            (workdir / "synthetic.tmp").rename(workdir / "synthetic")
+            workdir.staging(workdir.synthetic).rename(workdir.synthetic)
         multihost_utils.sync_global_devices("synthetic data")
     root = pathlib.Path(data_cfg.root)
     available = smart101.found_puzzle_ids(root)
@@ -290,7 +291,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path):
             f"--config.data.puzzle_ids names puzzles {missing} absent from {root} (found {available})"
         )
     data_cfg.puzzle_ids = ",".join(str(p) for p in puzzle_ids)
-    data_cfg.data_dir = data_cfg.data_dir or str(workdir / "tfds")
+    data_cfg.data_dir = data_cfg.data_dir or str(workdir.tfds)
     rows = smart101.read_rows(root, puzzle_ids)
     if data_cfg.skip_bad_rows:  # the builder drops the same rows; keep the splits in step with it
         rows, _ = smart101.drop_bad_images(rows, skip_bad_rows=True)
@@ -320,7 +321,7 @@ def id_ranges(ids: Iterable[int]) -> str:
 
 
 def prepare_towers(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, questions: Iterable[str]
+    config: ml_collections.ConfigDict, workdir: Workdir, questions: Iterable[str]
 ) -> ml_collections.ConfigDict:
     """The tower directories of the run; tiny random ones (and their tokenizer) are built in the workdir."""
     from smartvlm_jax import towers as towers_lib
@@ -328,10 +329,10 @@ def prepare_towers(
     towers_cfg = ml_collections.ConfigDict(config.towers)
     if not towers_cfg.tiny:
         return towers_cfg
-    base = workdir / "towers"
-    baseline = "bert" in features.tower_names(config.model.features)
+    base = workdir.towers
+    baseline = variants.get(config.model.features).head == "baseline"
     if jax.process_index() == 0 and not base.exists():
-        tmp = workdir / "towers.tmp"
+        tmp = workdir.staging(base)
         shutil.rmtree(tmp, ignore_errors=True)
         if baseline:  # the SMART baseline's ResNet + BERT, with a whole-word vocabulary of the questions
             bert_cfg = towers_lib.tiny_config("bert")
@@ -364,7 +365,7 @@ def prepare_towers(
     return towers_cfg
 
 
-def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: Workdir) -> Run:
     check_config(config)
     timing = summaries.StageTimes()
     mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
@@ -397,7 +398,7 @@ def write_run_config(run: Run) -> None:
     resolved.data = run.data_cfg
     resolved.towers = run.towers_cfg
     resolved.model = run.model_cfg
-    (run.workdir / "config.json").write_text(resolved.to_json_best_effort(indent=2) + "\n")
+    run.workdir.config_file.write_text(resolved.to_json_best_effort(indent=2) + "\n")
 
 
 def extract_features(run: Run) -> None:
@@ -410,7 +411,7 @@ def extract_features(run: Run) -> None:
                 [positions[(int(p), int(i))] for p, i in zip(puzzle_ids, instance_ids, strict=True)]
             )
 
-        out_dir = run.workdir / "features" / split
+        out_dir = run.workdir.features(split)
         cached = features.is_complete(out_dir)
         with run.timing(f"features/{split}") as counts:
             run.caches[split] = features.extract_split(
@@ -444,7 +445,8 @@ def host_params(params) -> Any:
 
 
 def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
-    """S_acc, O_acc, err, per puzzle and per skill of ``params`` on a split (every example once)."""
+    """``metrics.evaluate_split`` of ``params`` on a split (every example once), with its greedy and chance
+    baselines from the training split."""
     outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
     for batch in run.batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size):
         gbatch = run.to_global(batch)
@@ -452,45 +454,19 @@ def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
         for k in EVAL_FIELDS:
             outs[k].append(features.host_value(gbatch[k]))
     a = {k: np.concatenate(v) for k, v in outs.items()}
-    return evaluate.compute_metrics(
+    return metrics.evaluate_split(
         a["preds"],
-        a["labels"],
-        a["puzzle_ids"],
-        a["option_values"],
-        a["answer_index"],
+        a,
         run.num_classes,
+        train_labels=smart101.label_arrays(run.splits["train"]),
         mask=a["mask"].astype(bool),
     )
 
 
-def split_arrays(rows: Iterable[smart101.Row]) -> dict[str, np.ndarray]:
-    """Labels, puzzle ids, option values and answers of a split's rows (for the greedy baseline)."""
-    rows = list(rows)
-    return {
-        "labels": np.asarray([r.label for r in rows], np.int32),
-        "puzzle_ids": np.asarray([r.puzzle_id for r in rows], np.int32),
-        "option_values": np.asarray([r.option_values for r in rows], np.int32),
-        "answer_index": np.asarray([r.answer_index for r in rows], np.int32),
-    }
-
-
-def with_baselines(run: Run, split: str, metrics: dict) -> dict:
-    train, held = split_arrays(run.splits["train"]), split_arrays(run.splits[split])
-    baselines = evaluate.greedy_baseline(
-        train["labels"],
-        train["puzzle_ids"],
-        held["labels"],
-        held["puzzle_ids"],
-        held["option_values"],
-        held["answer_index"],
-        run.num_classes,
-    )
-    return {**metrics, **baselines}
-
-
 def export_best(run: Run, params) -> None:
     """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written."""
-    best, tmp = run.workdir / reasoner.checkpoint.BEST_MODEL_DIR, run.workdir / "best_model.tmp"
+    best = run.workdir.best_model
+    tmp = run.workdir.staging(best)
     if run.is_lead:
         shutil.rmtree(tmp, ignore_errors=True)
     multihost_utils.sync_global_devices("best model: clean")
@@ -512,8 +488,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Returns the results (also written to ``<workdir>/results.json``), or ``{"stopped_at_step": n}`` when a
     SIGTERM asked the run to save and stop.
     """
-    workdir = pathlib.Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Workdir(workdir)
+    workdir.root.mkdir(parents=True, exist_ok=True)
     run = setup(config, workdir)
     if config.cache_features:
         extract_features(run)
@@ -547,7 +523,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if run.is_lead:
         logging.info("reasoner parameters:\n%s", reasoner.param_summary(state.params))
 
-    ckpt_dir = workdir / "checkpoints"
+    ckpt_dir = workdir.checkpoints
     manager = ocp.CheckpointManager(
         ckpt_dir,
         options=ocp.CheckpointManagerOptions(
@@ -657,7 +633,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 writer.write_scalars(step, {k: val[k] for k in ("S_acc", "O_acc", "err")}, prefix="val/")
                 logging.info("epoch %d: val S_acc %.4f O_acc %.4f", epoch, val["S_acc"], val["O_acc"])
                 meta["epoch"] = epoch
-                meta["val"].append(evaluate.to_json_safe(val))
+                meta["val"].append(reports.to_json_safe(val))
                 if val["S_acc"] > meta["best_val_S_acc"]:
                     meta.update(best_val_S_acc=val["S_acc"], best_epoch=epoch, epochs_without_improvement=0)
                     with timing("checkpoint"):
@@ -684,14 +660,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         signal.signal(signal.SIGTERM, previous_handler)
         writer.close()
 
-    if not (workdir / reasoner.checkpoint.BEST_MODEL_DIR).exists():  # max_steps ended it before an epoch did
+    if not workdir.best_model.exists():  # max_steps ended it before an epoch did
         with timing("checkpoint"):
             export_best(run, state.params)
     return test_best(run, pred_fn, meta, steps=step)
 
 
 def best_params(run: Run):
-    _, best_vars, _ = reasoner.load(run.workdir)
+    _, best_vars, _ = reasoner.load(run.workdir.root)
     return jax.device_put(best_vars["params"], parallel.replicated(run.mesh))
 
 
@@ -703,7 +679,7 @@ def make_pred_fn(run: Run):
 def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
     """Evaluate ``<workdir>/best_model`` on the test split; write results.json, plots and the table."""
     with run.timing("eval"):
-        test = with_baselines(run, "test", evaluate_split(run, best_params(run), "test", pred_fn))
+        test = evaluate_split(run, best_params(run), "test", pred_fn)
     best_epoch = int(meta["best_epoch"])
     results = {
         "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
@@ -713,11 +689,11 @@ def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
     }
     if run.is_lead:
         with run.timing("plots"):
-            evaluate.plot_results(test, run.workdir, prefix="test")
+            reports.plot_results(test, run.workdir, prefix="test")
     results["timing"] = run.timing.record()
     if run.is_lead:
-        evaluate.write_results(run.workdir, results)
-        print(evaluate.format_table(test))
+        reports.write_results(run.workdir, results)
+        print(reports.format_table(test))
     return results
 
 
@@ -728,14 +704,15 @@ def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
     split's metrics (with the greedy and chance baselines) into ``results.json``. Returns them with the
     console table under "table".
     """
-    workdir = pathlib.Path(workdir).absolute()
-    config_file = workdir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} does not exist: is {workdir} a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    workdir = Workdir(workdir)
+    if not workdir.config_file.is_file():
+        raise FileNotFoundError(
+            f"{workdir.config_file} does not exist: is {workdir.root} a training workdir?"
+        )
+    config = ml_collections.ConfigDict(json.loads(workdir.config_file.read_text()))
     run = setup(config, workdir)
     if config.cache_features:
         extract_features(run)
-    metrics = with_baselines(run, split, evaluate_split(run, best_params(run), split, make_pred_fn(run)))
-    table = evaluate.report(workdir, split, metrics) if run.is_lead else ""
-    return {**metrics, "table": table}
+    result = evaluate_split(run, best_params(run), split, make_pred_fn(run))
+    table = reports.report(workdir, split, result) if run.is_lead else ""
+    return {**result, "table": table}

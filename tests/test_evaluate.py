@@ -1,4 +1,4 @@
-"""Metric functions and reports of smartvlm_jax.evaluate on hand-made cases with hand-computed answers."""
+"""Metric functions (smartvlm_jax.metrics) and reports (smartvlm_jax.reports) on hand-made cases."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from smartvlm_jax import evaluate, puzzles
+from smartvlm_jax import metrics, puzzles, reports
 
 K = puzzles.NUM_DECODE_STEPS
 
@@ -57,7 +57,7 @@ def _arrays(cases):
 def _metrics(**kwargs):
     preds, labels, pids, opts, ans = _arrays([*CASES, MASKED])
     mask = np.array([True] * len(CASES) + [False])
-    return evaluate.compute_metrics(
+    return metrics.compute_metrics(
         preds, labels, pids, opts, ans, NUM_CLASSES, mask=mask, skills=SKILLS, **kwargs
     )
 
@@ -92,14 +92,14 @@ def test_per_skill_ignores_order_and_absent_puzzles():
         3: {"S_acc": 0.9, "O_acc": 0.9, "n": 5},
     }
     skills = {1: "counting", 2: "counting", 3: "order", 4: "counting"}
-    out = evaluate.per_skill(per_puzzle, skills)
+    out = metrics.per_skill(per_puzzle, skills)
     assert out == {"counting": {"S_acc": 0.5, "O_acc": 0.75, "num_puzzles": 2}}
 
 
 def test_sequence_needs_every_position():
     # Position 0 right but the rest wrong must not count for a sequence puzzle.
     preds, labels, pids, opts, ans = _arrays([(16, SEQ_OPTIONS_A, 0, SEQ_A, [1] + [0] * (K - 1))])
-    m = evaluate.compute_metrics(preds, labels, pids, opts, ans, NUM_CLASSES, skills=SKILLS)
+    m = metrics.compute_metrics(preds, labels, pids, opts, ans, NUM_CLASSES, skills=SKILLS)
     assert m["S_acc"] == 0.0 and m["O_acc"] == 0.0
     assert math.isnan(m["err"])  # no non-sequence sample
 
@@ -114,28 +114,28 @@ def test_reference_quirks():
     # Where options are the letters A..E (value = index), both readings agree.
     case = [(44, _opts(0, 1, 2, 3, 4), 1, _row(1), _row(1))]
     for quirks in (False, True):
-        out = evaluate.compute_metrics(*_arrays(case), {44: 5}, skills=SKILLS, reference_quirks=quirks)
+        out = metrics.compute_metrics(*_arrays(case), {44: 5}, skills=SKILLS, reference_quirks=quirks)
         assert out["O_acc"] == 1.0
 
 
 def test_bad_input_is_reported():
     preds, labels, pids, opts, ans = _arrays(CASES)
     with pytest.raises(ValueError, match="option_values"):
-        evaluate.compute_metrics(preds, labels, pids, opts[:, :4], ans, NUM_CLASSES, skills=SKILLS)
+        metrics.compute_metrics(preds, labels, pids, opts[:, :4], ans, NUM_CLASSES, skills=SKILLS)
     with pytest.raises(KeyError, match="32"):
-        evaluate.compute_metrics(preds, labels, pids, opts, ans, {2: 10, 16: 27}, skills=SKILLS)
+        metrics.compute_metrics(preds, labels, pids, opts, ans, {2: 10, 16: 27}, skills=SKILLS)
 
 
 def test_empty_split_is_nan():
     preds, labels, pids, opts, ans = _arrays(CASES)
-    m = evaluate.compute_metrics(
+    m = metrics.compute_metrics(
         preds, labels, pids, opts, ans, NUM_CLASSES, mask=np.zeros(len(CASES), bool), skills=SKILLS
     )
     assert m["n"] == 0 and math.isnan(m["S_acc"]) and m["per_puzzle"] == {} and m["per_skill"] == {}
 
 
 def test_read_skill_types_shipped_csv():
-    skills = evaluate.read_skill_types()
+    skills = metrics.read_skill_types()
     assert len(skills) == 101
     assert skills[1] == "path" and skills[2] == "counting"
     assert set(skills.values()) == set(puzzles.SKILL_CLASSES) | {"order"}
@@ -173,7 +173,7 @@ def _greedy(**kwargs):
     train_labels = np.array([r for _, r in train])
     train_mask = np.array([True] * len(TRAIN) + [False] * len(TRAIN_MASKED))
     pids, opts, ans, labels = (np.array(x) for x in zip(*EVAL, strict=True))
-    return evaluate.greedy_baseline(
+    return metrics.greedy_baseline(
         train_labels,
         train_pids,
         labels,
@@ -189,7 +189,7 @@ def _greedy(**kwargs):
 
 def test_greedy_predictions_modes_and_ties():
     train_pids = np.array([p for p, _ in TRAIN])
-    modes = evaluate.greedy_predictions(np.array([r for _, r in TRAIN]), train_pids)
+    modes = metrics.greedy_predictions(np.array([r for _, r in TRAIN]), train_pids)
     assert modes[2].tolist() == _row(6)
     assert modes[7].tolist() == _row(1)
     assert modes[16].tolist() == SEQ_A
@@ -209,9 +209,9 @@ def test_greedy_and_chance_baselines():
 
 def test_json_round_trip_and_merge(tmp_path):
     val = {**_metrics(), **_greedy()}
-    path = evaluate.write_results(tmp_path, {"val": val})
+    path = reports.write_results(tmp_path, {"val": val})
     assert path == tmp_path / "results.json"
-    evaluate.write_results(tmp_path, {"test": {**val, "err": float("nan"), "n": np.int64(3)}})
+    reports.write_results(tmp_path, {"test": {**val, "err": float("nan"), "n": np.int64(3)}})
     text = path.read_text()
 
     def reject(constant):
@@ -220,13 +220,13 @@ def test_json_round_trip_and_merge(tmp_path):
     raw = json.loads(text, parse_constant=reject)  # strict JSON: no NaN
     assert set(raw) == {"val", "test"}  # the second write merged, it did not replace
     assert "2" in raw["val"]["per_puzzle"]  # int keys stored as strings
-    loaded = evaluate.load_results(tmp_path)
+    loaded = reports.load_results(tmp_path)
     assert loaded["val"] == val  # ints back as keys, floats exact
     assert loaded["test"]["err"] is None and loaded["test"]["n"] == 3
 
 
 def test_format_table():
-    table = evaluate.format_table({**_metrics(), **_greedy()}, skills=SKILLS)
+    table = reports.format_table({**_metrics(), **_greedy()}, skills=SKILLS)
     lines = table.splitlines()
     assert lines[0].startswith("| group | n | S_acc % | O_acc %")
     assert lines[2] == "| **all** | 8 | 37.5 | 62.5 | 60.0 | 80.0 | 0.075 |"
@@ -236,7 +236,7 @@ def test_format_table():
 
 
 def test_plots_are_png(tmp_path):
-    paths = evaluate.plot_results({**_metrics(), **_greedy()}, tmp_path / "plots", prefix="val")
+    paths = reports.plot_results({**_metrics(), **_greedy()}, tmp_path / "plots", prefix="val")
     assert [p.name for p in paths] == ["val_per_puzzle.png", "val_per_skill.png"]
     for p in paths:
         data = p.read_bytes()

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from configs import smoke
-from smartvlm_jax import evaluate, features, predict, reasoner, train
+from smartvlm_jax import features, inference, metrics, predict, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 
@@ -40,7 +40,7 @@ def run_config(workdir):
 
 @pytest.fixture(scope="module")
 def predictor(workdir):
-    return reasoner.Predictor.load(workdir, batch_size=16)
+    return inference.Predictor.load(workdir, batch_size=16)
 
 
 def _test_rows(run_config):
@@ -68,7 +68,7 @@ def test_predictor_equals_evaluation_path(workdir, run_config, predictor):
     expected = np.asarray(step(variables["params"], cache, None))
     np.testing.assert_array_equal(out.values, expected)
     # The letter is the option O_acc scores: correct exactly where correctness says so.
-    _, o_ok = evaluate.correctness(
+    _, o_ok = metrics.correctness(
         out.values, cache["labels"].astype(np.int64), out.puzzle_ids, cache["option_values"].astype(np.int64),
         cache["answer_index"].astype(np.int64),
     )  # fmt: skip
@@ -99,7 +99,7 @@ def test_batch_mode_matches_results_json(workdir, tmp_path, capsys):
 def test_answers_do_not_depend_on_batching(workdir, run_config, predictor):
     rows = _test_rows(run_config)[::5]
     args = ([r.image_path for r in rows], [r.question for r in rows], None, [r.puzzle_id for r in rows])
-    small = reasoner.Predictor.load(workdir, batch_size=3)
+    small = inference.Predictor.load(workdir, batch_size=3)
     a, b = predictor.predict(*args), small.predict(*args)
     np.testing.assert_array_equal(a.values, b.values)
     np.testing.assert_allclose(a.top_probs, b.top_probs, rtol=1e-5, atol=1e-6)
@@ -114,11 +114,11 @@ def test_model_dir_with_towers_and_quirks(workdir, run_config, tmp_path):
     params = model.init(jax.random.PRNGKey(3), *inputs)["params"]
     model_dir = reasoner.save(tmp_path / "model", cfg, params)
     with pytest.raises(ValueError, match="--towers"):
-        reasoner.Predictor.load(model_dir)
+        inference.Predictor.load(model_dir)
     tower_dirs = [run_config["towers"]["siglip"], run_config["towers"]["dinov2"]]  # any order
     rows = [r for r in _test_rows(run_config) if r.puzzle_id in (16, 18, 63)][:6]
     args = ([r.image_path for r in rows], [r.question for r in rows], None, [r.puzzle_id for r in rows])
-    pred = reasoner.Predictor.load(model_dir, towers=tower_dirs, batch_size=8)
+    pred = inference.Predictor.load(model_dir, towers=tower_dirs, batch_size=8)
     batched = pred.predict(*args)
     # Each equals the quirky head run on that example alone (a batch of one), as the reference would.
     vision, text = pred.features(args[0], args[1])
@@ -171,14 +171,14 @@ def test_bad_puzzle_id_and_bad_image(predictor, tmp_path):
 def test_bad_towers_name_both_sides(workdir, run_config, tmp_path):
     dinov2, siglip = run_config["towers"]["dinov2"], run_config["towers"]["siglip"]
     with pytest.raises(ValueError, match=r"missing \['siglip'\]"):
-        reasoner.Predictor.load(workdir, towers=[dinov2])
+        inference.Predictor.load(workdir, towers=[dinov2])
     wide = towers_lib.tiny_config("dinov2")
     wide["hidden_size"] = 48
     wide_dir = towers_lib.create_random(tmp_path / "wide", "dinov2", wide)
     with pytest.raises(ValueError, match=r"80-d features \(dinov2 48 \+ siglip 32\).*expects vision_dim 64"):
-        reasoner.Predictor.load(workdir, towers=[wide_dir, siglip])
+        inference.Predictor.load(workdir, towers=[wide_dir, siglip])
     with pytest.raises(FileNotFoundError, match="nope"):
-        reasoner.Predictor.load(workdir, towers=[str(tmp_path / "nope"), siglip])
+        inference.Predictor.load(workdir, towers=[str(tmp_path / "nope"), siglip])
 
 
 def test_cli_one_puzzle_json_and_errors(workdir, run_config, capsys):

@@ -30,9 +30,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import cli, puzzles
+from smartvlm_jax import cli, puzzles, variants
 from smartvlm_jax.convert import baseline_table
-from smartvlm_jax.reasoner import baseline as baseline_lib
 from smartvlm_jax.reasoner import checkpoint
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.model import build
@@ -252,7 +251,7 @@ def config_from_reference(
     first = "im_encoder.0.weight" if cfg.use_single_image_head else "im_encoder.1.0.weight"
     cfg.repr_size, vision_dim = need(first)
     if features is None:
-        matches = [f for f, d in config_lib.VISION_DIMS.items() if d == vision_dim]
+        matches = [f for f in variants.for_head("smarter") if variants.get(f).vision_dim == vision_dim]
         if len(matches) != 1:
             raise ConversionError(
                 f"{first} has input width {vision_dim}: pass --features {'|'.join(matches)}"
@@ -303,7 +302,7 @@ def _baseline_config(shapes, need, puzzle_ids: list[int], features: str | None) 
         raise ConversionError(
             f"--features {features}: a SMART baseline checkpoint (q_lstm) takes ResNet-50 features (resnet)"
         )
-    cfg = baseline_lib.default_config()
+    cfg = config_lib.baseline_config()
     cfg.reference_quirks = True
     cfg.use_single_image_head = "im_encoder.0.weight" in shapes
     first = "im_encoder.0.weight" if cfg.use_single_image_head else "im_encoder.1.0.weight"
@@ -363,7 +362,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ckpt", required=True, help="reference checkpoint {'net': state_dict, ...}")
     parser.add_argument("--puzzles", required=True, help="'all' or the run's puzzle ids, comma separated")
     parser.add_argument("--out", required=True, help="model dir to write (must not exist or be empty)")
-    parser.add_argument("--features", choices=sorted(config_lib.VISION_DIMS), default=None)
+    parser.add_argument("--features", choices=sorted(variants.VARIANTS), default=None)
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
 

@@ -75,6 +75,20 @@ class Row:
     option_values: tuple[Label, Label, Label, Label, Label]
 
 
+def label_arrays(rows: Iterable[Row]) -> dict[str, np.ndarray]:
+    """The answers of ``rows`` as the metrics take them (``metrics.evaluate_split``): "labels" int
+    [N, K], "puzzle_ids" int [N], "option_values" int [N, 5, K], "answer_index" int [N] (int64)."""
+    rows = list(rows)
+    return {
+        "labels": np.asarray([r.label for r in rows], np.int64).reshape(len(rows), puzzles.NUM_DECODE_STEPS),
+        "puzzle_ids": np.asarray([r.puzzle_id for r in rows], np.int64),
+        "option_values": np.asarray([r.option_values for r in rows], np.int64).reshape(
+            len(rows), len(OPTION_LETTERS), puzzles.NUM_DECODE_STEPS
+        ),
+        "answer_index": np.asarray([r.answer_index for r in rows], np.int64),
+    }
+
+
 @functools.cache
 def icon_classes() -> tuple[str, ...]:
     """Puzzle 1's icon class names, in the order that defines their answer values."""

@@ -28,9 +28,6 @@ from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.layers import Linear
 from smartvlm_jax.reasoner.puzzle_heads import StackedMLP
 
-VISION_DIM = 2048  # ResNet-50 global-pooled features
-TEXT_DIM = 768  # BERT-base token states
-
 
 def question_states(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     """BERT ``last_hidden_state`` [B, L, D] with padded positions zeroed, the head's text input.
@@ -216,15 +213,3 @@ class BaselineHead(nn.Module):
             logits = jnp.where(jnp.asarray(tab.is_sequence_pid)[pid][:, None, None], seq_out, logits)
         class_ok = jnp.arange(c_max)[None, None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None, None]
         return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The SMART baseline head: ResNet-50 (2048) + BERT-base states (768), R = 128, H = 256, L = 110."""
-    cfg = config_lib.default_config()
-    cfg.head = "baseline"
-    cfg.features = "resnet"
-    cfg.vision_dim = VISION_DIM
-    cfg.text_dim = TEXT_DIM
-    cfg.use_qf = False
-    cfg.pdrop = 0.0
-    return cfg

@@ -18,10 +18,9 @@ import orbax.checkpoint as ocp
 
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.model import build
+from smartvlm_jax.workdir import BEST_MODEL_DIR, CONFIG_FILE
 
-CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
-BEST_MODEL_DIR = "best_model"
 
 
 def example_inputs(cfg: ml_collections.ConfigDict, batch: int = 2) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -11,12 +11,9 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import puzzles
+from smartvlm_jax import puzzles, variants
 
-# Width of the frozen vision features for each tower choice (SPEC section 5.1 and the variants).
-VISION_DIMS: dict[str, int] = {"fused": 1536, "dinov2": 768, "siglip": 768, "resnet": 2048}
 HEAD_IMPLS: tuple[str, ...] = ("gather", "ragged")
-HEADS: tuple[str, ...] = ("smarter", "baseline")  # baseline: the SMART paper's (reasoner/baseline.py)
 # Number of per-puzzle image encoders: one per puzzle id 1..101 plus the unused index 0, so that the
 # encoder of puzzle p is row p of the stacked parameters, as in the reference's ModuleList.
 NUM_ENCODER_SLOTS = len(puzzles.ALL_PUZZLE_IDS) + 1
@@ -34,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.head = "smarter"  # "smarter" (this paper's head) or "baseline" (SMART's ResNet-50 + BERT head)
     c.puzzle_ids = []  # sorted puzzle ids of the run (1..101); decoders are indexed by rank among them
     c.num_classes = []  # C_p of each puzzle in puzzle_ids, same order
-    c.features = "fused"  # vision: "fused" (DINOv2+SigLIP, 1536), "dinov2"/"siglip" (768), "resnet" (2048)
+    c.features = "fused"  # the feature variant (smartvlm_jax/variants.py): towers, text output, widths
     c.vision_dim = 0  # width of the vision features; 0: that of `features` (base towers); set for other sizes
     c.text_dim = 768  # width of the pooled question features from the text tower
     c.use_qf = True  # QF layer (self- and cross-attention + intermediate); False: q_MLP variant
@@ -49,6 +46,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_decode_steps = puzzles.NUM_DECODE_STEPS  # K: answer positions decoded for sequence puzzles
     c.head_impl = "gather"  # per-puzzle layers: "gather" (per-sample weights) or "ragged" (sort+ragged_dot)
     return c
+
+
+def baseline_config() -> ml_collections.ConfigDict:
+    """The SMART baseline head (SPEC 5 "Baseline"): ResNet-50 features (2048) and BERT-base token states
+    (768) of the "resnet" variant, R = 128, H = 256, L = 110 tokens, no QF layer, no dropout."""
+    cfg = default_config()
+    variant = variants.get("resnet")
+    cfg.head = variant.head
+    cfg.features = variant.name
+    cfg.vision_dim = variant.vision_dim
+    cfg.text_dim = variant.text_dim
+    cfg.use_qf = False
+    cfg.pdrop = 0.0
+    return cfg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +105,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"num_classes: {len(cfg.num_classes)} entries for {len(ids)} puzzle_ids")
     if any(int(c) < 1 for c in cfg.num_classes):
         raise ValueError(f"num_classes: every C_p must be >= 1, got {list(cfg.num_classes)}")
-    if cfg.features not in VISION_DIMS:
-        raise ValueError(f"features: unknown {cfg.features!r}; expected one of {sorted(VISION_DIMS)}")
-    if cfg.get("head", "smarter") not in HEADS:
-        raise ValueError(f"head: unknown {cfg.head!r}; expected one of {list(HEADS)}")
+    if cfg.features not in variants.VARIANTS:
+        raise ValueError(f"features: unknown {cfg.features!r}; expected one of {sorted(variants.VARIANTS)}")
+    if cfg.get("head", "smarter") not in variants.HEADS:
+        raise ValueError(f"head: unknown {cfg.head!r}; expected one of {list(variants.HEADS)}")
     if cfg.head_impl not in HEAD_IMPLS:
         raise ValueError(f"head_impl: unknown {cfg.head_impl!r}; expected one of {list(HEAD_IMPLS)}")
     if cfg.text_dim % cfg.num_heads:
@@ -113,7 +124,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 def vision_dim(cfg: ml_collections.ConfigDict) -> int:
     """Width of the vision features the head expects."""
-    return int(cfg.get("vision_dim", 0)) or VISION_DIMS[cfg.features]
+    return int(cfg.get("vision_dim", 0)) or variants.get(cfg.features, "features").vision_dim
 
 
 def tables(cfg: ml_collections.ConfigDict) -> PuzzleTables:

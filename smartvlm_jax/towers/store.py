@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from smartvlm_jax.towers import preprocess
+from smartvlm_jax.towers import hf, preprocess
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
     FORMAT,
@@ -92,8 +92,6 @@ def load(
     if is_converted(path):
         tower = _load_converted(path, part, dtype)
     elif os.path.isfile(os.path.join(path, "config.json")):
-        from smartvlm_jax.convert import hf  # lazy: reading .bin checkpoints may import torch
-
         top_config, flat, processor, tokenizer = hf.read_part(path, part)
         tower = build_tower(top_config, part, flat, dtype, processor, tokenizer)
     else:

@@ -10,6 +10,7 @@ import torch
 
 from smartvlm_jax import reasoner
 from smartvlm_jax.reasoner import baseline
+from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.torch_port import baseline as port_lib
 from smartvlm_jax.torch_port.head import padded_logits, reference_loss
 
@@ -17,7 +18,7 @@ PIDS = [3, 16, 3, 18, 58, 16, 16, 94, 3, 39]  # repeats, several sequence puzzle
 
 
 def small_config(quirks: bool = False, **overrides):
-    cfg = baseline.default_config()
+    cfg = config_lib.baseline_config()
     cfg.puzzle_ids = [3, 7, 16, 18, 25, 39, 58, 94]
     cfg.num_classes = [5, 12, 27, 6, 24, 27, 45, 3]
     cfg.repr_size, cfg.h_sz, cfg.text_dim, cfg.vision_dim, cfg.max_qlen = 16, 8, 12, 20, 9

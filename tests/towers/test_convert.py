@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from smartvlm_jax import towers
 from smartvlm_jax.convert import __main__ as cli
-from smartvlm_jax.convert import hf as convert_hf
+from smartvlm_jax.towers import hf as towers_hf
 from smartvlm_jax.towers import params as tparams
 from smartvlm_jax.towers.registry import part_config
 from tests.towers.conftest import hf_config_objects, hf_model, save_hf
@@ -69,7 +69,7 @@ def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(RuntimeError, match="needs PyTorch"):
-        convert_hf.read_state(str(tmp_path))
+        towers_hf.read_state(str(tmp_path))
 
 
 def test_new_style_dinov2_names_are_accepted(hf_tiny):
@@ -80,7 +80,7 @@ def test_new_style_dinov2_names_are_accepted(hf_tiny):
     if not any(".attention.q_proj." in k for k in state):  # transformers < 5.2x keeps the released names
         pytest.skip(f"transformers {transformers.__version__} names DINOv2 weights as released")
     assert any(".mlp.gate_proj." in k for k in state)
-    flat = convert_hf.convert_part(config, "vision", state)
+    flat = towers_hf.convert_part(config, "vision", state)
     family, cfg = part_config(config, "vision")
     tparams.check_tree(family.specs(cfg), flat, "dinov2")
 
@@ -221,7 +221,7 @@ def _meta_shapes(config):
     with torch.device("meta"):
         model = cls(hf_config_objects(config))
     state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return convert_hf.normalize_keys(config["model_type"], {k: np.empty(0) for k in state}), state
+    return towers_hf.normalize_keys(config["model_type"], {k: np.empty(0) for k in state}), state
 
 
 @pytest.mark.parametrize("size", sorted(DINOV2_SIZES))

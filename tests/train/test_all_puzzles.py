@@ -12,7 +12,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import smoke
-from smartvlm_jax import evaluate, puzzles, train
+from smartvlm_jax import metrics, puzzles, reports, train
 from smartvlm_jax.data import smart101, synthetic
 
 PER_PUZZLE = 6
@@ -69,7 +69,7 @@ def test_main_job_on_all_101_puzzles(data, tmp_path, split_type):
         assert expected["val"] == expected["test"] == set(puzzles.ALL_PUZZLE_IDS)
     else:  # answer: the puzzles where some of the 6 rows carry the held-out answer, and the fallbacks
         assert set(puzzles.SEQUENCE_PUZZLES) | {58} <= expected["test"] <= set(puzzles.ALL_PUZZLE_IDS)
-    saved = evaluate.load_results(tmp_path)
+    saved = reports.load_results(tmp_path)
     assert saved["test"]["S_acc"] == results["test"]["S_acc"]
     for split in ("val", "test"):
         per_puzzle = saved[split]["per_puzzle"]
@@ -78,7 +78,7 @@ def test_main_job_on_all_101_puzzles(data, tmp_path, split_type):
             assert 0 <= m["S_acc"] <= 1 and 0 <= m["O_acc"] <= 1 and m["n"] >= 1, (split, pid, m)
         assert sum(m["n"] for m in per_puzzle.values()) == saved[split]["n"]
     test = saved["test"]
-    skills = evaluate.read_skill_types()
+    skills = metrics.read_skill_types()
     assert set(test["per_skill"]) == {skills[p] for p in expected["test"]} & set(puzzles.SKILL_CLASSES)
     assert {"greedy_S_acc", "chance_S_acc"} <= set(test)
     assert (tmp_path / "test_per_puzzle.png").stat().st_size > 0

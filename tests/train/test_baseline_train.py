@@ -13,8 +13,9 @@ import optax
 import pytest
 
 from configs import baseline as baseline_config
-from smartvlm_jax import features, optim, reasoner, train
+from smartvlm_jax import features, optim, reasoner, train, variants
 from smartvlm_jax.reasoner import baseline, checkpoint
+from smartvlm_jax.reasoner import config as config_lib
 
 OVERRIDES = {
     "synthetic.enabled": True,
@@ -54,7 +55,7 @@ def test_recipe_is_the_smart_baselines():
         "constant",
     )
     assert not c.cache_features
-    assert features.tower_names(c.model.features) == ("resnet", "bert")
+    assert variants.get(c.model.features).towers == ("resnet", "bert")
     # Plain Adam at a constant lr, unclipped: the same updates as optax.adam over steps of varied gradients.
     tx, plain = optim.make_optimizer(c.optim, total_steps=100), optax.adam(c.optim.lr, b1=0.9, b2=0.99)
     params = {"w": np.zeros(3, np.float32)}
@@ -68,7 +69,7 @@ def test_recipe_is_the_smart_baselines():
 
 
 def test_example_inputs_give_token_states():
-    cfg = baseline.default_config()
+    cfg = config_lib.baseline_config()
     cfg.puzzle_ids, cfg.num_classes = [3, 16], [5, 27]
     vision, text, pids = checkpoint.example_inputs(cfg, batch=3)
     assert vision.shape == (3, 2048) and text.shape == (3, 110, 768) and pids.shape == (3,)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from smartvlm_jax import evaluate, features, reasoner, train
+from smartvlm_jax import features, reasoner, reports, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OVERRIDES = {
@@ -68,7 +68,7 @@ def reusing(workdir: pathlib.Path) -> dict:
 
 def test_end_to_end_run_writes_results_and_learns(reference):
     workdir, results = reference
-    saved = evaluate.load_results(workdir)
+    saved = reports.load_results(workdir)
     test = saved["test"]
     for key in ("S_acc", "O_acc", "err", "per_puzzle", "per_skill", "greedy_S_acc", "chance_S_acc"):
         assert key in test
@@ -87,7 +87,7 @@ def test_end_to_end_run_writes_results_and_learns(reference):
 
 def test_results_time_every_stage(reference):
     workdir, results = reference
-    timing = evaluate.load_results(workdir)["timing"]
+    timing = reports.load_results(workdir)["timing"]
     assert timing == json.loads(json.dumps(results["timing"]))
     stages = ("dataset", "towers", "compile/train_step", "compile/eval_step", "train", "eval", "checkpoint")
     for stage in (*stages, "plots", "features/train", "features/val", "features/test"):
@@ -199,7 +199,7 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
     assert third.returncode == 0, third.stdout.decode()[-3000:] + third.stderr.decode()[-3000:]
     assert b"resumed from" in third.stderr + third.stdout
-    resumed = evaluate.load_results(tmp_path)["test"]
+    resumed = reports.load_results(tmp_path)["test"]
     assert resumed["S_acc"] == results["test"]["S_acc"]
     assert resumed["O_acc"] == results["test"]["O_acc"]
     assert resumed["err"] == pytest.approx(results["test"]["err"], abs=1e-9)
@@ -217,7 +217,7 @@ def test_evaluate_cli_reproduces_the_test_metrics(reference):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| **all** |" in out.stdout
-    assert evaluate.load_results(workdir)["test"]["S_acc"] == results["test"]["S_acc"]
+    assert reports.load_results(workdir)["test"]["S_acc"] == results["test"]["S_acc"]
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,17 @@
-"""Answer puzzles with a trained or converted SMARTER head: images + questions + options -> answers.
+"""Inference, a peer of training: images + questions + options -> answers, from a trained or converted head.
 
-    predictor = reasoner.Predictor.load(DIR, towers=[DINOV2_DIR, SIGLIP_DIR])
+    predictor = inference.Predictor.load(DIR, towers=[DINOV2_DIR, SIGLIP_DIR])  # SMART baseline: RESNET, BERT
     out = predictor.predict(images, questions, options, puzzle_ids)
     out.values, out.letters, out.top_values, out.top_probs
 
 DIR is a training workdir (its ``best_model``, and its ``config.json`` naming the towers and the data
 settings) or a reasoner model dir (e.g. converted from a reference checkpoint), which names no towers: then
-``towers`` must give them. Inputs take exactly the path of training and evaluation: the reference's first
-resize (RGB, shorter side 224, ``smart101.resize_shorter_side``), each vision tower's resizer, the text
-tower's tokenizer, ``features.FrozenTowers.features`` and the head; option values follow
-``smart101.answer_value`` and the chosen letter ``evaluate.select_options`` (the rule O_acc scores).
+``towers`` must give them. Both heads are served: the SMARTER head and its ablations, and the SMART
+baseline (ResNet-50 + BERT); which towers a head needs comes from its ``features`` variant
+(:mod:`smartvlm_jax.variants`). Inputs take exactly the path of training and evaluation: the reference's
+first resize (RGB, shorter side 224, ``smart101.resize_shorter_side``), each vision tower's resizer, the
+text tower's tokenizer, ``features.FrozenTowers.features`` and the head; option values follow
+``smart101.answer_value`` and the chosen letter ``metrics.select_options`` (the rule O_acc scores).
 
 Each example is answered on its own: with ``reference_quirks`` the reference's GRU decoders couple the
 samples of a batch (an accident of its unbatched call), so the predictor runs those heads one example at a
@@ -19,6 +21,7 @@ time, which is what the reference computes for a batch of one. Answers never dep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -32,16 +35,16 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import evaluate, features, puzzles
+from smartvlm_jax import features, metrics, puzzles, variants
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import checkpoint
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.losses import predictions as head_predictions
 from smartvlm_jax.towers import registry
+from smartvlm_jax.workdir import Workdir
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
-RUN_CONFIG_FILE = "config.json"  # a training workdir's resolved run config (train.write_run_config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,17 +142,17 @@ class Predictor:
         """
         path = pathlib.Path(path).absolute()
         model, variables, cfg = checkpoint.load(path)
-        run = read_run_config(path)
+        run = Workdir(path).run_config()
         towers_cfg = run.get("towers", {}) if run else {}
         dtype = dtype or towers_cfg.get("dtype", "float32")
         if towers is None:
+            needed = variants.get(cfg.features, "features").towers
             if not towers_cfg:
                 raise ValueError(
-                    f"{path} is a model dir without a training run's {RUN_CONFIG_FILE}: pass the towers "
-                    f"(--towers DIR ...) its features={cfg.features!r} need: "
-                    f"{', '.join(required_kinds(cfg.features))}"
+                    f"{path} is a model dir without a training run's config.json: pass the towers "
+                    f"(--towers DIR ...) its features={cfg.features!r} need: {', '.join(needed)}"
                 )
-            towers = {name: towers_cfg.get(name, "") for name in required_kinds(cfg.features)}
+            towers = {name: towers_cfg.get(name, "") for name in needed}
         frozen = resolve_towers(
             towers, cfg.features, dtype, str(path), cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
         )
@@ -312,7 +315,7 @@ class Predictor:
         if option_values is None:
             chosen = np.full(n, -1, np.int64)
         else:
-            chosen = evaluate.select_options(values, pids, option_values)
+            chosen = metrics.select_options(values, pids, option_values)
         return Predictions(
             puzzle_ids=pids.astype(np.int64),
             values=values,
@@ -327,14 +330,6 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------------------------- towers
-
-
-def required_kinds(variant: str) -> tuple[str, ...]:
-    """Tower kinds a feature variant needs: its vision towers, and SigLIP for the text."""
-    if variant not in features.VISION_TOWERS_OF_VARIANT:
-        raise ValueError(f"features={variant!r} is not one of {sorted(features.VISION_TOWERS_OF_VARIANT)}")
-    vision = features.VISION_TOWERS_OF_VARIANT[variant]
-    return vision + (() if "siglip" in vision else ("siglip",))
 
 
 def tower_kind(path: str | os.PathLike) -> tuple[str, tuple[str, ...]]:
@@ -366,11 +361,13 @@ def resolve_towers(
 ) -> features.FrozenTowers:
     """Load the towers a feature variant needs from directories whose kind is read from each.
 
-    Vision parts come from the directories of the variant's kinds; the text part from a SigLIP directory
-    that has one. A missing kind, two directories of one kind, or a directory of an unused kind is an error
-    naming the directories and what the checkpoint needs.
+    Vision parts come from the directories of the variant's vision towers, the text part from its text
+    tower's directory (SigLIP for SMARTER, BERT for the SMART baseline). A missing kind, two directories
+    of one kind, a directory of an unused kind or a missing part is an error naming the directories and
+    what the checkpoint needs.
     """
-    needed = required_kinds(variant)
+    spec = variants.get(variant, "features")
+    needed = spec.towers
     if isinstance(towers, Mapping):
         dirs = [os.fspath(d) for d in towers.values() if d]
     else:
@@ -392,36 +389,37 @@ def resolve_towers(
             f"{checkpoint_name} has features={variant!r}, which needs towers {list(needed)}; "
             f"missing {missing} (given: {given})"
         )
+    load = functools.partial(towers_lib.load, dtype=dtype, cpu_onednn=cpu_onednn)
     vision, text = {}, None
     for kind in needed:
         if len(by_kind[kind]) > 1:
             raise ValueError(f"several {kind} towers given: {[d for d, _ in by_kind[kind]]}; pass one")
         d, parts = by_kind[kind][0]
-        if kind in features.VISION_TOWERS_OF_VARIANT[variant]:
-            if "vision" not in parts:
-                raise ValueError(f"tower {d} ({kind}) has no vision part; it has {list(parts)}")
-            vision[kind] = towers_lib.load(d, part="vision", dtype=dtype, cpu_onednn=cpu_onednn)
-        if kind == "siglip":
-            if "text" not in parts:
-                raise ValueError(
-                    f"tower {d} (siglip) has no text part (the question encoder); it has {list(parts)}"
-                )
-            text = towers_lib.load(d, part="text", dtype=dtype, cpu_onednn=cpu_onednn)
-    vision = {k: vision[k] for k in features.VISION_TOWERS_OF_VARIANT[variant]}  # concatenation order
-    return features.FrozenTowers(vision=vision, text=text)
+        for part in ("vision", "text"):
+            if (kind in spec.vision if part == "vision" else kind == spec.text) and part not in parts:
+                raise ValueError(f"tower {d} ({kind}) has no {part} part; it has {list(parts)}")
+        if kind in spec.vision:
+            vision[kind] = load(d, part="vision")
+        if kind == spec.text:
+            text = load(d, part="text")  # the question encoder
+    vision = {k: vision[k] for k in spec.vision}  # concatenation order
+    return features.FrozenTowers(vision=vision, text=text, text_output=spec.text_output)
 
 
 def check_towers(frozen: features.FrozenTowers, cfg: ml_collections.ConfigDict, source: str = "") -> None:
     """The towers' kinds and feature widths must be those the head was trained on; errors name both."""
     name = source or "the checkpoint"
-    expected = features.VISION_TOWERS_OF_VARIANT[cfg.features]
-    if tuple(frozen.vision) != expected or any(t.kind != k for k, t in frozen.vision.items()):
+    spec = variants.get(cfg.features, "features")
+    if tuple(frozen.vision) != spec.vision or any(t.kind != k for k, t in frozen.vision.items()):
         raise ValueError(
-            f"{name} has features={cfg.features!r} (vision towers {list(expected)}), but the towers are "
+            f"{name} has features={cfg.features!r} (vision towers {list(spec.vision)}), but the towers are "
             f"{[t.kind for t in frozen.vision.values()]}"
         )
-    if frozen.text.kind != "siglip" or frozen.text.part != "text":
-        raise ValueError(f"{name} needs a SigLIP text tower, got {frozen.text.kind} {frozen.text.part}")
+    if frozen.text.kind != spec.text or frozen.text.part != "text" or frozen.text_output != spec.text_output:
+        raise ValueError(
+            f"{name} needs the {spec.text} text tower's {spec.text_output} output, got the "
+            f"{frozen.text.kind} {frozen.text.part} part's {frozen.text_output}"
+        )
     widths = " + ".join(f"{k} {t.hidden_size}" for k, t in frozen.vision.items())
     if frozen.vision_dim != config_lib.vision_dim(cfg):
         raise ValueError(
@@ -430,18 +428,6 @@ def check_towers(frozen: features.FrozenTowers, cfg: ml_collections.ConfigDict, 
         )
     if frozen.text_dim != int(cfg.text_dim):
         raise ValueError(
-            f"the siglip text tower gives {frozen.text_dim}-d features, but {name} expects "
+            f"the {spec.text} text tower gives {frozen.text_dim}-d features, but {name} expects "
             f"text_dim {cfg.text_dim}"
         )
-
-
-def read_run_config(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A training workdir's resolved run config (dict), or None for a bare model dir."""
-    path = pathlib.Path(path)
-    run_file = path / RUN_CONFIG_FILE
-    # A model dir's own config.json is the head's config; a run config has "model" and "towers" sections.
-    if (path / checkpoint.BEST_MODEL_DIR).is_dir() and run_file.is_file():
-        run = json.loads(run_file.read_text())
-        if isinstance(run, dict) and "towers" in run:
-            return run
-    return None

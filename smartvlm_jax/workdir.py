@@ -1,0 +1,100 @@
+"""The layout of a training workdir: every path a run writes or reads, named once.
+
+    wd = Workdir("workdirs/smoke")
+    wd.config_file, wd.best_model, wd.results, wd.features("train"), wd.plot("test", "per_puzzle")
+
+``<root>/``
+    ``config.json``            the resolved run config (towers and data settings included)
+    ``best_model/``            the best epoch's head: a reasoner model dir (``config.json`` + ``params/``)
+    ``checkpoints/``           Orbax checkpoints of the training state, for resuming
+    ``features/<split>/``      the frozen towers' cached features, one ``.npy`` per field
+    ``results.json``           metrics per split (and timing), written atomically
+    ``<split>_per_<group>.png`` per-puzzle and per-skill accuracy plots
+    ``log.jsonl``, ``tensorboard/``  the logged scalars
+    ``synthetic/``, ``tfds/``, ``towers/``  generated puzzles, the built dataset and tiny towers, when asked
+
+Pure path arithmetic (plus reading the run config): nothing here creates files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+CONFIG_FILE = "config.json"  # a run's resolved config, and a model dir's head config alike
+BEST_MODEL_DIR = "best_model"
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """A training run's directory (absolute); see the module docstring for the layout."""
+
+    root: pathlib.Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", pathlib.Path(root).absolute())
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    @property
+    def config_file(self) -> pathlib.Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def best_model(self) -> pathlib.Path:
+        return self.root / BEST_MODEL_DIR
+
+    @property
+    def checkpoints(self) -> pathlib.Path:
+        return self.root / "checkpoints"
+
+    def features(self, split: str) -> pathlib.Path:
+        return self.root / "features" / split
+
+    @property
+    def results(self) -> pathlib.Path:
+        return self.root / "results.json"
+
+    def plot(self, split: str, group: str) -> pathlib.Path:
+        """``<split>_per_<group>.png``; ``group``: "puzzle" or "skill"."""
+        return self.root / f"{split}_per_{group}.png"
+
+    @property
+    def log(self) -> pathlib.Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def tensorboard(self) -> pathlib.Path:
+        return self.root / "tensorboard"
+
+    @property
+    def synthetic(self) -> pathlib.Path:
+        return self.root / "synthetic"
+
+    @property
+    def tfds(self) -> pathlib.Path:
+        return self.root / "tfds"
+
+    @property
+    def towers(self) -> pathlib.Path:
+        return self.root / "towers"
+
+    @staticmethod
+    def staging(path: pathlib.Path) -> pathlib.Path:
+        """The sibling a path is written to before it is renamed into place (``best_model.tmp``)."""
+        return path.with_name(path.name + ".tmp")
+
+    def run_config(self) -> dict[str, Any] | None:
+        """The resolved run config (a dict), or None when this is not a training workdir.
+
+        A model dir's own ``config.json`` is a head config; a run's has "model" and "towers" sections and
+        sits beside ``best_model/``.
+        """
+        if not (self.best_model.is_dir() and self.config_file.is_file()):
+            return None
+        run = json.loads(self.config_file.read_text())
+        return run if isinstance(run, dict) and "towers" in run else None
