@@ -8,12 +8,15 @@ import json
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from configs import baseline as baseline_config
-from smartvlm_jax import features, optim, reasoner, train, variants
+from smartvlm_jax import features, inference, metrics, optim, predict, reasoner, reports, train, variants
+from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import baseline, checkpoint
 from smartvlm_jax.reasoner import config as config_lib
 
@@ -150,3 +153,70 @@ def test_frozen_towers_zero_text_beyond_the_question(uncached):
         np.asarray(text), np.asarray(baseline.question_states(hidden, real)), atol=1e-6
     )
     assert vision.shape == (2, 64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inference with the baseline head (issue 16): the workdir, and a converted reference checkpoint.
+
+
+def test_predict_split_on_the_baseline_workdir_equals_results_json(uncached, capsys):
+    workdir, _ = uncached
+    assert predict.main(["--checkpoint", str(workdir), "--split", "test", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = reports.load_results(workdir)["test"]
+    assert summary["n"] == saved["n"] == 22
+    assert summary["S_acc"] == pytest.approx(saved["S_acc"], abs=1e-12)
+    assert summary["O_acc"] == pytest.approx(saved["O_acc"], abs=1e-12)
+
+
+def test_converted_baseline_checkpoint_answers_real_images(uncached, tmp_path):
+    """SMART baseline weights in the reference's layout -> convert reference -> predictor with ResNet + BERT
+    towers -> answers equal to the PyTorch port's on the same features, one example at a time (quirks)."""
+    torch = pytest.importorskip("torch")
+    from smartvlm_jax.convert.__main__ import main as convert_main
+    from smartvlm_jax.torch_port import baseline as port_lib
+    from smartvlm_jax.torch_port.head import padded_logits
+
+    workdir, _ = uncached
+    _, _, run_cfg = reasoner.load(workdir)
+    cfg = config_lib.baseline_config()
+    cfg.update({k: run_cfg[k] for k in ("puzzle_ids", "num_classes", "vision_dim", "text_dim")})
+    cfg.update(repr_size=16, h_sz=8, reference_quirks=True)
+    torch.manual_seed(0)
+    port = port_lib.TorchBaselineHead(cfg).eval()
+    ckpt = tmp_path / "ckpt_resnet50_bert_0.pth"
+    torch.save({"net": {k: v.detach().clone() for k, v in port.state_dict().items()}}, ckpt)
+    ids = ",".join(str(p) for p in cfg.puzzle_ids)
+    model_dir = tmp_path / "model"
+    assert convert_main(["reference", "--ckpt", str(ckpt), "--puzzles", ids, "--out", str(model_dir)]) == 0
+    with pytest.raises(ValueError, match=r"--towers DIR .*resnet, bert"):
+        inference.Predictor.load(model_dir)
+    towers_cfg = json.loads((workdir / "config.json").read_text())["towers"]
+    predictor = inference.Predictor.load(model_dir, towers=[towers_cfg["bert"], towers_cfg["resnet"]])
+
+    # Real inputs: the run's PNGs, plus an RGBA image of odd size and a palette image, one per puzzle.
+    data_cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["data"])
+    rows = smart101.read_rows(data_cfg.root, data_cfg.puzzle_ids)
+    rows = [next(r for r in rows if r.puzzle_id == p) for p in cfg.puzzle_ids]
+    rng = np.random.default_rng(0)
+    rgba = tmp_path / "odd.png"
+    Image.fromarray(rng.integers(0, 256, (301, 517, 4), dtype=np.uint8), "RGBA").save(rgba)
+    palette = Image.fromarray(rng.integers(0, 256, (260, 240, 3), dtype=np.uint8)).convert("P")
+    images = [r.image_path for r in rows] + [str(rgba), palette]
+    questions = [r.question for r in rows] + ["How many squares are there?" * 20, "Which one is RED?"]
+    pids = [r.puzzle_id for r in rows] + [rows[0].puzzle_id, rows[1].puzzle_id]
+    options = [r.options for r in rows] + [rows[0].options, rows[1].options]
+    out = predictor.predict(images, questions, options, pids)
+
+    vision, text = predictor.features(images, questions)
+    assert vision.shape == (len(images), 64) and text.shape == (len(images), 110, 32)
+    for i, pid in enumerate(pids):  # the reference's quirky LSTMs couple a batch: one example at a time
+        t_pid = torch.tensor([pid])
+        v, t = torch.from_numpy(vision[i : i + 1]), torch.from_numpy(text[i : i + 1])
+        with torch.no_grad():
+            logits = padded_logits(port(v, t, t_pid), t_pid, cfg)
+        n = int(out.num_positions[i])
+        np.testing.assert_array_equal(out.values[i, :n], logits.numpy()[0].argmax(-1)[:n])
+    option_values = np.stack([predictor.option_values(p, o) for p, o in zip(pids, options, strict=True)])
+    expected = metrics.select_options(out.values, np.asarray(pids), option_values)
+    assert out.letters == [smart101.OPTION_LETTERS[c] if c >= 0 else None for c in expected]
