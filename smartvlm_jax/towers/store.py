@@ -1,4 +1,4 @@
-"""Loading and saving towers: HF directories (via the converter) and the converted format.
+"""Loading and saving towers: HF directories (read by `towers.hf`) and the converted format.
 
 Converted format (loads without torch; transformers only builds a text part's tokenizer)::
 
