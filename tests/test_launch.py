@@ -238,8 +238,8 @@ def test_scripts_pass_shellcheck_and_help(script):
     assert bad.returncode != 0 and "--no-such-flag" in bad.stderr
 
 
-# The invocations the README documents, as written there.
-README_DRY_RUNS = {
+# The invocations docs/launch.md documents, as written there.
+DOCUMENTED_DRY_RUNS = {
     "tpu": "launch/tpu.sh -n smartvlm -z us-central1-a -a v5litepod-8 create setup run logs -- "
     "--config configs/smoke.py --workdir workdirs/smoke",
     "tpu_pod": "launch/tpu.sh -n smartvlm-pod -z us-central1-a -a v4-32 -r tpu-ubuntu2204-base --spot "
@@ -264,19 +264,19 @@ def _dry_run(argv: list[str], expect_rc: int = 0) -> subprocess.CompletedProcess
     return proc
 
 
-@pytest.mark.parametrize("name", sorted(README_DRY_RUNS))
-def test_readme_shows_what_the_dry_runs_print(name):
-    """The README's invocation and every command its dry run prints appear in the README verbatim."""
-    readme = (ROOT / "README.md").read_text()
-    assert README_DRY_RUNS[name] in readme
-    printed = _dry_run(shlex.split(README_DRY_RUNS[name])).stdout.splitlines()
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DRY_RUNS))
+def test_docs_show_what_the_dry_runs_print(name):
+    """The documented invocation and every command its dry run prints appear in docs/launch.md verbatim."""
+    readme = (ROOT / "docs" / "launch.md").read_text()
+    assert DOCUMENTED_DRY_RUNS[name] in readme
+    printed = _dry_run(shlex.split(DOCUMENTED_DRY_RUNS[name])).stdout.splitlines()
     assert printed
     missing = [line for line in printed if line not in readme.splitlines()]
     assert not missing, missing
 
 
 def test_slurm_job_script_is_valid_bash_with_slurm_coordinator():
-    out = _dry_run(shlex.split(README_DRY_RUNS["slurm"])).stdout
+    out = _dry_run(shlex.split(DOCUMENTED_DRY_RUNS["slurm"])).stdout
     script = out.split("<<'JOB'\n", 1)[1].rsplit("JOB\n", 1)[0]
     check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
