@@ -81,6 +81,33 @@ def test_the_variant_table_is_at_the_bottom():
     assert not [(m, t) for m in towers for t in graph[m] if t.startswith(above)]
 
 
+# docs/architecture.md's layers: a module may import its own layer or lower ones, never a higher one.
+LAYERS = {
+    1: ("puzzles", "variants", "workdir", "assets", "images", "cli"),
+    2: ("data.smart101", "data.synthetic", "towers", "metrics"),
+    3: ("reasoner", "features", "reports", "data.pipeline", "data.build", "data.tfds_smart101", "summaries",
+        "parallel", "optim", "convert.baseline_table"),
+    4: ("train", "inference"),
+    5: ("main", "evaluate", "predict", "convert", "torch_port"),
+}
+
+
+def layer_of(module: str) -> int:
+    name = module.removeprefix(f"{PACKAGE}.")
+    matches = [(len(p), layer) for layer, prefixes in LAYERS.items() for p in prefixes
+               if name == p or name.startswith(p + ".")]  # fmt: skip
+    assert matches or name in (PACKAGE, "data"), f"{module} is in no layer of docs/architecture.md"
+    return max(matches)[1] if matches else 0
+
+
+def test_imports_go_down_the_layers():
+    graph = import_graph()
+    upward = [(m, t) for m in graph for t in graph[m] if layer_of(t) > layer_of(m)]
+    assert not upward, upward
+    peers = ("smartvlm_jax.train", "smartvlm_jax.inference")
+    assert peers[1] not in graph[peers[0]] and peers[0] not in graph[peers[1]]
+
+
 def test_configs_import_only_what_they_need():
     code = (
         "import sys; import configs.smarter, configs.baseline, configs.smoke\n"
