@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax.towers import bert, dinov2, onednn, resnet, siglip, vit
+from smartvlm_jax.towers import bert, dinov2, resnet, siglip, vit
+from smartvlm_jax.towers.backends import onednn
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
 from smartvlm_jax.towers.tokenizer import TextTokenizer
@@ -209,9 +210,9 @@ class Tower:
     @functools.cached_property
     def packs_linears(self) -> bool:
         """Whether ``ready_params`` hold the block linears packed for the oneDNN kernels
-        (:mod:`smartvlm_jax.towers.onednn`): ViT towers loaded with ``cpu_onednn``, on a one-device CPU
-        backend where the kernels build. (A custom call has no SPMD partitioning rule: over several
-        devices it would run replicated.)"""
+        (:mod:`smartvlm_jax.towers.backends.onednn`): ViT towers loaded with ``cpu_onednn``, on a
+        one-device CPU backend where the kernels build. (A custom call has no SPMD partitioning rule: over
+        several devices it would run replicated.)"""
         return (
             self.cpu_onednn
             and self._is_vit

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from smartvlm_jax.towers import onednn
+from smartvlm_jax.towers.backends import onednn
 from smartvlm_jax.towers.params import flatten, unflatten
 
 Params = Mapping[str, Any]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from smartvlm_jax import towers
-from smartvlm_jax.towers import onednn, vit
+from smartvlm_jax.towers import vit
+from smartvlm_jax.towers.backends import onednn
 
 if platform.system() != "Linux" or platform.machine() != "x86_64":
     pytest.skip("the oneDNN kernels are built for x86-64 Linux only", allow_module_level=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smartvlm_jax import towers
-from smartvlm_jax.towers import onednn
+from smartvlm_jax.towers.backends import onednn
 from tests.towers.conftest import (
     DINOV2_BASE,
     SIGLIP_BASE_TEXT,
