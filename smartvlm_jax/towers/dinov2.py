@@ -186,15 +186,5 @@ def _forward(
     x = x + position_embeddings(
         emb["position_embeddings"], pixels.shape[1] // patch, pixels.shape[2] // patch
     )
-    x = vit.encoder(
-        params["encoder"]["layer"],
-        x,
-        block_layout(config),
-        config["num_hidden_layers"],
-        ops,
-        num_heads=config["num_attention_heads"],
-        eps=config["layer_norm_eps"],
-        act=vit.activation(config["hidden_act"]),
-        dtype=dtype,
-    )
+    x = vit.encoder(params["encoder"]["layer"], x, block_layout(config), config, dtype, ops)
     return vit.layer_norm(params["layernorm"], x, config["layer_norm_eps"])

@@ -127,22 +127,6 @@ def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) 
     return {**params, "encoder": {**params["encoder"], "layers": layers}}
 
 
-def _encode(
-    params: dict[str, Any], x: jax.Array, config: dict[str, Any], dtype: Any, ops: vit.Ops
-) -> jax.Array:
-    return vit.encoder(
-        params["encoder"]["layers"],
-        x,
-        LAYOUT,
-        config["num_hidden_layers"],
-        ops,
-        num_heads=config["num_attention_heads"],
-        eps=config["layer_norm_eps"],
-        act=vit.activation(config["hidden_act"]),
-        dtype=dtype,
-    )
-
-
 def vision_forward(
     params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any
 ) -> jax.Array:
@@ -166,7 +150,7 @@ def _vision_forward(
             f"SigLIP vision expects {config['image_size']}x{config['image_size']} pixels "
             f"({pos.shape[0]} patches); got {pixels.shape[1]}x{pixels.shape[2]}"
         )
-    x = _encode(params, x + pos.astype(jnp.float32), config, dtype, ops)
+    x = vit.encoder(params["encoder"]["layers"], x + pos.astype(jnp.float32), LAYOUT, config, dtype, ops)
     return vit.layer_norm(params["post_layernorm"], x, config["layer_norm_eps"])
 
 
@@ -210,7 +194,7 @@ def _text_forward(
     pos = emb["position_embedding"]["embedding"]
     x = jnp.take(emb["token_embedding"]["embedding"], ids, axis=0).astype(jnp.float32)
     x = x + pos[:t].astype(jnp.float32)
-    x = _encode(params, x, config, dtype, ops)
+    x = vit.encoder(params["encoder"]["layers"], x, LAYOUT, config, dtype, ops)
     return vit.layer_norm(params["final_layer_norm"], x, config["layer_norm_eps"])
 
 

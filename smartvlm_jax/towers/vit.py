@@ -238,16 +238,23 @@ def encoder_block(
 
 
 def encoder(
-    layers: Params, x: jax.Array, layout: BlockLayout, num_layers: int, ops: Ops, **block_kwargs: Any
+    layers: Params, x: jax.Array, layout: BlockLayout, config: Mapping[str, Any], dtype: Any, ops: Ops
 ) -> jax.Array:
-    """Runs blocks ``layers["0"] .. layers[str(num_layers - 1)]`` through ``ops`` (``block_kwargs``: those
-    of :func:`encoder_block`).
+    """Runs blocks ``layers["0"] .. layers[str(num_hidden_layers - 1)]`` on the float32 stream ``x``.
 
+    ``config`` is the part's HF config; its ``num_hidden_layers``, ``num_attention_heads``,
+    ``layer_norm_eps`` and ``hidden_act`` (:func:`activation`; ``ValueError`` if unknown) shape the blocks.
     A Python loop (unrolled under jit) rather than ``lax.scan``: the layers keep their HF names, and the
     unrolled form was measurably faster on CPU.
     """
-    for i in range(num_layers):
-        x = ops.block(layers[str(i)], x, layout, **block_kwargs)
+    kwargs = {
+        "num_heads": config["num_attention_heads"],
+        "eps": config["layer_norm_eps"],
+        "act": activation(config["hidden_act"]),
+        "dtype": dtype,
+    }
+    for i in range(config["num_hidden_layers"]):
+        x = ops.block(layers[str(i)], x, layout, **kwargs)
     return x
 
 
