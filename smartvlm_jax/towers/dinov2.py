@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smartvlm_jax.towers import vit
+from smartvlm_jax.towers import backends, vit
 from smartvlm_jax.towers.params import ParamSpec, Specs, layer_norm_specs, linear_specs
 
 # transformers.Dinov2Config defaults (dinov2-base), used for keys a hand-written config leaves out.
@@ -149,25 +149,34 @@ def position_embeddings(pos: jax.Array, grid_h: int, grid_w: int) -> jax.Array:
     return jnp.concatenate([pos[:, :1].astype(jnp.float32), grid.reshape(1, grid_h * grid_w, -1)], axis=1)
 
 
+def block_layout(config: dict[str, Any]) -> vit.BlockLayout:
+    """The block layout of this config: :data:`SWIGLU_LAYOUT` (the giant model) or :data:`LAYOUT`."""
+    return SWIGLU_LAYOUT if config["use_swiglu_ffn"] else LAYOUT
+
+
 def forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
     """NHWC float pixels [B, H, W, C] -> ``last_hidden_state`` [B, 1 + (H // p) * (W // p), D] (float32).
 
-    On CPU the batch runs in groups of a few images (:func:`vit.group_size`); elsewhere all at once.
+    Runs on the ops :func:`backends.ops_for` picks for ``params``' encoder (on CPU: in groups of a few
+    images; elsewhere all at once).
     """
     patch = _int(config["patch_size"])
     tokens = 1 + (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
-    group = vit.group_size(pixels.shape[0], tokens, vit.group_rows(params["encoder"]["layer"]))
-    return vit.map_groups(lambda px: _forward(params, px, config, dtype), pixels, group)
+    ops = backends.ops_for(params["encoder"]["layer"])
+    return ops.in_groups(lambda px: _forward(params, px, config, dtype, ops), pixels, tokens)
 
 
 def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) -> dict[str, Any]:
-    """The parameters :func:`forward` runs fastest on (:func:`vit.prepare_layers`)."""
-    layout = SWIGLU_LAYOUT if config["use_swiglu_ffn"] else LAYOUT
-    layers = vit.prepare_layers(params["encoder"]["layer"], layout, int(config["hidden_size"]), pack)
+    """The parameters :func:`forward` runs fastest on (:func:`backends.prepare_layers`; ``pack``: for the
+    one-device CPU kernels)."""
+    width = int(config["hidden_size"])
+    layers = backends.prepare_layers(params["encoder"]["layer"], block_layout(config), width, pack)
     return {**params, "encoder": {**params["encoder"], "layer": layers}}
 
 
-def _forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
+def _forward(
+    params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any, ops: vit.Ops
+) -> jax.Array:
     patch = _int(config["patch_size"])
     emb = params["embeddings"]
     x = vit.patch_embed(emb["patch_embeddings"]["projection"], pixels, patch)
@@ -177,15 +186,5 @@ def _forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], 
     x = x + position_embeddings(
         emb["position_embeddings"], pixels.shape[1] // patch, pixels.shape[2] // patch
     )
-    layout = SWIGLU_LAYOUT if config["use_swiglu_ffn"] else LAYOUT
-    x = vit.encoder(
-        params["encoder"]["layer"],
-        x,
-        layout,
-        config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        eps=config["layer_norm_eps"],
-        act=vit.activation(config["hidden_act"]),
-        dtype=dtype,
-    )
+    x = vit.encoder(params["encoder"]["layer"], x, block_layout(config), config, dtype, ops)
     return vit.layer_norm(params["layernorm"], x, config["layer_norm_eps"])

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax.towers import bert, dinov2, onednn, resnet, siglip, vit
+from smartvlm_jax.towers import backends, bert, dinov2, resnet, siglip
 from smartvlm_jax.towers.params import Specs, compute_dtype
 from smartvlm_jax.towers.preprocess import Normalizer, Resizer
 from smartvlm_jax.towers.tokenizer import TextTokenizer
@@ -41,7 +41,8 @@ class Family:
     forward: Forward
     pool: Pool
     # (params, config, pack) -> the equivalent params ``forward`` runs fastest on (computed once, outside
-    # jit); ``pack``: with the block linears packed for the oneDNN kernels (ViT towers)
+    # jit); ``pack``: with the block linears packed for the oneDNN kernels (ViT towers:
+    # backends.prepare_layers)
     prepare: Callable[[Any, dict[str, Any], bool], Any] = lambda params, config, pack: params
 
     def full_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +126,8 @@ MODEL_TYPES: dict[str, ModelType] = {
     "bert": ModelType("bert", {"text": PartSource(None, ("", "bert."))}, ignored=bert.PRETRAINING_HEAD_KEYS),
 }
 
-# Tower kinds built from vit.py's pre-LN blocks (fused q/k/v, oneDNN kernels, CPU compiler options).
+# Tower kinds built from vit.py's pre-LN blocks, which run on towers.backends (fused q/k/v, oneDNN kernels,
+# CPU compiler options).
 VIT_KINDS = ("dinov2", "siglip")
 
 FORMAT = "smartvlm_jax.towers"
@@ -199,26 +201,17 @@ class Tower:
     def compiler_options(self) -> dict[str, Any] | None:
         """XLA options for jitting this tower's forward (``jax.jit(..., compiler_options=)``), or None.
 
-        ViT towers in float32 on CPU compile their dots through oneDNN (:func:`vit.compiler_options`)
+        ViT towers in float32 on CPU compile their dots through oneDNN (:func:`backends.compiler_options`)
         unless loaded with ``cpu_onednn=False``.
         """
-        if not (self.cpu_onednn and self._is_vit):
-            return None
-        return vit.compiler_options(self._compute_dtype)
+        return backends.compiler_options(self._compute_dtype, self.cpu_onednn) if self._is_vit else None
 
     @functools.cached_property
     def packs_linears(self) -> bool:
-        """Whether ``ready_params`` hold the block linears packed for the oneDNN kernels
-        (:mod:`smartvlm_jax.towers.onednn`): ViT towers loaded with ``cpu_onednn``, on a one-device CPU
-        backend where the kernels build. (A custom call has no SPMD partitioning rule: over several
-        devices it would run replicated.)"""
-        return (
-            self.cpu_onednn
-            and self._is_vit
-            and vit.default_impl() == "cpu"
-            and jax.device_count() == 1
-            and onednn.unavailable_reason() is None
-        )
+        """Whether ``ready_params`` hold the block linears packed for the oneDNN kernels: ViT towers loaded
+        with ``cpu_onednn`` where the backend packs them (:func:`backends.packs_linears`: a one-device CPU
+        backend where the kernels build)."""
+        return self._is_vit and backends.packs_linears(self.cpu_onednn)
 
     @functools.cached_property
     def ready_params(self) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from smartvlm_jax.towers import vit
+from smartvlm_jax.towers import backends, vit
 from smartvlm_jax.towers.dinov2 import _int
 from smartvlm_jax.towers.params import ParamSpec, Specs, layer_norm_specs, linear_specs
 
@@ -121,36 +121,25 @@ def text_param_specs(config: dict[str, Any]) -> Specs:
 
 
 def prepare(params: dict[str, Any], config: dict[str, Any], pack: bool = False) -> dict[str, Any]:
-    """The parameters the forwards run fastest on, vision or text (:func:`vit.prepare_layers`)."""
-    layers = vit.prepare_layers(params["encoder"]["layers"], LAYOUT, int(config["hidden_size"]), pack)
+    """The parameters the forwards run fastest on, vision or text (:func:`backends.prepare_layers`;
+    ``pack``: for the one-device CPU kernels)."""
+    layers = backends.prepare_layers(params["encoder"]["layers"], LAYOUT, int(config["hidden_size"]), pack)
     return {**params, "encoder": {**params["encoder"], "layers": layers}}
-
-
-def _encode(params: dict[str, Any], x: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
-    return vit.encoder(
-        params["encoder"]["layers"],
-        x,
-        LAYOUT,
-        config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        eps=config["layer_norm_eps"],
-        act=vit.activation(config["hidden_act"]),
-        dtype=dtype,
-    )
 
 
 def vision_forward(
     params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any
 ) -> jax.Array:
-    """NHWC pixels [B, S, S, C] -> ``last_hidden_state`` [B, (S / p)^2, D] (float32), in CPU-sized groups."""
+    """NHWC pixels [B, S, S, C] -> ``last_hidden_state`` [B, (S / p)^2, D] (float32), on the ops
+    :func:`backends.ops_for` picks (on CPU: in groups of a few images)."""
     patch = _int(config["patch_size"])
     tokens = (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
-    group = vit.group_size(pixels.shape[0], tokens, vit.group_rows(params["encoder"]["layers"]))
-    return vit.map_groups(lambda px: _vision_forward(params, px, config, dtype), pixels, group)
+    ops = backends.ops_for(params["encoder"]["layers"])
+    return ops.in_groups(lambda px: _vision_forward(params, px, config, dtype, ops), pixels, tokens)
 
 
 def _vision_forward(
-    params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any
+    params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], dtype: Any, ops: vit.Ops
 ) -> jax.Array:
     patch = _int(config["patch_size"])
     emb = params["embeddings"]
@@ -161,7 +150,7 @@ def _vision_forward(
             f"SigLIP vision expects {config['image_size']}x{config['image_size']} pixels "
             f"({pos.shape[0]} patches); got {pixels.shape[1]}x{pixels.shape[2]}"
         )
-    x = _encode(params, x + pos.astype(jnp.float32), config, dtype)
+    x = vit.encoder(params["encoder"]["layers"], x + pos.astype(jnp.float32), LAYOUT, config, dtype, ops)
     return vit.layer_norm(params["post_layernorm"], x, config["layer_norm_eps"])
 
 
@@ -193,17 +182,19 @@ def text_forward(params: dict[str, Any], ids: jax.Array, config: dict[str, Any],
     n_pos = params["embeddings"]["position_embedding"]["embedding"].shape[0]
     if t > n_pos:
         raise ValueError(f"sequence length {t} exceeds max_position_embeddings {n_pos}")
-    group = vit.group_size(ids.shape[0], t, vit.group_rows(params["encoder"]["layers"]))
-    return vit.map_groups(lambda i: _text_forward(params, i, config, dtype), ids, group)
+    ops = backends.ops_for(params["encoder"]["layers"])
+    return ops.in_groups(lambda i: _text_forward(params, i, config, dtype, ops), ids, t)
 
 
-def _text_forward(params: dict[str, Any], ids: jax.Array, config: dict[str, Any], dtype: Any) -> jax.Array:
+def _text_forward(
+    params: dict[str, Any], ids: jax.Array, config: dict[str, Any], dtype: Any, ops: vit.Ops
+) -> jax.Array:
     emb = params["embeddings"]
     t = ids.shape[1]
     pos = emb["position_embedding"]["embedding"]
     x = jnp.take(emb["token_embedding"]["embedding"], ids, axis=0).astype(jnp.float32)
     x = x + pos[:t].astype(jnp.float32)
-    x = _encode(params, x, config, dtype)
+    x = vit.encoder(params["encoder"]["layers"], x, LAYOUT, config, dtype, ops)
     return vit.layer_norm(params["final_layer_norm"], x, config["layer_norm_eps"])
 
 

@@ -6,22 +6,23 @@ converter a rename table and lets the trainer treat tower weights as data. Every
 in the weights' dtype and accumulates in float32 (``preferred_element_type``), and LayerNorm, softmax and
 the residual stream stay float32: with bfloat16 weights that is the fast path of XLA's CPU backend and the
 usual mixed-precision recipe on TPU/GPU; with float32 weights it is plain fp32.
+
+This module says what the encoders compute, not how it runs: their linears, attention, blocks and batch go
+through an :class:`Ops` that :mod:`smartvlm_jax.towers.backends` picks (XLA's dots with the platform's
+attention formulation, or the oneDNN kernels on one-device CPU) and prepares the weights for.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from smartvlm_jax.towers import onednn
 from smartvlm_jax.towers.params import flatten, unflatten
 
 Params = Mapping[str, Any]
@@ -58,13 +59,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-# The activations the oneDNN encoder block applies inside its MLP's first matmul, by their names there.
-ONEDNN_ACTIVATIONS: dict[Callable[[jax.Array], jax.Array], str] = {
-    gelu_erf: "gelu_erf",
-    gelu_tanh: "gelu_tanh",
-}
-
-
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """Looks up an HF activation name; raises ``ValueError`` naming it when unsupported."""
     if name not in ACTIVATIONS:
@@ -73,12 +67,10 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 def linear(p: Params, x: jax.Array) -> jax.Array:
-    """``x @ kernel + bias`` with inputs in the kernel's dtype and a float32 result.
+    """``x @ kernel + bias`` with inputs in the kernel's dtype and a float32 result [..., N].
 
-    ``p`` holds ``kernel`` (and maybe ``bias``), or ``packed`` and ``bias`` from :func:`pack_linears`.
+    ``p`` holds ``kernel`` [K, N] (and maybe ``bias`` [N]), as in the checkpoint.
     """
-    if "packed" in p:
-        return onednn.linear(x, p["packed"], p["bias"])
     kernel = p["kernel"]
     y = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=F32)
     if "bias" in p:
@@ -109,88 +101,6 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, dtype: Any) -> jax.Array:
     return out / jnp.transpose(denom, (0, 2, 1))[..., None]
 
 
-def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """:func:`attend` on ``[B, H, T, Dh]`` operands (scaled, in the compute dtype) -> ``[B, H, Tq, Dh]``.
-
-    The CPU path: with the heads axis leading, both dots are plain batched matmuls that XLA hands to its
-    matmul library without a transpose of the [Tq, Tk] scores; scores, exp and the row sums stay float32.
-    """
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=F32)
-    e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True)).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", e, v, preferred_element_type=F32)
-    row_sums = jnp.einsum("bhqk,k->bhq", e, jnp.ones(e.shape[-1:], e.dtype), preferred_element_type=F32)
-    return out / row_sums[..., None]
-
-
-# Attention formulations, picked at trace time from the backend (see :func:`default_impl`):
-# "cpu": :func:`attend_heads_major`; "fused": :func:`fused_attention` (cuDNN flash attention on NVIDIA
-# GPUs in bf16/fp16, XLA's ``dot_product_attention`` otherwise).
-ATTENTION_IMPLS = ("cpu", "fused")
-# jax.nn.dot_product_attention's own default is XLA's formulation on every backend: cuDNN must be asked for.
-CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
-
-
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Scaled (already) attention of ``[B, T, H, Dh]`` q/k/v -> ``[B, T, H, Dh]`` in q's dtype.
-
-    On a CUDA GPU with bf16/fp16 operands: ``jax.nn.dot_product_attention(implementation="cudnn")``, cuDNN's
-    fused flash attention, where :func:`cudnn_attention_compiles` for these shapes; otherwise (another GPU
-    vendor, an old cuDNN or compute capability, a head size cuDNN refuses: a warning says why; float32;
-    other backends) XLA's formulation of the same function.
-    """
-    if jax.default_backend() == "gpu" and q.dtype in CUDNN_DTYPES:
-        reason = cudnn_attention_compiles(tuple(q.shape), tuple(k.shape), jnp.dtype(q.dtype).name)
-        if not reason:
-            return jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation="cudnn")
-        warnings.warn(
-            f"cuDNN attention unavailable for {q.shape} {q.dtype} ({reason}); using XLA's", stacklevel=2
-        )
-    return jax.nn.dot_product_attention(q, k, v, scale=1.0)
-
-
-@functools.lru_cache(maxsize=64)
-def cudnn_attention_compiles(q_shape: tuple, kv_shape: tuple, dtype: str) -> str:
-    """Empty if cuDNN's fused attention traces and compiles for these shapes on the default GPU, else why not.
-
-    Probed once per shape with a stand-alone compilation: cuDNN refuses some configurations only when XLA
-    builds its graph, which a surrounding jit could not recover from.
-    """
-    q = jax.ShapeDtypeStruct(q_shape, dtype)
-    kv = jax.ShapeDtypeStruct(kv_shape, dtype)
-    fn = functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation="cudnn")
-    try:
-        jax.jit(fn).lower(q, kv, kv).compile()
-    except Exception as e:  # noqa: BLE001 - any refusal means: use XLA's formulation
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return ""
-
-
-def default_impl() -> str:
-    """The attention formulation for the default backend: "fused" on GPU/TPU, "cpu" otherwise."""
-    return "fused" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
-
-
-# XLA options for compiling a float32 ViT forward on CPU: every dot through oneDNN and no YNNPACK
-# fusions. YNNPACK (the default) fuses the attention's max/exp into the score dot and runs float32
-# GEMMs no faster than oneDNN; this set measured +5-15 % on the base towers in float32 (Intel Xeon, AMX).
-# For bfloat16 the defaults stay: XLA's oneDNN bf16 dots ran at ~300 GFLOP/s against YNNPACK's ~1,500.
-CPU_FP32_COMPILER_OPTIONS: dict[str, Any] = {
-    "xla_cpu_experimental_ynn_fusion_type": "",
-    "xla_cpu_use_onednn": True,
-    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
-}
-
-
-def compiler_options(dtype: Any) -> dict[str, Any] | None:
-    """``jax.jit(..., compiler_options=)`` for a tower forward in ``dtype`` on the default backend.
-
-    CPU float32: :data:`CPU_FP32_COMPILER_OPTIONS`; anything else: ``None`` (XLA's defaults).
-    """
-    if default_impl() == "cpu" and jnp.dtype(dtype) == jnp.float32:
-        return dict(CPU_FP32_COMPILER_OPTIONS)
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
     """Where one pre-LN encoder block keeps its weights, as dotted paths relative to the block.
@@ -216,21 +126,23 @@ class BlockLayout:
 FUSED_QKV = "fused_qkv"
 
 
-def _qkv_projection(p: Params, layout: BlockLayout, width: int) -> tuple[jax.Array, jax.Array]:
-    """The q, k and v kernels side by side ``[D, 3D]`` and their biases ``[3D]`` (zeros where absent).
+def qkv_projection(p: Params, layout: BlockLayout, width: int) -> Params:
+    """The q, k and v projections of a block side by side: ``kernel`` [D, 3D], float32 ``bias`` [3D]
+    (zeros where the checkpoint has none).
 
     One [D, 3D] matmul instead of three [D, D] ones: a wider output keeps the matmul library busier. Blocks
-    prepared by :func:`fuse_qkv` carry it ready-made; otherwise it is concatenated here, under jit, which
-    on CPU costs 5-13 % of a base tower's forward (XLA's CPU concatenation is slow, and upcasts bfloat16).
+    prepared by :func:`fuse_qkv` carry it ready-made (in whatever form the backend prepared it:
+    :func:`smartvlm_jax.towers.backends.prepare_layers`); HF-named ones get it here, under jit, which on
+    CPU costs 5-13 % of a base tower's forward (XLA's CPU concatenation is slow, and upcasts bfloat16).
     """
     if FUSED_QKV in p:
-        return p[FUSED_QKV]["kernel"], p[FUSED_QKV]["bias"]
+        return p[FUSED_QKV]
     parts = [get(p, path) for path in (layout.query, layout.key, layout.value)]
     kernel = jnp.concatenate([part["kernel"] for part in parts], axis=1)
     bias = jnp.concatenate(
         [part["bias"].astype(F32) if "bias" in part else jnp.zeros((width,), F32) for part in parts]
     )
-    return kernel, bias
+    return {"kernel": kernel, "bias": bias}
 
 
 def fuse_qkv(layers: Params, layout: BlockLayout, width: int) -> dict[str, Any]:
@@ -243,77 +155,64 @@ def fuse_qkv(layers: Params, layout: BlockLayout, width: int) -> dict[str, Any]:
     separate = tuple(f"{path}." for path in (layout.query, layout.key, layout.value))
     fused = {}
     for name, block in layers.items():
-        kernel, bias = jax.jit(_qkv_projection, static_argnums=(1, 2))(block, layout, width)
+        projection = jax.jit(qkv_projection, static_argnums=(1, 2))(block, layout, width)
         rest = {key: leaf for key, leaf in flatten(block).items() if not key.startswith(separate)}
-        fused[name] = {**unflatten(rest), FUSED_QKV: {"kernel": kernel, "bias": bias}}
+        fused[name] = {**unflatten(rest), FUSED_QKV: projection}
     return fused
 
 
-def pack_linears(layers: Params, layout: BlockLayout) -> dict[str, Any]:
-    """``layers`` (after :func:`fuse_qkv`) with each block's linears as oneDNN-packed kernels
-    (``{"packed", "bias"}``, :func:`onednn.pack`); for CPU forwards, run once outside jit."""
-    paths = (FUSED_QKV, layout.out, layout.fc1, layout.fc2)
-    packed = {}
-    for name, block in layers.items():
-        flat = flatten(block)
-        for path in paths:
-            kernel = flat.pop(f"{path}.kernel")
-            bias = flat.pop(f"{path}.bias", None)
-            flat[f"{path}.packed"] = onednn.pack(kernel)
-            flat[f"{path}.bias"] = jnp.zeros(kernel.shape[1:], F32) if bias is None else bias.astype(F32)
-        packed[name] = unflatten(flat)
-    return packed
+class Ops(Protocol):
+    """How the encoder's heavy operations run: the seam between this module's math and a backend.
 
+    The tower forwards get one from :func:`smartvlm_jax.towers.backends.ops_for` (XLA's dots, or the
+    oneDNN kernels on packed weights) at trace time and pass it down; every function here that takes
+    ``ops`` runs its linears, attention, blocks or batch through it and nothing else backend-specific.
+    """
 
-def prepare_layers(layers: Params, layout: BlockLayout, width: int, pack: bool) -> dict[str, Any]:
-    """``layers`` laid out for the forward, once, outside jit: q/k/v fused (:func:`fuse_qkv`) and, with
-    ``pack``, the linears packed for the oneDNN kernels (:func:`pack_linears`)."""
-    layers = fuse_qkv(layers, layout, width)
-    return pack_linears(layers, layout) if pack else layers
+    def linear(self, p: Params, x: jax.Array) -> jax.Array:
+        """:func:`linear` on a block's weights ``p`` (as the backend prepared them): float32 [..., N]."""
+
+    def attention(self, qkv: Params, x: jax.Array, num_heads: int, dtype: Any) -> jax.Array:
+        """Softmax self-attention of ``x`` [B, T, D] through the fused projection ``qkv``
+        (:func:`qkv_projection`), before the output projection -> [B, T, D] (float32 or ``dtype``).
+
+        Each head's queries are scaled by 1/sqrt(Dh); q, k, v and the softmax enter their matmuls in
+        ``dtype``, the scores and their row sums stay float32."""
+
+    def block(self, p: Params, x: jax.Array, layout: BlockLayout, **kwargs: Any) -> jax.Array:
+        """One encoder block: ``encoder_block(p, x, layout, ops=self, **kwargs)`` (``kwargs``: its
+        ``num_heads``, ``eps``, ``act``, ``dtype``), or a backend's single kernel for it."""
+
+    def in_groups(self, fn: Callable[[jax.Array], jax.Array], x: jax.Array, tokens: int) -> jax.Array:
+        """``fn(x)`` for ``fn`` treating examples independently, possibly run over groups of examples
+        (``tokens`` rows each) that fit the backend's caches; equal to ``fn(x)``."""
 
 
 def self_attention(
-    p: Params, x: jax.Array, layout: BlockLayout, num_heads: int, dtype: Any, impl: str = "cpu"
+    p: Params, x: jax.Array, layout: BlockLayout, num_heads: int, dtype: Any, ops: Ops
 ) -> jax.Array:
-    """Multi-head self-attention of ``x`` [B, T, D]: fused q/k/v projection, attention, output projection.
-
-    The query scale 1/sqrt(Dh) is applied to q in float32 before it is cast for the QK^T dot, as
-    PyTorch's scaled_dot_product_attention does. ``impl`` is one of :data:`ATTENTION_IMPLS`.
-    """
-    b, t, d = x.shape
-    head_dim = d // num_heads
-    if "packed" in p.get(FUSED_QKV, {}):  # the oneDNN path (:func:`pack_linears`, CPU only)
-        qkv = onednn.linear(x, p[FUSED_QKV]["packed"], p[FUSED_QKV]["bias"], out_dtype=dtype)
-        return linear(get(p, layout.out), onednn.attention(qkv, num_heads, head_dim**-0.5))
-    if FUSED_QKV in p:
-        qkv = linear(p[FUSED_QKV], x)
-    else:
-        kernel, bias = _qkv_projection(p, layout, d)
-        qkv = jnp.dot(x.astype(kernel.dtype), kernel, preferred_element_type=F32) + bias
-    scale = jnp.concatenate([jnp.full((d,), head_dim**-0.5, F32), jnp.ones((2 * d,), F32)])
-    qkv = (qkv * scale).astype(dtype).reshape(b, t, 3, num_heads, head_dim)
-    if impl == "fused":
-        ctx = fused_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).astype(F32).reshape(b, t, d)
-    elif impl == "cpu":
-        qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, T, Dh]
-        ctx = attend_heads_major(qkv[0], qkv[1], qkv[2])
-        ctx = jnp.transpose(ctx, (0, 2, 1, 3)).reshape(b, t, d)
-    else:
-        raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    return linear(get(p, layout.out), ctx)
+    """Multi-head self-attention of ``x`` [B, T, D] -> [B, T, D] float32: fused q/k/v projection,
+    softmax attention (:meth:`Ops.attention`), output projection."""
+    ctx = ops.attention(qkv_projection(p, layout, x.shape[-1]), x, num_heads, dtype)
+    return ops.linear(get(p, layout.out), ctx)
 
 
 def mlp(
-    p: Params, x: jax.Array, layout: BlockLayout, act: Callable[[jax.Array], jax.Array], dtype: Any
+    p: Params,
+    x: jax.Array,
+    layout: BlockLayout,
+    act: Callable[[jax.Array], jax.Array],
+    dtype: Any,
+    ops: Ops,
 ) -> jax.Array:
     """Two-layer MLP, hidden units in ``dtype``; with ``layout.swiglu`` fc1 holds [gate | up] and the
     hidden is silu(gate) * up."""
     if layout.swiglu:
-        gate, up = jnp.split(linear(get(p, layout.fc1), x), 2, axis=-1)
+        gate, up = jnp.split(ops.linear(get(p, layout.fc1), x), 2, axis=-1)
         h = (jax.nn.silu(gate) * up).astype(dtype)
     else:
-        h = act(linear(get(p, layout.fc1), x)).astype(dtype)
-    return linear(get(p, layout.fc2), h)
+        h = act(ops.linear(get(p, layout.fc1), x)).astype(dtype)
+    return ops.linear(get(p, layout.fc2), h)
 
 
 def encoder_block(
@@ -325,96 +224,38 @@ def encoder_block(
     eps: float,
     act: Callable[[jax.Array], jax.Array],
     dtype: Any,
-    impl: str = "cpu",
+    ops: Ops,
 ) -> jax.Array:
-    """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32.
-
-    Blocks packed by :func:`pack_linears` (CPU) run as one oneDNN call (:func:`onednn.encoder_block`),
-    except SwiGLU ones and activations oneDNN lacks, whose linears and attention still go to oneDNN one by
-    one.
-    """
-    if "packed" in p.get(FUSED_QKV, {}) and not layout.swiglu and act in ONEDNN_ACTIVATIONS:
-        weights = {
-            "ln1": get(p, layout.norm1),
-            "qkv": p[FUSED_QKV],
-            "out": get(p, layout.out),
-            "ln2": get(p, layout.norm2),
-            "fc1": get(p, layout.fc1),
-            "fc2": get(p, layout.fc2),
-        }
-        for key, path in (("ls1", layout.layer_scale1), ("ls2", layout.layer_scale2)):
-            if path:
-                weights[key] = get(p, path)
-        return onednn.encoder_block(x, weights, num_heads, eps, ONEDNN_ACTIVATIONS[act])
-    h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype, impl)
+    """One pre-LN transformer block: x + ls1 * attn(ln1(x)); x + ls2 * mlp(ln2(x)). Residuals in float32."""
+    h = self_attention(p, layer_norm(get(p, layout.norm1), x, eps), layout, num_heads, dtype, ops)
     if layout.layer_scale1:
         h = h * get(p, layout.layer_scale1).astype(F32)
     x = x + h
-    h = mlp(p, layer_norm(get(p, layout.norm2), x, eps).astype(dtype), layout, act, dtype)
+    h = mlp(p, layer_norm(get(p, layout.norm2), x, eps).astype(dtype), layout, act, dtype, ops)
     if layout.layer_scale2:
         h = h * get(p, layout.layer_scale2).astype(F32)
     return x + h
 
 
 def encoder(
-    layers: Params,
-    x: jax.Array,
-    layout: BlockLayout,
-    num_layers: int,
-    impl: str | None = None,
-    **block_kwargs: Any,
+    layers: Params, x: jax.Array, layout: BlockLayout, config: Mapping[str, Any], dtype: Any, ops: Ops
 ) -> jax.Array:
-    """Runs blocks ``layers["0"] .. layers[str(num_layers - 1)]``; ``impl=None`` picks :func:`default_impl`.
+    """Runs blocks ``layers["0"] .. layers[str(num_hidden_layers - 1)]`` on the float32 stream ``x``.
 
+    ``config`` is the part's HF config; its ``num_hidden_layers``, ``num_attention_heads``,
+    ``layer_norm_eps`` and ``hidden_act`` (:func:`activation`; ``ValueError`` if unknown) shape the blocks.
     A Python loop (unrolled under jit) rather than ``lax.scan``: the layers keep their HF names, and the
     unrolled form was measurably faster on CPU.
     """
-    impl = impl or default_impl()
-    for i in range(num_layers):
-        x = encoder_block(layers[str(i)], x, layout, impl=impl, **block_kwargs)
+    kwargs = {
+        "num_heads": config["num_attention_heads"],
+        "eps": config["layer_norm_eps"],
+        "act": activation(config["hidden_act"]),
+        "dtype": dtype,
+    }
+    for i in range(config["num_hidden_layers"]):
+        x = ops.block(layers[str(i)], x, layout, **kwargs)
     return x
-
-
-# On CPU a tower runs over groups of about this many token rows at a time (see :func:`group_size`);
-# with the oneDNN kernels (:func:`pack_linears`) larger groups, whose GEMMs keep AMX busier, measured
-# +15 % (bf16 DINOv2-base); their attention runs image by image either way.
-CPU_GROUP_ROWS = 1100
-ONEDNN_GROUP_ROWS = 2100
-
-
-def group_rows(layers: Params) -> int:
-    """The CPU group size in token rows for these encoder ``layers``: packed or XLA's dots."""
-    first = next(iter(layers.values()), {})
-    return ONEDNN_GROUP_ROWS if "packed" in first.get(FUSED_QKV, {}) else CPU_GROUP_ROWS
-
-
-def group_size(batch: int, tokens: int, rows: int | None = None) -> int:
-    """How many examples the CPU path runs at once: the largest divisor of ``batch`` whose rows fit ``rows``.
-
-    On CPU a whole batch of activations (8 images x 257 tokens x 3072 MLP units is 25 MB in float32) falls
-    out of the caches between the matmuls of a block; ~1k rows at a time keeps them in L2/L3 and was
-    measurably faster. On GPU/TPU the whole batch runs at once (returns ``batch``). ``rows`` defaults to
-    :data:`CPU_GROUP_ROWS`.
-    """
-    if default_impl() != "cpu":
-        return batch
-    rows = CPU_GROUP_ROWS if rows is None else rows
-    fits = [g for g in range(1, batch + 1) if batch % g == 0 and g * tokens <= max(rows, tokens)]
-    return max(fits)
-
-
-def map_groups(fn: Callable[[jax.Array], jax.Array], x: jax.Array, group: int) -> jax.Array:
-    """``fn`` over ``x`` in consecutive groups of ``group`` examples (``lax.map``), results concatenated.
-
-    ``fn`` must treat examples independently (the towers do), so the result equals ``fn(x)``.
-    """
-    b = x.shape[0]
-    if group >= b:
-        return fn(x)
-    if b % group:
-        raise ValueError(f"group {group} does not divide the batch {b}")
-    y = lax.map(fn, x.reshape(b // group, group, *x.shape[1:]))
-    return y.reshape(b, *y.shape[2:])
 
 
 def patch_embed(p: Params, pixels: jax.Array, patch: int) -> jax.Array:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from smartvlm_jax import features, parallel, towers
-from smartvlm_jax.towers import testing, vit
+from smartvlm_jax.towers import testing
+from smartvlm_jax.towers.backends import xla
 
 pytestmark = [
     pytest.mark.gpu,
@@ -41,15 +42,15 @@ def test_bf16_tower_attention_runs_through_cudnn_and_matches_cpu_formulation(bas
     the CPU formulation (heads-major einsums, float32 softmax) run on the same GPU."""
     tower = towers.load(base_width_dinov2, dtype="bfloat16")
     pixels = np.random.default_rng(0).normal(size=(4, 224, 224, 3)).astype(np.float32)
-    assert vit.default_impl() == "fused"
+    assert xla.default_impl() == "fused"
     fused = jax.jit(tower.apply)
-    assert vit.cudnn_attention_compiles((4, 257, 12, 64), (4, 257, 12, 64), "bfloat16") == ""
+    assert xla.cudnn_attention_compiles((4, 257, 12, 64), (4, 257, 12, 64), "bfloat16") == ""
     hlo = fused.lower(tower.ready_params, pixels).compile().as_text()
     targets = set(re.findall(r'custom_call_target="([^"]+)"', hlo)) | set(re.findall(r"__cudnn\$\w+", hlo))
     print("cuDNN calls in the compiled tower:", sorted(t for t in targets if "cudnn" in t.lower()))
     assert any("cudnn" in t.lower() and ("fmha" in t.lower() or "fusion" in t.lower()) for t in targets)
     out = np.asarray(fused(tower.ready_params, pixels))
-    monkeypatch.setattr(vit, "default_impl", lambda: "cpu")
+    monkeypatch.setattr(xla, "default_impl", lambda: "cpu")
     ref = np.asarray(jax.jit(tower.apply)(tower.ready_params, pixels))
     assert np.isfinite(out).all()
     assert _mean_rel_err(out, ref) <= 2e-2
@@ -57,9 +58,9 @@ def test_bf16_tower_attention_runs_through_cudnn_and_matches_cpu_formulation(bas
     # equals the CPU formulation to float32 rounding.
     fp32 = towers.load(base_width_dinov2, dtype="float32")
     with jax.default_matmul_precision("float32"):
-        monkeypatch.setattr(vit, "default_impl", lambda: "fused")
+        monkeypatch.setattr(xla, "default_impl", lambda: "fused")
         a = np.asarray(jax.jit(fp32.apply)(fp32.ready_params, pixels))
-        monkeypatch.setattr(vit, "default_impl", lambda: "cpu")
+        monkeypatch.setattr(xla, "default_impl", lambda: "cpu")
         b = np.asarray(jax.jit(fp32.apply)(fp32.ready_params, pixels))
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from smartvlm_jax import towers
-from smartvlm_jax.towers import onednn, vit
+from smartvlm_jax.towers import vit
+from smartvlm_jax.towers.backends import onednn, xla
 
 if platform.system() != "Linux" or platform.machine() != "x86_64":
     pytest.skip("the oneDNN kernels are built for x86-64 Linux only", allow_module_level=True)
@@ -67,7 +68,7 @@ def test_attention_matches_xla(dtype, tol):
     assert ours.shape == (b, t, heads * dh) and ours.dtype == qkv.dtype
     x = qkv.astype(jnp.float32).reshape(b, t, 3, heads, dh)
     x = jnp.transpose(x * jnp.array([dh**-0.5, 1, 1])[:, None, None], (2, 0, 3, 1, 4)).astype(dtype)
-    ref = jnp.transpose(vit.attend_heads_major(x[0], x[1], x[2]), (0, 2, 1, 3)).reshape(b, t, -1)
+    ref = jnp.transpose(xla.attend_heads_major(x[0], x[1], x[2]), (0, 2, 1, 3)).reshape(b, t, -1)
     assert _rel(ours, ref) < tol
     with pytest.raises(ValueError, match="not 3 x 5 heads"):
         onednn.attention(qkv, 5, 1.0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smartvlm_jax import towers
-from smartvlm_jax.towers import onednn
+from smartvlm_jax.towers.backends import onednn
 from tests.towers.conftest import (
     DINOV2_BASE,
     SIGLIP_BASE_TEXT,
@@ -150,14 +150,15 @@ def test_base_size_parity_and_bf16(base_dirs, which, spiece):
 def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):
     """Running the batch in lax.map groups, and jax.nn.dot_product_attention (the GPU/TPU path, here its
     XLA fallback), give the same last_hidden_state as the CPU formulation on the whole batch."""
-    from smartvlm_jax.towers import dinov2, vit
+    from smartvlm_jax.towers import backends
+    from smartvlm_jax.towers.backends import xla
 
     tower = towers.load(hf_tiny["dinov2"])
     pixels = np.random.default_rng(1).normal(size=(6, 32, 32, 3)).astype(np.float32)
     whole = np.asarray(jax.jit(tower.apply)(tower.params, pixels))
-    assert vit.group_size(6, 17) == 6
-    monkeypatch.setattr(vit, "CPU_GROUP_ROWS", 40)  # 17 tokens an image -> groups of 2 images
-    assert vit.group_size(6, 17) == 2 and vit.group_size(5, 17) == 1 and vit.group_size(6, 100) == 1
+    assert xla.group_size(6, 17) == 6
+    monkeypatch.setattr(xla, "CPU_GROUP_ROWS", 40)  # 17 tokens an image -> groups of 2 images
+    assert xla.group_size(6, 17) == 2 and xla.group_size(5, 17) == 1 and xla.group_size(6, 100) == 1
     grouped = np.asarray(jax.jit(tower.apply)(tower.params, pixels))
     np.testing.assert_allclose(grouped, whole, atol=1e-5, rtol=0)
 
@@ -165,12 +166,11 @@ def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):
         t = towers.load(hf_tiny["siglip"], part=part)
         x = pixels if part == "vision" else np.arange(6 * 64).reshape(6, 64) % 500
         ref = np.asarray(t.apply(t.params, x))
-        monkeypatch.setattr(vit, "default_impl", lambda: "fused")
+        monkeypatch.setattr(xla, "default_impl", lambda: "fused")
         np.testing.assert_allclose(np.asarray(t.apply(t.params, x)), ref, atol=1e-5, rtol=0)
-        monkeypatch.setattr(vit, "default_impl", lambda: "cpu")
+        monkeypatch.setattr(xla, "default_impl", lambda: "cpu")
     with pytest.raises(ValueError, match="attention impl"):
-        vit.encoder(tower.params["encoder"]["layer"], whole, dinov2.LAYOUT, 1, impl="x",
-                    num_heads=2, eps=1e-6, act=vit.gelu_erf, dtype=np.float32)  # fmt: skip
+        backends.ops_for(tower.params["encoder"]["layer"], impl="x")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -208,10 +208,10 @@ def test_ready_params_fuse_qkv_and_match_hf_named_params(hf_tiny, tmp_path, dtyp
 def test_compiler_options_only_for_float32_vit_towers_on_cpu(hf_tiny):
     """CPU float32 ViT towers compile their dots through oneDNN unless loaded with cpu_onednn=False;
     bf16 keeps XLA's defaults. Both compilations give the same features within float32 rounding."""
-    from smartvlm_jax.towers import vit
+    from smartvlm_jax.towers.backends import xla
 
     fp32 = towers.load(hf_tiny["dinov2"])
-    assert fp32.compiler_options == vit.CPU_FP32_COMPILER_OPTIONS
+    assert fp32.compiler_options == xla.CPU_FP32_COMPILER_OPTIONS
     assert towers.load(hf_tiny["dinov2"], dtype="bfloat16").compiler_options is None
     plain = towers.load(hf_tiny["dinov2"], cpu_onednn=False)
     assert plain.compiler_options is None

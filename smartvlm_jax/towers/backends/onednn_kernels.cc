@@ -7,7 +7,8 @@
 // towers are frozen, so each kernel is packed once, outside jit (smartvlm_dnnl_pack), and every call
 // multiplies by the packed copy: y = act(x @ W + b), accumulation in float32.
 //
-// Built on first use by smartvlm_jax/towers/onednn.py against jaxlib's FFI headers and the onednn wheels.
+// Built on first use by smartvlm_jax/towers/backends/onednn.py against jaxlib's FFI headers and the
+// onednn wheels.
 
 #include <sys/mman.h>
 

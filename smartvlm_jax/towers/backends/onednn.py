@@ -1,9 +1,11 @@
-"""oneDNN kernels for the frozen towers on CPU, called from jitted code as XLA FFI custom calls.
+"""The towers' encoder ops on one-device CPU: oneDNN kernels, called from jitted code as XLA FFI custom calls.
 
 On CPU, XLA's own GEMMs and attention are where the towers lost to PyTorch, which runs oneDNN. The ViT
 blocks therefore run through ``onednn_kernels.cc``: linear layers with weights packed once into oneDNN's
-blocked layout (:func:`pack`), bias and GELU fused into the matmul (:func:`linear`); self-attention read
-straight from the fused q/k/v projection, per image batched matmuls and a softmax (:func:`attention`).
+blocked layout (:func:`pack`, :func:`pack_linears`), bias and GELU fused into the matmul (:func:`linear`);
+self-attention read straight from the fused q/k/v projection, per image batched matmuls and a softmax
+(:func:`attention`); and a whole encoder block in one call (:func:`encoder_block`). :class:`OnednnOps` runs
+:mod:`smartvlm_jax.towers.vit`'s encoders on them; :func:`usable` says whether this process can.
 
 The C++ source is compiled on first use with the system C++ compiler against jaxlib's FFI headers and
 the ``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp`` wheels (requirements.txt), and cached under
@@ -25,12 +27,17 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+
+from smartvlm_jax.towers import vit
+from smartvlm_jax.towers.backends import xla
+from smartvlm_jax.towers.params import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +237,91 @@ def encoder_block(
         act=np.int64(ACTIVATIONS[act]),
         scale=np.float32((d // num_heads) ** -0.5),
     )
+
+
+# The ViT encoders on the kernels: whether this process uses them, the weights' layout, the ops.
+
+
+def usable() -> bool:
+    """Whether this process runs packed towers through the kernels: a one-device CPU backend where they
+    build (:func:`unavailable_reason`). A custom call has no SPMD partitioning rule: over several devices
+    it would run replicated."""
+    return xla.default_impl() == "cpu" and jax.device_count() == 1 and unavailable_reason() is None
+
+
+def pack_linears(layers: vit.Params, layout: vit.BlockLayout) -> dict[str, Any]:
+    """``layers`` (after :func:`vit.fuse_qkv`) with each block's linears as packed kernels (``{"packed",
+    "bias"}``: :func:`pack`, float32 bias, zeros where the block has none); run once, outside jit."""
+    paths = (vit.FUSED_QKV, layout.out, layout.fc1, layout.fc2)
+    packed = {}
+    for name, block in layers.items():
+        flat = flatten(block)
+        for path in paths:
+            kernel = flat.pop(f"{path}.kernel")
+            bias = flat.pop(f"{path}.bias", None)
+            flat[f"{path}.packed"] = pack(kernel)
+            bias = jnp.zeros(kernel.shape[1:]) if bias is None else bias
+            flat[f"{path}.bias"] = bias.astype(jnp.float32)
+        packed[name] = unflatten(flat)
+    return packed
+
+
+def is_packed(layers: vit.Params) -> bool:
+    """Whether encoder ``layers`` were laid out by :func:`pack_linears`."""
+    first = next(iter(layers.values()), {})
+    return "packed" in first.get(vit.FUSED_QKV, {})
+
+
+# The activations :func:`encoder_block` applies inside its MLP's first matmul, by their names there.
+ACTIVATION_NAMES: dict[Callable[[jax.Array], jax.Array], str] = {
+    vit.gelu_erf: "gelu_erf",
+    vit.gelu_tanh: "gelu_tanh",
+}
+# Token rows a forward runs at once (:func:`xla.group_size`): larger than XLA's groups, as the packed
+# GEMMs keep AMX busier on more rows (+15 %, bf16 DINOv2-base); attention runs image by image either way.
+GROUP_ROWS = 2100
+
+
+class OnednnOps:
+    """:class:`vit.Ops` on blocks prepared by :func:`pack_linears`: each block one :func:`encoder_block`
+    call, except SwiGLU ones and activations the kernel lacks, whose linears and attention still run
+    here one by one."""
+
+    def linear(self, p: vit.Params, x: jax.Array) -> jax.Array:
+        return linear(x, p["packed"], p["bias"])
+
+    def attention(self, qkv: vit.Params, x: jax.Array, num_heads: int, dtype: Any) -> jax.Array:
+        """The projection in ``dtype`` (:func:`linear`), then :func:`attention`; returns ``dtype``."""
+        y = linear(x, qkv["packed"], qkv["bias"], out_dtype=dtype)
+        return attention(y, num_heads, (x.shape[-1] // num_heads) ** -0.5)
+
+    def block(
+        self,
+        p: vit.Params,
+        x: jax.Array,
+        layout: vit.BlockLayout,
+        *,
+        num_heads: int,
+        eps: float,
+        act: Callable[[jax.Array], jax.Array],
+        dtype: Any,
+    ) -> jax.Array:
+        if layout.swiglu or act not in ACTIVATION_NAMES:
+            return vit.encoder_block(
+                p, x, layout, num_heads=num_heads, eps=eps, act=act, dtype=dtype, ops=self
+            )
+        weights = {
+            "ln1": vit.get(p, layout.norm1),
+            "qkv": p[vit.FUSED_QKV],
+            "out": vit.get(p, layout.out),
+            "ln2": vit.get(p, layout.norm2),
+            "fc1": vit.get(p, layout.fc1),
+            "fc2": vit.get(p, layout.fc2),
+        }
+        for key, path in (("ls1", layout.layer_scale1), ("ls2", layout.layer_scale2)):
+            if path:
+                weights[key] = vit.get(p, path)
+        return encoder_block(x, weights, num_heads, eps, ACTIVATION_NAMES[act])
+
+    def in_groups(self, fn: Callable[[jax.Array], jax.Array], x: jax.Array, tokens: int) -> jax.Array:
+        return xla.map_groups(fn, x, xla.group_size(x.shape[0], tokens, GROUP_ROWS))
