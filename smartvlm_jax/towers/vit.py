@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from smartvlm_jax.activations import gelu_erf
 from smartvlm_jax.towers import onednn
 from smartvlm_jax.towers.params import flatten, unflatten
 
@@ -34,11 +34,6 @@ def get(params: Params, path: str) -> Any:
     for part in path.split("."):
         node = node[part]
     return node
-
-
-def gelu_erf(x: jax.Array) -> jax.Array:
-    """Exact GELU; written with ``lax.erf`` because ``jax.nn.gelu(approximate=False)`` is slow on CPU."""
-    return 0.5 * x * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
