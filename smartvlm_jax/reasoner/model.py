@@ -14,7 +14,7 @@ import ml_collections
 
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.layers import LayerNorm, Linear, gelu
-from smartvlm_jax.reasoner.puzzle_heads import StackedGRU, StackedMLP
+from smartvlm_jax.reasoner.puzzle_heads import StackedMLP, StackedRNN
 from smartvlm_jax.reasoner.qf import QFLayer
 
 
@@ -127,7 +127,8 @@ class SmarterHead(nn.Module):
             c_s = tab.max_sequence_classes
             classes = jnp.asarray(tab.classes_of_pid)[pid]
             valid = jnp.arange(c_s)[None, :] < classes[:, None]
-            seq = StackedGRU(
+            seq = StackedRNN(
+                cell="gru",
                 classes=tab.sequence_classes,
                 steps=k,
                 coupled=cfg.reference_quirks,

@@ -11,7 +11,8 @@ are zero-padded and masked, so a stack can hold decoders with different C_p.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -89,29 +90,80 @@ def _mlp(x: jax.Array, params: list, apply, act=gelu) -> jax.Array:
     return x
 
 
-class StackedGRU(nn.Module):
-    """One-layer GRU decoders (PyTorch gate order r, z, n), one per sequence puzzle, hidden padded.
+def gru_update(gi: jax.Array, gh: jax.Array, h: jax.Array) -> jax.Array:
+    """PyTorch's GRU equations (SPEC 5.7): the new hidden [..., C] from h [..., C] and the input and hidden
+    projections gi, gh [..., 3, C] (gates r, z, n, biases included); n = tanh(gi_n + r * gh_n) is why the two
+    projections stay apart."""
+    r = jax.nn.sigmoid(gi[..., 0, :] + gh[..., 0, :])
+    z = jax.nn.sigmoid(gi[..., 1, :] + gh[..., 1, :])
+    n = jnp.tanh(gi[..., 2, :] + r * gh[..., 2, :])
+    return (1.0 - z) * n + z * h
 
-    Each decoder has hidden size C_p; the stack pads every hidden state to the largest C_p and forces
-    the padded units to zero after each step, so a smaller decoder computes exactly its own GRU.
-    Returns the hidden state after each of `steps` steps, [steps, B, C_max], with the input z fed at
-    every step.
 
-    `coupled=False` decodes each sample from a zero hidden state. `coupled=True` reproduces the
-    reference quirk: the reference calls the GRU of puzzle p on the (B_p, R) matrix of its samples,
-    which PyTorch reads as one unbatched sequence of length B_p, and carries the final hidden into the
-    next step. So within each puzzle the hidden flows sample to sample in batch order, and step k+1
-    starts from the hidden left by the last sample of step k. We scan the batch in order with one
-    hidden state per decoder row, which reproduces exactly that, for all puzzles at once.
+def _gru_step(state, gi, whh, bhh, valid):
+    (h,) = state
+    gh = jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
+    return (gru_update(gi, gh, h) * valid,)
+
+
+def _lstm_step(state, gi, whh, bhh, valid):
+    h, c = state
+    g = gi + jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
+    i, f = jax.nn.sigmoid(g[..., 0, :]), jax.nn.sigmoid(g[..., 1, :])
+    cand, o = jnp.tanh(g[..., 2, :]), jax.nn.sigmoid(g[..., 3, :])
+    c = (f * c + i * cand) * valid
+    return (o * jnp.tanh(c)) * valid, c
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNCell:
+    """A recurrent cell in PyTorch's parameter layout: its gate count and the arrays of its state.
+
+    ``step(state, gi, whh, bhh, valid)`` takes the state (a tuple of ``state_size`` arrays [..., C], the
+    hidden first), the input projection gi [..., G, C] (bias included), the hidden weights whh
+    [..., G, C, C] and bias bhh [..., G, C], and the 0/1 mask of real units [..., C]; it returns the next
+    state with the padded units at zero.
     """
 
+    gates: int
+    state_size: int
+    step: Callable
+
+
+# The per-puzzle sequence decoders: GRU (SMARTER, gates r, z, n; state h) and LSTM (the SMART baseline,
+# gates i, f, g, o; state h, c).
+RNN_CELLS: dict[str, RNNCell] = {"gru": RNNCell(3, 1, _gru_step), "lstm": RNNCell(4, 2, _lstm_step)}
+
+
+class StackedRNN(nn.Module):
+    """One-layer RNN decoders of one cell kind (``"gru"`` or ``"lstm"``), one per sequence puzzle (SPEC 5.7,
+    and the baseline's LSTMs in SPEC 5 "Variants").
+
+    Each decoder has hidden size C_p; the stack pads every state to the largest C_p and forces the padded
+    units to zero after each step, so a smaller decoder computes exactly its own RNN. Parameters keep
+    PyTorch's gate stacking, per row: weight_ih [G, R, C_max], weight_hh [G, C_max, C_max], bias_ih and
+    bias_hh [G, C_max] (G = 3 for the GRU, 4 for the LSTM). Inputs: z [B, R] float32, rows [B] int (stack
+    row of each sample; N = no decoder of this kind), valid [B, C_max] bool (units below the sample's C_p).
+    Returns the hidden state after each of ``steps`` steps, [steps, B, C_max], with z the input at every
+    step.
+
+    ``coupled=False`` decodes each sample from a zero state. ``coupled=True`` reproduces the reference
+    quirk: the reference calls the RNN of puzzle p on the (B_p, R) matrix of its samples, which PyTorch
+    reads as one unbatched sequence of length B_p, and carries the final state into the next step. So
+    within each puzzle the state flows sample to sample in batch order, and step k+1 starts from the
+    state left by the last sample of step k. We scan the batch in order with one state per decoder row,
+    which reproduces exactly that, for all puzzles at once.
+    """
+
+    cell: str  # a key of RNN_CELLS
     classes: Sequence[int]  # C_p per stack row
     steps: int
     coupled: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array, rows: jax.Array, valid: jax.Array) -> jax.Array:
-        n, c_max, r = len(self.classes), max(self.classes), z.shape[-1]
+        cell = RNN_CELLS[self.cell]
+        n, c_max, r, g = len(self.classes), max(self.classes), z.shape[-1], cell.gates
         units = np.arange(c_max)[None, :] < np.asarray(self.classes)[:, None]  # [N, C]
         fan = np.sqrt(np.asarray(self.classes, np.float32))[:, None, None, None]  # PyTorch: 1/sqrt(hidden)
 
@@ -122,45 +174,38 @@ class StackedGRU(nn.Module):
 
             return f
 
-        w_ih = self.param("weight_ih", init(units[:, None, None, :]), (n, 3, r, c_max))
+        w_ih = self.param("weight_ih", init(units[:, None, None, :]), (n, g, r, c_max))
         w_hh = self.param(
-            "weight_hh", init(units[:, None, :, None] & units[:, None, None, :]), (n, 3, c_max, c_max)
+            "weight_hh", init(units[:, None, :, None] & units[:, None, None, :]), (n, g, c_max, c_max)
         )
-        b_ih = self.param("bias_ih", init(units[:, None, :]), (n, 3, c_max))
-        b_hh = self.param("bias_hh", init(units[:, None, :]), (n, 3, c_max))
+        b_ih = self.param("bias_ih", init(units[:, None, :]), (n, g, c_max))
+        b_hh = self.param("bias_hh", init(units[:, None, :]), (n, g, c_max))
 
         w_ih, w_hh, b_ih, b_hh = map(jnp.asarray, (w_ih, w_hh, b_ih, b_hh))
         safe = jnp.minimum(rows, n - 1)
         # The input is the same at every step, so its projection is computed once.
-        gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, 3, C]
-        whh, bhh = w_hh[safe], b_hh[safe]  # [B, 3, C, C], [B, 3, C]
+        gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, G, C]
+        whh, bhh = w_hh[safe], b_hh[safe]  # [B, G, C, C], [B, G, C]
         valid = valid.astype(z.dtype)
 
-        def cell(h, gi_, whh_, bhh_, valid_):
-            gh = jnp.einsum("...c,...gcd->...gd", h, whh_) + bhh_
-            r_gate = jax.nn.sigmoid(gi_[..., 0, :] + gh[..., 0, :])
-            z_gate = jax.nn.sigmoid(gi_[..., 1, :] + gh[..., 1, :])
-            cand = jnp.tanh(gi_[..., 2, :] + r_gate * gh[..., 2, :])
-            return ((1.0 - z_gate) * cand + z_gate * h) * valid_
-
         if not self.coupled:
-            h = jnp.zeros((z.shape[0], c_max), z.dtype)
+            state = (jnp.zeros((z.shape[0], c_max), z.dtype),) * cell.state_size
             outs = []
             for _ in range(self.steps):  # K is small and static: unrolled
-                h = cell(h, gi, whh, bhh, valid)
-                outs.append(h)
+                state = cell.step(state, gi, whh, bhh, valid)
+                outs.append(state[0])
             return jnp.stack(outs)
 
-        # Quirk: one hidden per decoder row (plus a scratch row for samples without a GRU decoder),
-        # updated sample after sample in batch order, carried from step to step.
+        # Quirk: one state per decoder row (plus a scratch row for samples without a decoder of this
+        # kind), updated sample after sample in batch order, carried from step to step.
         def sample_step(table, xs):
             row, gi_, whh_, bhh_, valid_ = xs
-            h = cell(table[row], gi_, whh_, bhh_, valid_)
-            return table.at[row].set(h), h
+            state = cell.step(tuple(t[row] for t in table), gi_, whh_, bhh_, valid_)
+            return tuple(t.at[row].set(s) for t, s in zip(table, state, strict=True)), state[0]
 
         def decode_step(table, _):
             return lax.scan(sample_step, table, (rows, gi, whh, bhh, valid))
 
-        table0 = jnp.zeros((n + 1, c_max), z.dtype)
+        table0 = (jnp.zeros((n + 1, c_max), z.dtype),) * cell.state_size
         _, outs = lax.scan(decode_step, table0, None, length=self.steps)
         return outs
