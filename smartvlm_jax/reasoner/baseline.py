@@ -23,7 +23,7 @@ from jax import lax
 
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.layers import Linear, torch_uniform
-from smartvlm_jax.reasoner.puzzle_heads import StackedMLP, StackedRNN, gru_update
+from smartvlm_jax.reasoner.puzzle_heads import PuzzleHead, gru_update
 
 VISION_DIM = 2048  # ResNet-50 global-pooled features
 TEXT_DIM = 768  # BERT-base token states
@@ -69,75 +69,29 @@ class BiGRU(nn.Module):
         return jnp.concatenate(outs, axis=-1)
 
 
-class BaselineHead(nn.Module):
-    """ResNet-50 features [B, Dv] and zero-padded BERT states [B, L, Dt] -> logits [B, K, C_max].
+class BaselineHead(PuzzleHead):
+    """ResNet-50 features [B, Dv] and zero-padded BERT states [B, L, Dt] (float32), puzzle_ids [B] int
+    -> logits [B, K, C_max].
 
-    Same output layout and masking as :class:`smartvlm_jax.reasoner.model.SmarterHead`, so the loss,
-    predictions and metrics apply unchanged.
+    Same output layout and masking as :class:`smartvlm_jax.reasoner.model.SmarterHead`: the per-puzzle
+    ends are :class:`~smartvlm_jax.reasoner.puzzle_heads.PuzzleHead`'s, with ReLU, decoder Linears 0, 2, 4
+    and LSTM sequence decoders, so the loss, predictions and metrics apply unchanged.
     """
 
-    cfg: ml_collections.FrozenConfigDict
+    activation = "relu"
+    decoder_names = ("0", "2", "4")
+    sequence_cell = "lstm"
 
-    @nn.compact
-    def __call__(
-        self, vision: jax.Array, text: jax.Array, puzzle_ids: jax.Array, train: bool = False
-    ) -> jax.Array:
+    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+        """im [B, R] and the token states [B, L, Dt] -> z [B, R]: BiGRU, mean over L, q_MLP, qv_fusion."""
         del train  # the baseline has no dropout
-        cfg = self.cfg
-        tab = config_lib.tables(cfg)
-        r, k = cfg.repr_size, cfg.num_decode_steps
+        r = self.cfg.repr_size
         if text.ndim != 3:
             raise ValueError(f"the baseline head takes BERT token states [B, L, D]; got text {text.shape}")
-        pid = jnp.clip(puzzle_ids.astype(jnp.int32), 0, config_lib.NUM_ENCODER_SLOTS - 1)
-
-        single = cfg.use_single_image_head
-        im = StackedMLP(
-            names=("0", "2"),
-            features=(r, r),
-            num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
-            impl=cfg.head_impl,
-            unused_first_row=not single,
-            activation="relu",
-            name="im_encoder",
-        )(vision, jnp.zeros_like(pid) if single else pid)
-        # The reference's outer ReLU is on the per-puzzle path only (its single head returns the Linear).
-        if not (single and cfg.reference_quirks):
-            im = jax.nn.relu(im)
-
-        seq = BiGRU(cfg.h_sz, name="q_lstm")(text)  # [B, L, 2H]
+        seq = BiGRU(self.cfg.h_sz, name="q_lstm")(text)  # [B, L, 2H]
         q = jax.nn.relu(Linear(r, name="q_MLP")(seq.mean(axis=1)))
-
         x = jax.nn.relu(Linear(r, name="qv_fusion_0")(jnp.concatenate([im, q], axis=-1)))
-        z = jax.nn.relu(Linear(r, name="qv_fusion_2")(x))
-
-        c_max = tab.max_classes
-        logits = jnp.full((z.shape[0], k, c_max), config_lib.MASKED_LOGIT, z.dtype)
-        if tab.ordinary_ids:
-            c_o = tab.max_ordinary_classes
-            out = StackedMLP(
-                names=("0", "2", "4"),
-                features=(r, r, c_o),
-                num_groups=len(tab.ordinary_ids),
-                impl=cfg.head_impl,
-                valid_out=tab.ordinary_classes,
-                activation="relu",
-                name="ans_decoder_mlp",
-            )(z, jnp.asarray(tab.mlp_slot_of_pid)[pid])
-            logits = logits.at[:, 0, :c_o].set(out)
-        if tab.sequence_ids:
-            c_s = tab.max_sequence_classes
-            valid = jnp.arange(c_s)[None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None]
-            seq_out = StackedRNN(
-                cell="lstm",
-                classes=tab.sequence_classes,
-                steps=k,
-                coupled=cfg.reference_quirks,
-                name="ans_decoder_lstm",
-            )(z, jnp.asarray(tab.gru_slot_of_pid)[pid], valid)  # [K, B, C_s]
-            seq_out = jnp.pad(jnp.swapaxes(seq_out, 0, 1), ((0, 0), (0, 0), (0, c_max - c_s)))
-            logits = jnp.where(jnp.asarray(tab.is_sequence_pid)[pid][:, None, None], seq_out, logits)
-        class_ok = jnp.arange(c_max)[None, None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None, None]
-        return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)
+        return jax.nn.relu(Linear(r, name="qv_fusion_2")(x))
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -7,20 +7,30 @@ batch is processed in one of two ways (config `head_impl`):
   contiguous group, and the result is unsorted.
 Both cost O(batch), independent of how many puzzles the run has. Rows beyond a puzzle's class count
 are zero-padded and masked, so a stack can hold decoders with different C_p.
+
+`StackedMLP` holds per-puzzle MLPs (image encoders, ordinary answer decoders), `StackedRNN` per-puzzle
+GRU or LSTM sequence decoders, and `PuzzleHead` assembles them into the two ends that the SMARTER head
+(model.py) and the SMART baseline (baseline.py) share: image encoders in front, answer logits behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import lax
 
+from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.layers import gelu, torch_uniform
+
+# The heads' nonlinearity by name: exact GELU (SMARTER, the reference's F.gelu) or ReLU (the SMART baseline).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": gelu, "relu": jax.nn.relu}
 
 
 def _masked_init(fan_in: int, valid: np.ndarray):
@@ -34,7 +44,7 @@ def _masked_init(fan_in: int, valid: np.ndarray):
 
 
 class StackedMLP(nn.Module):
-    """`num_groups` MLPs (Linear -> GELU -> ... -> Linear) with identical shapes, one per stack row.
+    """`num_groups` MLPs (Linear -> act -> ... -> Linear) with identical shapes, one per stack row.
 
     `names` name each Linear (the reference's module names); `valid_out` optionally gives, per row, how
     many outputs of the last Linear are real (the rest are zero-initialised padding). Samples whose row
@@ -47,7 +57,7 @@ class StackedMLP(nn.Module):
     impl: str = "gather"
     valid_out: Sequence[int] | None = None
     unused_first_row: bool = False  # row 0 exists only for indexing by puzzle id: keep it zero
-    activation: str = "gelu"  # between the Linears: "gelu" (SMARTER) or "relu" (the SMART baseline)
+    activation: str = "gelu"  # between the Linears, a key of ACTIVATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array, rows: jax.Array) -> jax.Array:
@@ -67,7 +77,7 @@ class StackedMLP(nn.Module):
 
         x, rows = jnp.asarray(x), jnp.asarray(rows)  # numpy inputs cannot be indexed by tracers
         safe = jnp.minimum(rows, g - 1)
-        act = jax.nn.relu if self.activation == "relu" else gelu
+        act = ACTIVATIONS[self.activation]
         if g == 1:  # a single shared MLP: plain matmuls
             return _mlp(x, [(k[0], b[0]) for k, b in params], lambda h, kb: h @ kb[0] + kb[1], act)
         if self.impl == "gather":
@@ -209,3 +219,99 @@ class StackedRNN(nn.Module):
         table0 = (jnp.zeros((n + 1, c_max), z.dtype),) * cell.state_size
         _, outs = lax.scan(decode_step, table0, None, length=self.steps)
         return outs
+
+
+class PuzzleHead(nn.Module):
+    """A head's per-puzzle ends around its own middle: features -> logits [B, K, C_max].
+
+    ``__call__`` takes the pooled vision features [B, Dv] float32, the question's text features (whatever
+    the head's middle takes), puzzle_ids [B] int and ``train``; it encodes the image with the puzzle's
+    encoder (SPEC 5.2), hands im [B, R] and the text to the subclass's ``_fuse`` for the fused code z
+    [B, R] (SPEC 5.3-5.6, or the baseline's question path and fusion), and decodes z into logits with the
+    puzzle's answer decoder (SPEC 5.7). The SMARTER head (model.py) and the SMART baseline (baseline.py)
+    set the class attributes below and define ``_fuse``. Layers made in ``_fuse`` and here are all the
+    head's own children, so the parameters of the ends sit at the top of its tree (``im_encoder``,
+    ``ans_decoder_mlp``, ``ans_decoder_gru`` / ``ans_decoder_lstm``), where the checkpoint converters
+    look for them.
+    """
+
+    cfg: ml_collections.FrozenConfigDict
+
+    activation: ClassVar[str] = "gelu"  # key of ACTIVATIONS: in the encoders and decoders, and after im
+    decoder_names: ClassVar[tuple[str, ...]] = ("ln1", "ln2", "ln3")  # reference names of the MLP's Linears
+    sequence_cell: ClassVar[str] = "gru"  # key of RNN_CELLS; its stack is named ans_decoder_<cell>
+
+    @nn.compact
+    def __call__(
+        self, vision: jax.Array, text: jax.Array, puzzle_ids: jax.Array, train: bool = False
+    ) -> jax.Array:
+        pid = self._puzzle_rows(puzzle_ids)
+        z = self._fuse(self._encode_image(vision, pid), text, train)
+        return self._answer_logits(z, pid)
+
+    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+        """im [B, R] and the text features -> the fused code z [B, R]: the head's own middle."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _puzzle_rows(puzzle_ids: jax.Array) -> jax.Array:
+        """Puzzle ids [B] -> int32 rows of the per-id tables, clipped into range so that every gather is
+        valid; ids outside the run have C_p = 0 there, so their logits come out all masked."""
+        return jnp.clip(puzzle_ids.astype(jnp.int32), 0, config_lib.NUM_ENCODER_SLOTS - 1)
+
+    def _encode_image(self, vision: jax.Array, pid: jax.Array) -> jax.Array:
+        """Vision features [B, Dv] float32 and rows [B] -> im [B, R] (SPEC 5.2): the puzzle's encoder
+        Linear(Dv, R) -> act -> Linear(R, R), then act; one shared encoder under use_single_image_head."""
+        cfg = self.cfg
+        r, single = cfg.repr_size, cfg.use_single_image_head
+        im = StackedMLP(
+            names=("0", "2"),
+            features=(r, r),
+            num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
+            impl=cfg.head_impl,
+            unused_first_row=not single,
+            activation=self.activation,
+            name="im_encoder",
+        )(vision, jnp.zeros_like(pid) if single else pid)
+        # The reference applies the outer activation only on the per-puzzle path; its single head omits it.
+        if not (single and cfg.reference_quirks):
+            im = ACTIVATIONS[self.activation](im)
+        return im
+
+    def _answer_logits(self, z: jax.Array, pid: jax.Array) -> jax.Array:
+        """Fused code z [B, R] float32 and rows [B] -> logits [B, K, C_max] (SPEC 5.7), C_max the run's
+        largest C_p.
+
+        Ordinary puzzles: their MLP decoder (Linear(R, R) -> act -> Linear(R, R) -> act -> Linear(R, C_p))
+        fills position 0, positions 1..K-1 are MASKED_LOGIT. Sequence puzzles: their RNN decoder's hidden
+        after step k fills position k. Classes >= C_p of the sample's puzzle are MASKED_LOGIT.
+        """
+        cfg, tab = self.cfg, config_lib.tables(self.cfg)
+        r, k, c_max = cfg.repr_size, cfg.num_decode_steps, tab.max_classes
+        logits = jnp.full((z.shape[0], k, c_max), config_lib.MASKED_LOGIT, z.dtype)
+        if tab.ordinary_ids:
+            c_o = tab.max_ordinary_classes
+            out = StackedMLP(
+                names=self.decoder_names,
+                features=(r, r, c_o),
+                num_groups=len(tab.ordinary_ids),
+                impl=cfg.head_impl,
+                valid_out=tab.ordinary_classes,
+                activation=self.activation,
+                name="ans_decoder_mlp",
+            )(z, jnp.asarray(tab.mlp_slot_of_pid)[pid])
+            logits = logits.at[:, 0, :c_o].set(out)
+        if tab.sequence_ids:
+            c_s = tab.max_sequence_classes
+            valid = jnp.arange(c_s)[None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None]
+            seq = StackedRNN(
+                cell=self.sequence_cell,
+                classes=tab.sequence_classes,
+                steps=k,
+                coupled=cfg.reference_quirks,
+                name=f"ans_decoder_{self.sequence_cell}",
+            )(z, jnp.asarray(tab.gru_slot_of_pid)[pid], valid)  # [K, B, C_s]; the slot table serves any cell
+            seq = jnp.pad(jnp.swapaxes(seq, 0, 1), ((0, 0), (0, 0), (0, c_max - c_s)))
+            logits = jnp.where(jnp.asarray(tab.is_sequence_pid)[pid][:, None, None], seq, logits)
+        class_ok = jnp.arange(c_max)[None, None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None, None]
+        return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)
