@@ -71,16 +71,7 @@ class SmarterHead(PuzzleHead):
         cfg = self.cfg
         # 4-5. QF layer (or the q_MLP variant) and the composite LayerNorm.
         if cfg.use_qf:
-            qf_out = QFLayer(
-                text_dim=cfg.text_dim,
-                num_heads=cfg.num_heads,
-                h_sz=cfg.h_sz,
-                max_qlen=cfg.max_qlen,
-                pdrop=cfg.pdrop,
-                eps=cfg.ln_eps,
-                with_distance_embedding=cfg.reference_quirks,
-                name="qf",
-            )(im, text, train)
+            qf_out = QFLayer(cfg, name="qf")(im, text, train)
             # The mean over L of q repeated L times is q itself.
             composite = jnp.concatenate([im, text, qf_out], axis=-1)
         else:
