@@ -10,23 +10,18 @@ decoders ``ans_decoder``: Linear(R, R) -> ReLU -> Linear(R, R) -> ReLU -> Linear
 
 Per-puzzle layers are stacked and gathered per sample as in the SMARTER head (no loops over puzzles). With
 ``reference_quirks`` the LSTM decoding is batch-coupled exactly like the reference's unbatched call (see
-:class:`StackedLSTM`); otherwise each sample decodes from a zero state.
+:class:`smartvlm_jax.reasoner.puzzle_heads.StackedRNN`); otherwise each sample decodes from a zero state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from jax import lax
 
-from smartvlm_jax.reasoner import config as config_lib
-from smartvlm_jax.reasoner.layers import Linear
-from smartvlm_jax.reasoner.puzzle_heads import StackedMLP
+from smartvlm_jax.reasoner.layers import Linear, torch_uniform
+from smartvlm_jax.reasoner.puzzle_heads import PuzzleHead, gru_update
 
 
 def question_states(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -36,13 +31,6 @@ def question_states(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     padded, masked BERT gives the same states at the real positions, and this zeroes the rest.
     """
     return jnp.where(mask[..., None], hidden, 0.0).astype(jnp.float32)
-
-
-def _torch_uniform(bound: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class BiGRU(nn.Module):
@@ -56,7 +44,7 @@ class BiGRU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h, d = self.hidden, x.shape[-1]
-        init = _torch_uniform(1.0 / np.sqrt(h))
+        init = torch_uniform(h)  # PyTorch: U(+-1/sqrt(hidden))
         outs = []
         for suffix, reverse in (("", False), ("_reverse", True)):
             w_ih = self.param(f"weight_ih_l0{suffix}", init, (3 * h, d))
@@ -64,13 +52,11 @@ class BiGRU(nn.Module):
             b_ih = self.param(f"bias_ih_l0{suffix}", init, (3 * h,))
             b_hh = self.param(f"bias_hh_l0{suffix}", init, (3 * h,))
             gi = jnp.einsum("bld,gd->lbg", x, w_ih) + b_ih  # input projections of all steps at once
+            gi = gi.reshape(*gi.shape[:-1], 3, h)  # [L, B, 3, H]: gates r, z, n apart
 
             def step(hid, gi_t, w_hh=w_hh, b_hh=b_hh):
-                gh = hid @ w_hh.T + b_hh
-                r = jax.nn.sigmoid(gi_t[:, :h] + gh[:, :h])
-                z = jax.nn.sigmoid(gi_t[:, h : 2 * h] + gh[:, h : 2 * h])
-                n = jnp.tanh(gi_t[:, 2 * h :] + r * gh[:, 2 * h :])
-                new = (1.0 - z) * n + z * hid
+                gh = (hid @ w_hh.T + b_hh).reshape(-1, 3, h)
+                new = gru_update(gi_t, gh, hid)
                 return new, new
 
             _, seq = lax.scan(step, jnp.zeros((x.shape[0], h), x.dtype), gi, reverse=reverse)
@@ -78,138 +64,27 @@ class BiGRU(nn.Module):
         return jnp.concatenate(outs, axis=-1)
 
 
-class StackedLSTM(nn.Module):
-    """One-layer LSTM decoders (PyTorch gates i, f, g, o), one per sequence puzzle, hidden padded to C_max.
+class BaselineHead(PuzzleHead):
+    """ResNet-50 features [B, Dv] and zero-padded BERT states [B, L, Dt] (float32), puzzle_ids [B] int
+    -> logits [B, K, C_max].
 
-    Stack row n has hidden size C_n; units beyond it start at zero and are forced to zero after each step.
-    Returns the hidden state after each of ``steps`` steps, [steps, B, C_max], the input z at every step.
-
-    ``coupled=False``: each sample decodes from a zero (h, c). ``coupled=True`` reproduces the reference,
-    which calls the LSTM of puzzle p on the (B_p, R) matrix of its samples — one unbatched sequence of
-    length B_p — and passes the final (h, c) into the next step: a scan over the batch in order with one
-    (h, c) per decoder row gives exactly that, for all puzzles at once.
+    Same output layout and masking as :class:`smartvlm_jax.reasoner.model.SmarterHead`: the per-puzzle
+    ends are :class:`~smartvlm_jax.reasoner.puzzle_heads.PuzzleHead`'s, with ReLU, decoder Linears 0, 2, 4
+    and LSTM sequence decoders, so the loss, predictions and metrics apply unchanged.
     """
 
-    classes: Sequence[int]
-    steps: int
-    coupled: bool = False
+    activation = "relu"
+    decoder_names = ("0", "2", "4")
+    sequence_cell = "lstm"
 
-    @nn.compact
-    def __call__(self, z: jax.Array, rows: jax.Array, valid: jax.Array) -> jax.Array:
-        n, c_max, r = len(self.classes), max(self.classes), z.shape[-1]
-        units = np.arange(c_max)[None, :] < np.asarray(self.classes)[:, None]  # [N, C]
-        bound = 1.0 / np.sqrt(np.asarray(self.classes, np.float32))  # PyTorch: U(+-1/sqrt(hidden))
-
-        def init(mask: np.ndarray):
-            def f(key, shape, dtype=jnp.float32):
-                u = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
-                return u * jnp.asarray(bound.reshape((n,) + (1,) * (len(shape) - 1)), dtype) * mask
-
-            return f
-
-        w_ih = self.param("weight_ih", init(units[:, None, None, :]), (n, 4, r, c_max))
-        w_hh = self.param(
-            "weight_hh", init(units[:, None, :, None] & units[:, None, None, :]), (n, 4, c_max, c_max)
-        )
-        b_ih = self.param("bias_ih", init(units[:, None, :]), (n, 4, c_max))
-        b_hh = self.param("bias_hh", init(units[:, None, :]), (n, 4, c_max))
-
-        safe = jnp.minimum(rows, n - 1)
-        gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # same input at every step
-        whh, bhh = w_hh[safe], b_hh[safe]
-        valid = valid.astype(z.dtype)
-
-        def cell(state, gi_, whh_, bhh_, valid_):
-            h, c = state
-            g = gi_ + jnp.einsum("...c,...gcd->...gd", h, whh_) + bhh_
-            i, f = jax.nn.sigmoid(g[..., 0, :]), jax.nn.sigmoid(g[..., 1, :])
-            cand, o = jnp.tanh(g[..., 2, :]), jax.nn.sigmoid(g[..., 3, :])
-            c = (f * c + i * cand) * valid_
-            return (o * jnp.tanh(c)) * valid_, c
-
-        if not self.coupled:
-            state = (jnp.zeros((z.shape[0], c_max), z.dtype),) * 2
-            outs = []
-            for _ in range(self.steps):  # K is small and static: unrolled
-                state = cell(state, gi, whh, bhh, valid)
-                outs.append(state[0])
-            return jnp.stack(outs)
-
-        def sample_step(table, xs):
-            row, gi_, whh_, bhh_, valid_ = xs
-            h, c = cell((table[0][row], table[1][row]), gi_, whh_, bhh_, valid_)
-            return (table[0].at[row].set(h), table[1].at[row].set(c)), h
-
-        def decode_step(table, _):
-            return lax.scan(sample_step, table, (rows, gi, whh, bhh, valid))
-
-        table0 = (jnp.zeros((n + 1, c_max), z.dtype),) * 2  # row n: scratch for samples without an LSTM
-        _, outs = lax.scan(decode_step, table0, None, length=self.steps)
-        return outs
-
-
-class BaselineHead(nn.Module):
-    """ResNet-50 features [B, Dv] and zero-padded BERT states [B, L, Dt] -> logits [B, K, C_max].
-
-    Same output layout and masking as :class:`smartvlm_jax.reasoner.model.SmarterHead`, so the loss,
-    predictions and metrics apply unchanged.
-    """
-
-    cfg: ml_collections.FrozenConfigDict
-
-    @nn.compact
-    def __call__(
-        self, vision: jax.Array, text: jax.Array, puzzle_ids: jax.Array, train: bool = False
-    ) -> jax.Array:
+    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+        """im [B, R] and the token states [B, L, Dt] -> z [B, R]: BiGRU, mean over L, q_MLP, qv_fusion."""
         del train  # the baseline has no dropout
-        cfg = self.cfg
-        tab = config_lib.tables(cfg)
-        r, k = cfg.repr_size, cfg.num_decode_steps
+        r = self.cfg.repr_size
         if text.ndim != 3:
             raise ValueError(f"the baseline head takes BERT token states [B, L, D]; got text {text.shape}")
-        pid = jnp.clip(puzzle_ids.astype(jnp.int32), 0, config_lib.NUM_ENCODER_SLOTS - 1)
-
-        single = cfg.use_single_image_head
-        im = StackedMLP(
-            names=("0", "2"),
-            features=(r, r),
-            num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
-            impl=cfg.head_impl,
-            unused_first_row=not single,
-            activation="relu",
-            name="im_encoder",
-        )(vision, jnp.zeros_like(pid) if single else pid)
-        # The reference's outer ReLU is on the per-puzzle path only (its single head returns the Linear).
-        if not (single and cfg.reference_quirks):
-            im = jax.nn.relu(im)
-
-        seq = BiGRU(cfg.h_sz, name="q_lstm")(text)  # [B, L, 2H]
+        seq = BiGRU(self.cfg.h_sz, name="q_lstm")(text)  # [B, L, 2H]
         q = jax.nn.relu(Linear(r, name="q_MLP")(seq.mean(axis=1)))
-
         x = jax.nn.relu(Linear(r, name="qv_fusion_0")(jnp.concatenate([im, q], axis=-1)))
-        z = jax.nn.relu(Linear(r, name="qv_fusion_2")(x))
+        return jax.nn.relu(Linear(r, name="qv_fusion_2")(x))
 
-        c_max = tab.max_classes
-        logits = jnp.full((z.shape[0], k, c_max), config_lib.MASKED_LOGIT, z.dtype)
-        if tab.ordinary_ids:
-            c_o = tab.max_ordinary_classes
-            out = StackedMLP(
-                names=("0", "2", "4"),
-                features=(r, r, c_o),
-                num_groups=len(tab.ordinary_ids),
-                impl=cfg.head_impl,
-                valid_out=tab.ordinary_classes,
-                activation="relu",
-                name="ans_decoder_mlp",
-            )(z, jnp.asarray(tab.mlp_slot_of_pid)[pid])
-            logits = logits.at[:, 0, :c_o].set(out)
-        if tab.sequence_ids:
-            c_s = tab.max_sequence_classes
-            valid = jnp.arange(c_s)[None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None]
-            seq_out = StackedLSTM(
-                classes=tab.sequence_classes, steps=k, coupled=cfg.reference_quirks, name="ans_decoder_lstm"
-            )(z, jnp.asarray(tab.gru_slot_of_pid)[pid], valid)  # [K, B, C_s]
-            seq_out = jnp.pad(jnp.swapaxes(seq_out, 0, 1), ((0, 0), (0, 0), (0, c_max - c_s)))
-            logits = jnp.where(jnp.asarray(tab.is_sequence_pid)[pid][:, None, None], seq_out, logits)
-        class_ok = jnp.arange(c_max)[None, None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None, None]
-        return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)

@@ -1,4 +1,4 @@
-"""Small shared pieces of the head: exact GELU and PyTorch-default initialisers.
+"""Small shared pieces of the head: exact GELU, PyTorch-default initialisers, Linear and LayerNorm.
 
 Initialisers follow PyTorch's defaults (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for Linear weights and
 biases, N(0, 1) for embeddings) so that a freshly built head starts from the reference's distribution.
@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from smartvlm_jax import activations
 
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, written with lax.erf: jax.nn.gelu(approximate=False) lowers slowly on CPU."""
-    return 0.5 * x * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0))))
+# The reference's F.gelu is the exact (erf) GELU; one definition serves the head and the towers.
+gelu = activations.gelu_erf
 
 
 def torch_uniform(fan_in: int) -> Callable:

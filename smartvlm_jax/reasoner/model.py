@@ -14,7 +14,7 @@ import ml_collections
 
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.layers import LayerNorm, Linear, gelu
-from smartvlm_jax.reasoner.puzzle_heads import StackedGRU, StackedMLP
+from smartvlm_jax.reasoner.puzzle_heads import PuzzleHead
 from smartvlm_jax.reasoner.qf import QFLayer
 
 
@@ -52,92 +52,34 @@ class Fusion(nn.Module):
         return LayerNorm(self.eps, name="layer_norm")(x)
 
 
-class SmarterHead(nn.Module):
-    """Features of the frozen towers -> logits [B, K, C_max] for each sample's puzzle.
+class SmarterHead(PuzzleHead):
+    """Features of the frozen towers -> logits [B, K, C_max] for each sample's puzzle (SPEC 5).
 
-    Position 0 holds the answer of ordinary puzzles (positions 1..K-1 are MASKED_LOGIT); sequence
-    puzzles fill all K positions. Classes >= C_p of the sample's puzzle are MASKED_LOGIT. Puzzle ids
-    outside the run get all-masked logits.
+    vision [B, Dv] and text [B, Dt] float32 (pooled tower features), puzzle_ids [B] int. Position 0
+    holds the answer of ordinary puzzles (positions 1..K-1 are MASKED_LOGIT); sequence puzzles fill all
+    K positions. Classes >= C_p of the sample's puzzle are MASKED_LOGIT. Puzzle ids outside the run get
+    all-masked logits. The per-puzzle ends (steps 2 and 7) are :class:`PuzzleHead`'s, with GELU, decoder
+    Linears ln1, ln2, ln3 and GRU sequence decoders; steps 3-6 are :meth:`_fuse`.
     """
 
-    cfg: ml_collections.FrozenConfigDict
+    activation = "gelu"
+    decoder_names = ("ln1", "ln2", "ln3")
+    sequence_cell = "gru"
 
-    @nn.compact
-    def __call__(
-        self, vision: jax.Array, text: jax.Array, puzzle_ids: jax.Array, train: bool = False
-    ) -> jax.Array:
+    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+        """im [B, R] and the pooled question features [B, Dt] -> z [B, R] (SPEC 5.3-5.6)."""
         cfg = self.cfg
-        tab = config_lib.tables(cfg)
-        r, k = cfg.repr_size, cfg.num_decode_steps
-        pid = jnp.clip(puzzle_ids.astype(jnp.int32), 0, config_lib.NUM_ENCODER_SLOTS - 1)
-
-        # 2. Image encoder(s): Linear -> GELU -> Linear, then GELU.
-        single = cfg.use_single_image_head
-        enc = StackedMLP(
-            names=("0", "2"),
-            features=(r, r),
-            num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
-            impl=cfg.head_impl,
-            unused_first_row=not single,
-            name="im_encoder",
-        )
-        im = enc(vision, jnp.zeros_like(pid) if single else pid)
-        # The reference applies the outer GELU only on the per-puzzle path; its single head omits it.
-        if not (single and cfg.reference_quirks):
-            im = gelu(im)
-
         # 4-5. QF layer (or the q_MLP variant) and the composite LayerNorm.
         if cfg.use_qf:
-            qf_out = QFLayer(
-                text_dim=cfg.text_dim,
-                num_heads=cfg.num_heads,
-                h_sz=cfg.h_sz,
-                max_qlen=cfg.max_qlen,
-                pdrop=cfg.pdrop,
-                eps=cfg.ln_eps,
-                with_distance_embedding=cfg.reference_quirks,
-                name="qf",
-            )(im, text, train)
+            qf_out = QFLayer(cfg, name="qf")(im, text, train)
             # The mean over L of q repeated L times is q itself.
             composite = jnp.concatenate([im, text, qf_out], axis=-1)
         else:
-            q = QuestionMLP(cfg.h_sz, r, name="q_MLP")(text)
+            q = QuestionMLP(cfg.h_sz, cfg.repr_size, name="q_MLP")(text)
             composite = jnp.concatenate([im, gelu(q)], axis=-1)
         composite = Composite(cfg.ln_eps, name="c")(composite)
-
         # 6. Fusion.
-        z = Fusion(r, cfg.ln_eps, name="qv_fusion")(composite)
-
-        # 7. Decoders, padded to the run's largest C_p.
-        c_max = tab.max_classes
-        batch = z.shape[0]
-        logits = jnp.full((batch, k, c_max), config_lib.MASKED_LOGIT, z.dtype)
-        if tab.ordinary_ids:
-            c_o = tab.max_ordinary_classes
-            out = StackedMLP(
-                names=("ln1", "ln2", "ln3"),
-                features=(r, r, c_o),
-                num_groups=len(tab.ordinary_ids),
-                impl=cfg.head_impl,
-                valid_out=tab.ordinary_classes,
-                name="ans_decoder_mlp",
-            )(z, jnp.asarray(tab.mlp_slot_of_pid)[pid])
-            logits = logits.at[:, 0, :c_o].set(out)
-        if tab.sequence_ids:
-            c_s = tab.max_sequence_classes
-            classes = jnp.asarray(tab.classes_of_pid)[pid]
-            valid = jnp.arange(c_s)[None, :] < classes[:, None]
-            seq = StackedGRU(
-                classes=tab.sequence_classes,
-                steps=k,
-                coupled=cfg.reference_quirks,
-                name="ans_decoder_gru",
-            )(z, jnp.asarray(tab.gru_slot_of_pid)[pid], valid)  # [K, B, C_s]
-            seq = jnp.pad(jnp.swapaxes(seq, 0, 1), ((0, 0), (0, 0), (0, c_max - c_s)))
-            is_seq = jnp.asarray(tab.is_sequence_pid)[pid]
-            logits = jnp.where(is_seq[:, None, None], seq, logits)
-        class_ok = jnp.arange(c_max)[None, None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None, None]
-        return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)
+        return Fusion(cfg.repr_size, cfg.ln_eps, name="qv_fusion")(composite)
 
 
 def build(cfg: ml_collections.ConfigDict) -> nn.Module:

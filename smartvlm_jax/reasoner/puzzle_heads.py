@@ -7,19 +7,30 @@ batch is processed in one of two ways (config `head_impl`):
   contiguous group, and the result is unsorted.
 Both cost O(batch), independent of how many puzzles the run has. Rows beyond a puzzle's class count
 are zero-padded and masked, so a stack can hold decoders with different C_p.
+
+`StackedMLP` holds per-puzzle MLPs (image encoders, ordinary answer decoders), `StackedRNN` per-puzzle
+GRU or LSTM sequence decoders, and `PuzzleHead` assembles them into the two ends that the SMARTER head
+(model.py) and the SMART baseline (baseline.py) share: image encoders in front, answer logits behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import lax
 
+from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.layers import gelu, torch_uniform
+
+# The heads' nonlinearity by name: exact GELU (SMARTER, the reference's F.gelu) or ReLU (the SMART baseline).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": gelu, "relu": jax.nn.relu}
 
 
 def _masked_init(fan_in: int, valid: np.ndarray):
@@ -33,7 +44,7 @@ def _masked_init(fan_in: int, valid: np.ndarray):
 
 
 class StackedMLP(nn.Module):
-    """`num_groups` MLPs (Linear -> GELU -> ... -> Linear) with identical shapes, one per stack row.
+    """`num_groups` MLPs (Linear -> act -> ... -> Linear) with identical shapes, one per stack row.
 
     `names` name each Linear (the reference's module names); `valid_out` optionally gives, per row, how
     many outputs of the last Linear are real (the rest are zero-initialised padding). Samples whose row
@@ -46,7 +57,7 @@ class StackedMLP(nn.Module):
     impl: str = "gather"
     valid_out: Sequence[int] | None = None
     unused_first_row: bool = False  # row 0 exists only for indexing by puzzle id: keep it zero
-    activation: str = "gelu"  # between the Linears: "gelu" (SMARTER) or "relu" (the SMART baseline)
+    activation: str = "gelu"  # between the Linears, a key of ACTIVATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array, rows: jax.Array) -> jax.Array:
@@ -66,7 +77,7 @@ class StackedMLP(nn.Module):
 
         x, rows = jnp.asarray(x), jnp.asarray(rows)  # numpy inputs cannot be indexed by tracers
         safe = jnp.minimum(rows, g - 1)
-        act = jax.nn.relu if self.activation == "relu" else gelu
+        act = ACTIVATIONS[self.activation]
         if g == 1:  # a single shared MLP: plain matmuls
             return _mlp(x, [(k[0], b[0]) for k, b in params], lambda h, kb: h @ kb[0] + kb[1], act)
         if self.impl == "gather":
@@ -89,29 +100,80 @@ def _mlp(x: jax.Array, params: list, apply, act=gelu) -> jax.Array:
     return x
 
 
-class StackedGRU(nn.Module):
-    """One-layer GRU decoders (PyTorch gate order r, z, n), one per sequence puzzle, hidden padded.
+def gru_update(gi: jax.Array, gh: jax.Array, h: jax.Array) -> jax.Array:
+    """PyTorch's GRU equations (SPEC 5.7): the new hidden [..., C] from h [..., C] and the input and hidden
+    projections gi, gh [..., 3, C] (gates r, z, n, biases included); n = tanh(gi_n + r * gh_n) is why the two
+    projections stay apart."""
+    r = jax.nn.sigmoid(gi[..., 0, :] + gh[..., 0, :])
+    z = jax.nn.sigmoid(gi[..., 1, :] + gh[..., 1, :])
+    n = jnp.tanh(gi[..., 2, :] + r * gh[..., 2, :])
+    return (1.0 - z) * n + z * h
 
-    Each decoder has hidden size C_p; the stack pads every hidden state to the largest C_p and forces
-    the padded units to zero after each step, so a smaller decoder computes exactly its own GRU.
-    Returns the hidden state after each of `steps` steps, [steps, B, C_max], with the input z fed at
-    every step.
 
-    `coupled=False` decodes each sample from a zero hidden state. `coupled=True` reproduces the
-    reference quirk: the reference calls the GRU of puzzle p on the (B_p, R) matrix of its samples,
-    which PyTorch reads as one unbatched sequence of length B_p, and carries the final hidden into the
-    next step. So within each puzzle the hidden flows sample to sample in batch order, and step k+1
-    starts from the hidden left by the last sample of step k. We scan the batch in order with one
-    hidden state per decoder row, which reproduces exactly that, for all puzzles at once.
+def _gru_step(state, gi, whh, bhh, valid):
+    (h,) = state
+    gh = jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
+    return (gru_update(gi, gh, h) * valid,)
+
+
+def _lstm_step(state, gi, whh, bhh, valid):
+    h, c = state
+    g = gi + jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
+    i, f = jax.nn.sigmoid(g[..., 0, :]), jax.nn.sigmoid(g[..., 1, :])
+    cand, o = jnp.tanh(g[..., 2, :]), jax.nn.sigmoid(g[..., 3, :])
+    c = (f * c + i * cand) * valid
+    return (o * jnp.tanh(c)) * valid, c
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNCell:
+    """A recurrent cell in PyTorch's parameter layout: its gate count and the arrays of its state.
+
+    ``step(state, gi, whh, bhh, valid)`` takes the state (a tuple of ``state_size`` arrays [..., C], the
+    hidden first), the input projection gi [..., G, C] (bias included), the hidden weights whh
+    [..., G, C, C] and bias bhh [..., G, C], and the 0/1 mask of real units [..., C]; it returns the next
+    state with the padded units at zero.
     """
 
+    gates: int
+    state_size: int
+    step: Callable
+
+
+# The per-puzzle sequence decoders: GRU (SMARTER, gates r, z, n; state h) and LSTM (the SMART baseline,
+# gates i, f, g, o; state h, c).
+RNN_CELLS: dict[str, RNNCell] = {"gru": RNNCell(3, 1, _gru_step), "lstm": RNNCell(4, 2, _lstm_step)}
+
+
+class StackedRNN(nn.Module):
+    """One-layer RNN decoders of one cell kind (``"gru"`` or ``"lstm"``), one per sequence puzzle (SPEC 5.7,
+    and the baseline's LSTMs in SPEC 5 "Variants").
+
+    Each decoder has hidden size C_p; the stack pads every state to the largest C_p and forces the padded
+    units to zero after each step, so a smaller decoder computes exactly its own RNN. Parameters keep
+    PyTorch's gate stacking, per row: weight_ih [G, R, C_max], weight_hh [G, C_max, C_max], bias_ih and
+    bias_hh [G, C_max] (G = 3 for the GRU, 4 for the LSTM). Inputs: z [B, R] float32, rows [B] int (stack
+    row of each sample; N = no decoder of this kind), valid [B, C_max] bool (units below the sample's C_p).
+    Returns the hidden state after each of ``steps`` steps, [steps, B, C_max], with z the input at every
+    step.
+
+    ``coupled=False`` decodes each sample from a zero state. ``coupled=True`` reproduces the reference
+    quirk: the reference calls the RNN of puzzle p on the (B_p, R) matrix of its samples, which PyTorch
+    reads as one unbatched sequence of length B_p, and carries the final state into the next step. So
+    within each puzzle the state flows sample to sample in batch order, and step k+1 starts from the
+    state left by the last sample of step k. We scan the batch in order with one state per decoder row,
+    which reproduces exactly that, for all puzzles at once.
+    """
+
+    cell: str  # a key of RNN_CELLS
     classes: Sequence[int]  # C_p per stack row
     steps: int
     coupled: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array, rows: jax.Array, valid: jax.Array) -> jax.Array:
-        n, c_max, r = len(self.classes), max(self.classes), z.shape[-1]
+        cell = RNN_CELLS[self.cell]
+        n, c_max, r, g = len(self.classes), max(self.classes), z.shape[-1], cell.gates
         units = np.arange(c_max)[None, :] < np.asarray(self.classes)[:, None]  # [N, C]
         fan = np.sqrt(np.asarray(self.classes, np.float32))[:, None, None, None]  # PyTorch: 1/sqrt(hidden)
 
@@ -122,45 +184,134 @@ class StackedGRU(nn.Module):
 
             return f
 
-        w_ih = self.param("weight_ih", init(units[:, None, None, :]), (n, 3, r, c_max))
+        w_ih = self.param("weight_ih", init(units[:, None, None, :]), (n, g, r, c_max))
         w_hh = self.param(
-            "weight_hh", init(units[:, None, :, None] & units[:, None, None, :]), (n, 3, c_max, c_max)
+            "weight_hh", init(units[:, None, :, None] & units[:, None, None, :]), (n, g, c_max, c_max)
         )
-        b_ih = self.param("bias_ih", init(units[:, None, :]), (n, 3, c_max))
-        b_hh = self.param("bias_hh", init(units[:, None, :]), (n, 3, c_max))
+        b_ih = self.param("bias_ih", init(units[:, None, :]), (n, g, c_max))
+        b_hh = self.param("bias_hh", init(units[:, None, :]), (n, g, c_max))
 
         w_ih, w_hh, b_ih, b_hh = map(jnp.asarray, (w_ih, w_hh, b_ih, b_hh))
         safe = jnp.minimum(rows, n - 1)
         # The input is the same at every step, so its projection is computed once.
-        gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, 3, C]
-        whh, bhh = w_hh[safe], b_hh[safe]  # [B, 3, C, C], [B, 3, C]
+        gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, G, C]
+        whh, bhh = w_hh[safe], b_hh[safe]  # [B, G, C, C], [B, G, C]
         valid = valid.astype(z.dtype)
 
-        def cell(h, gi_, whh_, bhh_, valid_):
-            gh = jnp.einsum("...c,...gcd->...gd", h, whh_) + bhh_
-            r_gate = jax.nn.sigmoid(gi_[..., 0, :] + gh[..., 0, :])
-            z_gate = jax.nn.sigmoid(gi_[..., 1, :] + gh[..., 1, :])
-            cand = jnp.tanh(gi_[..., 2, :] + r_gate * gh[..., 2, :])
-            return ((1.0 - z_gate) * cand + z_gate * h) * valid_
-
         if not self.coupled:
-            h = jnp.zeros((z.shape[0], c_max), z.dtype)
+            state = (jnp.zeros((z.shape[0], c_max), z.dtype),) * cell.state_size
             outs = []
             for _ in range(self.steps):  # K is small and static: unrolled
-                h = cell(h, gi, whh, bhh, valid)
-                outs.append(h)
+                state = cell.step(state, gi, whh, bhh, valid)
+                outs.append(state[0])
             return jnp.stack(outs)
 
-        # Quirk: one hidden per decoder row (plus a scratch row for samples without a GRU decoder),
-        # updated sample after sample in batch order, carried from step to step.
+        # Quirk: one state per decoder row (plus a scratch row for samples without a decoder of this
+        # kind), updated sample after sample in batch order, carried from step to step.
         def sample_step(table, xs):
             row, gi_, whh_, bhh_, valid_ = xs
-            h = cell(table[row], gi_, whh_, bhh_, valid_)
-            return table.at[row].set(h), h
+            state = cell.step(tuple(t[row] for t in table), gi_, whh_, bhh_, valid_)
+            return tuple(t.at[row].set(s) for t, s in zip(table, state, strict=True)), state[0]
 
         def decode_step(table, _):
             return lax.scan(sample_step, table, (rows, gi, whh, bhh, valid))
 
-        table0 = jnp.zeros((n + 1, c_max), z.dtype)
+        table0 = (jnp.zeros((n + 1, c_max), z.dtype),) * cell.state_size
         _, outs = lax.scan(decode_step, table0, None, length=self.steps)
         return outs
+
+
+class PuzzleHead(nn.Module):
+    """A head's per-puzzle ends around its own middle: features -> logits [B, K, C_max].
+
+    ``__call__`` takes the pooled vision features [B, Dv] float32, the question's text features (whatever
+    the head's middle takes), puzzle_ids [B] int and ``train``; it encodes the image with the puzzle's
+    encoder (SPEC 5.2), hands im [B, R] and the text to the subclass's ``_fuse`` for the fused code z
+    [B, R] (SPEC 5.3-5.6, or the baseline's question path and fusion), and decodes z into logits with the
+    puzzle's answer decoder (SPEC 5.7). The SMARTER head (model.py) and the SMART baseline (baseline.py)
+    set the class attributes below and define ``_fuse``. Layers made in ``_fuse`` and here are all the
+    head's own children, so the parameters of the ends sit at the top of its tree (``im_encoder``,
+    ``ans_decoder_mlp``, ``ans_decoder_gru`` / ``ans_decoder_lstm``), where the checkpoint converters
+    look for them.
+    """
+
+    cfg: ml_collections.FrozenConfigDict
+
+    activation: ClassVar[str] = "gelu"  # key of ACTIVATIONS: in the encoders and decoders, and after im
+    decoder_names: ClassVar[tuple[str, ...]] = ("ln1", "ln2", "ln3")  # reference names of the MLP's Linears
+    sequence_cell: ClassVar[str] = "gru"  # key of RNN_CELLS; its stack is named ans_decoder_<cell>
+
+    @nn.compact
+    def __call__(
+        self, vision: jax.Array, text: jax.Array, puzzle_ids: jax.Array, train: bool = False
+    ) -> jax.Array:
+        pid = self._puzzle_rows(puzzle_ids)
+        z = self._fuse(self._encode_image(vision, pid), text, train)
+        return self._answer_logits(z, pid)
+
+    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+        """im [B, R] and the text features -> the fused code z [B, R]: the head's own middle."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _puzzle_rows(puzzle_ids: jax.Array) -> jax.Array:
+        """Puzzle ids [B] -> int32 rows of the per-id tables, clipped into range so that every gather is
+        valid; ids outside the run have C_p = 0 there, so their logits come out all masked."""
+        return jnp.clip(puzzle_ids.astype(jnp.int32), 0, config_lib.NUM_ENCODER_SLOTS - 1)
+
+    def _encode_image(self, vision: jax.Array, pid: jax.Array) -> jax.Array:
+        """Vision features [B, Dv] float32 and rows [B] -> im [B, R] (SPEC 5.2): the puzzle's encoder
+        Linear(Dv, R) -> act -> Linear(R, R), then act; one shared encoder under use_single_image_head."""
+        cfg = self.cfg
+        r, single = cfg.repr_size, cfg.use_single_image_head
+        im = StackedMLP(
+            names=("0", "2"),
+            features=(r, r),
+            num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
+            impl=cfg.head_impl,
+            unused_first_row=not single,
+            activation=self.activation,
+            name="im_encoder",
+        )(vision, jnp.zeros_like(pid) if single else pid)
+        # The reference applies the outer activation only on the per-puzzle path; its single head omits it.
+        if not (single and cfg.reference_quirks):
+            im = ACTIVATIONS[self.activation](im)
+        return im
+
+    def _answer_logits(self, z: jax.Array, pid: jax.Array) -> jax.Array:
+        """Fused code z [B, R] float32 and rows [B] -> logits [B, K, C_max] (SPEC 5.7), C_max the run's
+        largest C_p.
+
+        Ordinary puzzles: their MLP decoder (Linear(R, R) -> act -> Linear(R, R) -> act -> Linear(R, C_p))
+        fills position 0, positions 1..K-1 are MASKED_LOGIT. Sequence puzzles: their RNN decoder's hidden
+        after step k fills position k. Classes >= C_p of the sample's puzzle are MASKED_LOGIT.
+        """
+        cfg, tab = self.cfg, config_lib.tables(self.cfg)
+        r, k, c_max = cfg.repr_size, cfg.num_decode_steps, tab.max_classes
+        logits = jnp.full((z.shape[0], k, c_max), config_lib.MASKED_LOGIT, z.dtype)
+        if tab.ordinary_ids:
+            c_o = tab.max_ordinary_classes
+            out = StackedMLP(
+                names=self.decoder_names,
+                features=(r, r, c_o),
+                num_groups=len(tab.ordinary_ids),
+                impl=cfg.head_impl,
+                valid_out=tab.ordinary_classes,
+                activation=self.activation,
+                name="ans_decoder_mlp",
+            )(z, jnp.asarray(tab.mlp_slot_of_pid)[pid])
+            logits = logits.at[:, 0, :c_o].set(out)
+        if tab.sequence_ids:
+            c_s = tab.max_sequence_classes
+            valid = jnp.arange(c_s)[None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None]
+            seq = StackedRNN(
+                cell=self.sequence_cell,
+                classes=tab.sequence_classes,
+                steps=k,
+                coupled=cfg.reference_quirks,
+                name=f"ans_decoder_{self.sequence_cell}",
+            )(z, jnp.asarray(tab.gru_slot_of_pid)[pid], valid)  # [K, B, C_s]; the slot table serves any cell
+            seq = jnp.pad(jnp.swapaxes(seq, 0, 1), ((0, 0), (0, 0), (0, c_max - c_s)))
+            logits = jnp.where(jnp.asarray(tab.is_sequence_pid)[pid][:, None, None], seq, logits)
+        class_ok = jnp.arange(c_max)[None, None, :] < jnp.asarray(tab.classes_of_pid)[pid][:, None, None]
+        return jnp.where(class_ok, logits, config_lib.MASKED_LOGIT)

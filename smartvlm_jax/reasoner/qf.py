@@ -19,6 +19,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from smartvlm_jax.reasoner.layers import LayerNorm, Linear, gelu
 
@@ -71,28 +72,28 @@ class QFIntermediate(nn.Module):
 
 
 class QFLayer(nn.Module):
-    """Self-attention over Q, cross-attention to im, mean over L, intermediate: -> [B, text_dim]."""
+    """Self-attention over Q, cross-attention to im, mean over L, intermediate (SPEC 5.4):
+    im [B, R] and q [B, text_dim] float32 -> [B, text_dim].
 
-    text_dim: int
-    num_heads: int
-    h_sz: int
-    max_qlen: int
-    pdrop: float
-    eps: float
-    with_distance_embedding: bool
+    Sized by the head's config (text_dim, num_heads, h_sz, max_qlen, pdrop, ln_eps); the relative-distance
+    embeddings exist under ``reference_quirks``.
+    """
+
+    cfg: ml_collections.FrozenConfigDict
 
     @nn.compact
     def __call__(self, im: jax.Array, q: jax.Array, train: bool) -> jax.Array:
+        cfg = self.cfg
         common = dict(
-            hidden=self.text_dim,
-            num_heads=self.num_heads,
-            max_qlen=self.max_qlen,
-            pdrop=self.pdrop,
-            with_distance_embedding=self.with_distance_embedding,
+            hidden=cfg.text_dim,
+            num_heads=cfg.num_heads,
+            max_qlen=cfg.max_qlen,
+            pdrop=cfg.pdrop,
+            with_distance_embedding=cfg.reference_quirks,
         )
         # Self-attention of the repeated question: its output is the value of q at every position, and
         # it only feeds the cross-attention query, which cannot change the result; only its parameters
         # are created.
         QFAttention(**common, name="mha")(jnp.zeros((0, q.shape[-1]), q.dtype), q[:0], train=False)
         x = QFAttention(**common, name="crossattention")(q, im, train)
-        return QFIntermediate(self.h_sz, self.pdrop, self.eps, name="intermediate")(x, train)
+        return QFIntermediate(cfg.h_sz, cfg.pdrop, cfg.ln_eps, name="intermediate")(x, train)

@@ -5,7 +5,9 @@ qf.intermediate, c.ln, qv_fusion.ln1, ans_decoder.<k>.ln3 or .weight_ih_l0, q_ML
 the forward pass is the reference's: Python loops over the puzzles of the batch, the literal QF
 attention over L repeated question vectors (relative-distance scores computed and then discarded),
 and per-puzzle GRUs. With `reference_quirks` the GRU is called on the unbatched (B_p, R) matrix as
-the reference does, so PyTorch itself produces the batch-coupled decoding. Used only by tests and
+the reference does, so PyTorch itself produces the batch-coupled decoding. :class:`PuzzleHeadPort`
+holds the per-puzzle ends this head shares with the baseline's port (``torch_port/baseline.py``), and
+:func:`copy_state` / :func:`state_arrays` the weight copying both use. Used only by tests and
 benchmarks; the runtime package never imports torch.
 """
 
@@ -23,6 +25,8 @@ from torch import nn
 from smartvlm_jax import puzzles
 from smartvlm_jax.convert import reference
 from smartvlm_jax.reasoner import config as config_lib
+
+Array = np.ndarray
 
 
 class Attention(nn.Module):
@@ -97,19 +101,25 @@ class Fusion(nn.Module):
         return self.layer_norm(F.gelu(self.ln2(F.gelu(self.ln1(x)))))
 
 
-class MLPDecoder(nn.Module):
-    def __init__(self, r: int, classes: int):
-        super().__init__()
-        self.ln1, self.ln2, self.ln3 = nn.Linear(r, r), nn.Linear(r, r), nn.Linear(r, classes)
+class PuzzleHeadPort(nn.Module):
+    """The reference's per-puzzle ends, the same in its two heads (``SMART_Net`` and the SMARTER head).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln3(F.gelu(self.ln2(F.gelu(self.ln1(x)))))
+    Per-puzzle image encoders ``im_encoder.<pid>`` (index 0: the reference's unused Linear(R, 1) dummy;
+    one shared ``im_encoder`` under ``use_single_image_head``), the unused ``o_encoder``, and per-puzzle
+    answer decoders ``ans_decoder.<k>`` (k = 1 + rank of the puzzle id; index 0 a dummy): an MLP for
+    ordinary puzzles, a one-layer RNN with hidden C_p for sequence puzzles. The forward loops over the
+    batch's puzzles as the reference does and returns {pid: logits [B_p, C_p] or K such}.
 
+    A head sets ``activation`` (the nn module class between and after the encoder's Linears) and
+    ``sequence_rnn`` (nn.GRU or nn.LSTM), builds its middle between ``super().__init__`` and
+    :meth:`_answer_decoders` (the order the reference makes its modules in, so a seeded port draws the
+    same initial weights), and defines :meth:`fuse` and :meth:`_mlp_decoder`.
+    """
 
-class TorchSmarterHead(nn.Module):
-    """The head of `cfg` in PyTorch; forward returns the reference's {pid: logits or [K x logits]}."""
+    activation: type[nn.Module] = nn.GELU
+    sequence_rnn: type[nn.RNNBase] = nn.GRU
 
-    def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int = 64):
+    def __init__(self, cfg: ml_collections.ConfigDict):
         super().__init__()
         config_lib.validate(cfg)
         self.cfg = cfg
@@ -117,40 +127,51 @@ class TorchSmarterHead(nn.Module):
         self.sorted_ids = sorted(int(p) for p in cfg.puzzle_ids)
         self.classes = dict(zip(self.sorted_ids, (int(c) for c in cfg.num_classes), strict=True))
         if cfg.use_single_image_head:
-            self.im_encoder = nn.Sequential(nn.Linear(vdim, r), nn.GELU(), nn.Linear(r, r))
+            self.im_encoder = nn.Sequential(nn.Linear(vdim, r), self.activation(), nn.Linear(r, r))
         else:
             encoders = [nn.Sequential(nn.Linear(r, 1))]  # index 0: the reference's unused dummy
             encoders += [
-                nn.Sequential(nn.Linear(vdim, r), nn.GELU(), nn.Linear(r, r)) for _ in puzzles.ALL_PUZZLE_IDS
+                nn.Sequential(nn.Linear(vdim, r), self.activation(), nn.Linear(r, r))
+                for _ in puzzles.ALL_PUZZLE_IDS
             ]
             self.im_encoder = nn.ModuleList(encoders)
-        self.q_MLP = nn.Sequential(nn.Linear(cfg.text_dim, cfg.h_sz), nn.GELU(), nn.Linear(cfg.h_sz, r))
-        self.o_encoder = nn.Sequential(nn.Embedding(vocab_size, r, max_norm=1), nn.Linear(r, r), nn.GELU())
-        composite = r + 2 * cfg.text_dim if cfg.use_qf else 2 * r
-        if cfg.use_qf:
-            self.qf = QF(cfg)
-        self.c = CLayer(composite, cfg.ln_eps)
-        self.qv_fusion = Fusion(composite, r, cfg.ln_eps)
-        decoders: list[nn.Module] = [nn.Sequential(nn.Linear(r, 1))]
+
+    def _o_encoder(self, vocab_size: int) -> nn.Module:
+        """The reference's option encoder: built and saved, never called."""
+        r = self.cfg.repr_size
+        return nn.Sequential(nn.Embedding(vocab_size, r, max_norm=1), nn.Linear(r, r), self.activation())
+
+    def _mlp_decoder(self, classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _answer_decoders(self) -> nn.ModuleList:
+        r = self.cfg.repr_size
+        decoders: list[nn.Module] = [nn.Sequential(nn.Linear(r, 1))]  # index 0: the reference's dummy
         for p in self.sorted_ids:
             c = self.classes[p]
-            decoders.append(
-                nn.GRU(r, c, num_layers=1, batch_first=True) if puzzles.is_sequence(p) else MLPDecoder(r, c)
-            )
-        self.ans_decoder = nn.ModuleList(decoders)
+            if puzzles.is_sequence(p):
+                decoders.append(self.sequence_rnn(r, c, num_layers=1, batch_first=True))
+            else:
+                decoders.append(self._mlp_decoder(c))
+        return nn.ModuleList(decoders)
 
     def encode_image(self, x: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        act = self.activation()
         if self.cfg.use_single_image_head:
             y = self.im_encoder(x)
-            return y if self.cfg.reference_quirks else F.gelu(y)
+            return y if self.cfg.reference_quirks else act(y)
         y = torch.zeros(len(x), self.cfg.repr_size, dtype=x.dtype, device=x.device)
         for p in self.sorted_ids:
             idx = pids == p
             if idx.any():
-                y[idx] = F.gelu(self.im_encoder[p](x[idx]))
+                y[idx] = act(self.im_encoder[p](x[idx]))
         return y
 
-    def _sequence(self, decoder: nn.GRU, z: torch.Tensor) -> list[torch.Tensor]:
+    def fuse(self, im: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """im [B, R] and the head's text input -> z [B, R]: the head's own middle."""
+        raise NotImplementedError
+
+    def _sequence(self, decoder: nn.RNNBase, z: torch.Tensor) -> list[torch.Tensor]:
         outs, hx = [], None
         for _ in range(self.cfg.num_decode_steps):
             if self.cfg.reference_quirks:
@@ -162,19 +183,52 @@ class TorchSmarterHead(nn.Module):
         return outs
 
     def forward(self, vision: torch.Tensor, text: torch.Tensor, pids: torch.Tensor) -> dict:
-        im = self.encode_image(vision, pids)
-        if self.cfg.use_qf:
-            q_seq = text.unsqueeze(1).expand(-1, self.cfg.max_qlen, -1)  # the reference's repeated question
-            composite = torch.cat([im, q_seq.mean(1), self.qf(im, q_seq)], dim=1)
-        else:
-            composite = torch.cat([im, F.gelu(self.q_MLP(text))], dim=1)
-        z = self.qv_fusion(self.c.ln(composite))
+        z = self.fuse(self.encode_image(vision, pids), text)
         out = {}
         for p in torch.unique(pids).tolist():
             idx = pids == p
             dec = self.ans_decoder[1 + self.sorted_ids.index(p)]
             out[p] = self._sequence(dec, z[idx]) if puzzles.is_sequence(p) else dec(z[idx])
         return out
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, r: int, classes: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.Linear(r, r), nn.Linear(r, r), nn.Linear(r, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln3(F.gelu(self.ln2(F.gelu(self.ln1(x)))))
+
+
+class TorchSmarterHead(PuzzleHeadPort):
+    """The head of `cfg` in PyTorch; forward returns the reference's {pid: logits or [K x logits]}."""
+
+    activation = nn.GELU
+    sequence_rnn = nn.GRU
+
+    def __init__(self, cfg: ml_collections.ConfigDict, vocab_size: int = 64):
+        super().__init__(cfg)
+        r = cfg.repr_size
+        self.q_MLP = nn.Sequential(nn.Linear(cfg.text_dim, cfg.h_sz), nn.GELU(), nn.Linear(cfg.h_sz, r))
+        self.o_encoder = self._o_encoder(vocab_size)
+        composite = r + 2 * cfg.text_dim if cfg.use_qf else 2 * r
+        if cfg.use_qf:
+            self.qf = QF(cfg)
+        self.c = CLayer(composite, cfg.ln_eps)
+        self.qv_fusion = Fusion(composite, r, cfg.ln_eps)
+        self.ans_decoder = self._answer_decoders()
+
+    def _mlp_decoder(self, classes: int) -> nn.Module:
+        return MLPDecoder(self.cfg.repr_size, classes)
+
+    def fuse(self, im: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.cfg.use_qf:
+            q_seq = text.unsqueeze(1).expand(-1, self.cfg.max_qlen, -1)  # the reference's repeated question
+            composite = torch.cat([im, q_seq.mean(1), self.qf(im, q_seq)], dim=1)
+        else:
+            composite = torch.cat([im, F.gelu(self.q_MLP(text))], dim=1)
+        return self.qv_fusion(self.c.ln(composite))
 
 
 def padded_logits(outputs: Mapping, pids: torch.Tensor, cfg: ml_collections.ConfigDict) -> torch.Tensor:
@@ -205,9 +259,8 @@ def reference_loss(outputs: Mapping, labels: torch.Tensor, pids: torch.Tensor) -
     return total / len(outputs)
 
 
-def load_jax_params(module: TorchSmarterHead, params: Mapping) -> None:
-    """Copy the JAX head's params into the port (weights the JAX head lacks keep their values)."""
-    arrays = reference.reference_from_params(params, module.cfg)
+def copy_state(module: nn.Module, arrays: Mapping[str, Array]) -> None:
+    """Copy reference-named arrays into the port's weights; KeyError naming a key the port lacks."""
     state = module.state_dict()
     unknown = sorted(set(arrays) - set(state))
     if unknown:
@@ -217,10 +270,19 @@ def load_jax_params(module: TorchSmarterHead, params: Mapping) -> None:
             state[k].copy_(torch.from_numpy(np.array(v)))
 
 
+def state_arrays(module: nn.Module) -> dict[str, Array]:
+    """The port's weights as float32 numpy arrays under the reference's names."""
+    return {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+
+
+def load_jax_params(module: TorchSmarterHead, params: Mapping) -> None:
+    """Copy the JAX head's params into the port (weights the JAX head lacks keep their values)."""
+    copy_state(module, reference.reference_from_params(params, module.cfg))
+
+
 def jax_params(module: TorchSmarterHead) -> dict:
     """The JAX head's params tree from the port's weights (reference names, strict)."""
-    sd = {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
-    return reference.params_from_reference(sd, module.cfg)
+    return reference.params_from_reference(state_arrays(module), module.cfg)
 
 
 def reference_state_dict(module: TorchSmarterHead) -> dict[str, torch.Tensor]:

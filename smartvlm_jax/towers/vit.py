@@ -15,7 +15,6 @@ attention formulation, or the oneDNN kernels on one-device CPU) and prepares the
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from smartvlm_jax.activations import gelu_erf
 from smartvlm_jax.towers.params import flatten, unflatten
 
 Params = Mapping[str, Any]
@@ -35,11 +35,6 @@ def get(params: Params, path: str) -> Any:
     for part in path.split("."):
         node = node[part]
     return node
-
-
-def gelu_erf(x: jax.Array) -> jax.Array:
-    """Exact GELU; written with ``lax.erf`` because ``jax.nn.gelu(approximate=False)`` is slow on CPU."""
-    return 0.5 * x * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
