@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from smartvlm_jax import puzzles, reasoner
-from smartvlm_jax.torch_port import head as port_lib
+from tests.torch_port import head as port_lib
 
 
 def make_config(impl: str, quirks: bool):

@@ -52,7 +52,7 @@ from smartvlm_jax import features as features_lib
 from smartvlm_jax import optim, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import build, pipeline, smart101, synthetic
-from smartvlm_jax.towers import testing as towers_testing
+from tests.towers import testing as towers_testing
 
 # Released configs of the base towers (values differing from the transformers defaults spelled out).
 BASE_CONFIGS = {

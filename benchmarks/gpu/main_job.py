@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append("--config.towers.tiny=True")
     else:
         from benchmarks import throughput
-        from smartvlm_jax.towers import testing
+        from tests.towers import testing
 
         dirs = throughput.write_towers(work / "towers", "base", testing.sentences())
         overrides += [f"--config.towers.dinov2={dirs['dinov2']}", f"--config.towers.siglip={dirs['siglip']}"]

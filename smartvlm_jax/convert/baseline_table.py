@@ -3,9 +3,9 @@
 Reference names: ``im_encoder.<pid>.{0,2}`` (per-puzzle; ``im_encoder.{0,2}`` for the single head),
 ``q_lstm.{weight,bias}_{ih,hh}_l0[_reverse]``, ``q_MLP``, ``qv_fusion.{0,2}``, ``ans_decoder.<k>.{0,2,4}``
 (MLP) or ``ans_decoder.<k>.{weight,bias}_{ih,hh}_l0`` (LSTM, gates i, f, g, o), k = 1 + rank of the puzzle
-id. Numpy only, so the checkpoint converter (``convert/reference.py``) and the PyTorch port
-(``torch_port/baseline.py``) share it without either needing the other. The reference's index-0 dummies and
-``o_encoder`` have no counterpart here.
+id. Numpy only, so the checkpoint converter (``convert/reference.py``) and the PyTorch port of the tests
+and benchmarks (``tests/torch_port/baseline.py``, not installed) share it without either needing the other.
+The reference's index-0 dummies and ``o_encoder`` have no counterpart here.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from smartvlm_jax import features, parallel, towers
-from smartvlm_jax.towers import testing
 from smartvlm_jax.towers.backends import xla
+from tests.towers import testing
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,8 +11,8 @@ import torch
 from smartvlm_jax import reasoner
 from smartvlm_jax.reasoner import baseline
 from smartvlm_jax.reasoner import config as config_lib
-from smartvlm_jax.torch_port import baseline as port_lib
-from smartvlm_jax.torch_port.head import padded_logits, reference_loss
+from tests.torch_port import baseline as port_lib
+from tests.torch_port.head import padded_logits, reference_loss
 
 PIDS = [3, 16, 3, 18, 58, 16, 16, 94, 3, 39]  # repeats, several sequence puzzles, 7/25 absent
 

@@ -1,7 +1,7 @@
 """Fixtures for the tower tests: random-init HF checkpoints written locally with transformers (torch).
 
 The helpers are plain functions so other test areas can import them (``from tests.towers.conftest import
-save_hf_siglip``); torch-free helpers live in ``smartvlm_jax.towers.testing``.
+save_hf_siglip``); torch-free helpers live in ``tests.towers.testing``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from smartvlm_jax import towers
-from smartvlm_jax.towers import testing
+from tests.towers import testing
 
 # Released configs (values that differ from the transformers defaults are spelled out).
 DINOV2_BASE = {"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,

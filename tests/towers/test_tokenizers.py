@@ -22,7 +22,7 @@ import transformers
 
 from smartvlm_jax import towers
 from smartvlm_jax.convert import hf as convert_hf
-from smartvlm_jax.towers import testing
+from tests.towers import testing
 from tests.towers.conftest import hf_model
 
 N_STRINGS = 3000

@@ -1,4 +1,4 @@
-"""Torch-free helpers that build tiny random towers, for tests and smoke runs of any part of the package."""
+"""Torch-free helpers that build tiny random towers, for tests and benchmarks (not installed)."""
 
 from __future__ import annotations
 
