@@ -1,4 +1,5 @@
-"""Entry point: ``python -m smartvlm_jax.main --config configs/NAME.py --workdir DIR [--config.FIELD=VALUE]``.
+"""Entry point: ``python -m smartvlm_jax.main --config configs/NAME.py --workdir DIR [--config.FIELD=VALUE]``,
+or the console script ``smartvlm-train`` with the same flags.
 
 Parses flags, starts multi-process JAX when the config asks for it, and hands over to the trainer. A rerun
 with the same workdir resumes from its latest checkpoint.
@@ -7,7 +8,9 @@ with the same workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import sys
+from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,5 +46,38 @@ def main(argv: list[str]) -> None:
         sys.exit(status)
 
 
+def _config_file(argv: Sequence[str]) -> str | None:
+    """The file of ``--config FILE`` / ``--config=FILE[:ARGS]`` in ``argv``, before absl parses it."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=").split(":", 1)[0]
+    return None
+
+
+def config_import_root(config_file: str) -> str | None:
+    """The folder above the package that holds ``config_file`` (``configs/smoke.py`` -> the checkout), or
+    None when its folder is no package. The configs import their siblings as ``configs.NAME``: that works
+    from any working directory, and from the console script, whose ``sys.path`` lacks the working directory.
+    """
+    folder = os.path.dirname(os.path.abspath(config_file))
+    root = folder
+    while os.path.isfile(os.path.join(root, "__init__.py")):
+        root = os.path.dirname(root)
+    return root if root != folder else None
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """``smartvlm-train`` (and ``python -m smartvlm_jax.main``): makes the config's package importable,
+    then parses the flags and trains."""
+    argv = list(sys.argv if argv is None else argv)
+    config_file = _config_file(argv[1:])
+    root = config_import_root(config_file) if config_file else None
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()
