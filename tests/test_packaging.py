@@ -1,0 +1,64 @@
+"""pyproject.toml: the pinned requirements*.txt lie in its ranges, its console scripts name entry functions,
+and the training entry finds the configs package from anywhere. (.ci/install_check.sh installs the package
+into a fresh venv and runs the smoke job through ``smartvlm-train``.)"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import tomllib
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from smartvlm_jax import main as main_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def pins(name: str) -> dict[str, Requirement]:
+    """The requirements of one requirements file, without the files it includes (``-r``)."""
+    lines = [line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines()]
+    reqs = [Requirement(line) for line in lines if line and not line.startswith("-")]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+@pytest.mark.parametrize(
+    ("file", "declared"),
+    [
+        ("requirements.txt", PROJECT["dependencies"]),
+        ("requirements-dev.txt", PROJECT["optional-dependencies"]["dev"]),
+    ],
+)
+def test_requirement_pins_lie_in_the_declared_ranges(file, declared):
+    ranges = {canonicalize_name(r.name): r for r in map(Requirement, declared)}
+    pinned = pins(file)
+    assert set(pinned) == set(ranges), f"{file} and pyproject.toml name different packages"
+    for name, pin in pinned.items():
+        (spec,) = pin.specifier  # one == pin each
+        assert spec.operator == "==", pin
+        version = spec.version.split("+")[0]
+        assert ranges[name].specifier.contains(version, prereleases=True), (str(pin), str(ranges[name]))
+        assert pin.marker == ranges[name].marker, (str(pin), str(ranges[name]))
+
+
+def test_console_scripts_name_entry_functions():
+    scripts = PROJECT["scripts"]
+    names = ("train", "evaluate", "predict", "convert", "build-data")
+    assert set(scripts) == {f"smartvlm-{n}" for n in names}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+
+
+def test_config_import_root_is_the_folder_above_the_configs_package(tmp_path, monkeypatch):
+    assert main_lib.config_import_root(str(REPO / "configs" / "smoke.py")) == str(REPO)
+    monkeypatch.chdir(REPO)
+    assert main_lib.config_import_root("configs/smoke.py") == str(REPO)
+    (tmp_path / "mine.py").write_text("")
+    assert main_lib.config_import_root(str(tmp_path / "mine.py")) is None  # no package: sys.path unchanged
+    assert main_lib._config_file(["--workdir", "w", "--config", "c.py", "--config.x=1"]) == "c.py"
+    assert main_lib._config_file(["--config=c.py:arg", "--workdir=w"]) == "c.py"
+    assert main_lib._config_file(["--config.x=1"]) is None
