@@ -3,19 +3,19 @@ PyTorch port (eager, the reference's loops), same weights, same inputs, same run
 
     python -m benchmarks.head [--steps 10] [--quirks] [--impls gather,ragged]
 
-Reports milliseconds per step for batches drawn from 1, 10 and 101 puzzles (the JAX cost should not
-grow with the number of puzzles). Class counts are synthetic (2..60, sequence puzzles 27/6).
+Reports the median milliseconds per step for batches drawn from 1, 10 and 101 puzzles (the JAX cost should
+not grow with the number of puzzles). Class counts are synthetic (2..60, sequence puzzles 27/6).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
 import torch
 
+from benchmarks import timing
 from smartvlm_jax import puzzles, reasoner
 from tests.torch_port import head as port_lib
 
@@ -44,12 +44,9 @@ def batch(cfg, num_puzzles: int, size: int, seed: int):
 
 
 def timeit(fn, args: tuple, steps: int) -> float:
-    """Milliseconds per call of fn(*args) after one warm-up call (JAX compiles there)."""
-    fn(*args)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn(*args)
-    return (time.perf_counter() - start) / steps * 1e3
+    """Median milliseconds per call of fn(*args) over ``steps`` calls after one warm-up call (JAX compiles
+    there), each waited for (:mod:`benchmarks.timing`)."""
+    return timing.time_call(lambda: fn(*args), steps).median * 1e3
 
 
 def jax_step(model, cfg):
@@ -63,7 +60,7 @@ def jax_step(model, cfg):
 
         return jax.value_and_grad(loss_fn)(params)
 
-    return lambda *a: jax.block_until_ready(step(*a))
+    return step
 
 
 def torch_step(port, vision, text, pids, labels):

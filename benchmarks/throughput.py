@@ -18,8 +18,9 @@ Rows (JAX vs PyTorch eager, and ``torch.compile`` where asked and where it works
 
 Towers are random-init with the released configs (dinov2-base, siglip-base-patch16-224), written as HF
 directories by transformers and loaded by both sides, so both run the same weights. ``--tiny`` uses tiny
-towers (for tests). Each figure: one warm-up call (JAX compiles there), then ``--repeats`` timed calls;
-median, min, max and spread = (max - min) / median. Prints a markdown table; ``--out`` writes JSON.
+towers (for tests). Each figure (``benchmarks/timing.py``): one warm-up call (JAX compiles there), then
+``--repeats`` timed calls, each waited for (JAX arrays, CUDA); median, min, max and spread = (max - min) /
+median. Prints a markdown table; ``--out`` writes JSON.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 
 from benchmarks import reference_design as ref
+from benchmarks import timing
 from smartvlm_jax import features as features_lib
 from smartvlm_jax import optim, reasoner, train
 from smartvlm_jax import towers as towers_lib
@@ -98,22 +100,9 @@ MODES = {
 
 
 def measure(fn: Callable[[], Any], repeats: int, items: int) -> dict[str, float]:
-    """One warm-up call, then ``repeats`` timed calls: median/min/max seconds and items/s at the median."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {
-        "median_s": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "spread": (max(times) - min(times)) / median,
-        "per_s": items / median,
-        "repeats": repeats,
-    }
+    """One warm-up call, then ``repeats`` timed calls (:mod:`benchmarks.timing`, which waits for JAX arrays
+    and CUDA): median/min/max seconds, spread and items/s at the median."""
+    return timing.time_call(fn, repeats).summary(items)
 
 
 def try_measure(fn: Callable[[], Any], repeats: int, items: int) -> dict[str, Any]:
@@ -122,13 +111,6 @@ def try_measure(fn: Callable[[], Any], repeats: int, items: int) -> dict[str, An
         return measure(fn, repeats, items)
     except Exception as e:  # noqa: BLE001 - any failure of torch.compile is a result to report
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-
-
-def torch_sync(x: Any = None) -> Any:
-    """Wait for queued CUDA work (timings of asynchronous GPU calls), then return ``x``."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return x
 
 
 def matmul_flops(repeats: int, dtype: str, torch_device: str = "cpu") -> dict[str, dict[str, float]]:
@@ -142,8 +124,8 @@ def matmul_flops(repeats: int, dtype: str, torch_device: str = "cpu") -> dict[st
     else:
         ja, f, ta = jnp.asarray(a), jax.jit(lambda x: x @ x), torch.from_numpy(a).to(torch_device)
     out = {
-        "jax": measure(lambda: f(ja).block_until_ready(), repeats, 1),
-        "torch": measure(lambda: torch_sync(ta @ ta), repeats, 1),
+        "jax": measure(lambda: f(ja), repeats, 1),
+        "torch": measure(lambda: ta @ ta, repeats, 1),
     }
     for v in out.values():
         v["flop_per_s"] = 2 * n**3 * v["per_s"]
@@ -301,15 +283,15 @@ def bench_towers(bench: Bench, matmul: dict) -> dict:
     cost = fwd.lower(frozen.params(pack=False), batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))
-    jax_m = measure(lambda: jax.block_until_ready(fwd(params, batch)), s.repeats, s.batch)
+    jax_m = measure(lambda: fwd(params, batch), s.repeats, s.batch)
 
     design = bench.reference()
     pixels, ids = design.pixel_values(items["images"]), design.token_ids(items["questions"])
-    eager = measure(lambda: torch_sync(design.tower_features(pixels, ids)), s.repeats, s.batch)
+    eager = measure(lambda: design.tower_features(pixels, ids), s.repeats, s.batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_towers=True)
-        compiled = try_measure(lambda: torch_sync(cdesign.tower_features(pixels, ids)), s.repeats, s.batch)
+        compiled = try_measure(lambda: cdesign.tower_features(pixels, ids), s.repeats, s.batch)
     flop_rates = {}
     for name, m, mm in (
         ("jax", jax_m, "jax"),
@@ -345,16 +327,16 @@ def bench_full_step(bench: Bench) -> dict:
         batch = {**host_preprocess(frozen, images, items["questions"]), **labels_batch(items)}
         host.append(time.perf_counter() - t)
         state[0], metrics = step(state[0], batch, tower_params)
-        jax.block_until_ready(metrics.loss.compute())
+        return metrics.loss.compute()  # timing.wait blocks on it
 
     jax_m = measure(jax_step, s.repeats, s.batch)
     jax_m["host_preprocess_median_s"] = statistics.median(host[1:])
     design = bench.reference()
-    eager = measure(lambda: torch_sync(design.train_step(items)), s.repeats, s.batch)
+    eager = measure(lambda: design.train_step(items), s.repeats, s.batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_towers=True, compile_head=True)
-        compiled = try_measure(lambda: torch_sync(cdesign.train_step(items)), s.repeats, s.batch)
+        compiled = try_measure(lambda: cdesign.train_step(items), s.repeats, s.batch)
     return result(jax_m, eager, compiled, "samples/s")
 
 
@@ -385,18 +367,18 @@ def bench_head_step(bench: Bench) -> dict:
 
     def jax_step():
         state[0], metrics = step(state[0], dev_batch, None)
-        jax.block_until_ready(metrics.loss.compute())
+        return metrics.loss.compute()  # timing.wait blocks on it
 
     jax_m = measure(jax_step, s.repeats, s.head_batch)
     targs = [torch.from_numpy(batch[k]) for k in ("vision", "text")]
     targs += [torch.from_numpy(batch[k].astype(np.int64)) for k in ("puzzle_ids", "labels")]
     targs = [t.to(bench.torch_device) for t in targs]
     design = bench.reference()
-    eager = measure(lambda: torch_sync(design.head_step(*targs)), s.repeats, s.head_batch)
+    eager = measure(lambda: design.head_step(*targs), s.repeats, s.head_batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_head=True)
-        compiled = try_measure(lambda: torch_sync(cdesign.head_step(*targs)), s.repeats, s.head_batch)
+        compiled = try_measure(lambda: cdesign.head_step(*targs), s.repeats, s.head_batch)
     return result(jax_m, eager, compiled, "samples/s")
 
 
@@ -417,11 +399,11 @@ def bench_inference(bench: Bench) -> dict:
 
     jax_m = measure(jax_predict, s.repeats, s.batch)
     design = bench.reference()
-    eager = measure(lambda: torch_sync(design.predict(items)), s.repeats, s.batch)
+    eager = measure(lambda: design.predict(items), s.repeats, s.batch)
     compiled = None
     if s.compile:
         cdesign = bench.reference(compile_towers=True, compile_head=True)
-        compiled = try_measure(lambda: torch_sync(cdesign.predict(items)), s.repeats, s.batch)
+        compiled = try_measure(lambda: cdesign.predict(items), s.repeats, s.batch)
     return result(jax_m, eager, compiled, "samples/s")
 
 
@@ -521,16 +503,11 @@ def bench_whole_run(bench: Bench) -> dict:
         )
 
     out: dict[str, Any] = {}
-    # One run each (a run compiles and loads once, which is part of what it costs): time it directly.
-    timings = {}
-    for name, fn in (("ours", ours), ("reference", reference)):
-        start = time.perf_counter()
-        fn()
-        timings[name] = time.perf_counter() - start
-    one = lambda t: {"median_s": t, "min_s": t, "max_s": t, "spread": 0.0, "per_s": 1 / t, "repeats": 1}  # noqa: E731
+    # One run each, no warm-up (a run compiles and loads once, which is part of what it costs).
+    timings = timing.time_rounds({"ours": ours, "reference": reference}, repeats=1, warmup=0)
     return result(
-        one(timings["ours"]),
-        one(timings["reference"]),
+        timings["ours"].summary(),
+        timings["reference"].summary(),
         None,
         "s (wall)",
         rows={k: len(v) for k, v in splits.items()},

@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import transformers
 
+from benchmarks import timing
 from smartvlm_jax import towers
 
 CONFIGS = {
@@ -58,32 +58,6 @@ TINY_CONFIGS = {  # the same three towers at the test suite's tiny sizes (--tiny
 VARIANTS = ("jax fp32", "jax bf16", "torch fp32", "torch bf16")
 
 
-def torch_sync(device: str) -> None:
-    """Waits for PyTorch's queued work on ``device`` (CUDA calls return before the GPU is done)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``rounds`` times, interleaved (after one warm-up call each).
-
-    Each function must return only once its work is done (JAX: ``block_until_ready``; PyTorch on CUDA: a
-    synchronize). The order rotates every round, so each function follows each other one equally often: on
-    CPU a call runs slower right after a PyTorch call (its OpenMP threads keep spinning, and AMX/AVX-512
-    work lowers the clock for a while), and a fixed order would charge that to the same function.
-    """
-    for fn in fns.values():
-        fn()
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
-    return times
-
-
 def matmul_gflops(rounds: int, torch_device: str, n: int) -> dict[str, float]:
     """n^3 matmul GFLOP/s: JAX and PyTorch, fp32 and bf16 (JAX bf16 accumulates in fp32), random data."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -93,19 +67,16 @@ def matmul_gflops(rounds: int, torch_device: str, n: int) -> dict[str, float]:
     ta = torch.from_numpy(a).to(torch_device)
     tb = ta.bfloat16()
 
-    def torch_mm(x: torch.Tensor) -> Callable[[], None]:
-        return lambda: (x @ x, torch_sync(torch_device))
-
-    times = timed_rounds(
+    times = timing.time_rounds(
         {
-            "jax fp32": lambda: f32(ja).block_until_ready(),
-            "jax bf16": lambda: bf16(jb).block_until_ready(),
-            "torch fp32": torch_mm(ta),
-            "torch bf16": torch_mm(tb),
+            "jax fp32": lambda: f32(ja),
+            "jax bf16": lambda: bf16(jb),
+            "torch fp32": lambda: ta @ ta,
+            "torch bf16": lambda: tb @ tb,
         },
         rounds,
     )
-    return {k: 2 * n**3 / min(v) / 1e9 for k, v in times.items()}
+    return {k: 2 * n**3 / v.min / 1e9 for k, v in times.items()}
 
 
 def tokens(config: Any, part: str, image_size: int) -> int:
@@ -164,32 +135,30 @@ class TowerBench:
 
             def run() -> torch.Tensor:
                 with torch.inference_mode():
-                    out = self.torch[dtype](**kwargs).last_hidden_state
-                torch_sync(self.torch_device)
-                return out
+                    return self.torch[dtype](**kwargs).last_hidden_state
 
             return run
 
         fns: dict[str, Callable[[], Any]] = {
-            "jax bf16": lambda: self.jax["bfloat16"].encode(inputs).block_until_ready(),
+            "jax bf16": lambda: self.jax["bfloat16"].encode(inputs),
             "torch bf16": torch_fn("bf16"),
         }
         if fp32:
-            fns["jax fp32"] = lambda: self.jax["float32"].encode(inputs).block_until_ready()
+            fns["jax fp32"] = lambda: self.jax["float32"].encode(inputs)
             fns["torch fp32"] = torch_fn("fp32")
-        times = timed_rounds(fns, rounds)
+        times = timing.time_rounds(fns, rounds)
         outs = {
             k: np.asarray(fn()) if k.startswith("jax") else fn().float().cpu().numpy()
             for k, fn in fns.items()
         }
-        per_s = {k: batch / float(np.median(v)) for k, v in times.items()}
+        per_s = {k: batch / v.median for k, v in times.items()}
         row: dict[str, Any] = {
             "tower": self.name,
             "batch": batch,
             "tokens": tokens(self.config, self.part, self.image_size),
             "flops_per_item": self.flops_per_item,
             "per_s": per_s,
-            "best_per_s": {k: batch / min(v) for k, v in times.items()},
+            "best_per_s": {k: batch / v.min for k, v in times.items()},
             "tflop_per_s": {k: v * self.flops_per_item / 1e12 for k, v in per_s.items()},
         }
         if peak_flop_per_s > 0:

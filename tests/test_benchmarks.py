@@ -1,10 +1,33 @@
-"""benchmarks.throughput end to end in its tiny mode: the JSON report and the markdown table."""
+"""benchmarks.timing (the one timing loop), and benchmarks.throughput end to end in its tiny mode: the JSON
+report and the markdown table."""
 
 from __future__ import annotations
 
 import json
 
-from benchmarks import throughput
+import jax.numpy as jnp
+import pytest
+import torch
+
+from benchmarks import throughput, timing
+
+
+def test_timing_leaves_out_warm_up_calls_and_rotates_the_order():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = timing.time_rounds(fns, repeats=3, warmup=2)
+    assert calls == [*"aabbcc", *"abc", *"bca", *"cab"]
+    assert all(len(t.times) == 3 for t in times.values())
+    summary = timing.time_call(lambda: jnp.ones(8) * 2, repeats=4).summary(items=10)
+    assert set(summary) == {"median_s", "min_s", "max_s", "spread", "per_s", "repeats"}
+    assert summary["repeats"] == 4 and summary["min_s"] <= summary["median_s"] <= summary["max_s"]
+    assert summary["per_s"] == pytest.approx(10 / summary["median_s"]) and summary["spread"] >= 0
+    one = timing.time_call(lambda: None, repeats=1, warmup=0).summary()
+    assert one["repeats"] == 1 and one["spread"] == 0 and one["min_s"] == one["max_s"]
+    x, t = jnp.arange(3), torch.arange(3)
+    assert timing.wait(x) is x and timing.wait(t) is t and timing.wait({"a": x, "b": (t, 1)})["a"] is x
+    with pytest.raises(ValueError, match="repeats"):
+        timing.time_call(lambda: None, repeats=0)
 
 
 def test_throughput_tiny_report(tmp_path, capsys):
