@@ -174,8 +174,8 @@ def test_converted_baseline_checkpoint_answers_real_images(uncached, tmp_path):
     towers -> answers equal to the PyTorch port's on the same features, one example at a time (quirks)."""
     torch = pytest.importorskip("torch")
     from smartvlm_jax.convert.__main__ import main as convert_main
-    from smartvlm_jax.torch_port import baseline as port_lib
-    from smartvlm_jax.torch_port.head import padded_logits
+    from tests.torch_port import baseline as port_lib
+    from tests.torch_port.head import padded_logits
 
     workdir, _ = uncached
     _, _, run_cfg = reasoner.load(workdir)
