@@ -35,6 +35,7 @@ for module in torch pytest; do
 done
 
 cd "$work"  # not the checkout: smartvlm_jax is imported from the venv
+export SMARTVLM_JAX_CACHE=$work/cache  # the oneDNN kernels built for this venv go with it
 "$py" -c "import smartvlm_jax, sys; sys.exit(not smartvlm_jax.__file__.startswith('$work/venv/'))" ||
   { echo "install_check: smartvlm_jax is not imported from the venv" >&2; exit 1; }
 run_start=$(date +%s)
