@@ -365,7 +365,10 @@ def prepare_towers(
     return towers_cfg
 
 
-def setup(config: ml_collections.ConfigDict, workdir: Workdir) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: Workdir | str | pathlib.Path) -> Run:
+    """The run of ``config`` in ``workdir``: data prepared, towers loaded and placed, head built, the
+    resolved config written to the workdir (which must exist)."""
+    workdir = Workdir(workdir)
     check_config(config)
     timing = summaries.StageTimes()
     mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
