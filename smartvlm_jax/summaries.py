@@ -155,11 +155,12 @@ class CompileLog:
         jax.monitoring.unregister_event_duration_listener(self._on_duration)
 
     def record(self) -> dict:
-        """``{"compiled", "compile_seconds", "compiled_names", "loaded", "load_seconds"}`` (results.json)."""
+        """Counts, seconds and function names of both lists, for results.json's "xla"."""
         return {
             "compiled": len(self.compiled),
             "compile_seconds": sum(s for _, s in self.compiled),
             "compiled_names": sorted({name for name, _ in self.compiled}),
             "loaded": len(self.loaded),
             "load_seconds": sum(s for _, s in self.loaded),
+            "loaded_names": sorted({name for name, _ in self.loaded}),
         }

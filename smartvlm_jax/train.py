@@ -392,7 +392,8 @@ def prepare_towers(
     return towers_cfg
 
 
-def setup(config: ml_collections.ConfigDict, workdir: Workdir) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | Workdir) -> Run:
+    workdir = Workdir(workdir)
     check_config(config)
     compile_cache = parallel.enable_compile_cache(config.get("compile_cache_dir", ""))
     log.info("XLA compilation cache: %s", compile_cache or "off (--config.compile_cache_dir='')")
