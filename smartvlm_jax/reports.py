@@ -69,10 +69,14 @@ def format_table(
         lines.append(
             f"| uniform chance | | {_pct(metrics['chance_S_acc'])} | {_pct(metrics['chance_O_acc'])} | | | |"
         )
-    groups = [(f"{skill} ({_count(row['num_puzzles'], 'puzzle')})", skill, row)
-              for skill, row in metrics.get("per_skill", {}).items()]
-    groups += [(f"{kind} ({_count(row['num_puzzles'], 'puzzle')}, not a skill class)", kind, row)
-               for kind, row in metrics.get("per_other_type", {}).items()]  # fmt: skip
+    groups = [
+        (f"{skill} ({_count(row['num_puzzles'], 'puzzle')})", skill, row)
+        for skill, row in metrics.get("per_skill", {}).items()
+    ]
+    groups += [
+        (f"{kind} ({_count(row['num_puzzles'], 'puzzle')}, not a skill class)", kind, row)
+        for kind, row in metrics.get("per_other_type", {}).items()
+    ]
     for label, key, row in groups:
         g = greedy_ps.get(key, {})
         lines.append(
@@ -284,9 +288,7 @@ def plot_curves(
     return path
 
 
-def format_summary(
-    results: Mapping[str, Any], workdir: str | os.PathLike[str], split: str = "test"
-) -> str:
+def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], split: str = "test") -> str:
     """The lines that end a run: the best epoch and the split's accuracies, then the path of each output
     the workdir holds (results.json, plots, curves, best model, TensorBoard's command, run.log) and what
     XLA compiled or loaded from the compilation cache (``results["xla"]``)."""
