@@ -8,10 +8,13 @@ Run on the released SMART-101 with local Hugging Face tower directories:
     --config.towers.siglip=/models/siglip-base-patch16-224
 """
 
+import os
+
 import ml_collections
 
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import config as head_config
+from smartvlm_jax.workdir import user_cache_dir
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -66,7 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.checkpoint_every_steps = 200  # save the latest train state (and data iterator) this often
     c.keep_checkpoints = 2  # latest checkpoints kept
-    c.log_every_steps = 20  # console, JSON-lines and TensorBoard summaries this often
+    c.log_every_steps = 20  # JSON-lines and TensorBoard summaries this often
+    # XLA's persistent compilation cache, shared by runs: a rerun loads what earlier runs compiled. Default:
+    # $JAX_COMPILATION_CACHE_DIR if set, else <user cache>/jax (~/.cache/smartvlm_jax/jax); '' turns it off.
+    c.compile_cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(user_cache_dir("jax"))
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1  # devices per fsdp group; the data axis takes the rest

@@ -1,4 +1,4 @@
-"""The embedded default: synthetic SMART-format puzzles, tiny random towers, a few minutes on 2 CPU cores.
+"""The embedded default: synthetic SMART-format puzzles and tiny random towers (timings: docs/training.md).
 
   python -m smartvlm_jax.main --config configs/smoke.py --workdir workdirs/smoke
 
@@ -22,5 +22,5 @@ def get_config():
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.01
     c.checkpoint_every_steps = 50
-    c.log_every_steps = 25
+    c.log_every_steps = 5  # 5 points an epoch on the loss curve (curves.png, TensorBoard)
     return c

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import mmap
 import os
 import pathlib
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
+from smartvlm_jax import console, variants
 from smartvlm_jax import towers as towers_lib
-from smartvlm_jax import variants
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -214,7 +215,8 @@ def extract_split(
     Streaming: batches are decoded ahead by :func:`prefetch`, and batch i + 1 is dispatched to the device
     before batch i's features are copied back to the host, so decoding, the towers' compute and the host
     copy overlap. The jitted function sees one batch shape (the pipeline pads the last batch), so it
-    compiles once. Progress (samples/s after the first, compiling batch, and ETA) is logged every 10 s.
+    compiles once. Progress (``console.Progress`` on process 0, "features <split>"): samples/s and ETA after
+    the first batch, which compiles.
     """
     out_dir = pathlib.Path(out_dir)
     if is_complete(out_dir):
@@ -224,7 +226,10 @@ def extract_split(
     if params_sharding is not None:
         params = jax.device_put(params, params_sharding)
     forward = towers.jitted_features
-    progress = _Progress(out_dir.name, num_rows)
+    lead = jax.process_index() == 0
+    progress = console.Progress(
+        f"features {out_dir.name}", num_rows, "samples", warmup_name="on the first batch", enabled=lead
+    )
     writer = _RowWriter(out_dir, num_rows, np.dtype(storage_dtype))
     pending: list[np.ndarray] = []  # row positions written since the last marker
 
@@ -239,18 +244,20 @@ def extract_split(
         if (index + 1) % shard_batches == 0:
             writer.mark(index // shard_batches, pending)
             pending.clear()
-        progress.update(len(positions))
+        progress.update(len(positions), warmup=index == first)
 
     start = 0
     if callable(batches):
         while _marker(out_dir, start).exists():
             start += 1
         # the ETA counts what the markers on disk hold as done
-        progress.rows = sum(len(np.load(_marker(out_dir, k))) for k in range(start))
+        done = sum(len(np.load(_marker(out_dir, k))) for k in range(start))
+        progress.update(done, warmup=True)
         start *= shard_batches
         if start:
-            logging.info("features %s: resuming at batch %d (%d done)", out_dir.name, start, progress.rows)
+            log.info("features %s: resuming at batch %d (%d done)", out_dir.name, start, done)
         batches = batches(start_batch=start)
+    first = start  # the batch that compiles: its time is left out of the rate
     in_flight = None
     last = start - 1
     for i, batch in enumerate(prefetch(batches), start=start):
@@ -266,52 +273,12 @@ def extract_split(
         finish(*in_flight)
     if pending:
         writer.mark(last // shard_batches, pending)
-    progress.done()
+    progress.close()
     multihost_utils.sync_global_devices(f"features {out_dir}")
     if jax.process_index() == 0:
         writer.finalize()
     multihost_utils.sync_global_devices(f"features done {out_dir}")
     return load_split(out_dir)
-
-
-class _Progress:
-    """samples/s and ETA of an extraction; the rate leaves out the first batch, which includes compiling."""
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total = name, total
-        self.rows = 0
-        self.timed_rows = 0
-        self.t0: float | None = None
-
-    def update(self, rows: int) -> None:
-        self.rows += rows
-        if self.t0 is None:
-            self.t0 = time.perf_counter()
-            return
-        self.timed_rows += rows
-        rate = self.rate()
-        logging.log_every_n_seconds(
-            logging.INFO,
-            "features %s: %d/%d samples, %.2f samples/s, ETA %.0f s",
-            10,
-            self.name,
-            self.rows,
-            self.total,
-            rate,
-            (self.total - self.rows) / max(rate, 1e-9),
-        )
-
-    def rate(self) -> float:
-        if self.t0 is None:
-            return 0.0
-        return self.timed_rows / max(time.perf_counter() - self.t0, 1e-9)
-
-    def done(self) -> None:
-        if self.timed_rows:
-            rate = f"{self.rate():.2f} samples/s after the first (compiling) batch"
-        else:  # one batch: nothing but the compiling batch to time
-            rate = "one batch, no rate"
-        logging.info("features %s: %d samples extracted, %s", self.name, self.rows, rate)
 
 
 def is_complete(out_dir: str | os.PathLike) -> bool:

@@ -1,18 +1,20 @@
 """Entry point: ``python -m smartvlm_jax.main --config configs/NAME.py --workdir DIR [--config.FIELD=VALUE]``,
 or the console script ``smartvlm-train`` with the same flags.
 
-Parses flags, starts multi-process JAX when the config asks for it, and hands over to the trainer. A rerun
-with the same workdir resumes from its latest checkpoint.
+Parses flags, routes log lines (``console.configure``: the project's lines and actionable warnings on the
+console, every line in ``DIR/run.log``; absl's ``--verbosity``/``-v`` 1 shows everything), starts
+multi-process JAX when the config asks for it, and hands over to the trainer. A rerun with the same
+workdir resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
 
-import logging as py_logging
+import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
@@ -20,25 +22,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-
-class _QuietLibraryInfo(py_logging.Filter):
-    """Keep orbax's per-save INFO chatter out of the console; its warnings and errors still show."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+log = logging.getLogger("smartvlm_jax.main")  # (__name__ is "__main__" under python -m)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    logging.get_absl_handler().addFilter(_QuietLibraryInfo())
+    from smartvlm_jax import console  # light: tqdm and logging; JAX must not load before this
+
+    lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
+    log.debug("command: %s", " ".join(sys.argv))
     from smartvlm_jax import parallel  # JAX is touched only after the flags are known
 
     parallel.initialize_distributed(config)
     import jax
 
-    logging.info("JAX %s on %d devices (%s)", jax.__version__, jax.device_count(), jax.devices()[0].platform)
+    lines.set_process(jax.process_index())
+    devices = jax.devices()
+    log.info("JAX %s on %d %s device%s; every log line: %s", jax.__version__, len(devices),
+             devices[0].platform, "s" if len(devices) > 1 else "", lines.run_log)  # fmt: skip
     from smartvlm_jax import cli, train
 
     status = cli.run(lambda: train.train_and_evaluate(config, _WORKDIR.value), traceback=_TRACEBACK.value)

@@ -28,7 +28,7 @@ import csv
 import math
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -180,16 +180,19 @@ def _per_puzzle(
 
 
 def per_skill(
-    per_puzzle: Mapping[int, Mapping[str, float]], skills: Mapping[int, str] | None = None
+    per_puzzle: Mapping[int, Mapping[str, float]],
+    skills: Mapping[int, str] | None = None,
+    classes: tuple[str, ...] = puzzles.SKILL_CLASSES,
 ) -> dict[str, dict[str, float | int]]:
     """Per skill class, the unweighted mean of the per-puzzle accuracies over the puzzles present.
 
-    Only the eight SKILL_CLASSES are reported ("order" puzzles belong to none); a class with no puzzle
-    present is left out rather than reported as 0 (it was not measured).
+    Only the eight SKILL_CLASSES are reported by default ("order" puzzles belong to none:
+    :func:`other_types` lists them); a class with no puzzle present is left out rather than reported as 0
+    (it was not measured). ``classes`` names other groups of types to report the same way.
     """
     skills = read_skill_types() if skills is None else skills
     out: dict[str, dict[str, float | int]] = {}
-    for skill in puzzles.SKILL_CLASSES:
+    for skill in classes:
         members = [per_puzzle[p] for p in per_puzzle if skills.get(p) == skill]
         if members:
             out[skill] = {
@@ -198,6 +201,13 @@ def per_skill(
                 "num_puzzles": len(members),
             }
     return out
+
+
+def other_types(puzzle_ids: Iterable[int], skills: Mapping[int, str]) -> tuple[str, ...]:
+    """The types of these puzzles that are not skill classes ("order", or "?" for a puzzle without one),
+    sorted: the groups :func:`compute_metrics` reports beside the skill classes so that no puzzle drops
+    out of the per-type rows."""
+    return tuple(sorted({skills.get(int(p), "?") for p in puzzle_ids} - set(puzzles.SKILL_CLASSES)))
 
 
 def compute_metrics(
@@ -227,8 +237,10 @@ def compute_metrics(
 
     Returns:
       {"S_acc", "O_acc", "err", "n", "per_puzzle": {pid: {"S_acc", "O_acc", "n"}},
-       "per_skill": {skill: {"S_acc", "O_acc", "num_puzzles"}}}. Overall accuracies are means over samples,
-      per-skill ones means over puzzles (as in the SMART paper's tables).
+       "per_skill": {skill: {"S_acc", "O_acc", "num_puzzles"}}, "per_other_type": {type: ...}}. Overall
+      accuracies are means over samples, per-skill ones means over puzzles (as in the SMART paper's
+      tables); "per_other_type" groups the puzzles of the types outside the eight skill classes ("order")
+      the same way, so every puzzle is in one group.
     """
     preds, labels, puzzle_ids, option_values, answer_index = _as_arrays(
         preds, labels, puzzle_ids, option_values, answer_index, mask
@@ -245,6 +257,7 @@ def compute_metrics(
     else:
         err = _mean(rel_err)
     by_puzzle = _per_puzzle(puzzle_ids, s_correct, o_correct)
+    skills = read_skill_types() if skills is None else skills
     return {
         "S_acc": _mean(s_correct),
         "O_acc": _mean(o_correct),
@@ -252,6 +265,9 @@ def compute_metrics(
         "n": int(puzzle_ids.size),
         "per_puzzle": by_puzzle,
         "per_skill": per_skill(by_puzzle, skills),
+        "per_other_type": per_skill(
+            by_puzzle, {p: skills.get(p, "?") for p in by_puzzle}, other_types(by_puzzle, skills)
+        ),
     }
 
 
@@ -309,7 +325,8 @@ def greedy_baseline(
     positions included); O_acc is 1/5 (a uniformly chosen option).
 
     Returns {"greedy_S_acc", "greedy_O_acc", "chance_S_acc", "chance_O_acc", "greedy_per_puzzle",
-    "greedy_per_skill", "greedy_missing_puzzles"}, to be merged into the split's metrics.
+    "greedy_per_skill", "greedy_per_other_type", "greedy_missing_puzzles"}, to be merged into the split's
+    metrics.
     """
     mode = greedy_predictions(train_labels, train_puzzle_ids, train_mask)
     pids_flat = np.asarray(puzzle_ids, dtype=np.int64).reshape(-1)
@@ -338,6 +355,7 @@ def greedy_baseline(
         "chance_O_acc": 1.0 / NUM_OPTIONS if kept.size else math.nan,
         "greedy_per_puzzle": m["per_puzzle"],
         "greedy_per_skill": m["per_skill"],
+        "greedy_per_other_type": m["per_other_type"],
         "greedy_missing_puzzles": sorted({int(p) for p in kept} - set(mode)),
     }
 
@@ -353,6 +371,7 @@ def evaluate_split(
     num_classes: Mapping[int, int],
     train_labels: Mapping[str, np.ndarray] | None = None,
     mask: np.ndarray | None = None,
+    skills: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The metrics of one evaluation split, with its greedy and chance baselines: what training,
     ``evaluate`` and ``predict --split`` report, computed in this one place.
@@ -365,13 +384,14 @@ def evaluate_split(
       train_labels: the training split's label arrays; given, the greedy (most frequent training answer)
         and chance baselines are merged in (keys of :func:`greedy_baseline`).
       mask: bool [N], False on padding rows.
+      skills: skill type per puzzle id (``smart101.read_puzzle_info`` of the data root); default: the
+        shipped SMART_info_v2.csv.
 
     Returns :func:`compute_metrics`'s dict, plus the baselines' keys when ``train_labels`` is given.
     """
     held = [labels[k] for k in ("labels", "puzzle_ids", "option_values", "answer_index")]
-    metrics = compute_metrics(preds, *held, num_classes, mask=mask)
+    metrics = compute_metrics(preds, *held, num_classes, mask=mask, skills=skills)
     if train_labels is not None:
-        metrics.update(
-            greedy_baseline(train_labels["labels"], train_labels["puzzle_ids"], *held, num_classes, mask=mask)
-        )
+        train = (train_labels["labels"], train_labels["puzzle_ids"])
+        metrics.update(greedy_baseline(*train, *held, num_classes, mask=mask, skills=skills))
     return metrics

@@ -1,4 +1,5 @@
-"""The one place for sharding: the device mesh, partition rules, and multi-process start-up.
+"""The one place for sharding and JAX's process set-up: the device mesh, partition rules, multi-process
+start-up and the persistent compilation cache.
 
 Every device of every process sits in one ``('data', 'fsdp')`` mesh. Batches are split over both axes
 (so FSDP-sharded towers still see data parallelism), the trainable head is replicated, and frozen towers
@@ -7,17 +8,21 @@ are replicated unless a rule shards their large matrices over ``fsdp`` (big_visi
 
 from __future__ import annotations
 
+import logging
 import os
+import pathlib
 import re
 from collections.abc import Sequence
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+log = logging.getLogger(__name__)
 
 DATA_AXES = ("data", "fsdp")
 
@@ -145,7 +150,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         f"for {timeouts['heartbeat_timeout_seconds']} s (heartbeat timeout) then stops the job"
     )
     if mode == "auto":
-        logging.info("JAX distributed (auto): joining the coordinator the environment names, %s", waits)
+        log.info("JAX distributed (auto): joining the coordinator the environment names, %s", waits)
         _initialize(waits, "the coordinator the environment names", **timeouts)
     elif mode == "explicit":
         process_id = cfg.process_id
@@ -158,7 +163,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
             )
         # Said before JAX starts: when a peer never joins or dies, JAX's own abort text names neither.
         who = f"process {process_id} of {cfg.num_processes}, coordinator {cfg.coordinator_address}"
-        logging.info("JAX distributed: %s; %s", who, waits)
+        log.info("JAX distributed: %s; %s", who, waits)
         _initialize(
             f"{who}; {waits}",
             cfg.coordinator_address,
@@ -169,10 +174,42 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
         )
     else:
         raise ValueError(f"--config.distributed.mode={mode!r} is not one of 'none', 'auto', 'explicit'")
-    logging.info(
+    log.info(
         "JAX process %d of %d, %d local / %d global devices",
         jax.process_index(),
         jax.process_count(),
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def enable_compile_cache(cache_dir: str) -> pathlib.Path | None:
+    """Turn JAX's persistent compilation cache on in ``cache_dir`` (``config.compile_cache_dir``), or off
+    for ``""``; returns the directory in use, or None when off. Call before the first compilation.
+
+    Every executable is stored, however small or quick to compile (JAX's defaults keep only those that
+    took over 1 s), so a second run of a config compiles nothing the first one did; XLA:CPU cannot
+    serialise an executable holding a oneDNN fusion (the fp32 towers' forward on CPU), which JAX reports as
+    a Python warning and compiles each run. The directory is created if needed; one that cannot be is an
+    input error (OSError) naming the field. JAX settles whether and where it caches at its first
+    compilation, so a call that changes either (another run in the same process) resets that decision.
+    """
+    path = pathlib.Path(cache_dir).expanduser().absolute() if cache_dir else None
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(
+                f"--config.compile_cache_dir={cache_dir!r} cannot be created ({e}); '' turns the cache off"
+            ) from e
+    current = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+    wanted = (path is not None, str(path) if path else current[1])
+    if current != wanted:  # JAX decides once per process whether and where it caches: start over
+        compilation_cache.reset_cache()
+    jax.config.update("jax_enable_compilation_cache", path is not None)
+    if path is None:
+        return None
+    compilation_cache.set_cache_dir(str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # -1: no size limit, no override
+    return path

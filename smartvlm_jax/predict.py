@@ -166,7 +166,8 @@ def run_split(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     labels = smart101.label_arrays(rows)
     train_labels = smart101.label_arrays(train_rows) if train_rows else None
-    result = metrics.evaluate_split(out.values, labels, num_classes, train_labels)
+    skills = {pid: info.type for pid, info in smart101.read_puzzle_info(data_root).items()}
+    result = metrics.evaluate_split(out.values, labels, num_classes, train_labels, skills=skills)
     s_ok, o_ok = metrics.correctness(
         out.values, labels["labels"], labels["puzzle_ids"], labels["option_values"], labels["answer_index"]
     )

@@ -1,7 +1,9 @@
-"""Reports of evaluation results: the console table, ``results.json`` and the per-puzzle/per-skill plots.
+"""Reports of a run: the console table, ``results.json``, the per-puzzle/per-skill plots, the training
+curves and the closing summary of where everything went.
 
-The numbers come from :mod:`smartvlm_jax.metrics`; this module only presents and stores them. Plots use
-matplotlib's object API (Figure + Agg canvas), so no global backend or figure state.
+The numbers come from :mod:`smartvlm_jax.metrics` (and the run's ``log.jsonl``); this module only presents
+and stores them. Plots use matplotlib's object API (Figure + Agg canvas), so no global backend or figure
+state.
 """
 
 from __future__ import annotations
@@ -30,16 +32,28 @@ def _pct(x: Any) -> str:
     return f"{100.0 * float(x):.1f}"
 
 
-def format_table(metrics: Mapping[str, Any], skills: Mapping[int, str] | None = None) -> str:
-    """A markdown table for the console: the overall line, chance, each skill class, each puzzle.
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def format_table(
+    metrics: Mapping[str, Any],
+    skills: Mapping[int, str] | None = None,
+    names: Mapping[int, str] | None = None,
+) -> str:
+    """A markdown table for the console: the overall line, chance, each skill class, the types outside
+    the skill classes ("order", so no puzzle drops out of the groups), each puzzle.
 
     Accuracies are in percent; greedy-baseline columns are filled where `metrics` carries the keys of
-    `greedy_baseline` (merge the two dicts). `skills` (default: the shipped csv) labels puzzle rows.
+    `greedy_baseline` (merge the two dicts). Puzzle rows read "puzzle <id> (<name>; <skill>)": `skills`
+    (default: the shipped csv) and `names` (default: none) come from the data root's
+    `smart101.read_puzzle_info`, so synthetic families show their own names and stand-in skills.
     """
     skills = metrics_lib.read_skill_types() if skills is None else skills
+    names = {} if names is None else names
     per_puzzle = {int(k): v for k, v in metrics.get("per_puzzle", {}).items()}
     greedy_pp = {int(k): v for k, v in metrics.get("greedy_per_puzzle", {}).items()}
-    greedy_ps = metrics.get("greedy_per_skill", {})
+    greedy_ps = {**metrics.get("greedy_per_skill", {}), **metrics.get("greedy_per_other_type", {})}
     lines = [
         "| group | n | S_acc % | O_acc % | greedy S_acc % | greedy O_acc % | err |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -55,16 +69,25 @@ def format_table(metrics: Mapping[str, Any], skills: Mapping[int, str] | None = 
         lines.append(
             f"| uniform chance | | {_pct(metrics['chance_S_acc'])} | {_pct(metrics['chance_O_acc'])} | | | |"
         )
-    for skill, row in metrics.get("per_skill", {}).items():
-        g = greedy_ps.get(skill, {})
+    groups = [
+        (f"{skill} ({_count(row['num_puzzles'], 'puzzle')})", skill, row)
+        for skill, row in metrics.get("per_skill", {}).items()
+    ]
+    groups += [
+        (f"{kind} ({_count(row['num_puzzles'], 'puzzle')}, not a skill class)", kind, row)
+        for kind, row in metrics.get("per_other_type", {}).items()
+    ]
+    for label, key, row in groups:
+        g = greedy_ps.get(key, {})
         lines.append(
-            f"| {skill} ({row['num_puzzles']} puzzles) | | {_pct(row['S_acc'])} | {_pct(row['O_acc'])} | "
+            f"| {label} | | {_pct(row['S_acc'])} | {_pct(row['O_acc'])} | "
             f"{_pct(g.get('S_acc'))} | {_pct(g.get('O_acc'))} | |"
         )
     for pid in sorted(per_puzzle):
         row, g = per_puzzle[pid], greedy_pp.get(pid, {})
+        about = "; ".join(x for x in (names.get(pid, ""), skills.get(pid, "?")) if x)
         lines.append(
-            f"| puzzle {pid} ({skills.get(pid, '?')}) | {row['n']} | {_pct(row['S_acc'])} | "
+            f"| puzzle {pid} ({about}) | {row['n']} | {_pct(row['S_acc'])} | "
             f"{_pct(row['O_acc'])} | {_pct(g.get('S_acc'))} | {_pct(g.get('O_acc'))} | |"
         )
     return "\n".join(lines)
@@ -197,31 +220,127 @@ def plot_results(
     paths.append(out.plot(prefix, "puzzle"))
     fig.savefig(paths[-1], dpi=100)
 
-    per_skill_rows = metrics.get("per_skill", {})
+    # The skill classes, then the other types ("order*"): every puzzle is in one group.
+    per_skill_rows = {**metrics.get("per_skill", {}), **metrics.get("per_other_type", {})}
     skill_names = list(per_skill_rows)
     rows = [per_skill_rows[s] for s in skill_names]
-    greedy_ps = metrics.get("greedy_per_skill", {})
+    greedy_ps = {**metrics.get("greedy_per_skill", {}), **metrics.get("greedy_per_other_type", {})}
     markers = (
         {"greedy S_acc": to_pct([greedy_ps.get(s, {}) for s in skill_names], "S_acc")} if greedy_ps else {}
     )
+    others = set(metrics.get("per_other_type", {}))
+    labels = [f"{s}*" if s in others else s for s in skill_names]
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.subplots()
-    _bars(ax, skill_names, {"S_acc": to_pct(rows, "S_acc"), "O_acc": to_pct(rows, "O_acc")}, markers)
-    ax.set_xlabel("skill class (mean over puzzles present)")
+    _bars(ax, labels, {"S_acc": to_pct(rows, "S_acc"), "O_acc": to_pct(rows, "O_acc")}, markers)
+    ax.set_xlabel("skill class (mean over puzzles present)" + ("; * not a skill class" if others else ""))
     ax.set_title(f"{prefix}: per-skill accuracy")
     paths.append(out.plot(prefix, "skill"))
     fig.savefig(paths[-1], dpi=100)
     return paths
 
 
+def plot_curves(
+    series: Mapping[str, Mapping[int, float]],
+    steps_per_epoch: int,
+    best_epoch: int,
+    path: str | os.PathLike[str],
+) -> pathlib.Path:
+    """Saves the training curves to ``path`` (``Workdir.curves``): train loss against step, and val S_acc
+    and O_acc (%) against epoch, the best epoch marked on both.
+
+    ``series``: name -> {step: value}, as ``summaries.read_log`` reads ``log.jsonl`` ("train/loss",
+    "val/S_acc", "val/O_acc"); validation runs at each epoch's last step, ``epoch * steps_per_epoch``.
+    ``best_epoch`` 0: none marked (no epoch finished). Missing series leave their panel empty.
+    """
+    fig = Figure(figsize=(11.0, 4.0), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss = series.get("train/loss", {})
+    steps = sorted(loss)
+    loss_ax.plot(steps, [loss[s] for s in steps], color="tab:blue", lw=1.5, label="train loss")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_title("train loss (mean over each logged window)")
+    loss_ax.grid(alpha=0.3)
+    for name, style in (("val/S_acc", "o-"), ("val/O_acc", "s--")):
+        values = series.get(name, {})
+        at = sorted(values)
+        acc_ax.plot([s / steps_per_epoch for s in at], [100.0 * float(values[s]) for s in at], style,
+                    label=name.removeprefix("val/"))  # fmt: skip
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy %")
+    acc_ax.set_title("validation")
+    acc_ax.grid(alpha=0.3)
+    best_s = series.get("val/S_acc", {}).get(best_epoch * steps_per_epoch)
+    if best_epoch > 0:
+        best_step = best_epoch * steps_per_epoch
+        loss_ax.axvline(best_step, color="tab:red", ls=":", label=f"best epoch {best_epoch}")
+        acc_ax.axvline(best_epoch, color="tab:red", ls=":")
+        if best_s is not None:
+            acc_ax.scatter([best_epoch], [100.0 * best_s], s=160, marker="*", color="tab:red", zorder=3,
+                           label=f"best: epoch {best_epoch}, S_acc {_pct(best_s)} %")  # fmt: skip
+    loss_ax.legend(fontsize=8)
+    if acc_ax.lines:
+        acc_ax.legend(fontsize=8, loc="lower right")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], split: str = "test") -> str:
+    """The lines that end a run: the best epoch and the split's accuracies, then the path of each output
+    the workdir holds (results.json, plots, curves, best model, TensorBoard's command, run.log) and what
+    XLA compiled or loaded from the compilation cache (``results["xla"]``)."""
+    wd = Workdir(workdir)
+    m = results.get(split) or {}
+    best, epochs = results.get("best_epoch", 0), results.get("epochs")
+    val = results.get("val") or {}
+    head = f"best epoch {best}" + (f" of {epochs}" if epochs else "")
+    if val.get("S_acc") is not None:
+        head += f" (val S_acc {_pct(val['S_acc'])} %)"
+    head += f"; {split} S_acc {_pct(m.get('S_acc'))} %, O_acc {_pct(m.get('O_acc'))} %"
+    if m.get("greedy_S_acc") is not None:
+        head += f" (greedy {_pct(m['greedy_S_acc'])} %, {_pct(m.get('greedy_O_acc'))} %)"
+    plots = [wd.plot(split, g) for g in ("puzzle", "skill")]
+    outputs = [
+        ("results", [wd.results]),
+        ("plots", plots),
+        ("curves", [wd.curves]),
+        ("best model", [wd.best_model]),
+        ("TensorBoard", [wd.tensorboard]),
+        ("run log", [wd.run_log()]),
+    ]
+    lines = [head]
+    for label, paths in outputs:
+        present = [p for p in paths if p.exists()]
+        if present:
+            shown = ", ".join(str(p) for p in present)
+            command = "tensorboard --logdir " if label == "TensorBoard" else ""
+            lines.append(f"  {label + ':':13}{command}{shown}")
+    xla = results.get("xla")
+    if xla:
+        where = f" ({xla['cache_dir']})" if xla.get("cache_dir") else " (compilation cache off)"
+        lines.append(
+            f"  {'XLA:':13}{_count(xla['compiled'], 'program')} compiled in {xla['compile_seconds']:.1f} s, "
+            f"{xla['loaded']} loaded from the compilation cache{where}"
+        )
+    return "\n".join(lines)
+
+
 def report(
-    workdir: str | os.PathLike[str], split: str, metrics: Mapping[str, Any], plots: bool = True
+    workdir: str | os.PathLike[str],
+    split: str,
+    metrics: Mapping[str, Any],
+    plots: bool = True,
+    skills: Mapping[int, str] | None = None,
+    names: Mapping[int, str] | None = None,
 ) -> str:
     """For the trainer and the CLI: writes results.json (merging splits) and the split's plots.
 
-    Returns the console table.
+    Returns the console table (puzzles labelled with ``skills`` and ``names``, see :func:`format_table`).
     """
     write_results(workdir, {split: metrics})
     if plots:
         plot_results(metrics, workdir, prefix=split)
-    return format_table(metrics)
+    return format_table(metrics, skills, names)

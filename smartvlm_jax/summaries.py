@@ -1,24 +1,31 @@
-"""Where a run's numbers go: TensorBoard event files, a JSON-lines log, and console progress.
+"""Where a run's numbers go: TensorBoard event files, a JSON-lines log, stage timings and XLA compilations.
 
-clu's ``metric_writers`` (and ``periodic_actions``, which imports them) import TensorFlow at package
-import time; this project keeps TensorFlow out of its runtime, so events are written with tensorboardX
-(a small pure-Python writer of the same event format) and progress is reported here. clu's
-``metrics`` collections, which need no TensorFlow, are used in the training step.
+TensorBoard events are written with tensorboardX, a small pure-Python writer of TensorBoard's event format.
+clu's ``metric_writers`` cannot write them without TensorFlow: the package's ``__init__`` imports its
+``SummaryWriter`` (``clu/metric_writers/tf/summary_writer.py``: ``import tensorflow``), so even its PyTorch
+writer (which needs torch, also kept out of the runtime) cannot be imported without it. clu's ``metrics``
+collections, which need neither, are used in the training step. Console progress: :mod:`smartvlm_jax.console`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import resource
+import threading
 import time
 from collections.abc import Iterator, Mapping
 
+import jax.monitoring
 import numpy as np
-from absl import logging
 
 from smartvlm_jax.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 
 class RunWriter:
@@ -50,24 +57,21 @@ class RunWriter:
             self._log.close()
 
 
-class Progress:
-    """Console progress: step, steps/s and ETA, every ``every`` steps."""
+def read_log(path: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """The scalars of a ``log.jsonl`` as series: name ("train/loss", "val/S_acc") -> {step: value}.
 
-    def __init__(self, total_steps: int, first_step: int, every: int):
-        self._total = total_steps
-        self._every = max(every, 1)
-        self._last_step = first_step
-        self._last_time = time.time()
-
-    def __call__(self, step: int, scalars: Mapping[str, float]) -> None:
-        if step % self._every and step != self._total:
-            return
-        now = time.time()
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        eta = (self._total - step) / rate if rate > 0 else float("nan")
-        shown = " ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in scalars.items())
-        logging.info("step %d/%d  %.2f steps/s  ETA %.0f s  %s", step, self._total, rate, eta, shown)
+    A resumed run logs some steps again; the last record of a step wins. A missing file gives {}.
+    """
+    series: dict[str, dict[int, float]] = collections.defaultdict(dict)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            for name, value in record.items():
+                if name not in ("step", "time"):
+                    series[name][int(record["step"])] = value
+    return dict(series)
 
 
 class StageTimes:
@@ -104,8 +108,59 @@ class StageTimes:
             for unit in (k for k in entry if k in ("samples", "steps")):
                 out[name][f"{unit}_per_s"] = entry[unit] / max(entry["seconds"], 1e-9)
             shown = " ".join(f"{k}={v:.4g}" for k, v in out[name].items() if k != "seconds")
-            logging.info("timing %s: %.2f s %s", name, entry["seconds"], shown)
+            log.debug("timing %s: %.2f s %s", name, entry["seconds"], shown)
         # ru_maxrss: KiB on Linux; it counts the memmapped cache pages this process has resident too
         out["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        logging.info("timing peak resident memory: %.1f MiB", out["peak_rss_kib"] / 1024)
+        log.debug("timing peak resident memory: %.1f MiB", out["peak_rss_kib"] / 1024)
         return out
+
+
+# JAX's monitoring events (jax/_src/dispatch.py, compiler.py): the first wraps every executable's
+# compile-or-load, the second fires inside it when the executable came from the compilation cache.
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+@dataclasses.dataclass
+class CompileLog:
+    """The executables XLA compiled and those loaded from the persistent compilation cache, while open.
+
+    ``with CompileLog() as compiles: ...`` listens to JAX's monitoring events; ``compiled`` holds
+    (function name, seconds) of each real compilation, ``loaded`` those the cache served. An executable
+    found in the process's own in-memory caches produces no event and is in neither.
+    """
+
+    compiled: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    loaded: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._hit = threading.local()  # compilations on several threads: each its own hit flag
+
+    def _on_event(self, event: str, **_: object) -> None:
+        if event == CACHE_HIT_EVENT:
+            self._hit.value = True
+
+    def _on_duration(self, event: str, seconds: float, *, fun_name: str = "?", **_: object) -> None:
+        if event == BACKEND_COMPILE_EVENT:
+            hit, self._hit.value = getattr(self._hit, "value", False), False
+            (self.loaded if hit else self.compiled).append((fun_name, seconds))
+
+    def __enter__(self) -> CompileLog:
+        jax.monitoring.register_event_listener(self._on_event)
+        jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        jax.monitoring.unregister_event_listener(self._on_event)
+        jax.monitoring.unregister_event_duration_listener(self._on_duration)
+
+    def record(self) -> dict:
+        """Counts, seconds and function names of both lists, for results.json's "xla"."""
+        return {
+            "compiled": len(self.compiled),
+            "compile_seconds": sum(s for _, s in self.compiled),
+            "compiled_names": sorted({name for name, _ in self.compiled}),
+            "loaded": len(self.loaded),
+            "load_seconds": sum(s for _, s in self.loaded),
+            "loaded_names": sorted({name for name, _ in self.loaded}),
+        }

@@ -2,12 +2,15 @@
 
 One straight line: data (SMART-101 or synthetic) -> frozen-tower features (cached once, or recomputed in
 the step) -> reasoner -> loss -> AdamW -> new state -> Orbax. The workdir holds everything of a run, and
-a rerun with the same workdir resumes from its latest checkpoint on the exact next batch.
+a rerun with the same workdir resumes from its latest checkpoint on the exact next batch. Progress shows
+as one bar (or plain line) per stage and epoch (``console.Progress``); the run ends with the test table
+and a summary of where its outputs are.
 """
 
 import dataclasses
 import functools
 import json
+import logging
 import math
 import pathlib
 import shutil
@@ -24,13 +27,14 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from clu import metrics as clu_metrics
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import features, metrics, optim, parallel, reasoner, reports, summaries, variants
+from smartvlm_jax import console, features, metrics, optim, parallel, reasoner, reports, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
 from smartvlm_jax.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
@@ -193,10 +197,22 @@ class Run:
     tower_params: Any = None
     caches: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     timing: summaries.StageTimes = dataclasses.field(default_factory=summaries.StageTimes)
+    # each puzzle's skill type and name as the data root describes them (smart101.read_puzzle_info)
+    puzzle_info: dict[int, smart101.PuzzleInfo] = dataclasses.field(default_factory=dict)
+    compile_cache: pathlib.Path | None = None  # XLA's persistent compilation cache in use (None: off)
+    compiles: summaries.CompileLog | None = None  # what XLA compiled or loaded, when recorded
 
     @property
     def is_lead(self) -> bool:
         return jax.process_index() == 0
+
+    @property
+    def skills(self) -> dict[int, str]:
+        return {pid: info.type for pid, info in self.puzzle_info.items()}
+
+    @property
+    def names(self) -> dict[int, str]:
+        return {pid: info.name for pid, info in self.puzzle_info.items()}
 
     def to_global(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         return pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
@@ -273,13 +289,16 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
     if config.synthetic.enabled:
         data_cfg.root = str(workdir.synthetic)
         if jax.process_index() == 0 and not workdir.synthetic.exists():
-            synthetic.write_dataset(
-                str(workdir.staging(workdir.synthetic)),
-                per_puzzle=config.synthetic.per_puzzle,
-                seed=config.synthetic.seed,
-                puzzle_ids=config.synthetic.puzzles or None,
-                workers=config.synthetic.workers,
-            )
+            ids = synthetic.resolve_ids(config.synthetic.puzzles or None)
+            with console.Progress("synthetic puzzles", len(ids), "puzzles") as progress:
+                synthetic.write_dataset(
+                    str(workdir.staging(workdir.synthetic)),
+                    per_puzzle=config.synthetic.per_puzzle,
+                    seed=config.synthetic.seed,
+                    puzzle_ids=ids,
+                    workers=config.synthetic.workers,
+                    progress=lambda _: progress.update(1),
+                )
             workdir.staging(workdir.synthetic).rename(workdir.synthetic)
         multihost_utils.sync_global_devices("synthetic data")
     root = pathlib.Path(data_cfg.root)
@@ -300,12 +319,20 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
     multihost_utils.sync_global_devices("tfds build")
     num_classes = smart101.num_classes(rows)
     splits = {s: smart101.split_rows(rows, s, data_cfg, num_classes) for s in SPLITS}
+    split_ids = {}
     for name, split_rows in splits.items():
         if not split_rows:
             raise ValueError(f"the {name} split is empty under --config.data={data_cfg.to_dict()}")
-        ids = sorted({r.puzzle_id for r in split_rows})
-        logging.info("%s split (%s): %d rows of %d puzzles: %s", name, data_cfg.split_type, len(split_rows),
-                     len(ids), id_ranges(ids))  # fmt: skip
+        split_ids[name] = sorted({r.puzzle_id for r in split_rows})
+    sizes = ", ".join(f"{name} {len(split_rows)}" for name, split_rows in splits.items())
+    if all(ids == split_ids["train"] for ids in split_ids.values()):
+        ids = split_ids["train"]
+        log.info("splits (%s): %s rows of %d puzzles: %s", data_cfg.split_type, sizes, len(ids),
+                 id_ranges(ids))  # fmt: skip
+    else:  # puzzle and few-shot splits hold different puzzles
+        log.info("splits (%s): %s rows", data_cfg.split_type, sizes)
+        for name, ids in split_ids.items():
+            log.info("  %s: %d puzzles: %s", name, len(ids), id_ranges(ids))
     return data_cfg, rows, splits, num_classes
 
 
@@ -365,11 +392,13 @@ def prepare_towers(
     return towers_cfg
 
 
-def setup(config: ml_collections.ConfigDict, workdir: Workdir | str | pathlib.Path) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | Workdir) -> Run:
     """The run of ``config`` in ``workdir``: data prepared, towers loaded and placed, head built, the
     resolved config written to the workdir (which must exist)."""
     workdir = Workdir(workdir)
     check_config(config)
+    compile_cache = parallel.enable_compile_cache(config.get("compile_cache_dir", ""))
+    log.info("XLA compilation cache: %s", compile_cache or "off (--config.compile_cache_dir='')")
     timing = summaries.StageTimes()
     mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
     parallel.check_batch_size(config.batch_size, mesh)
@@ -386,7 +415,8 @@ def setup(config: ml_collections.ConfigDict, workdir: Workdir | str | pathlib.Pa
     model_cfg.text_dim = frozen.text_dim
     model = reasoner.build(model_cfg)  # validates: an unknown variant names its field
     run = Run(config, workdir, mesh, data_cfg, splits, num_classes, towers_cfg, frozen, model_cfg, model,
-              timing=timing)  # fmt: skip
+              timing=timing, puzzle_info=smart101.read_puzzle_info(data_cfg.root),
+              compile_cache=compile_cache)  # fmt: skip
     rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES
     run.tower_params = jax.device_put(frozen.params(), parallel.shardings_for(frozen.params(), mesh, rules))
     write_run_config(run)
@@ -449,9 +479,12 @@ def host_params(params) -> Any:
 
 def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
     """``metrics.evaluate_split`` of ``params`` on a split (every example once), with its greedy and chance
-    baselines from the training split."""
+    baselines from the training split; a transient progress bar while it runs."""
     outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
-    for batch in run.batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size):
+    batches = run.batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size)
+    num_batches = math.ceil(len(run.splits[split]) / run.config.eval_batch_size)
+    progress = console.Progress(split, num_batches, "batches", leave=False, enabled=run.is_lead)
+    for batch in progress.iterate(batches):
         gbatch = run.to_global(batch)
         outs["preds"].append(features.host_value(pred_fn(params, gbatch, run.tower_params)))
         for k in EVAL_FIELDS:
@@ -463,6 +496,7 @@ def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
         run.num_classes,
         train_labels=smart101.label_arrays(run.splits["train"]),
         mask=a["mask"].astype(bool),
+        skills=run.skills,
     )
 
 
@@ -488,12 +522,20 @@ def export_best(run: Run, params) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Train, validate every epoch, test the best checkpoint; resumable from ``workdir``.
 
-    Returns the results (also written to ``<workdir>/results.json``), or ``{"stopped_at_step": n}`` when a
-    SIGTERM asked the run to save and stop.
+    Returns the results (also written to ``<workdir>/results.json``, with ``curves.png`` and the test
+    plots beside it), or ``{"stopped_at_step": n}`` when a SIGTERM asked the run to save and stop. What XLA
+    compiled or loaded from the compilation cache meanwhile is in ``results["xla"]``.
     """
-    workdir = Workdir(workdir)
+    with summaries.CompileLog() as compiles:
+        return _train_and_evaluate(config, Workdir(workdir), compiles)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Workdir, compiles: summaries.CompileLog
+) -> dict:
     workdir.root.mkdir(parents=True, exist_ok=True)
     run = setup(config, workdir)
+    run.compiles = compiles
     if config.cache_features:
         extract_features(run)
 
@@ -524,7 +566,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state_shardings = jax.tree.map(lambda _: repl, abstract_state)  # the head is small: replicated
     state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
     if run.is_lead:
-        logging.info("reasoner parameters:\n%s", reasoner.param_summary(state.params))
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+        log.info("reasoner head: %s parameters", f"{num_params:,}")
+        log.debug("reasoner parameters:\n%s", reasoner.param_summary(state.params))
 
     ckpt_dir = workdir.checkpoints
     manager = ocp.CheckpointManager(
@@ -552,7 +596,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             ),
         )
         state, meta = restored.state, restored.meta
-        logging.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
+        log.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
     # Train metrics since the last logged step: logs average fixed windows of log_every_steps steps, so a
     # resumed run logs what the uninterrupted one does (the window's part before the resume is in meta).
     pending = window_from_json(meta.get("train_window"))
@@ -599,22 +643,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     writer = summaries.RunWriter(workdir, enabled=run.is_lead)
     step = int(jax.device_get(state.step))
-    progress = summaries.Progress(total_steps, step, config.log_every_steps)
     stop_requested: list[bool] = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     last_saved = step
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
     compiled = False
+    epoch_bar: console.Progress | None = None  # the current epoch's progress
+    losses: list[float] = []  # this epoch's step losses (the bar shows their mean)
     try:
         while step < max_steps and meta["epochs_without_improvement"] <= config.early_stop_patience:
+            if epoch_bar is None:
+                epoch_bar = epoch_progress(run, step, steps_per_epoch, max_steps)
+                losses = []
             start = time.perf_counter()  # the training stage: batch, step and loss, compilation left out
             batch = run.to_global(next(train_iter))
+            if not compiled:
+                epoch_bar.status("compiling the train and eval steps")
             compile_s = 0.0 if compiled else compile_steps(batch)
             compiled = True
             state, step_metrics = step_fn(state, batch, run.tower_params if towers else None)
             step += 1
             loss = float(jax.device_get(step_metrics.loss.compute()))
             timing.add("train", time.perf_counter() - start - compile_s, steps=1)
+            losses.append(loss)
+            # the step that compiled is left out of the rate and ETA
+            epoch_bar.update(1, warmup=compile_s > 0, postfix=f"loss {np.mean(losses):.4g}")
             if not math.isfinite(loss):
                 latest = manager.latest_step()
                 raise FloatingPointError(
@@ -625,24 +678,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if step % config.log_every_steps == 0 or step == max_steps:
                 scalars = pending.compute()
                 writer.write_scalars(step, scalars, prefix="train/")
-                if run.is_lead:
-                    progress(step, scalars)
                 if step % config.log_every_steps == 0:  # a last, partial log keeps its window for a resume
                     pending = None
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
+                epoch_bar.status(f"loss {np.mean(losses):.4g}, validating")
                 with timing("eval"):
                     val = evaluate_split(run, state.params, "val", pred_fn)
                 writer.write_scalars(step, {k: val[k] for k in ("S_acc", "O_acc", "err")}, prefix="val/")
-                logging.info("epoch %d: val S_acc %.4f O_acc %.4f", epoch, val["S_acc"], val["O_acc"])
                 meta["epoch"] = epoch
                 meta["val"].append(reports.to_json_safe(val))
-                if val["S_acc"] > meta["best_val_S_acc"]:
+                new_best = val["S_acc"] > meta["best_val_S_acc"]
+                if new_best:
                     meta.update(best_val_S_acc=val["S_acc"], best_epoch=epoch, epochs_without_improvement=0)
                     with timing("checkpoint"):
                         export_best(run, state.params)
                 else:
                     meta["epochs_without_improvement"] += 1
+                epoch_bar.close(epoch_summary(losses, val, new_best))
+                epoch_bar = None
                 save(step)
                 last_saved = step
             elif step % config.checkpoint_every_steps == 0:
@@ -650,11 +704,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 last_saved = step
             # Every process must stop at the same step, or one waits in the save's barriers for ever.
             if parallel.any_process(bool(stop_requested)):
-                logging.info("SIGTERM: saving step %d and stopping", step)
+                epoch_bar.close(epoch_summary(losses) + ", stopped by SIGTERM")
+                log.info("SIGTERM: saving step %d and stopping", step)
                 if last_saved != step:
                     save(step)
                 manager.wait_until_finished()
                 return {"stopped_at_step": step}
+        if epoch_bar is not None:  # max_steps ended an epoch early
+            epoch_bar.close(epoch_summary(losses))
         if last_saved != step:
             save(step)
         with timing("checkpoint"):
@@ -666,7 +723,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if not workdir.best_model.exists():  # max_steps ended it before an epoch did
         with timing("checkpoint"):
             export_best(run, state.params)
+    if run.is_lead:
+        with timing("plots"):
+            series = summaries.read_log(workdir.log)
+            reports.plot_curves(series, steps_per_epoch, int(meta["best_epoch"]), workdir.curves)
     return test_best(run, pred_fn, meta, steps=step)
+
+
+def epoch_progress(run: Run, step: int, steps_per_epoch: int, max_steps: int) -> console.Progress:
+    """The progress of the epoch that ``step`` (steps done) is in: "epoch 3/12", its steps (fewer where
+    ``max_steps`` ends it), the steps done already when a run resumes inside it."""
+    epoch = step // steps_per_epoch + 1
+    first = (epoch - 1) * steps_per_epoch
+    total = min(steps_per_epoch, max_steps - first)
+    desc = f"epoch {epoch}/{run.config.num_epochs}"
+    return console.Progress(
+        desc, total, "steps", initial=step - first, warmup_name="compiling", enabled=run.is_lead
+    )
+
+
+def epoch_summary(losses: list[float], val: Mapping | None = None, new_best: bool = False) -> str:
+    """What an epoch's bar ends with: "loss 1.679, val S_acc 14.4 %, O_acc 21.6 %, new best"."""
+    text = f"loss {np.mean(losses):.4g}" if losses else "no step"
+    if val is not None:
+        text += f", val S_acc {100 * val['S_acc']:.1f} %, O_acc {100 * val['O_acc']:.1f} %"
+    return text + (", new best" if new_best else "")
 
 
 def best_params(run: Run):
@@ -680,7 +761,8 @@ def make_pred_fn(run: Run):
 
 
 def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
-    """Evaluate ``<workdir>/best_model`` on the test split; write results.json, plots and the table."""
+    """Evaluate ``<workdir>/best_model`` on the test split; write results.json and plots, print the table
+    and the summary of where everything went (``reports.format_summary``)."""
     with run.timing("eval"):
         test = evaluate_split(run, best_params(run), "test", pred_fn)
     best_epoch = int(meta["best_epoch"])
@@ -688,15 +770,21 @@ def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
         "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
         "test": test,
         "best_epoch": best_epoch,
+        "epochs": int(meta["epoch"]),
         "steps": steps,
     }
     if run.is_lead:
         with run.timing("plots"):
             reports.plot_results(test, run.workdir, prefix="test")
     results["timing"] = run.timing.record()
+    if run.compiles is not None:
+        cache_dir = str(run.compile_cache) if run.compile_cache else None
+        results["xla"] = {**run.compiles.record(), "cache_dir": cache_dir}
     if run.is_lead:
         reports.write_results(run.workdir, results)
-        print(reports.format_table(test))
+        print(reports.format_table(test, run.skills, run.names))
+        print()
+        print(reports.format_summary(results, run.workdir))
     return results
 
 
@@ -717,5 +805,5 @@ def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
     if config.cache_features:
         extract_features(run)
     result = evaluate_split(run, best_params(run), split, make_pred_fn(run))
-    table = reports.report(workdir, split, result) if run.is_lead else ""
+    table = reports.report(workdir, split, result, skills=run.skills, names=run.names) if run.is_lead else ""
     return {**result, "table": table}

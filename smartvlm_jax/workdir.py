@@ -10,10 +10,13 @@
     ``features/<split>/``      the frozen towers' cached features, one ``.npy`` per field
     ``results.json``           metrics per split (and timing), written atomically
     ``<split>_per_<group>.png`` per-puzzle and per-skill accuracy plots
+    ``curves.png``             train loss by step, val S_acc/O_acc by epoch, the best epoch marked
     ``log.jsonl``, ``tensorboard/``  the logged scalars
+    ``run.log``                every log line of the run, libraries' included (``run.<k>.log``: process k)
     ``synthetic/``, ``tfds/``, ``towers/``  generated puzzles, the built dataset and tiny towers, when asked
 
-Pure path arithmetic (plus reading the run config): nothing here creates files.
+Pure path arithmetic (plus reading the run config): nothing here creates files. :func:`user_cache_dir` names
+the per-user cache that runs share (the XLA compilation cache).
 """
 
 from __future__ import annotations
@@ -64,8 +67,17 @@ class Workdir:
         return self.root / f"{split}_per_{group}.png"
 
     @property
+    def curves(self) -> pathlib.Path:
+        """``curves.png``: the training curves (``reports.plot_curves``)."""
+        return self.root / "curves.png"
+
+    @property
     def log(self) -> pathlib.Path:
         return self.root / "log.jsonl"
+
+    def run_log(self, process_index: int = 0) -> pathlib.Path:
+        """The run's text log: ``run.log`` of process 0, ``run.<k>.log`` of process k (each has its own)."""
+        return self.root / ("run.log" if process_index == 0 else f"run.{process_index}.log")
 
     @property
     def tensorboard(self) -> pathlib.Path:
@@ -98,3 +110,15 @@ class Workdir:
             return None
         run = json.loads(self.config_file.read_text())
         return run if isinstance(run, dict) and "towers" in run else None
+
+
+def user_cache_dir(*parts: str) -> pathlib.Path:
+    """The project's per-user cache, shared by runs: ``$SMARTVLM_JAX_CACHE``, else
+    ``$XDG_CACHE_HOME/smartvlm_jax``, else ``~/.cache/smartvlm_jax``; ``parts`` name a folder under it.
+
+    Absolute (``~`` expanded); nothing is created.
+    """
+    root = os.environ.get("SMARTVLM_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "smartvlm_jax"
+    )
+    return pathlib.Path(root, *parts).expanduser().absolute()

@@ -86,7 +86,7 @@ LAYERS = {
     1: ("puzzles", "variants", "workdir", "assets", "images", "cli", "activations"),
     2: ("data.smart101", "data.synthetic", "towers", "metrics"),
     3: ("reasoner", "features", "reports", "data.pipeline", "data.build", "data.tfds_smart101", "summaries",
-        "parallel", "optim", "convert.baseline_table"),
+        "console", "parallel", "optim", "convert.baseline_table"),
     4: ("train", "inference"),
     5: ("main", "evaluate", "predict", "convert"),
 }

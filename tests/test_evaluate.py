@@ -2,11 +2,13 @@
 
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
 from smartvlm_jax import metrics, puzzles, reports
+from smartvlm_jax.workdir import Workdir
 
 K = puzzles.NUM_DECODE_STEPS
 
@@ -241,3 +243,75 @@ def test_plots_are_png(tmp_path):
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_order_puzzles_have_their_own_group():
+    """A puzzle whose type is no skill class ("order") is in a group of its own, not dropped."""
+    skills = {**SKILLS, 16: "order"}
+    m = metrics.compute_metrics(*_arrays(CASES), NUM_CLASSES, skills=skills)
+    assert set(m["per_skill"]) == {"counting", "path"} and m["per_skill"]["counting"]["num_puzzles"] == 1
+    assert m["per_other_type"] == {"order": {"S_acc": 0.5, "O_acc": 0.5, "num_puzzles": 1}}
+    grouped = sum(r["num_puzzles"] for r in (*m["per_skill"].values(), *m["per_other_type"].values()))
+    assert grouped == len(m["per_puzzle"])
+    table = reports.format_table(m, skills=skills).splitlines()
+    assert "| order (1 puzzle, not a skill class) | | 50.0 | 50.0 | - | - | |" in table
+    assert "| counting (1 puzzle) | | 25.0 | 75.0 | - | - | |" in table
+
+
+def test_puzzle_rows_carry_the_data_roots_names():
+    names = {2: "count the stars"}
+    table = reports.format_table(_metrics(), skills=SKILLS, names=names).splitlines()
+    assert "| puzzle 2 (count the stars; counting) | 4 | 25.0 | 75.0 | - | - | |" in table
+    assert "| puzzle 32 (path) | 2 | 50.0 | 50.0 | - | - | |" in table
+
+
+def test_curves_png(tmp_path):
+    series = {
+        "train/loss": {s: 2.0 - 0.01 * s for s in range(5, 101, 5)},
+        "val/S_acc": {25: 0.1, 50: 0.3, 75: 0.25, 100: 0.28},
+        "val/O_acc": {25: 0.2, 50: 0.35, 75: 0.3, 100: 0.33},
+    }
+    path = reports.plot_curves(series, steps_per_epoch=25, best_epoch=2, path=tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10000
+    reports.plot_curves({}, 25, 0, tmp_path / "empty.png")  # no epoch yet: empty panels, no error
+
+
+def test_summary_names_every_output_present(tmp_path):
+    wd = Workdir(tmp_path)
+    for path in (wd.results, wd.plot("test", "puzzle"), wd.plot("test", "skill"), wd.curves, wd.run_log()):
+        path.write_text("x")
+    wd.best_model.mkdir()
+    results = {
+        "test": {**_metrics(), **_greedy()},
+        "val": {"S_acc": 0.5},
+        "best_epoch": 2,
+        "epochs": 3,
+        "xla": {"compiled": 1, "compile_seconds": 0.9, "loaded": 13, "cache_dir": "/c/jax"},
+    }
+    lines = reports.format_summary(results, wd).splitlines()
+    assert lines[0] == (
+        "best epoch 2 of 3 (val S_acc 50.0 %); test S_acc 37.5 %, O_acc 62.5 % (greedy 60.0 %, 80.0 %)"
+    )
+    shown = dict(summary_line(line) for line in lines[1:])
+    assert shown["results"] == str(wd.results) and shown["curves"] == str(wd.curves)
+    assert shown["plots"] == f"{wd.plot('test', 'puzzle')}, {wd.plot('test', 'skill')}"
+    assert "TensorBoard" not in shown  # no events written here: not listed
+    assert shown["XLA"] == "1 program compiled in 0.9 s, 13 loaded from the compilation cache (/c/jax)"
+    assert summary_paths("\n".join(lines)) == [wd.results, *(wd.plot("test", g) for g in ("puzzle", "skill")),
+                                               wd.curves, wd.best_model, wd.run_log()]  # fmt: skip
+
+
+def summary_line(line: str) -> tuple[str, str]:
+    """("results", "/w/results.json") from a summary line "  results:     /w/results.json"."""
+    label, _, value = line.partition(":")
+    return label.strip(), value.strip()
+
+
+def summary_paths(summary: str) -> list[pathlib.Path]:
+    """Every path a run's closing summary names (TensorBoard's after its command)."""
+    paths = []
+    for line in summary.splitlines()[1:]:
+        label, value = summary_line(line)
+        if label != "XLA":
+            paths += [pathlib.Path(p.removeprefix("tensorboard --logdir ")) for p in value.split(", ")]
+    return paths

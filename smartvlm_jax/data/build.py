@@ -21,6 +21,8 @@ from smartvlm_jax import cli
 from smartvlm_jax.data import smart101
 from smartvlm_jax.data.tfds_smart101 import SPLIT, Smart101, dataset_path
 
+log = logging.getLogger(__name__)
+
 
 def build(
     data_root: str | os.PathLike,
@@ -50,17 +52,23 @@ def build(
                 )
             shutil.rmtree(path)
         else:
-            logging.info("reusing %s", path)
+            log.info("reusing %s", path)
             return tfds.builder_from_directory(path)
     builder = Smart101(
         data_dir=os.fspath(data_dir), file_format="array_record", puzzle_ids=ids, skip_bad_rows=skip_bad_rows
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(data_root))
-    )
+    # TFDS's bars ("Generating splits...", "Shuffling ...") nest and leave cursor moves in a log file; the
+    # builder shows its own progress (console.Progress) instead.
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(data_root))
+        )
+    finally:
+        tfds.display_progress_bar(True)
     skipped = builder.info.metadata["skipped"]
     if skipped:
-        logging.warning("built %s without %d bad rows", path, len(skipped))
+        log.warning("built %s without %d bad rows", path, len(skipped))
     return tfds.builder_from_directory(path)
 
 

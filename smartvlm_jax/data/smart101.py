@@ -17,13 +17,15 @@ import io
 import logging
 import os
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from smartvlm_jax import assets, images, puzzles
+
+log = logging.getLogger(__name__)
 
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 # Shorter image side after the reference's first resize (torchvision Resize(224) on a PIL image).
@@ -360,8 +362,13 @@ def check_image(row: Row) -> None:
         ) from e
 
 
-def drop_bad_images(rows: Sequence[Row], skip_bad_rows: bool) -> tuple[list[Row], list[str]]:
-    """Rows whose images decode; a bad image raises, or with `skip_bad_rows` is skipped, counted, logged."""
+def drop_bad_images(
+    rows: Sequence[Row], skip_bad_rows: bool, progress: Callable[[], None] | None = None
+) -> tuple[list[Row], list[str]]:
+    """Rows whose images decode; a bad image raises, or with `skip_bad_rows` is skipped, counted, logged.
+
+    `progress`, if given, is called after each row's image is checked (a progress bar's update).
+    """
     good, skipped = [], []
     for row in rows:
         try:
@@ -369,12 +376,15 @@ def drop_bad_images(rows: Sequence[Row], skip_bad_rows: bool) -> tuple[list[Row]
         except BadImageError as e:
             if not skip_bad_rows:
                 raise
-            logging.warning("skipping bad row: %s", e)
+            log.warning("skipping bad row: %s", e)
             skipped.append(str(e))
             continue
+        finally:
+            if progress is not None:
+                progress()
         good.append(row)
     if skipped:
-        logging.warning("skipped %d of %d rows with bad images", len(skipped), len(rows))
+        log.warning("skipped %d of %d rows with bad images", len(skipped), len(rows))
     return good, skipped
 
 
@@ -401,6 +411,52 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """The reference's image: open, convert to RGB, shorter side 224 (bilinear, antialiased)."""
     with Image.open(path) as im:
         return resize_shorter_side(im)
+
+
+# A data root's own description of its puzzles (`synthetic.write_dataset` writes one): id, type, name.
+PUZZLE_INFO_CSV = "puzzle_info.csv"
+PUZZLE_INFO_COLUMNS = ("id", "type", "name")
+
+
+@dataclasses.dataclass(frozen=True)
+class PuzzleInfo:
+    """What the reports call a puzzle: its skill type (lower case: a skill class or "order") and its name
+    ("" for none)."""
+
+    type: str
+    name: str = ""
+
+
+def read_puzzle_info(root: str | os.PathLike | None = None) -> dict[int, PuzzleInfo]:
+    """Skill type and name of each puzzle, by id: the data root's own `puzzle_info.csv` when it has one
+    (synthetic families name themselves and their stand-in skill), else the release's types from the
+    shipped SMART_info_v2.csv (no names), which also fills ids the root's file leaves out.
+
+    Raises MalformedRowError for a `puzzle_info.csv` without the columns id, type, name.
+    """
+    info = {pid: PuzzleInfo(skill) for pid, skill in skill_types().items()}
+    path = pathlib.Path(root, PUZZLE_INFO_CSV) if root else None
+    if path is None or not path.is_file():
+        return info
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not set(PUZZLE_INFO_COLUMNS) <= set(reader.fieldnames or ()):
+            expected = list(PUZZLE_INFO_COLUMNS)
+            raise MalformedRowError(f"{path}: columns {reader.fieldnames}, expected {expected}")
+        for row in reader:
+            info[int(row["id"])] = PuzzleInfo(row["type"].strip().lower(), row["name"].strip())
+    return info
+
+
+def write_puzzle_info(root: str | os.PathLike, info: Mapping[int, PuzzleInfo]) -> pathlib.Path:
+    """Writes `<root>/puzzle_info.csv` (id, type, name; sorted by id), which `read_puzzle_info` prefers."""
+    path = pathlib.Path(root, PUZZLE_INFO_CSV)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(PUZZLE_INFO_COLUMNS)
+        for pid in sorted(info):
+            writer.writerow([pid, info[pid].type, info[pid].name])
+    return path
 
 
 @functools.cache

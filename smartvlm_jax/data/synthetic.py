@@ -311,6 +311,33 @@ FAMILIES: dict[int, Callable[[np.random.Generator], Puzzle]] = {
     94: box_letters,
 }
 
+# Puzzle id -> (name, stand-in skill class) of each family, as the reports show them: the family's own
+# task, and the skill class (puzzles.SKILL_CLASSES) that task exercises. The ids' real SMART-101 puzzles
+# are other tasks of other skills (puzzle 1 is a path puzzle, 18 an "order" one), so `write_dataset`
+# records these in the data root's puzzle_info.csv (smart101.read_puzzle_info).
+FAMILY_INFO: dict[int, tuple[str, str]] = {
+    1: ("which icon is drawn", "spatial"),
+    3: ("count the circles", "counting"),
+    7: ("bar length on a ruler", "measure"),
+    16: ("which boxes are filled", "spatial"),
+    18: ("bar heights, left to right", "measure"),
+    25: ("read the clock", "measure"),
+    35: ("which places hold a triangle", "spatial"),
+    39: ("colours spell a word", "pattern"),
+    58: ("sign and digit", "math"),
+    63: ("count red and blue discs", "counting"),
+    94: ("which box is red", "logic"),
+}
+
+
+def puzzle_info(puzzle_id: int) -> smart101.PuzzleInfo:
+    """Name and skill of a synthetic puzzle: its family's (FAMILY_INFO), else its root's skill type and
+    the name "root <id>, value drawn" (the root's question, numbers varied; the picture draws the answer)."""
+    if puzzle_id in FAMILY_INFO:
+        name, skill = FAMILY_INFO[puzzle_id]
+        return smart101.PuzzleInfo(skill, name)
+    return smart101.PuzzleInfo(roots()[puzzle_id].skill, f"root {puzzle_id}, value drawn")
+
 
 # ------------------------------------------------------------------ the other 90 puzzles, from their roots
 
@@ -557,25 +584,34 @@ def write_dataset(
     seed: int,
     puzzle_ids: str | Sequence[int] | None = None,
     workers: int = 1,
+    progress: Callable[[int], None] | None = None,
 ) -> list[int]:
     """Write synthetic puzzles in the release layout under `out_dir`; returns the puzzle ids written.
 
     `puzzle_ids`: None = the 11 families, "all" = every id 1..101 (families where there is one, the
     others from their roots), or a list of ids. `workers` > 1 writes puzzles in that many spawned
     processes (a calling script needs the usual `if __name__ == "__main__":` guard); the files are
-    byte-identical for any worker count. Raises ValueError for ids outside 1..101.
+    byte-identical for any worker count. `<out_dir>/puzzle_info.csv` names each puzzle and its skill
+    (`puzzle_info`) for the reports. `progress`, if given, is called with each puzzle id once its folder is
+    written (a progress bar's update). Raises ValueError for ids outside 1..101.
     """
     ids = resolve_ids(puzzle_ids)
+    os.makedirs(out_dir, exist_ok=True)
+    smart101.write_puzzle_info(out_dir, {pid: puzzle_info(pid) for pid in ids})
+    done = progress or (lambda pid: None)
     if workers <= 1 or len(ids) == 1:
         for pid in ids:
             write_puzzle(out_dir, pid, per_puzzle, seed)
+            done(pid)
         return ids
     # Spawned workers: the caller may have JAX threads running, which fork would copy mid-state.
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(ids)), mp_context=context) as pool:
         # Largest first would not matter: every puzzle costs about the same. Results re-raise errors.
-        for future in [pool.submit(write_puzzle, out_dir, pid, per_puzzle, seed) for pid in ids]:
+        futures = {pool.submit(write_puzzle, out_dir, pid, per_puzzle, seed): pid for pid in ids}
+        for future in concurrent.futures.as_completed(futures):
             future.result()
+            done(futures[future])
     return ids
 
 

@@ -63,3 +63,19 @@ def test_sequence_labels_fit_their_classes(synthetic_root):
     for r in rows:
         k = puzzles.NUM_DECODE_STEPS if puzzles.is_sequence(r.puzzle_id) else 1
         assert all(0 <= v < classes[r.puzzle_id] for v in r.label[:k])
+
+
+def test_families_name_themselves_and_their_stand_in_skill(synthetic_root, tmp_path):
+    """The synthetic root's puzzle_info.csv names each family and its stand-in skill; the reports read it
+    instead of the release's metadata (puzzle 1 is a path puzzle there, 18 an "order" one)."""
+    assert set(synthetic.FAMILY_INFO) == set(synthetic.FAMILIES)
+    assert {skill for _, skill in synthetic.FAMILY_INFO.values()} <= set(puzzles.SKILL_CLASSES)
+    info = smart101.read_puzzle_info(synthetic_root)
+    assert info[1] == smart101.PuzzleInfo("spatial", "which icon is drawn")
+    assert info[18] == smart101.PuzzleInfo("measure", "bar heights, left to right")
+    assert info[2] == smart101.PuzzleInfo("counting")  # not written here: the release's type, no name
+    release = smart101.read_puzzle_info(tmp_path)  # a root without its own file: the release's types
+    assert release[1] == smart101.PuzzleInfo("path") and release[18] == smart101.PuzzleInfo("order")
+    synthetic.write_dataset(str(tmp_path / "roots"), 1, seed=0, puzzle_ids=[2, 18])
+    root_puzzle = smart101.read_puzzle_info(tmp_path / "roots")[2]
+    assert root_puzzle == smart101.PuzzleInfo("counting", "root 2, value drawn")

@@ -7,17 +7,22 @@ runs that differ only in how they execute (devices, feature cache, interruption)
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from configs import smoke
-from smartvlm_jax import features, reasoner, reports, train
+from smartvlm_jax import features, parallel, reasoner, reports, train
+from smartvlm_jax.data import smart101
+from smartvlm_jax.workdir import Workdir
+from tests.test_evaluate import summary_paths
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OVERRIDES = {
@@ -96,6 +101,57 @@ def test_results_time_every_stage(reference):
     assert timing["train"]["steps"] == 39 and timing["train"]["steps_per_s"] > 0
     assert timing["checkpoint"]["saves"] >= 3  # every epoch end at least
     assert timing["peak_rss_kib"] > 100 * 1024
+
+
+def test_curves_summary_and_the_families_own_names(reference):
+    """curves.png, a closing summary whose paths all exist, the synthetic families' own names and
+    stand-in skills in the table (every puzzle in one skill group), what XLA compiled."""
+    workdir, results = reference
+    curves = Workdir(workdir).curves
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10000
+    summary = reports.format_summary(results, workdir)
+    assert summary.startswith(f"best epoch {results['best_epoch']} of 3 (val S_acc ")
+    paths = summary_paths(summary)
+    assert Workdir(workdir).curves in paths and Workdir(workdir).tensorboard in paths
+    assert all(p.exists() for p in paths), paths
+    info = smart101.read_puzzle_info(workdir / "synthetic")
+    names = {p: i.name for p, i in info.items()}
+    table = reports.format_table(results["test"], {p: i.type for p, i in info.items()}, names)
+    assert "| puzzle 1 (which icon is drawn; spatial) | 6 |" in table
+    assert "| puzzle 18 (bar heights, left to right; measure) | 6 |" in table
+    test = results["test"]
+    assert "path" not in test["per_skill"] and test["per_other_type"] == {}
+    assert sum(r["num_puzzles"] for r in test["per_skill"].values()) == 11
+    assert results["xla"]["compiled"] >= 3
+    assert results["xla"]["cache_dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+def test_a_second_run_compiles_nothing_it_compiled_before(reference, tmp_path):
+    """With the persistent compilation cache (on by default), a rerun of the reference's config loads
+    every executable the first run compiled. (The features are copied: XLA:CPU cannot store the fp32
+    towers' forward, whose oneDNN fusions it cannot serialise.)"""
+    workdir, _ = reference
+    copy_features(workdir, tmp_path)
+    again = train.train_and_evaluate(run_config(**reusing(workdir)), tmp_path)
+    assert again["xla"]["compiled"] == 0, again["xla"]["compiled_names"]
+    assert again["xla"]["loaded"] >= 3  # init, train step, predict step at least
+
+
+def test_compile_cache_directory_and_opt_out(tmp_path):
+    default = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert smoke.get_config().compile_cache_dir == default  # the config's default honours JAX's variable
+    try:
+        assert parallel.enable_compile_cache(str(tmp_path / "a" / "b")) == tmp_path / "a" / "b"
+        assert (tmp_path / "a" / "b").is_dir() and jax.config.jax_enable_compilation_cache
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0  # every executable is kept
+        assert parallel.enable_compile_cache("") is None  # --config.compile_cache_dir='' turns it off
+        assert not jax.config.jax_enable_compilation_cache
+        jax.jit(lambda x: x * 3)(1.0)  # compiles, writes nothing
+        assert list((tmp_path / "a" / "b").iterdir()) == []
+        with pytest.raises(OSError, match="config.compile_cache_dir"):
+            parallel.enable_compile_cache("/proc/no/such/dir")
+    finally:
+        parallel.enable_compile_cache(default)
 
 
 def copy_features(workdir: pathlib.Path, to: pathlib.Path) -> None:
@@ -199,11 +255,27 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     third = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
     assert third.returncode == 0, third.stdout.decode()[-3000:] + third.stderr.decode()[-3000:]
     assert b"resumed from" in third.stderr + third.stdout
+    assert_plain_console(third.stdout.decode(), third.stderr.decode(), tmp_path)
     resumed = reports.load_results(tmp_path)["test"]
     assert resumed["S_acc"] == results["test"]["S_acc"]
     assert resumed["O_acc"] == results["test"]["O_acc"]
     assert resumed["err"] == pytest.approx(results["test"]["err"], abs=1e-9)
     np.testing.assert_allclose(list(losses(tmp_path).values()), list(losses(workdir).values()), atol=1e-5)
+
+
+def assert_plain_console(stdout: str, stderr: str, workdir: pathlib.Path) -> None:
+    """The console of main when it is not a terminal (here: pipes): plain lines, no bar debris, none of
+    the libraries' noise (which run.log holds), and a closing summary whose paths exist."""
+    for text in (stdout, stderr):
+        assert "\r" not in text and "\x1b[" not in text, text[-2000:]
+    for noise in ("Unable to initialize backend", "Load dataset info", "Downloading and preparing"):
+        assert noise not in stderr, noise
+    assert not re.search(r"^[IWE]\d{4} \d\d:\d\d", stderr, re.M)  # absl's prefixes
+    assert re.search(r"^epoch 3/3: \d+ steps in [\d.]+ s .*; loss [\d.]+, val S_acc ", stderr, re.M), stderr
+    summary = stdout[stdout.index("best epoch ") :]
+    paths = summary_paths(summary)
+    assert Workdir(workdir).run_log() in paths and all(p.exists() for p in paths), summary
+    assert "Load dataset info" in Workdir(workdir).run_log().read_text()  # TFDS's lines: the log file's
 
 
 def test_evaluate_cli_reproduces_the_test_metrics(reference):

@@ -7,18 +7,25 @@ the dataset's `metadata.json` (puzzle id, CSV row index and label[0] per record,
 puzzle) and the pipeline computes a split's record numbers from it with `smart101.split_indices`,
 without decoding an image. Images are stored as the original file bytes (PNG, any mode): TFDS then
 needs no TensorFlow, and decoding + the reference's RGB/224 resize happen in the pipeline.
+
+Building shows two progress stages ("dataset: images checked", transient, and "dataset"); TFDS's own bars
+are turned off by `build.build`, and its bold "Downloading and preparing dataset" lines (nothing is
+downloaded) become log lines.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from smartvlm_jax import puzzles
+from smartvlm_jax import console, puzzles
 from smartvlm_jax.data import smart101
+
+log = logging.getLogger(__name__)
 
 DATASET_NAME = "smart101"
 SPLIT = "full"
@@ -84,7 +91,8 @@ class Smart101(tfds.core.GeneratorBasedBuilder):
         num_rows: dict[int, int] = {}
         for row in rows:
             num_rows[row.puzzle_id] = num_rows.get(row.puzzle_id, 0) + 1
-        good, skipped = smart101.drop_bad_images(rows, self._skip_bad_rows)
+        with console.Progress("dataset: images checked", len(rows), "images", leave=False) as progress:
+            good, skipped = smart101.drop_bad_images(rows, self._skip_bad_rows, progress.update)
         self.info.metadata.update(
             {
                 "source": os.path.abspath(root),
@@ -101,8 +109,17 @@ class Smart101(tfds.core.GeneratorBasedBuilder):
         )
         return {SPLIT: self._generate_examples(good)}
 
+    def _log_download_bytes(self) -> None:
+        """TFDS prints "Downloading and preparing dataset <sizes>" to stdout; a local build downloads
+        nothing, so it is a log line."""
+        log.debug("building %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.debug("built %s in %s", self.name, self.data_dir)
+
     def _generate_examples(self, rows: Sequence[smart101.Row]):
-        for number, row in enumerate(rows):
+        progress = console.Progress("dataset", len(rows), "rows")
+        for number, row in enumerate(progress.iterate(rows)):
             with open(row.image_path, "rb") as f:
                 image = f.read()
             yield (
