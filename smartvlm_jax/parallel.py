@@ -188,11 +188,12 @@ def enable_compile_cache(cache_dir: str) -> pathlib.Path | None:
     for ``""``; returns the directory in use, or None when off. Call before the first compilation.
 
     Every executable is stored, however small or quick to compile (JAX's defaults keep only those that
-    took over 1 s), so a second run of a config compiles nothing the first one did; XLA:CPU cannot
-    serialise an executable holding a oneDNN fusion (the fp32 towers' forward on CPU), which JAX reports as
-    a Python warning and compiles each run. The directory is created if needed; one that cannot be is an
-    input error (OSError) naming the field. JAX settles whether and where it caches at its first
-    compilation, so a call that changes either (another run in the same process) resets that decision.
+    took over 1 s), so a second run of a config compiles nothing the first one did. XLA:CPU cannot
+    serialise an executable holding one of its oneDNN fusions (JAX warns and compiles it each run), which
+    is why towers running the oneDNN kernels keep XLA's default dots (``Tower.compiler_options``). The
+    directory is created if needed; one that cannot be is an input error (OSError) naming the field. JAX
+    settles whether and where it caches at its first compilation, so a call that changes either (another
+    run in the same process) resets that decision.
     """
     path = pathlib.Path(cache_dir).expanduser().absolute() if cache_dir else None
     if path is not None:

@@ -179,7 +179,11 @@ class Tower:
     def __post_init__(self) -> None:
         self._family = FAMILIES[(self.kind, self.part)]
         self._compute_dtype = compute_dtype(self.dtype)
-        self._encode = jax.jit(self.apply, compiler_options=self.compiler_options)
+
+    @functools.cached_property
+    def _encode(self) -> Callable:
+        # Made on first use: the compiler options depend on packs_linears, which may build the kernels.
+        return jax.jit(self.apply, compiler_options=self.compiler_options)
 
     @property
     def hidden_size(self) -> int:
@@ -201,10 +205,15 @@ class Tower:
     def compiler_options(self) -> dict[str, Any] | None:
         """XLA options for jitting this tower's forward (``jax.jit(..., compiler_options=)``), or None.
 
-        ViT towers in float32 on CPU compile their dots through oneDNN (:func:`backends.compiler_options`)
-        unless loaded with ``cpu_onednn=False``.
+        ViT towers in float32 on CPU whose blocks run through XLA's dots compile those dots through XLA's
+        oneDNN (:func:`backends.compiler_options`) unless loaded with ``cpu_onednn=False``. Where the blocks
+        run through the oneDNN kernels (``packs_linears``) the few dots left keep XLA's defaults: a program
+        with XLA's oneDNN fusions cannot be written to JAX's persistent compilation cache ("ToProto is not
+        implemented for thunk kind: onednn-fusion"), so every run would compile the towers again.
         """
-        return backends.compiler_options(self._compute_dtype, self.cpu_onednn) if self._is_vit else None
+        if not self._is_vit or self.packs_linears:
+            return None
+        return backends.compiler_options(self._compute_dtype, self.cpu_onednn)
 
     @functools.cached_property
     def packs_linears(self) -> bool:

@@ -205,15 +205,23 @@ def test_ready_params_fuse_qkv_and_match_hf_named_params(hf_tiny, tmp_path, dtyp
         np.testing.assert_array_equal(np.asarray(tower.encode(x)), np.asarray(f(tower.params, x)))
 
 
-def test_compiler_options_only_for_float32_vit_towers_on_cpu(hf_tiny):
-    """CPU float32 ViT towers compile their dots through oneDNN unless loaded with cpu_onednn=False;
-    bf16 keeps XLA's defaults. Both compilations give the same features within float32 rounding."""
+def test_compiler_options_only_for_float32_vit_towers_on_cpu_xla_path(hf_tiny, monkeypatch):
+    """CPU float32 ViT towers whose blocks run through XLA's dots compile them through XLA's oneDNN unless
+    loaded with cpu_onednn=False; where the oneDNN kernels run the blocks, and in bf16, XLA's defaults stay
+    (a program with XLA's oneDNN fusions cannot enter the persistent compilation cache). Every
+    compilation gives the same features within float32 rounding."""
+    from smartvlm_jax.towers import backends
     from smartvlm_jax.towers.backends import xla
 
-    fp32 = towers.load(hf_tiny["dinov2"])
-    assert fp32.compiler_options == xla.CPU_FP32_COMPILER_OPTIONS
+    kernels = towers.load(hf_tiny["dinov2"])
+    assert kernels.compiler_options is None or not kernels.packs_linears
     assert towers.load(hf_tiny["dinov2"], dtype="bfloat16").compiler_options is None
     plain = towers.load(hf_tiny["dinov2"], cpu_onednn=False)
     assert plain.compiler_options is None
+    monkeypatch.setattr(backends, "packs_linears", lambda cpu_onednn=True: False)  # e.g. kernels unbuilt
+    fp32 = towers.load(hf_tiny["dinov2"])
+    assert not fp32.packs_linears and fp32.compiler_options == xla.CPU_FP32_COMPILER_OPTIONS
     pixels = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(fp32.encode(pixels)), np.asarray(plain.encode(pixels)), atol=1e-5)
+    reference = np.asarray(plain.encode(pixels))
+    for tower in (fp32, kernels):
+        np.testing.assert_allclose(np.asarray(tower.encode(pixels)), reference, atol=1e-5)
