@@ -126,8 +126,20 @@ def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTo
     vision = {
         name: load(_tower_dir(towers_cfg, name), part="vision") for name in spec.vision
     }
-    text = load(_tower_dir(towers_cfg, spec.text), part="text")
+    text = load_text_tower(_tower_dir(towers_cfg, spec.text), load)
     return FrozenTowers(vision=vision, text=text, text_output=spec.text_output)
+
+
+def load_text_tower(path: str, load: Callable = towers_lib.load) -> object:
+    """The text part of the tower in ``path``, which must come with its tokenizer (the questions are fed
+    through it); ValueError naming the directory otherwise."""
+    text = load(path, part="text")
+    if text.tokenizer is None:
+        raise ValueError(
+            f"{path} has a {text.kind} text tower but no tokenizer (SigLIP: spiece.model; BERT: "
+            "tokenizer.json or vocab.txt): copy the tokenizer files of its release next to config.json"
+        )
+    return text
 
 
 def _tower_dir(towers_cfg: ml_collections.ConfigDict, name: str) -> str:

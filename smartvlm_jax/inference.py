@@ -287,7 +287,8 @@ class Predictor:
         """Answer N puzzles: images (paths, bytes, PIL images or uint8 arrays), question texts, five
         option texts each (or None: values only), and the puzzle id of each (or one for all)."""
         n = len(questions)
-        pids = np.full(n, puzzle_ids, np.int32) if isinstance(puzzle_ids, int) else np.asarray(puzzle_ids)
+        one = isinstance(puzzle_ids, (int, np.integer))
+        pids = np.full(n, puzzle_ids, np.int32) if one else np.asarray(puzzle_ids)
         if pids.shape != (n,):
             raise ValueError(f"{pids.size} puzzle ids for {n} questions")
         self._check_puzzles(pids.tolist())
@@ -401,7 +402,7 @@ def resolve_towers(
         if kind in spec.vision:
             vision[kind] = load(d, part="vision")
         if kind == spec.text:
-            text = load(d, part="text")  # the question encoder
+            text = features.load_text_tower(d, load)  # the question encoder, with its tokenizer
     vision = {k: vision[k] for k in spec.vision}  # concatenation order
     return features.FrozenTowers(vision=vision, text=text, text_output=spec.text_output)
 

@@ -115,7 +115,7 @@ def run_one(predictor: Predictor, args: argparse.Namespace) -> None:
         [args.image], [args.question], None if options is None else [options], args.puzzle_id
     )
     record = out.record(0)
-    print(json.dumps(record) if args.json else format_record(record))
+    print(json.dumps(reports.to_json_safe(record), allow_nan=False) if args.json else format_record(record))
 
 
 # ---------------------------------------------------------------------------------------- a split
@@ -183,7 +183,7 @@ def run_split(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
         "out": args.out,
     }
     if args.json:
-        print(json.dumps(reports.to_json_safe(summary)))
+        print(json.dumps(reports.to_json_safe(summary), allow_nan=False))
     else:
         print(
             f"{summary['split']}: {result['n']} instances, S_acc {100 * result['S_acc']:.2f}%, "

@@ -347,6 +347,20 @@ def id_ranges(ids: Iterable[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
 
 
+def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> None:
+    """ValueError when ``--config.towers.tiny`` would silently replace tower directories the config names
+    (the run's own tiny towers under ``<workdir>/towers``, recorded by an earlier run, are fine)."""
+    if not config.towers.tiny:
+        return
+    for name in variants.get(config.model.features).towers:
+        path = config.towers.get(name, "")
+        if path and pathlib.Path(path).absolute() != workdir.towers / name:
+            raise ValueError(
+                f"--config.towers.{name}={path!r} would be ignored: --config.towers.tiny=True builds random "
+                "towers into the workdir; set --config.towers.tiny=False to use the directory"
+            )
+
+
 def prepare_towers(
     config: ml_collections.ConfigDict, workdir: Workdir, questions: Iterable[str]
 ) -> ml_collections.ConfigDict:
@@ -397,6 +411,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | Workd
     resolved config written to the workdir (which must exist)."""
     workdir = Workdir(workdir)
     check_config(config)
+    check_tiny_towers(config, workdir)
     compile_cache = parallel.enable_compile_cache(config.get("compile_cache_dir", ""))
     log.info("XLA compilation cache: %s", compile_cache or "off (--config.compile_cache_dir='')")
     timing = summaries.StageTimes()
@@ -431,7 +446,26 @@ def write_run_config(run: Run) -> None:
     resolved.data = run.data_cfg
     resolved.towers = run.towers_cfg
     resolved.model = run.model_cfg
-    run.workdir.config_file.write_text(resolved.to_json_best_effort(indent=2) + "\n")
+    text = resolved.to_json_best_effort(indent=2) + "\n"
+    check_same_head(run.workdir, json.loads(text)["model"])
+    run.workdir.config_file.write_text(text)
+
+
+def check_same_head(workdir: Workdir, model: Mapping[str, Any]) -> None:
+    """ValueError naming the ``--config.model.*`` fields that differ from the head a workdir's checkpoints
+    hold: its parameters could not be restored into another head, and the workdir must keep describing
+    what it holds (its ``config.json`` is not rewritten)."""
+    checkpoints = workdir.checkpoints.is_dir() and any(workdir.checkpoints.iterdir())
+    if not ((checkpoints or workdir.best_model.exists()) and workdir.config_file.is_file()):
+        return
+    saved = json.loads(workdir.config_file.read_text()).get("model", {})
+    changed = sorted(k for k in {*saved, *model} if saved.get(k) != model.get(k))
+    if changed:
+        fields = ", ".join(
+            f"--config.model.{k}={model.get(k)!r} (it holds {saved.get(k)!r})"
+            for k in changed
+        )
+        raise ValueError(f"{workdir.root} holds a run of another head: {fields}; use a new --workdir")
 
 
 def extract_features(run: Run) -> None:
@@ -800,7 +834,13 @@ def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
         raise FileNotFoundError(
             f"{workdir.config_file} does not exist: is {workdir.root} a training workdir?"
         )
-    config = ml_collections.ConfigDict(json.loads(workdir.config_file.read_text()))
+    saved = json.loads(workdir.config_file.read_text())
+    if not (isinstance(saved, dict) and "towers" in saved and "optim" in saved):
+        raise ValueError(
+            f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
+            "training run's directory, or answer with predict --checkpoint"
+        )
+    config = ml_collections.ConfigDict(saved)
     run = setup(config, workdir)
     if config.cache_features:
         extract_features(run)

@@ -102,6 +102,8 @@ def test_answers_do_not_depend_on_batching(workdir, run_config, predictor):
     small = inference.Predictor.load(workdir, batch_size=3)
     a, b = predictor.predict(*args), small.predict(*args)
     np.testing.assert_array_equal(a.values, b.values)
+    one = predictor.predict(args[0][:1], args[1][:1], None, np.int64(args[3][0]))  # a numpy id for all
+    np.testing.assert_array_equal(one.values, a.values[:1])
     np.testing.assert_allclose(a.top_probs, b.top_probs, rtol=1e-5, atol=1e-6)
 
 

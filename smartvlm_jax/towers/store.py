@@ -55,10 +55,13 @@ def build_tower(
     processor: Mapping[str, Any] | None = None,
     tokenizer: TextTokenizer | None = None,
 ) -> Tower:
-    """A :class:`Tower` from a top-level HF config and flat float32 weights, strictly checked."""
+    """A :class:`Tower` from a top-level HF config and flat float32 weights, strictly checked: the weights
+    against the config, and a text part's tokenizer against its embedding (ids past ``vocab_size`` would
+    read outside it: NaN features in JAX, an IndexError in PyTorch). ValueError names what disagrees."""
     family, cfg = part_config(top_config, part)
     model_type = str(top_config["model_type"])
     check_tree(family.specs(cfg), flat, f"{model_type} {part} parameters")
+    check_vocab(tokenizer, cfg)
     resizer = normalizer = None
     if part == "vision":
         processor = dict(processor or preprocess.default_processor(family.kind, cfg))
@@ -78,6 +81,15 @@ def build_tower(
     )
 
 
+def check_vocab(tokenizer: TextTokenizer | None, cfg: Mapping[str, Any]) -> None:
+    """ValueError when ``tokenizer`` emits ids the text config's embedding (``vocab_size`` rows) lacks."""
+    if tokenizer is not None and tokenizer.vocab_size > cfg["vocab_size"]:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the text config's vocab_size is "
+            f"{cfg['vocab_size']}"
+        )
+
+
 def load(
     path: str | os.PathLike, part: str = "vision", dtype: str = "float32", cpu_onednn: bool = True
 ) -> Tower:
@@ -93,7 +105,10 @@ def load(
         tower = _load_converted(path, part, dtype)
     elif os.path.isfile(os.path.join(path, "config.json")):
         top_config, flat, processor, tokenizer = hf.read_part(path, part)
-        tower = build_tower(top_config, part, flat, dtype, processor, tokenizer)
+        try:
+            tower = build_tower(top_config, part, flat, dtype, processor, tokenizer)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     else:
         raise FileNotFoundError(
             f"{path}: neither a converted tower ({META_FILE}) nor an HF directory (config.json)"
@@ -175,11 +190,7 @@ def write_converted(
             preprocess.from_processor_config(proc)  # fail now, not at load time, on unsupported settings
             info["processor"] = dict(proc)
         if part == "text" and tokenizer is not None:
-            if tokenizer.vocab_size > cfg["vocab_size"]:
-                raise ValueError(
-                    f"the tokenizer has {tokenizer.vocab_size} ids but the text config's vocab_size is "
-                    f"{cfg['vocab_size']}"
-                )
+            check_vocab(tokenizer, cfg)
             info["tokenizer"] = {"dir": TOKENIZER_DIR, "max_length": tokenizer.max_length}
         meta_parts[part] = info
     meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,

@@ -1,0 +1,56 @@
+"""Inputs a new user got wrong, each answered by an error naming the directory or flag (not a NaN answer,
+a traceback or a silently ignored flag)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from configs import smoke
+from smartvlm_jax import features, towers, train
+from smartvlm_jax.workdir import Workdir
+from tests.towers.conftest import hf_model, save_hf, spiece  # noqa: F401 (a fixture)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused_when_loaded(tmp_path, spiece):  # noqa: F811
+    config = towers.tiny_config("siglip")
+    config["text_config"]["vocab_size"] = 20  # the tokenizer has 382 ids: they would read past 20 rows
+    path = save_hf(hf_model(config), str(tmp_path / "siglip"), spiece)
+    message = rf"{tmp_path}/siglip: the tokenizer has \d+ ids but .*vocab_size is 20"
+    with pytest.raises(ValueError, match=message):
+        towers.load(path, "text")
+
+
+def test_a_text_tower_without_tokenizer_is_refused_naming_its_directory(tmp_path):
+    path = save_hf(hf_model(towers.tiny_config("siglip_text_model")), str(tmp_path / "text"))
+    assert towers.load(path, "text").tokenizer is None  # loadable to encode ids directly
+    with pytest.raises(ValueError, match=rf"{tmp_path}/text has a siglip text tower but no tokenizer"):
+        features.load_text_tower(path)
+
+
+def test_a_workdir_refuses_another_head(tmp_path):
+    wd = Workdir(tmp_path)
+    wd.best_model.mkdir()
+    wd.config_file.write_text(json.dumps({"model": {"use_qf": True, "repr_size": 128}}))
+    train.check_same_head(wd, {"use_qf": True, "repr_size": 128})  # the same head resumes
+    with pytest.raises(ValueError, match=r"use_qf=False \(it holds True\); use a new --workdir"):
+        train.check_same_head(wd, {"use_qf": False, "repr_size": 128})
+    train.check_same_head(Workdir(tmp_path / "fresh"), {"use_qf": False})  # nothing held yet
+
+
+def test_tiny_towers_do_not_silently_replace_named_towers(tmp_path):
+    config = smoke.get_config()
+    train.check_tiny_towers(config, Workdir(tmp_path))
+    config.towers.dinov2 = os.fspath(tmp_path / "towers" / "dinov2")  # the run's own, recorded earlier
+    train.check_tiny_towers(config, Workdir(tmp_path))
+    config.towers.dinov2 = "/models/dinov2-base"
+    with pytest.raises(ValueError, match=r"--config.towers.dinov2='/models/dinov2-base' would be ignored"):
+        train.check_tiny_towers(config, Workdir(tmp_path))
+
+
+def test_evaluate_on_a_model_dir_says_what_it_is(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"head": "smarter", "puzzle_ids": [1]}))
+    with pytest.raises(ValueError, match="is a model dir, not a training workdir"):
+        train.evaluate_workdir(tmp_path)
