@@ -54,3 +54,30 @@ def test_evaluate_on_a_model_dir_says_what_it_is(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"head": "smarter", "puzzle_ids": [1]}))
     with pytest.raises(ValueError, match="is a model dir, not a training workdir"):
         train.evaluate_workdir(tmp_path)
+
+
+def test_a_malformed_tower_config_names_its_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "dinov2",}')
+    with pytest.raises(ValueError, match=rf"{tmp_path}/config.json is not valid JSON"):
+        towers.load(tmp_path)
+
+
+def test_convert_reference_names_a_file_that_is_no_checkpoint(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from smartvlm_jax.convert.__main__ import main as convert_main
+
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("print('hello')\n")
+    out = tmp_path / "model"
+    args = ["reference", "--ckpt", str(not_a_checkpoint), "--puzzles", "1", "--out", str(out)]
+    assert convert_main(args) == 1
+    assert f"{not_a_checkpoint} is not a PyTorch checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_malformed_model_dir_config_names_its_file(tmp_path):
+    from smartvlm_jax import reasoner
+
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=rf"{tmp_path}/config.json is not valid JSON"):
+        reasoner.load(tmp_path)

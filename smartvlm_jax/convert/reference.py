@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import pickle
 import re
 import shutil
 import tempfile
@@ -322,7 +323,10 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         raise ConversionError(
             "reading a .pth checkpoint needs PyTorch: pip install -r requirements-dev.txt"
         ) from e
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # not a torch.save file, or truncated
+        raise ConversionError(f"{path} is not a PyTorch checkpoint (torch.load: {e})") from None
     net = ckpt.get("net") if isinstance(ckpt, dict) else None
     if not isinstance(net, Mapping):
         raise ConversionError(f"{path}: expected a dict with a 'net' state_dict")

@@ -65,7 +65,10 @@ def load(path: str | pathlib.Path) -> tuple[nn.Module, dict, ml_collections.Conf
     """Load (model, variables, cfg) from a model dir or a training workdir holding DIR/best_model."""
     mdir = _model_dir(pathlib.Path(path).absolute())
     cfg = config_lib.default_config()
-    cfg.update(json.loads((mdir / CONFIG_FILE).read_text()))
+    try:
+        cfg.update(json.loads((mdir / CONFIG_FILE).read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{mdir / CONFIG_FILE} is not valid JSON: {e}") from None
     model = build(cfg)
     target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_inputs(cfg)))["params"]
     params = ocp.StandardCheckpointer().restore(mdir / PARAMS_DIR, target)

@@ -41,9 +41,16 @@ BUFFER_SUFFIXES = ("position_ids", "token_type_ids", "num_batches_tracked")
 
 
 def read_config(path: str) -> dict[str, Any]:
-    """``config.json`` of an HF directory."""
-    with open(os.path.join(path, "config.json")) as f:
-        return json.load(f)
+    """``config.json`` of an HF directory; ValueError naming the file when it is not a JSON object."""
+    file = os.path.join(path, "config.json")
+    with open(file, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} holds a {type(config).__name__}, not a JSON object")
+    return config
 
 
 def _load_safetensors(file: str) -> dict[str, np.ndarray]:
