@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import json
 import math
 import os
 import pathlib
@@ -41,7 +40,7 @@ from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import checkpoint
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.losses import predictions as head_predictions
-from smartvlm_jax.towers import registry
+from smartvlm_jax.towers import hf, registry
 from smartvlm_jax.workdir import Workdir
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
@@ -347,9 +346,7 @@ def tower_kind(path: str | os.PathLike) -> tuple[str, tuple[str, ...]]:
             f"tower {path}: neither a converted tower ({registry.META_FILE}) "
             "nor an HF directory (config.json)"
         )
-    with open(config_file) as f:
-        model_type = str(json.load(f).get("model_type"))
-    entry = registry.model_type_entry(model_type)
+    entry = registry.model_type_entry(str(hf.read_config(path).get("model_type")))
     return entry.kind, tuple(sorted(entry.parts))
 
 

@@ -202,6 +202,11 @@ class Run:
     compile_cache: pathlib.Path | None = None  # XLA's persistent compilation cache in use (None: off)
     compiles: summaries.CompileLog | None = None  # what XLA compiled or loaded, when recorded
 
+    @functools.cached_property
+    def train_labels(self) -> dict[str, np.ndarray]:
+        """The training split's label arrays, for the greedy baseline (built once per run)."""
+        return smart101.label_arrays(self.splits["train"])
+
     @property
     def is_lead(self) -> bool:
         return jax.process_index() == 0
@@ -511,9 +516,9 @@ def host_params(params) -> Any:
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
 
 
-def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
-    """``metrics.evaluate_split`` of ``params`` on a split (every example once), with its greedy and chance
-    baselines from the training split; a transient progress bar while it runs."""
+def evaluate_split(run: Run, params, split: str, pred_fn, baselines: bool = True) -> dict:
+    """``metrics.evaluate_split`` of ``params`` on a split (every example once), with (``baselines``) its
+    greedy and chance baselines from the training split; a transient progress bar while it runs."""
     outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
     batches = run.batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size)
     num_batches = math.ceil(len(run.splits[split]) / run.config.eval_batch_size)
@@ -528,7 +533,7 @@ def evaluate_split(run: Run, params, split: str, pred_fn) -> dict:
         a["preds"],
         a,
         run.num_classes,
-        train_labels=smart101.label_arrays(run.splits["train"]),
+        train_labels=run.train_labels if baselines else None,
         mask=a["mask"].astype(bool),
         skills=run.skills,
     )
@@ -718,7 +723,7 @@ def _train_and_evaluate(
                 epoch = step // steps_per_epoch
                 epoch_bar.status(f"loss {np.mean(losses):.4g}, validating")
                 with timing("eval"):
-                    val = evaluate_split(run, state.params, "val", pred_fn)
+                    val = evaluate_split(run, state.params, "val", pred_fn, baselines=False)
                 writer.write_scalars(step, {k: val[k] for k in ("S_acc", "O_acc", "err")}, prefix="val/")
                 meta["epoch"] = epoch
                 meta["val"].append(reports.to_json_safe(val))
