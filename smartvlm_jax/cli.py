@@ -8,8 +8,9 @@ Errors outside these kinds (bugs, a NaN loss, a dead peer) keep their traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 # ValueError covers MalformedRowError and config checks; OSError covers FileNotFoundError, FileExistsError,
 # NotADirectoryError and BadImageError; KeyError a missing checkpoint entry.
@@ -46,3 +47,33 @@ def run(
         print(f"error: {prefix}{message}", file=sys.stderr)
         return 1
     return 0
+
+
+def config_file_of(argv: Sequence[str]) -> str | None:
+    """The file of ``--config FILE`` / ``--config=FILE[:ARGS]`` in ``argv``, before absl parses it."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=").split(":", 1)[0]
+    return None
+
+
+def config_import_root(config_file: str) -> str | None:
+    """The folder above the package that holds ``config_file`` (``configs/smoke.py`` -> the checkout), or
+    None when its folder is no package. The configs import their siblings as ``configs.NAME``: that works
+    from any working directory, and from the console script, whose ``sys.path`` lacks the working directory.
+    """
+    folder = os.path.dirname(os.path.abspath(config_file))
+    root = folder
+    while os.path.isfile(os.path.join(root, "__init__.py")):
+        root = os.path.dirname(root)
+    return root if root != folder else None
+
+
+def make_configs_importable(argv: Sequence[str]) -> None:
+    """Put the folder above ``--config``'s package on ``sys.path`` (see :func:`config_import_root`)."""
+    config_file = config_file_of(argv[1:])
+    root = config_import_root(config_file) if config_file else None
+    if root and root not in sys.path:
+        sys.path.insert(0, root)

@@ -10,12 +10,13 @@ workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from smartvlm_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the run.")
@@ -42,43 +43,18 @@ def main(argv: list[str]) -> None:
     devices = jax.devices()
     log.info("JAX %s on %d %s device%s; every log line: %s", jax.__version__, len(devices),
              devices[0].platform, "s" if len(devices) > 1 else "", lines.run_log)  # fmt: skip
-    from smartvlm_jax import cli, train
+    from smartvlm_jax import train
 
     status = cli.run(lambda: train.train_and_evaluate(config, _WORKDIR.value), traceback=_TRACEBACK.value)
     if status:
         sys.exit(status)
 
 
-def _config_file(argv: Sequence[str]) -> str | None:
-    """The file of ``--config FILE`` / ``--config=FILE[:ARGS]`` in ``argv``, before absl parses it."""
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1].split(":", 1)[0]
-        if arg.startswith("--config="):
-            return arg.removeprefix("--config=").split(":", 1)[0]
-    return None
-
-
-def config_import_root(config_file: str) -> str | None:
-    """The folder above the package that holds ``config_file`` (``configs/smoke.py`` -> the checkout), or
-    None when its folder is no package. The configs import their siblings as ``configs.NAME``: that works
-    from any working directory, and from the console script, whose ``sys.path`` lacks the working directory.
-    """
-    folder = os.path.dirname(os.path.abspath(config_file))
-    root = folder
-    while os.path.isfile(os.path.join(root, "__init__.py")):
-        root = os.path.dirname(root)
-    return root if root != folder else None
-
-
 def run(argv: Sequence[str] | None = None) -> None:
     """``smartvlm-train`` (and ``python -m smartvlm_jax.main``): makes the config's package importable,
     then parses the flags and trains."""
     argv = list(sys.argv if argv is None else argv)
-    config_file = _config_file(argv[1:])
-    root = config_import_root(config_file) if config_file else None
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
+    cli.make_configs_importable(argv)
     app.run(main, argv=argv)
 
 

@@ -28,7 +28,7 @@ import csv
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -325,8 +325,9 @@ def greedy_baseline(
     positions included); O_acc is 1/5 (a uniformly chosen option).
 
     Returns {"greedy_S_acc", "greedy_O_acc", "chance_S_acc", "chance_O_acc", "greedy_per_puzzle",
-    "greedy_per_skill", "greedy_per_other_type", "greedy_missing_puzzles"}, to be merged into the split's
-    metrics.
+    "greedy_per_skill", "greedy_per_other_type", "greedy_missing_puzzles", "chance_per_skill",
+    "chance_per_other_type"}, to be merged into the split's metrics. The per-skill chance is the mean over
+    the skill's puzzles of each puzzle's chance, as the per-skill accuracies are means over puzzles.
     """
     mode = greedy_predictions(train_labels, train_puzzle_ids, train_mask)
     pids_flat = np.asarray(puzzle_ids, dtype=np.int64).reshape(-1)
@@ -348,6 +349,10 @@ def greedy_baseline(
     c_p = _num_classes_of(kept, num_classes).astype(np.float64)
     is_seq = np.isin(kept, list(puzzles.SEQUENCE_PUZZLES))
     chance_s = np.where(is_seq, c_p ** -float(puzzles.NUM_DECODE_STEPS), 1.0 / c_p)
+    chance_pp = {
+        int(p): {"S_acc": float(chance_s[kept == p][0]), "O_acc": 1.0 / NUM_OPTIONS} for p in np.unique(kept)
+    }
+    skills = read_skill_types() if skills is None else skills
     return {
         "greedy_S_acc": m["S_acc"],
         "greedy_O_acc": m["O_acc"],
@@ -357,6 +362,10 @@ def greedy_baseline(
         "greedy_per_skill": m["per_skill"],
         "greedy_per_other_type": m["per_other_type"],
         "greedy_missing_puzzles": sorted({int(p) for p in kept} - set(mode)),
+        "chance_per_skill": per_skill(chance_pp, skills),
+        "chance_per_other_type": per_skill(
+            chance_pp, {p: skills.get(p, "?") for p in chance_pp}, other_types(chance_pp, skills)
+        ),
     }
 
 
@@ -395,3 +404,45 @@ def evaluate_split(
         train = (train_labels["labels"], train_labels["puzzle_ids"])
         metrics.update(greedy_baseline(*train, *held, num_classes, mask=mask, skills=skills))
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several members (seeds) of one configuration
+# ----------------------------------------------------------------------------------------------------------
+
+OVERALL = "all"  # the group name of the whole split in :func:`group_accuracies`
+
+
+def group_accuracies(split: Mapping[str, Any], prefix: str = "") -> dict[tuple[str, str], float]:
+    """One split's accuracies keyed (metric, group): ("S_acc", "all"), ("O_acc", "counting"), ...
+
+    ``split`` is a split's metrics (:func:`evaluate_split`, or its ``results.json`` entry); ``prefix``
+    "greedy_" or "chance_" reads that baseline's keys instead. Groups: "all", then each skill class of
+    "per_skill", then each type of "per_other_type".
+    """
+    out = {}
+    for metric in ("S_acc", "O_acc"):
+        if split.get(f"{prefix}{metric}") is not None:
+            out[(metric, OVERALL)] = float(split[f"{prefix}{metric}"])
+        for key in ("per_skill", "per_other_type"):
+            for group, values in split.get(f"{prefix}{key}", {}).items():
+                out[(metric, group)] = float(values[metric])
+    return out
+
+
+def mean_and_std(
+    values: Sequence[Mapping[tuple[str, str], float]],
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per key of :func:`group_accuracies`, the mean and the sample standard deviation (ddof 1; NaN for
+    one member) over several members' values. A key missing from a member is left out of the result.
+
+    Raises ValueError when ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("mean_and_std needs at least one member's values")
+    keys = [k for k in values[0] if all(k in v for v in values)]
+    out = {}
+    for key in keys:
+        x = np.asarray([v[key] for v in values], np.float64)
+        out[key] = (float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else math.nan)
+    return out

@@ -8,6 +8,8 @@ state.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from smartvlm_jax import metrics as metrics_lib
+from smartvlm_jax import puzzles
 from smartvlm_jax.workdir import Workdir
 
 # Keys of metric dicts whose values are keyed by puzzle id (int in memory, str in JSON).
@@ -166,14 +169,18 @@ def _bars(
     series: Mapping[str, Sequence[float]],
     markers: Mapping[str, Sequence[float]],
     legend: bool = True,
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
-    """Grouped bars (one group per label) plus optional per-group marker lines (e.g. the greedy level)."""
+    """Grouped bars (one group per label) plus optional per-group marker lines (e.g. the greedy level) and
+    error bars (``errors``: per series, e.g. the standard deviation over seeds)."""
     x = np.arange(len(labels))
     width = 0.8 / max(len(series), 1)
+    errors = errors or {}
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
-    for name, values in markers.items():
-        ax.scatter(x, values, marker="_", s=200, color="black", zorder=3, label=name)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, yerr=errors.get(name),
+               capsize=2 if name in errors else 0)  # fmt: skip
+    for (name, values), color in zip(markers.items(), ("black", "tab:gray", "tab:brown"), strict=False):
+        ax.scatter(x, values, marker="_", s=200, color=color, zorder=3, label=name)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=90 if len(labels) > 40 else 0, fontsize=8 if len(labels) > 20 else 9)
     ax.set_ylim(0, 100)
@@ -344,3 +351,120 @@ def report(
     if plots:
         plot_results(metrics, workdir, prefix=split)
     return format_table(metrics, skills, names)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A sweep's table: configurations (rows) over their members (seeds), beside the greedy and chance rows.
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRow:
+    """One row of a sweep's table: a configuration's accuracies over its members, or a reference row.
+
+    ``cells``: (metric, group) -> (mean, std), accuracies as fractions (metric "S_acc"/"O_acc", group
+    "all" or a skill class or other type, as ``metrics.group_accuracies`` keys them); std is NaN for one
+    member and for the reference rows. ``members``: how many were averaged (0: greedy or chance).
+    """
+
+    label: str
+    members: int
+    cells: Mapping[tuple[str, str], tuple[float, float]]
+
+
+def sweep_rows(
+    configurations: Mapping[str, Sequence[Mapping[str, Any]]], split: str = "test"
+) -> list[TableRow]:
+    """The table's rows: each configuration's mean and std over its members' ``results.json`` (label ->
+    the members' results), then "greedy" and "chance" from the first member's split (every member of a
+    sweep sees the same data, so their baselines are the same). ValueError names a member without
+    ``split``."""
+    rows = []
+    first = None
+    for label, members in configurations.items():
+        splits = []
+        for i, results in enumerate(members):
+            if not results.get(split):
+                raise ValueError(f"row {label!r}: member {i} has no {split!r} results")
+            splits.append(results[split])
+        first = first or splits[0]
+        values = [metrics_lib.group_accuracies(m) for m in splits]
+        rows.append(TableRow(label, len(splits), metrics_lib.mean_and_std(values)))
+    for prefix in ("greedy_", "chance_"):
+        values = metrics_lib.group_accuracies(first or {}, prefix)
+        if values:
+            rows.append(TableRow(prefix.rstrip("_"), 0, {k: (v, math.nan) for k, v in values.items()}))
+    return rows
+
+
+def table_groups(rows: Sequence[TableRow]) -> list[str]:
+    """The table's column groups: "all", the skill classes present (the paper's order), then other types."""
+    present = {group for row in rows for _, group in row.cells}
+    skills = [g for g in puzzles.SKILL_CLASSES if g in present]
+    others = sorted(present - set(skills) - {metrics_lib.OVERALL})
+    return [metrics_lib.OVERALL, *skills, *others]
+
+
+def format_cell(value: tuple[float, float] | None) -> str:
+    """ "29.9 ± 1.2" (percent); the mean alone without a std; "-" when absent."""
+    if value is None:
+        return "-"
+    mean, std = value
+    return _pct(mean) if math.isnan(std) else f"{_pct(mean)} ± {_pct(std)}"
+
+
+def format_sweep_table(rows: Sequence[TableRow], title: str = "") -> str:
+    """Markdown: one table for S_acc and one for O_acc; rows are configurations (mean ± sample std over
+    their members, in percent) then greedy and chance; columns "all" and each skill class (the mean over
+    its puzzles, as in the SMARTER paper's tables), types outside the skill classes marked with *."""
+    groups = table_groups(rows)
+    skill_set = set(puzzles.SKILL_CLASSES) | {metrics_lib.OVERALL}
+    header = [g if g in skill_set else f"{g}*" for g in groups]
+    lines = [f"# {title}", ""] if title else []
+    for metric in ("S_acc", "O_acc"):
+        lines += [f"## {metric} %", "", "| row | seeds | " + " | ".join(header) + " |",
+                  "|---|---:|" + "---:|" * len(groups)]  # fmt: skip
+        for row in rows:
+            cells = [format_cell(row.cells.get((metric, g))) for g in groups]
+            lines.append(f"| {row.label} | {row.members or '-'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if any(g not in skill_set for g in groups):
+        lines.append("\\* not one of the eight skill classes (its puzzles' type, e.g. order)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_sweep_csv(rows: Sequence[TableRow], path: str | os.PathLike[str]) -> pathlib.Path:
+    """The table in long form: row, members, metric, group, mean, std (fractions; std empty when none)."""
+    path = pathlib.Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["row", "members", "metric", "group", "mean", "std"])
+        for row in rows:
+            for (metric, group), (mean, std) in row.cells.items():
+                out.writerow([row.label, row.members, metric, group, f"{mean:.6f}",
+                              "" if math.isnan(std) else f"{std:.6f}"])  # fmt: skip
+    return path
+
+
+def plot_sweep_table(rows: Sequence[TableRow], path: str | os.PathLike[str], title: str = "") -> pathlib.Path:
+    """``table.png``: S_acc and O_acc per group, a bar per configuration with its std over members as an
+    error bar; greedy and chance as ticks."""
+    groups = table_groups(rows)
+    configs = [r for r in rows if r.members]
+    refs = [r for r in rows if not r.members]
+    width = max(7.0, 0.4 * len(groups) * max(1, len(configs)) + 3.0)
+    fig = Figure(figsize=(width, 7.5), layout="constrained")
+    for ax, metric in zip(fig.subplots(2, 1), ("S_acc", "O_acc"), strict=True):
+
+        def pct(row: TableRow, i: int, metric: str = metric) -> list[float]:
+            return [100.0 * row.cells.get((metric, g), (math.nan, math.nan))[i] for g in groups]
+
+        series = {r.label: pct(r, 0) for r in configs}
+        errors = {r.label: [0.0 if math.isnan(e) else e for e in pct(r, 1)] for r in configs}
+        _bars(ax, groups, series, {r.label: pct(r, 0) for r in refs}, errors=errors)
+        ax.set_title(f"{metric} (mean ± std over seeds)")
+    if title:
+        fig.suptitle(title)
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=100)
+    return path

@@ -88,7 +88,7 @@ LAYERS = {
     3: ("reasoner", "features", "reports", "data.pipeline", "data.build", "data.tfds_smart101", "summaries",
         "console", "parallel", "optim", "convert.baseline_table"),
     4: ("train", "inference"),
-    5: ("main", "evaluate", "predict", "convert"),
+    5: ("main", "evaluate", "predict", "convert", "sweep"),
 }
 
 

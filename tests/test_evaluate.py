@@ -207,6 +207,10 @@ def test_greedy_and_chance_baselines():
     # 1/C_p per ordinary sample, (1/C_p)^K for the sequence sample.
     assert g["chance_S_acc"] == pytest.approx((0.1 + 0.1 + 0.25 + 27.0**-K + 1 / 3) / 5)
     assert g["chance_O_acc"] == 0.2
+    # Per skill: the mean over its puzzles of each puzzle's chance (math: puzzles 7 and 5; counting: 2, 16).
+    assert g["chance_per_skill"]["math"] == {"S_acc": pytest.approx((1 / 4 + 1 / 3) / 2), "O_acc": 0.2,
+                                             "num_puzzles": 2}  # fmt: skip
+    assert g["chance_per_skill"]["counting"]["S_acc"] == pytest.approx((1 / 10 + 27.0**-K) / 2)
 
 
 def test_json_round_trip_and_merge(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from smartvlm_jax import main as main_lib
+from smartvlm_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -54,11 +54,11 @@ def test_console_scripts_name_entry_functions():
 
 
 def test_config_import_root_is_the_folder_above_the_configs_package(tmp_path, monkeypatch):
-    assert main_lib.config_import_root(str(REPO / "configs" / "smoke.py")) == str(REPO)
+    assert cli.config_import_root(str(REPO / "configs" / "smoke.py")) == str(REPO)
     monkeypatch.chdir(REPO)
-    assert main_lib.config_import_root("configs/smoke.py") == str(REPO)
+    assert cli.config_import_root("configs/smoke.py") == str(REPO)
     (tmp_path / "mine.py").write_text("")
-    assert main_lib.config_import_root(str(tmp_path / "mine.py")) is None  # no package: sys.path unchanged
-    assert main_lib._config_file(["--workdir", "w", "--config", "c.py", "--config.x=1"]) == "c.py"
-    assert main_lib._config_file(["--config=c.py:arg", "--workdir=w"]) == "c.py"
-    assert main_lib._config_file(["--config.x=1"]) is None
+    assert cli.config_import_root(str(tmp_path / "mine.py")) is None  # no package: sys.path unchanged
+    assert cli.config_file_of(["--workdir", "w", "--config", "c.py", "--config.x=1"]) == "c.py"
+    assert cli.config_file_of(["--config=c.py:arg", "--workdir=w"]) == "c.py"
+    assert cli.config_file_of(["--config.x=1"]) is None

@@ -1,0 +1,263 @@
+"""The paper's table in one command: every row of a sweep, each over several seeds trained at once.
+
+  python -m smartvlm_jax.sweep --config configs/paper.py --workdir DIR [--config.seeds=3 ...]
+  smartvlm-sweep --config configs/paper.py:smoke --workdir DIR      # the smoke version, minutes on a CPU
+
+A row is a configuration (SMARTER, an ablation, optionally the SMART baseline: ``config.rows``,
+``config.baseline``, each row's fields in ``config.row_overrides``); its members are ``config.seeds`` seeds
+(times the ``config.grid`` head hyperparameters), trained together by ``train.train_members`` in one jitted
+step with ``jax.vmap``. Every row reads the same data, the same built dataset, the same towers and the
+shared feature store (``config.feature_store``), so the frozen towers run once per instance for the whole
+sweep: the rows that use a subset of the fused towers' features (DINOv2 only, SigLIP only) read their
+columns. Layout of ``DIR``:
+
+``config.json``          the sweep's resolved config
+``inputs/``              synthetic puzzles, the TFDS build and tiny towers, when the config asks for them
+``<row>/``               the row's group workdir (its stacked checkpoints)
+``<row>/<member>/``      a member's own run workdir: ``results.json``, ``best_model/``, ``log.jsonl``, ...
+``table.md``, ``table.csv``, ``table.png``  the table (``reports.format_sweep_table`` & co.)
+``sweep.json``           rows, members, and where the time went (extraction against the whole sweep)
+``run.log``              every log line
+
+A rerun with the same ``DIR`` skips the finished rows and resumes the interrupted one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/paper.py[:smoke]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the sweep.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
+
+log = logging.getLogger("smartvlm_jax.sweep")  # (__name__ is "__main__" under python -m)
+
+# The sweep's own fields of configs/paper.py; the rest is the run config every row starts from.
+SWEEP_FIELDS = ("seeds", "rows", "baseline", "row_overrides", "grid", "member_plots")
+# Head hyperparameters a grid may vary (same shapes, so members of one jitted step), and their run field.
+GRID_FIELDS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay", "pdrop": "model.pdrop"}
+TABLE_FILES = ("table.md", "table.csv", "table.png")
+
+
+def row_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The rows to run, in order: ``config.rows`` (comma-separated), then "baseline" if asked."""
+    names = [r.strip() for r in str(config.rows).split(",") if r.strip()]
+    if config.baseline and "baseline" not in names:
+        names.append("baseline")
+    unknown = [r for r in names if r not in config.row_overrides]
+    if unknown or not names:
+        raise ValueError(
+            f"--config.rows={config.rows!r}: {', '.join(unknown) or 'no row'} is not one of "
+            f"{', '.join(config.row_overrides)}"
+        )
+    return names
+
+
+def grid_settings(config: ml_collections.ConfigDict) -> list[dict[str, float]]:
+    """Every combination of the grid's values ({} when the grid is empty); ValueError names the field."""
+    axes = {}
+    for name in GRID_FIELDS:
+        text = str(config.grid.get(name, "") or "")
+        try:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--config.grid.{name}={text!r} is not a comma-separated list of numbers"
+            ) from None
+        if values:
+            axes[name] = values
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def setting_label(setting: dict[str, float]) -> str:
+    """ "lr 0.001, pdrop 0.1" (empty for no setting): how a row's grid setting reads in the table."""
+    return ", ".join(f"{k} {v:g}" for k, v in setting.items())
+
+
+def members_of(config: ml_collections.ConfigDict) -> list[tuple[dict[str, float], Any]]:
+    """(grid setting, ``train.Member``) for every member of a row: each setting times ``config.seeds``
+    seeds ``config.seed``, ``config.seed + 1``, ..."""
+    from smartvlm_jax import train
+
+    if int(config.seeds) < 1:
+        raise ValueError(f"--config.seeds={config.seeds} must be >= 1")
+    out = []
+    for setting in grid_settings(config) or [{}]:
+        prefix = "_".join(f"{k}{v:g}" for k, v in setting.items())
+        for seed in range(config.seed, config.seed + int(config.seeds)):
+            name = f"{prefix}_seed_{seed}" if prefix else f"seed_{seed}"
+            out.append((setting, train.Member(name=name, seed=seed, **setting)))
+    return out
+
+
+def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The run config every row starts from: the sweep's config without its own fields."""
+    base = ml_collections.ConfigDict(config.to_dict())
+    for field in SWEEP_FIELDS:
+        del base[field]
+    return base
+
+
+def row_config(
+    config: ml_collections.ConfigDict, row: str, shared: dict[str, Any]
+) -> ml_collections.ConfigDict:
+    """A row's run config: the base, the row's fields, then the shared inputs' paths."""
+    out = run_config(config)
+    out.update(config.row_overrides[row].to_dict())
+    out.update_from_flattened_dict(shared)
+    return out
+
+
+def shared_inputs(config: ml_collections.ConfigDict, rows: Sequence[str], sweep_dir) -> dict[str, Any]:
+    """Prepare once what every row reads, and return the overrides pointing the rows at it (flattened).
+
+    Synthetic puzzles (``synthetic.enabled``) are written to ``inputs/synthetic`` and the TFDS dataset is
+    built once (``inputs/tfds`` unless ``data.data_dir`` names one); tiny towers (``towers.tiny``) are built
+    once per tower family in ``inputs/<family>/towers``, so the rows share towers (and feature-store
+    entries) whatever their seeds.
+    """
+    from smartvlm_jax import train, variants
+    from smartvlm_jax.workdir import Workdir
+
+    inputs = Workdir(sweep_dir / "inputs")
+    inputs.root.mkdir(parents=True, exist_ok=True)
+    configs = {row: row_config(config, row, {}) for row in rows}
+    for row_cfg in configs.values():
+        train.check_config(row_cfg)
+    data_cfg, data_rows, _, _ = train.prepare_data(configs[rows[0]], inputs)
+    shared = {"synthetic.enabled": False, "data.root": data_cfg.root, "data.data_dir": data_cfg.data_dir}
+    if config.towers.tiny:
+        shared["towers.tiny"] = False
+        for row, row_cfg in configs.items():
+            family = variants.get(row_cfg.model.features).head  # "smarter" or "baseline" towers
+            towers = train.prepare_towers(
+                row_cfg, Workdir(inputs.root / family), (r.question for r in data_rows)
+            )
+            for name in variants.get(row_cfg.model.features).towers:
+                shared[f"towers.{name}"] = towers[name]
+            log.debug("row %s: tiny towers of %s", row, inputs.root / family)
+    return shared
+
+
+def row_done(row_dir, members: Sequence[Any]) -> bool:
+    """Whether every member of a row has its test results (a finished row is not trained again)."""
+    from smartvlm_jax import reports
+    from smartvlm_jax.workdir import Workdir
+
+    for member in members:
+        path = Workdir(row_dir / member.name).results
+        if not path.is_file() or "test" not in reports.load_results(path.parent):
+            return False
+    return True
+
+
+def extraction_seconds(results: dict) -> float:
+    """The feature-extraction seconds a member's results record (its ``timing``'s ``features/<split>``)."""
+    timing = results.get("timing", {})
+    return sum(v.get("seconds", 0.0) for k, v in timing.items() if k.startswith("features/"))
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Train every row of the sweep (resuming), then write the table; returns ``sweep.json``'s content, or
+    ``{"stopped_at_step": n, "row": name}`` when a SIGTERM stopped a row (rerun to resume)."""
+    import pathlib
+
+    from smartvlm_jax import reports, train
+
+    start = time.perf_counter()
+    root = pathlib.Path(workdir).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    rows = row_names(config)
+    members = members_of(config)
+    (root / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    shared = shared_inputs(config, rows, root)
+    record: dict[str, Any] = {"rows": {}, "members": [m.name for _, m in members]}
+    settings = {}
+    for i, row in enumerate(rows, 1):
+        row_dir = root / row
+        seeds = f"seeds {config.seed}-{config.seed + int(config.seeds) - 1}"
+        if row_done(row_dir, [m for _, m in members]):
+            log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, row_dir)
+        else:
+            log.info(
+                "row %d/%d %s: %d members (%s) in one jitted step", i, len(rows), row, len(members), seeds
+            )
+            row_start = time.perf_counter()
+            out = train.train_members(
+                row_config(config, row, shared), row_dir, [m for _, m in members], plots=config.member_plots
+            )
+            stopped = [r for r in out.values() if "stopped_at_step" in r]
+            if stopped:
+                log.info("row %s stopped by SIGTERM; rerun the same command to resume", row)
+                return {"stopped_at_step": stopped[0]["stopped_at_step"], "row": row}
+            record["rows"][row] = {"seconds": time.perf_counter() - row_start}
+        results = {m.name: reports.load_results(row_dir / m.name) for _, m in members}
+        record["rows"].setdefault(row, {})["extraction_s"] = max(map(extraction_seconds, results.values()))
+        for setting, member in members:
+            label = f"{row} ({setting_label(setting)})" if setting else row
+            settings.setdefault(label, []).append(results[member.name])
+        line = reports.sweep_rows({row: [results[m.name] for _, m in members]})[0]
+        s, o = line.cells[("S_acc", "all")], line.cells[("O_acc", "all")]
+        log.info("row %s: test S_acc %s %%, O_acc %s %%", row, reports.format_cell(s), reports.format_cell(o))
+    table = reports.sweep_rows(settings)
+    title = f"Test accuracy (%), mean ± std over {config.seeds} seed{'s' * (int(config.seeds) > 1)}"
+    (root / "table.md").write_text(reports.format_sweep_table(table, title))
+    reports.write_sweep_csv(table, root / "table.csv")
+    reports.plot_sweep_table(table, root / "table.png", title)
+    record["total_s"] = time.perf_counter() - start
+    record["extraction_s"] = sum(r["extraction_s"] for r in record["rows"].values())
+    (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    print(reports.format_sweep_table(table, title))
+    share = record["extraction_s"] / record["total_s"] if record["total_s"] else math.nan
+    print(f"{len(rows)} rows x {len(members)} members in {record['total_s']:.1f} s "
+          f"(feature extraction {record['extraction_s']:.1f} s, {100 * share:.0f} %)")  # fmt: skip
+    for name in TABLE_FILES:
+        print(f"  {name + ':':11}{root / name}")
+    print(f"  {'members:':11}{root}/<row>/<member>/results.json")
+    return record
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    from smartvlm_jax import console
+
+    lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
+    log.debug("command: %s", " ".join(sys.argv))
+    from smartvlm_jax import parallel
+
+    parallel.initialize_distributed(config)
+    import jax
+
+    lines.set_process(jax.process_index())
+    from smartvlm_jax import cli
+
+    status = cli.run(lambda: run_sweep(config, _WORKDIR.value), traceback=_TRACEBACK.value)
+    if status:
+        sys.exit(status)
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """``smartvlm-sweep`` (and ``python -m smartvlm_jax.sweep``)."""
+    from smartvlm_jax import cli
+
+    argv = list(sys.argv if argv is None else argv)
+    cli.make_configs_importable(argv)
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run()
