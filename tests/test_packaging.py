@@ -46,7 +46,7 @@ def test_requirement_pins_lie_in_the_declared_ranges(file, declared):
 
 def test_console_scripts_name_entry_functions():
     scripts = PROJECT["scripts"]
-    names = ("train", "evaluate", "predict", "convert", "build-data")
+    names = ("train", "evaluate", "predict", "convert", "build-data", "sweep")
     assert set(scripts) == {f"smartvlm-{n}" for n in names}
     for target in scripts.values():
         module, function = target.split(":")
