@@ -9,24 +9,28 @@ workdir resumes from its latest checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from smartvlm_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the run.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:ARG]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the run (or sweep).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("smartvlm_jax.main")  # (__name__ is "__main__" under python -m)
 
 
-def main(argv: list[str]) -> None:
+def run_job(job: str, argv: list[str]) -> None:
+    """The part every job shares: route the log lines, start multi-process JAX when the config asks, then
+    call ``job`` ("module:function", imported only then, so JAX loads after the console is set up) with
+    the config and the workdir; an input error becomes one line and exit status 1 (``cli.run``)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
@@ -43,19 +47,23 @@ def main(argv: list[str]) -> None:
     devices = jax.devices()
     log.info("JAX %s on %d %s device%s; every log line: %s", jax.__version__, len(devices),
              devices[0].platform, "s" if len(devices) > 1 else "", lines.run_log)  # fmt: skip
-    from smartvlm_jax import train
-
-    status = cli.run(lambda: train.train_and_evaluate(config, _WORKDIR.value), traceback=_TRACEBACK.value)
+    module, function = job.split(":")
+    fn = getattr(importlib.import_module(module), function)
+    status = cli.run(lambda: fn(config, _WORKDIR.value), traceback=_TRACEBACK.value)
     if status:
         sys.exit(status)
 
 
-def run(argv: Sequence[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
+    run_job("smartvlm_jax.train:train_and_evaluate", argv)
+
+
+def run(argv: Sequence[str] | None = None, job: Callable[[list[str]], None] = main) -> None:
     """``smartvlm-train`` (and ``python -m smartvlm_jax.main``): makes the config's package importable,
-    then parses the flags and trains."""
+    then parses the flags and runs ``job`` (the training job; ``smartvlm_jax.sweep`` passes its own)."""
     argv = list(sys.argv if argv is None else argv)
     cli.make_configs_importable(argv)
-    app.run(main, argv=argv)
+    app.run(job, argv=argv)
 
 
 if __name__ == "__main__":

@@ -28,18 +28,13 @@ import itertools
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/paper.py[:smoke]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the sweep.")
-_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
+from smartvlm_jax import main as main_lib  # its flags: --config, --workdir, --traceback
 
 log = logging.getLogger("smartvlm_jax.sweep")  # (__name__ is "__main__" under python -m)
 
@@ -229,34 +224,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    from smartvlm_jax import console
-
-    lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
-    log.debug("command: %s", " ".join(sys.argv))
-    from smartvlm_jax import parallel
-
-    parallel.initialize_distributed(config)
-    import jax
-
-    lines.set_process(jax.process_index())
-    from smartvlm_jax import cli
-
-    status = cli.run(lambda: run_sweep(config, _WORKDIR.value), traceback=_TRACEBACK.value)
-    if status:
-        sys.exit(status)
+    main_lib.run_job("smartvlm_jax.sweep:run_sweep", argv)
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    """``smartvlm-sweep`` (and ``python -m smartvlm_jax.sweep``)."""
-    from smartvlm_jax import cli
-
-    argv = list(sys.argv if argv is None else argv)
-    cli.make_configs_importable(argv)
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, argv=argv)
+    """``smartvlm-sweep`` (and ``python -m smartvlm_jax.sweep``): the flags of ``smartvlm-train``."""
+    main_lib.run(argv, job=main)
 
 
 if __name__ == "__main__":
