@@ -594,6 +594,9 @@ def extract_features(run: Run) -> None:
             if extracted[split]:  # samples/s: the split's rows over the whole extraction, compiling included
                 counts["samples"] = len(rows)
             run.caches[split] = plan.load()
+    # the steps read the stored features: the towers' parameters leave the devices (and every run passes
+    # the steps the same arguments, whether it extracted or not, so XLA's cache serves them all)
+    run.tower_params = None
     if run.is_lead:
         features.write_record(run.workdir.feature_record, run.feature_store, run.feature_plans,
                               extracted)  # fmt: skip
