@@ -65,6 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.cache_features = True  # extract frozen-tower features once and train the head alone on them
     c.feature_shard_batches = 16  # batches per feature-cache shard (the unit a killed extraction redoes)
     c.feature_dtype = "float32"  # cached float features stored as "float32" or "float16" (half the disk)
+    # The feature store runs share (docs/training.md, "The feature cache"): one column per tower, keyed by
+    # the data rows, the towers' files, dtypes and preprocessing. Default <user cache>/features
+    # (~/.cache/smartvlm_jax/features); '' keeps the features in <workdir>/features. Multi-process jobs
+    # need a store every host sees: the default then falls back to the workdir.
+    c.feature_store = str(user_cache_dir("features"))
     c.worker_count = 0  # grain worker processes decoding images (0: in the main process)
 
     c.checkpoint_every_steps = 200  # save the latest train state (and data iterator) this often

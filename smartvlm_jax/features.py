@@ -15,7 +15,9 @@ split's row order, the order the reader gives. :func:`load_split` maps the files
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import logging
@@ -23,8 +25,9 @@ import mmap
 import os
 import pathlib
 import queue
+import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import jax
@@ -33,7 +36,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import console, variants
+from smartvlm_jax import console, hashing, variants
 from smartvlm_jax import towers as towers_lib
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,11 @@ DONE_FILE = "done.json"
 
 @dataclasses.dataclass(frozen=True)
 class FrozenTowers:
-    """The vision towers of a feature variant and the text tower, with a pure feature function."""
+    """Vision towers of a feature variant (all, or those whose columns a store lacks) and its text tower
+    (None when only vision columns are extracted), with pure feature functions."""
 
-    vision: Mapping[str, object]  # name -> towers.load(..., part="vision")
-    text: object  # towers.load(..., part="text")
+    vision: Mapping[str, object]  # name -> towers.load(..., part="vision"), in concatenation order
+    text: object | None  # towers.load(..., part="text"); None: no text column to compute
     text_output: str = "mean"  # "mean": pooled [B, D]; "tokens": question token states [B, L, D]
 
     def __post_init__(self) -> None:
@@ -78,56 +82,101 @@ class FrozenTowers:
         return {name: tower.resizer for name, tower in self.vision.items()}
 
     @property
+    def tokenizer(self) -> Callable[[list[str]], np.ndarray]:
+        """The text tower's tokenizer for the pipeline; without a text tower, :func:`no_question_ids`."""
+        return no_question_ids if self.text is None else self.text.tokenizer
+
+    def _towers(self) -> list:
+        return [*self.vision.values(), *([] if self.text is None else [self.text])]
+
+    @property
     def compiler_options(self) -> dict | None:
         """XLA options for jitting a function that runs these towers: theirs if they all agree, else None."""
-        options = [t.compiler_options for t in (*self.vision.values(), self.text)]
+        options = [t.compiler_options for t in self._towers()]
         return options[0] if all(o == options[0] for o in options) else None
 
     @functools.cached_property
     def jitted_features(self) -> Callable:
-        """:meth:`features` jitted once for these towers (with their compiler options): every split's
-        extraction shares one compilation per batch shape."""
+        """:meth:`features` jitted once for these towers (with their compiler options)."""
         return jax.jit(self.features, compiler_options=self.compiler_options)
+
+    @functools.cached_property
+    def jitted_columns(self) -> Callable:
+        """:meth:`columns` jitted once for these towers (with their compiler options): every split's
+        extraction shares one compilation per batch shape."""
+        return jax.jit(self.columns, compiler_options=self.compiler_options)
 
     def params(self, pack: bool | None = None) -> dict:
         """The towers' parameters for :meth:`features`: their ``ready_params``, or with ``pack`` given
         ``prepared(pack)`` (False: XLA's dots everywhere, e.g. for XLA's FLOP count)."""
         get = (lambda t: t.ready_params) if pack is None else (lambda t: t.prepared(pack))
-        return {"vision": {n: get(t) for n, t in self.vision.items()}, "text": get(self.text)}
+        text = {} if self.text is None else {"text": get(self.text)}
+        return {"vision": {n: get(t) for n, t in self.vision.items()}, **text}
 
-    def features(self, params: Mapping, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        """Pure: (vision [B, sum D], text) from a batch of uint8 images and question ids.
+    def columns(self, params: Mapping, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Pure: each tower's output from a batch of uint8 images and question ids, float32.
 
-        Vision: the mean over all tokens of each tower's last_hidden_state, concatenated (SPEC 5.1; for
-        ResNet-50 the global average pool). Text, ``text_output="mean"``: the mean over all positions,
-        padding included, [B, D] (SPEC 4); ``"tokens"``: last_hidden_state [B, L, D] with the positions
-        beyond the question (pad ids) zeroed, as the baseline's reference copies BERT's states of the
-        unpadded question into a zero buffer (the same as ``reasoner.baseline.question_states``).
+        ``"vision.<name>"`` [B, D_name] per vision tower: the mean over all tokens of its
+        last_hidden_state (SPEC 5.1; for ResNet-50 the global average pool). ``"text"`` (when there is a
+        text tower), ``text_output="mean"``: the mean over all positions, padding included, [B, D] (SPEC
+        4); ``"tokens"``: last_hidden_state [B, L, D] with the positions beyond the question (pad ids)
+        zeroed, as the baseline's reference copies BERT's states of the unpadded question into a zero
+        buffer (the same as ``reasoner.baseline.question_states``).
         """
-        pooled = []
+        out = {}
         for name, tower in self.vision.items():
             pixels = tower.normalize(batch[f"image/{name}"])
             hidden = tower.apply(params["vision"][name], pixels)
-            pooled.append(jnp.mean(hidden.astype(jnp.float32), axis=1))
-        ids = batch["question_ids"]
-        text = self.text.apply(params["text"], ids).astype(jnp.float32)
-        if self.text_output == "tokens":
-            real = ids != int(self.text.config.get("pad_token_id") or 0)  # BERT's own attention mask
-            return jnp.concatenate(pooled, axis=-1), jnp.where(real[..., None], text, 0.0)
-        return jnp.concatenate(pooled, axis=-1), jnp.mean(text, axis=1)
+            out[vision_field(name)] = jnp.mean(hidden.astype(jnp.float32), axis=1)
+        if self.text is not None:
+            ids = batch["question_ids"]
+            text = self.text.apply(params["text"], ids).astype(jnp.float32)
+            if self.text_output == "tokens":
+                real = ids != int(self.text.config.get("pad_token_id") or 0)  # BERT's own attention mask
+                out[TEXT_FIELD] = jnp.where(real[..., None], text, 0.0)
+            else:
+                out[TEXT_FIELD] = jnp.mean(text, axis=1)
+        return out
+
+    def features(self, params: Mapping, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """Pure: (vision [B, sum D], text) as the head takes them: :meth:`columns`, the vision towers'
+        concatenated in their order (the variant's)."""
+        out = self.columns(params, batch)
+        return jnp.concatenate([out[vision_field(n)] for n in self.vision], axis=-1), out[TEXT_FIELD]
 
 
-def load_towers(towers_cfg: ml_collections.ConfigDict, variant: str) -> FrozenTowers:
-    """Load the towers a feature variant needs from the local directories named in ``config.towers``."""
+TEXT_FIELD = "text"
+
+
+def vision_field(name: str) -> str:
+    """The field of a vision tower's pooled features in :meth:`FrozenTowers.columns` ("vision.dinov2")."""
+    return f"vision.{name}"
+
+
+def no_question_ids(questions: list[str]) -> np.ndarray:
+    """The pipeline's tokenizer when no text column is extracted: int32 [B, 1] zeros (picklable)."""
+    return np.zeros((len(questions), 1), np.int32)
+
+
+def load_towers(
+    towers_cfg: ml_collections.ConfigDict,
+    variant: str,
+    vision: Iterable[str] | None = None,
+    text: bool = True,
+) -> FrozenTowers:
+    """Load the towers a feature variant needs from the local directories named in ``config.towers``:
+    all of them, or the vision towers named in ``vision`` (in the variant's order) and the text tower if
+    ``text``."""
     spec = variants.get(variant)
+    wanted = set(spec.vision if vision is None else vision)
     load = functools.partial(
         towers_lib.load, dtype=towers_cfg.dtype, cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
     )
-    vision = {
-        name: load(_tower_dir(towers_cfg, name), part="vision") for name in spec.vision
+    vision_towers = {
+        name: load(_tower_dir(towers_cfg, name), part="vision") for name in spec.vision if name in wanted
     }
-    text = load_text_tower(_tower_dir(towers_cfg, spec.text), load)
-    return FrozenTowers(vision=vision, text=text, text_output=spec.text_output)
+    text_tower = load_text_tower(_tower_dir(towers_cfg, spec.text), load) if text else None
+    return FrozenTowers(vision=vision_towers, text=text_tower, text_output=spec.text_output)
 
 
 def load_text_tower(path: str, load: Callable = towers_lib.load) -> object:
@@ -210,6 +259,7 @@ def extract_split(
     shard_batches: int = 16,
     params_sharding=None,
     storage_dtype: str = "float32",
+    name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the towers over one split's batches and cache the features; return the cache as memmaps.
 
@@ -237,16 +287,17 @@ def extract_split(
     params = towers.params()
     if params_sharding is not None:
         params = jax.device_put(params, params_sharding)
-    forward = towers.jitted_features
+    forward = towers.jitted_columns
     lead = jax.process_index() == 0
     progress = console.Progress(
-        f"features {out_dir.name}", num_rows, "samples", warmup_name="on the first batch", enabled=lead
+        f"features {name or out_dir.name}", num_rows, "samples", warmup_name="on the first batch",
+        enabled=lead,
     )
     writer = _RowWriter(out_dir, num_rows, np.dtype(storage_dtype))
     pending: list[np.ndarray] = []  # row positions written since the last marker
 
-    def finish(index: int, gbatch: Mapping[str, jax.Array], vision: jax.Array, text: jax.Array) -> None:
-        rows = {"vision": host_value(vision), "text": host_value(text)}
+    def finish(index: int, gbatch: Mapping[str, jax.Array], outputs: Mapping[str, jax.Array]) -> None:
+        rows = {k: host_value(v) for k, v in outputs.items()}
         rows.update({k: host_value(gbatch[k]) for k in (*LABEL_FIELDS, "mask")})
         keep = rows.pop("mask").astype(bool)
         rows = {k: v[keep] for k, v in rows.items()}
@@ -267,7 +318,7 @@ def extract_split(
         progress.update(done, warmup=True)
         start *= shard_batches
         if start:
-            log.info("features %s: resuming at batch %d (%d done)", out_dir.name, start, done)
+            log.info("features %s: resuming at batch %d (%d done)", name or out_dir.name, start, done)
         batches = batches(start_batch=start)
     first = start  # the batch that compiles: its time is left out of the rate
     in_flight = None
@@ -277,7 +328,7 @@ def extract_split(
         if _marker(out_dir, i // shard_batches).exists():
             continue  # resumed: this part was extracted before the kill
         gbatch = to_global(batch)
-        launched = (i, gbatch, *forward(params, gbatch))  # dispatch returns before the compute ends
+        launched = (i, gbatch, forward(params, gbatch))  # dispatch returns before the compute ends
         if in_flight is not None:
             finish(*in_flight)
         in_flight = launched
@@ -416,3 +467,251 @@ def release(cache: Mapping[str, np.ndarray]) -> None:
         mapped = getattr(array, "_mmap", None)
         if mapped is not None:
             mapped.madvise(mmap.MADV_DONTNEED)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The feature store: columns shared between runs, keyed by what determines them.
+
+FORMAT_VERSION = 1  # bump when the code computes other values from the same towers and rows
+LABELS_DONE = "labels.json"  # an entry's label fields are complete (written after them)
+LOCK_FILE = "lock"
+RECORD_FILE = "features.json"  # in the workdir: the store entries and columns a run read
+
+
+def _array(value: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def release_all(cache: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> None:
+    """:func:`release` of a run's split cache, whose "vision" is one column per tower."""
+    release({f"{k}.{i}": a for k, v in cache.items() for i, a in enumerate(_array(v))})
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One tower's output over a split, stored as ``<entry>/<name>.npy`` beside ``<name>.json`` (what its
+    key covers). ``field`` is its name in :meth:`FrozenTowers.columns` ("vision.dinov2", "text")."""
+
+    field: str
+    tower: str  # the config.towers name
+    inputs: Mapping[str, object]  # what determines it: tower digest, dtypes, preprocessing, format
+
+    @property
+    def key(self) -> str:
+        return hashing.digest_json(dict(self.inputs))
+
+    @property
+    def name(self) -> str:
+        """``vision-dinov2-<key16>``, ``text-siglip-mean-<key16>``."""
+        if self.field == TEXT_FIELD:
+            kind = f"text-{self.tower}-{self.inputs['text_output']}"
+        else:
+            kind = f"vision-{self.tower}"
+        return f"{kind}-{self.key[:16]}"
+
+
+def variant_columns(
+    towers_cfg: ml_collections.ConfigDict,
+    variant: str,
+    *,
+    storage_dtype: str,
+    image_side: int,
+    memo_dir: str | os.PathLike | None = None,
+) -> tuple[tuple[Column, ...], Column]:
+    """(vision columns in the variant's tower order, text column) of a variant; reads no weights.
+
+    A column's key covers the content digest of its tower's directory (``towers.content_digest``: every
+    file, weights, config and tokenizer/processor files), the part and text output, the towers' dtype,
+    the storage dtype, the image side the pipeline resizes to before the tower's own resize (vision) and
+    ``FORMAT_VERSION``. ``memo_dir`` remembers large files' digests. FileNotFoundError naming the
+    ``--config.towers.<name>`` field of a missing directory.
+    """
+    spec = variants.get(variant)
+    digests = {
+        name: towers_lib.content_digest(_tower_dir(towers_cfg, name), memo_dir) for name in spec.towers
+    }
+    common = {"format": FORMAT_VERSION, "towers_dtype": towers_cfg.dtype, "storage_dtype": storage_dtype}
+    vision = tuple(
+        Column(vision_field(name), name,
+               {**common, "part": "vision", "tower": digests[name], "image_side": int(image_side)})
+        for name in spec.vision
+    )  # fmt: skip
+    text_inputs = {**common, "part": "text", "tower": digests[spec.text], "text_output": spec.text_output}
+    text = Column(TEXT_FIELD, spec.text, text_inputs)
+    return vision, text
+
+
+def variant_dims(towers_cfg: ml_collections.ConfigDict, variant: str) -> tuple[int, int]:
+    """(vision_dim, text_dim) of a variant's towers, from their config files alone (no weights read)."""
+    spec = variants.get(variant)
+    vision = sum(towers_lib.hidden_size(_tower_dir(towers_cfg, n), "vision") for n in spec.vision)
+    return vision, towers_lib.hidden_size(_tower_dir(towers_cfg, spec.text), "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """The store entry of one split's rows and the columns a variant reads from it.
+
+    ``<store>/<split>-<key16>/``: the key covers the split's rows in order (``smart101.rows_fingerprint``:
+    CSV fields and each image's size and mtime) and ``FORMAT_VERSION``. It holds the label fields once
+    (``labels.npy``, ``puzzle_ids.npy``, ...; ``labels.json`` once they are complete) and any number of
+    columns, each immutable once renamed into place.
+    """
+
+    entry: pathlib.Path
+    num_rows: int
+    vision: tuple[Column, ...]
+    text: Column
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return (*self.vision, self.text)
+
+    def column_path(self, column: Column) -> pathlib.Path:
+        return self.entry / f"{column.name}.npy"
+
+    def missing(self) -> list[Column]:
+        """The columns this entry does not hold yet (all of them while its labels are incomplete)."""
+        if not (self.entry / LABELS_DONE).exists():
+            return list(self.columns)
+        return [c for c in self.columns if not self.column_path(c).exists()]
+
+    def load(self) -> dict[str, np.ndarray | tuple[np.ndarray, ...]]:
+        """The split's cache in row order: "vision" a tuple of read-only memmaps (one per vision tower, the
+        variant's order), "text" and each label field one memmap; nothing read yet."""
+        cache: dict = {f: _load_memmap(self.entry / f"{f}.npy") for f in LABEL_FIELDS}
+        cache["vision"] = tuple(_load_memmap(self.column_path(c)) for c in self.vision)
+        cache["text"] = _load_memmap(self.column_path(self.text))
+        return cache
+
+
+def plan_split(store: str | os.PathLike, split: str, rows_fingerprint: str, num_rows: int,
+               columns: tuple[tuple[Column, ...], Column]) -> SplitPlan:  # fmt: skip
+    """The :class:`SplitPlan` of a split's rows (their ``smart101.rows_fingerprint``) in ``store``."""
+    key = hashing.digest_json({"format": FORMAT_VERSION, "split": split, "rows": rows_fingerprint})
+    entry = pathlib.Path(store).absolute() / f"{split}-{key[:16]}"
+    return SplitPlan(entry, num_rows, *columns)
+
+
+def _load_memmap(path: pathlib.Path) -> np.ndarray:
+    array = np.load(path, mmap_mode="r")
+    if _row_bytes(array) >= mmap.PAGESIZE:
+        array._mmap.madvise(mmap.MADV_RANDOM)  # see load_split
+    return array
+
+
+@contextlib.contextmanager
+def _locked(entry: pathlib.Path, enabled: bool) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<entry>/lock`` (process 0 of a job; others wait at the barriers): a
+    second job extracting into the same entry waits, then finds what the first wrote."""
+    if not enabled:
+        yield
+        return
+    entry.mkdir(parents=True, exist_ok=True)
+    with open(entry / LOCK_FILE, "a") as lock:
+        if not _try_lock(lock):
+            log.info("features %s: waiting for another run extracting into it", entry)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _try_lock(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _agreed_missing(plan: SplitPlan) -> list[Column]:
+    """The columns process 0 finds missing, on every process (they extract together)."""
+    missing = plan.missing()
+    if jax.process_count() == 1:
+        return missing
+    mask = np.asarray([c in missing for c in plan.columns], np.int32)
+    mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+    return [c for c, m in zip(plan.columns, mask, strict=True) if m]
+
+
+def missing_everywhere(plan: SplitPlan) -> list[Column]:
+    """The columns of ``plan`` missing from its store entry, as process 0 sees it, on every process."""
+    return _agreed_missing(plan)
+
+
+def fill_split(
+    plan: SplitPlan, extract: Callable[[list[Column], pathlib.Path], object]
+) -> list[Column]:
+    """Make ``plan.entry`` hold every column of the plan and the label fields; returns those extracted.
+
+    Under the entry's lock, ``extract(missing, work_dir)`` is called with the columns still missing; it
+    must leave a finished :func:`extract_split` cache (their fields and the label fields) in
+    ``work_dir`` = ``<entry>/extracting-<key16 of the missing set>/``, where a killed extraction resumes.
+    Then (process 0) each column's ``.json`` and ``.npy`` and, when the entry lacks them, the label fields
+    are renamed into the entry, ``labels.json`` written, and the work dir removed.
+    """
+    lead = jax.process_index() == 0
+    if not plan.missing() and jax.process_count() == 1:
+        return []
+    with _locked(plan.entry, enabled=lead):
+        missing = _agreed_missing(plan)
+        if not missing:
+            return []
+        names = sorted(c.name for c in missing)
+        work = plan.entry / f"extracting-{hashing.digest_json(names)[:16]}"
+        extract(missing, work)
+        if lead:
+            if not (plan.entry / LABELS_DONE).exists():
+                for field in LABEL_FIELDS:
+                    os.replace(work / f"{field}.npy", plan.entry / f"{field}.npy")
+                _atomic_write_json(plan.entry / LABELS_DONE, {"rows": plan.num_rows, "fields": LABEL_FIELDS})
+            for column in missing:
+                _atomic_write_json(plan.entry / f"{column.name}.json", dict(column.inputs))
+                os.replace(work / f"{column.field}.npy", plan.column_path(column))
+            shutil.rmtree(work)
+        multihost_utils.sync_global_devices(f"features stored {plan.entry}")
+    return missing
+
+
+def _atomic_write_json(path: pathlib.Path, value: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def write_record(path: str | os.PathLike, store: pathlib.Path, plans: Mapping[str, SplitPlan],
+                 extracted: Mapping[str, Sequence[Column]]) -> None:  # fmt: skip
+    """``<workdir>/features.json``: the store, and per split its entry, the columns the run read (vision
+    in order, text) and those this run extracted."""
+    record = {
+        "store": str(store),
+        "format": FORMAT_VERSION,
+        "splits": {
+            split: {
+                "entry": str(plan.entry),
+                "rows": plan.num_rows,
+                "vision": [c.name for c in plan.vision],
+                "text": plan.text.name,
+                "extracted": [c.name for c in extracted.get(split, ())],
+            }
+            for split, plan in plans.items()
+        },
+    }
+    _atomic_write_json(pathlib.Path(path), record)
+
+
+def read_recorded(workdir: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    """The features a run trained or evaluated on (its ``features.json``), as the head takes them:
+    "vision" [N, sum D] (the columns concatenated, in memory), "text" and the label fields (memmaps).
+    FileNotFoundError when the workdir or the store no longer holds them."""
+    record_file = pathlib.Path(workdir) / RECORD_FILE
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{record_file} does not exist: the run cached no features")
+    info = json.loads(record_file.read_text())["splits"][split]
+    entry = pathlib.Path(info["entry"])
+    cache = {f: _load_memmap(entry / f"{f}.npy") for f in LABEL_FIELDS}
+    cache["vision"] = np.concatenate([_load_memmap(entry / f"{n}.npy") for n in info["vision"]], axis=-1)
+    cache["text"] = _load_memmap(entry / f"{info['text']}.npy")
+    return cache

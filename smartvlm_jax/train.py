@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 
 from smartvlm_jax import console, features, metrics, optim, parallel, reasoner, reports, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
-from smartvlm_jax.workdir import Workdir
+from smartvlm_jax.workdir import Workdir, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,9 @@ def predict_step(params, batch, tower_params, *, model, model_cfg, towers=None) 
 class GatherCached:
     """Turns a batch of (row position, mask) pairs into a batch of cached features and labels.
 
-    The cache's arrays are memmaps (``features.load_split``): ``features.read_rows`` reads the batch's
-    rows only. float16-stored features become float32 here, on their way to the device. Every
+    The cache's arrays are memmaps (``features.SplitPlan.load``; "vision" a tuple of per-tower columns,
+    concatenated here): ``features.read_rows`` reads the batch's rows only. float16-stored features
+    become float32 here, on their way to the device. Every
     ``release_bytes`` read, the memmaps' pages leave the process's resident set (``features.release``), so
     an epoch over a cache larger than memory keeps the RSS small. (The kernel maps about 8x the bytes a
     shuffled batch reads, whole page-cache folios around each row: 32 MiB read holds ~300 MiB resident.)
@@ -149,10 +150,15 @@ class GatherCached:
 
     def __call__(self, planned: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         rows, mask = planned
-        batch = {k: features.read_rows(v, np.asarray(rows)) for k, v in self._cache.items()}
+        read = lambda v: features.read_rows(v, np.asarray(rows))  # noqa: E731
+        # "vision" is one column per tower, concatenated in the variant's order as the head takes it
+        batch = {
+            k: np.concatenate([read(c) for c in v], axis=-1) if isinstance(v, tuple) else read(v)
+            for k, v in self._cache.items()
+        }
         self._read += sum(v.nbytes for v in batch.values())
         if self._read >= self._release_bytes:
-            features.release(self._cache)
+            features.release_all(self._cache)
             self._read = 0
         batch = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in batch.items()}
         batch["mask"] = np.asarray(mask, bool)
@@ -191,7 +197,7 @@ class Run:
     splits: dict[str, list[smart101.Row]]
     num_classes: dict[int, int]
     towers_cfg: ml_collections.ConfigDict
-    frozen: features.FrozenTowers
+    frozen: features.FrozenTowers | None  # None until a run needs them (cached features: only to extract)
     model_cfg: ml_collections.ConfigDict
     model: Any
     tower_params: Any = None
@@ -201,6 +207,9 @@ class Run:
     puzzle_info: dict[int, smart101.PuzzleInfo] = dataclasses.field(default_factory=dict)
     compile_cache: pathlib.Path | None = None  # XLA's persistent compilation cache in use (None: off)
     compiles: summaries.CompileLog | None = None  # what XLA compiled or loaded, when recorded
+    # cache_features: each split's feature-store entry and the columns the variant reads
+    feature_plans: dict[str, features.SplitPlan] = dataclasses.field(default_factory=dict)
+    feature_store: pathlib.Path | None = None
 
     @functools.cached_property
     def train_labels(self) -> dict[str, np.ndarray]:
@@ -223,15 +232,24 @@ class Run:
         return pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
 
     def image_batches(
-        self, split: str, *, shuffle: bool, num_epochs: int, global_batch: int, start_batch: int = 0
+        self,
+        split: str,
+        *,
+        shuffle: bool,
+        num_epochs: int,
+        global_batch: int,
+        start_batch: int = 0,
+        towers: features.FrozenTowers | None = None,
     ):
+        """Image batches resized for ``towers`` (default: the run's) and tokenized by its text tower."""
+        towers = towers or self.frozen
         return pipeline.make_pipeline(
             self.data_cfg.data_dir,
             split,
             self.data_cfg,
             global_batch_size=global_batch,
-            preprocessors=self.frozen.preprocessors(),
-            tokenizer=self.frozen.text.tokenizer,
+            preprocessors=towers.preprocessors(),
+            tokenizer=towers.tokenizer,
             seed=self.config.seed,
             shuffle=shuffle,
             num_epochs=num_epochs,
@@ -425,22 +443,69 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | Workd
     parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
     with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
         data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
-    with timing("towers"):  # tiny towers built (if asked) and loaded
+    with timing("towers"):  # tiny towers built (if asked); loaded here only to run inside the step
         towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
-        frozen = features.load_towers(towers_cfg, config.model.features)
+        frozen = None if config.cache_features else features.load_towers(towers_cfg, config.model.features)
     model_cfg = ml_collections.ConfigDict(config.model)
     model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
     model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
-    model_cfg.vision_dim = frozen.vision_dim
-    model_cfg.text_dim = frozen.text_dim
+    # the towers' widths from their config files: a run on stored features loads no weights
+    model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.features)
     model = reasoner.build(model_cfg)  # validates: an unknown variant names its field
     run = Run(config, workdir, mesh, data_cfg, splits, num_classes, towers_cfg, frozen, model_cfg, model,
               timing=timing, puzzle_info=smart101.read_puzzle_info(data_cfg.root),
               compile_cache=compile_cache)  # fmt: skip
-    rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES
-    run.tower_params = jax.device_put(frozen.params(), parallel.shardings_for(frozen.params(), mesh, rules))
+    if frozen is not None:
+        place_towers(run, frozen)
+    if config.cache_features:
+        with timing("features/fingerprint"):
+            plan_features(run)
     write_run_config(run)
     return run
+
+
+def place_towers(run: Run, frozen: features.FrozenTowers) -> None:
+    """Make ``frozen`` the run's towers, their parameters placed on the mesh (replicated or FSDP)."""
+    rules = parallel.TOWER_FSDP_RULES if run.towers_cfg.fsdp else parallel.REPLICATED_RULES
+    params = frozen.params()
+    run.frozen = frozen
+    run.tower_params = jax.device_put(params, parallel.shardings_for(params, run.mesh, rules))
+
+
+def feature_store_dir(config: ml_collections.ConfigDict, workdir: Workdir) -> pathlib.Path:
+    """Where the run's features are stored: ``config.feature_store``, or ``<workdir>/features`` when it is
+    '' (opt-out) or when a multi-process job would use the default per-user cache, which other hosts do
+    not see (a named store must be on a filesystem every host sees)."""
+    store = config.get("feature_store", "")
+    if not store:
+        return workdir.feature_store
+    if jax.process_count() > 1 and pathlib.Path(store).absolute() == user_cache_dir("features"):
+        log.warning(
+            "features: %d processes and the per-user default store %s, which other hosts may not see: "
+            "storing in %s (name a shared store with --config.feature_store)",
+            jax.process_count(), store, workdir.feature_store,
+        )  # fmt: skip
+        return workdir.feature_store
+    return pathlib.Path(store).absolute()
+
+
+def plan_features(run: Run) -> None:
+    """``run.feature_plans``: each split's store entry (keyed by its rows' fingerprint) and the columns
+    of the run's variant (keyed by the towers' contents, dtypes and preprocessing); reads no weights."""
+    run.feature_store = feature_store_dir(run.config, run.workdir)
+    columns = features.variant_columns(
+        run.towers_cfg,
+        run.config.model.features,
+        storage_dtype=run.config.get("feature_dtype", "float32"),
+        image_side=int(run.data_cfg.get("image_side", smart101.IMAGE_SIDE)),
+        memo_dir=run.feature_store / "digests",
+    )
+    run.feature_plans = {
+        split: features.plan_split(
+            run.feature_store, split, smart101.rows_fingerprint(rows), len(rows), columns
+        )
+        for split, rows in run.splits.items()
+    }
 
 
 def write_run_config(run: Run) -> None:
@@ -474,8 +539,23 @@ def check_same_head(workdir: Workdir, model: Mapping[str, Any]) -> None:
 
 
 def extract_features(run: Run) -> None:
-    """Fill ``run.caches`` split by split, extracting what the workdir does not hold yet."""
+    """Fill ``run.caches`` split by split from the feature store, extracting only the columns it lacks.
+
+    The towers of missing columns are loaded (once, into ``run.frozen``) only when some column is missing;
+    a run whose columns are all stored loads no tower. Writes ``<workdir>/features.json`` (the store
+    entries and columns read) and logs whether the features were reused or extracted, and where.
+    """
+    variant = run.config.model.features
+    missing = {split: features.missing_everywhere(plan) for split, plan in run.feature_plans.items()}
+    needed = {c.name: c for columns in missing.values() for c in columns}.values()
+    if needed and run.frozen is None:
+        with run.timing("towers"):
+            vision = [c.tower for c in needed if c.field != features.TEXT_FIELD]
+            text = any(c.field == features.TEXT_FIELD for c in needed)
+            place_towers(run, features.load_towers(run.towers_cfg, variant, vision=vision, text=text))
+    extracted: dict[str, list[features.Column]] = {}
     for split, rows in run.splits.items():
+        plan = run.feature_plans[split]
         positions = {(r.puzzle_id, r.instance_id): i for i, r in enumerate(rows)}
 
         def row_position(puzzle_ids, instance_ids, positions=positions):
@@ -483,28 +563,63 @@ def extract_features(run: Run) -> None:
                 [positions[(int(p), int(i))] for p, i in zip(puzzle_ids, instance_ids, strict=True)]
             )
 
-        out_dir = run.workdir.features(split)
-        cached = features.is_complete(out_dir)
-        with run.timing(f"features/{split}") as counts:
-            run.caches[split] = features.extract_split(
-                run.frozen,
+        def extract(columns: list[features.Column], work_dir: pathlib.Path, split=split, rows=rows) -> None:
+            towers = towers_for(run.frozen, columns)
+            params = run.tower_params
+            if towers is not run.frozen:  # the towers of the columns still missing here, a subset
+                params = {"vision": {n: params["vision"][n] for n in towers.vision},
+                          **({"text": params["text"]} if towers.text is not None else {})}  # fmt: skip
+            features.extract_split(
+                towers,
                 functools.partial(
                     run.image_batches,
                     split,
                     shuffle=False,
                     num_epochs=1,
                     global_batch=run.config.eval_batch_size,
+                    towers=towers,
                 ),
                 run.to_global,
                 row_position,
                 len(rows),
-                out_dir,
+                work_dir,
                 shard_batches=run.config.feature_shard_batches,
-                params_sharding=jax.tree.map(lambda x: x.sharding, run.tower_params),
+                params_sharding=jax.tree.map(lambda x: x.sharding, params),
                 storage_dtype=run.config.get("feature_dtype", "float32"),
+                name=split,
             )
-            if not cached:  # samples/s: the split's rows over the whole extraction, compiling included
+
+        with run.timing(f"features/{split}") as counts:
+            extracted[split] = features.fill_split(plan, extract)
+            if extracted[split]:  # samples/s: the split's rows over the whole extraction, compiling included
                 counts["samples"] = len(rows)
+            run.caches[split] = plan.load()
+    # the steps read the stored features: the towers' parameters leave the devices (and every run passes
+    # the steps the same arguments, whether it extracted or not, so XLA's cache serves them all)
+    run.tower_params = None
+    if run.is_lead:
+        features.write_record(run.workdir.feature_record, run.feature_store, run.feature_plans,
+                              extracted)  # fmt: skip
+        names = sorted({c.name for columns in extracted.values() for c in columns})
+        if names:
+            log.info("features: extracted %s into %s", ", ".join(names), run.feature_store)
+        else:
+            stored = ", ".join(c.name for c in run.feature_plans["train"].columns)
+            log.info("features: reused the stored %s in %s (no tower loaded)", stored, run.feature_store)
+
+
+def towers_for(frozen: features.FrozenTowers, columns: Iterable[features.Column]) -> features.FrozenTowers:
+    """``frozen`` itself when it computes exactly ``columns``, else the view of its towers that does."""
+    columns = list(columns)
+    vision = [c.tower for c in columns if c.field != features.TEXT_FIELD]
+    text = any(c.field == features.TEXT_FIELD for c in columns)
+    if list(frozen.vision) == vision and (frozen.text is not None) == text:
+        return frozen
+    return features.FrozenTowers(
+        vision={n: t for n, t in frozen.vision.items() if n in vision},
+        text=frozen.text if text else None,
+        text_output=frozen.text_output,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """The layout of a training workdir: every path a run writes or reads, named once.
 
     wd = Workdir("workdirs/smoke")
-    wd.config_file, wd.best_model, wd.results, wd.features("train"), wd.plot("test", "per_puzzle")
+    wd.config_file, wd.best_model, wd.results, wd.feature_record, wd.plot("test", "per_puzzle")
 
 ``<root>/``
     ``config.json``            the resolved run config (towers and data settings included)
     ``best_model/``            the best epoch's head: a reasoner model dir (``config.json`` + ``params/``)
     ``checkpoints/``           Orbax checkpoints of the training state, for resuming
-    ``features/<split>/``      the frozen towers' cached features, one ``.npy`` per field
+    ``features.json``          the feature-store entries and columns the run read (cached features)
+    ``features/``              the feature store, when the run keeps it here (``--config.feature_store=''``)
     ``results.json``           metrics per split (and timing), written atomically
     ``<split>_per_<group>.png`` per-puzzle and per-skill accuracy plots
     ``curves.png``             train loss by step, val S_acc/O_acc by epoch, the best epoch marked
@@ -16,7 +17,7 @@
     ``synthetic/``, ``tfds/``, ``towers/``  generated puzzles, the built dataset and tiny towers, when asked
 
 Pure path arithmetic (plus reading the run config): nothing here creates files. :func:`user_cache_dir` names
-the per-user cache that runs share (the XLA compilation cache).
+the per-user cache that runs share (the XLA compilation cache, the feature store).
 """
 
 from __future__ import annotations
@@ -55,8 +56,16 @@ class Workdir:
     def checkpoints(self) -> pathlib.Path:
         return self.root / "checkpoints"
 
-    def features(self, split: str) -> pathlib.Path:
-        return self.root / "features" / split
+    @property
+    def feature_store(self) -> pathlib.Path:
+        """``features/``: the run's own feature store (``--config.feature_store=''``, or a multi-process
+        job left with the per-user default)."""
+        return self.root / "features"
+
+    @property
+    def feature_record(self) -> pathlib.Path:
+        """``features.json``: which store entries and columns the run read (``features.write_record``)."""
+        return self.root / "features.json"
 
     @property
     def results(self) -> pathlib.Path:

@@ -1,5 +1,6 @@
 """Test-session settings: 8 simulated CPU devices (for sharding tests), no network for Hugging Face, and
-XLA's persistent compilation cache in a directory of this session (not the user's ~/.cache)."""
+XLA's persistent compilation cache and the project's per-user cache (the feature store) in directories of
+this session (not the user's ~/.cache)."""
 
 import atexit
 import os
@@ -14,3 +15,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # configs' compile_cache_dir 
     _cache = tempfile.mkdtemp(prefix="smartvlm_jax_tests_xla_cache_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, True)
+if "SMARTVLM_JAX_CACHE" not in os.environ:  # configs' feature_store default reads it (user_cache_dir)
+    _user_cache = tempfile.mkdtemp(prefix="smartvlm_jax_tests_cache_")
+    os.environ["SMARTVLM_JAX_CACHE"] = _user_cache
+    atexit.register(shutil.rmtree, _user_cache, True)

@@ -83,7 +83,7 @@ def test_the_variant_table_is_at_the_bottom():
 
 # docs/architecture.md's layers: a module may import its own layer or lower ones, never a higher one.
 LAYERS = {
-    1: ("puzzles", "variants", "workdir", "assets", "images", "cli", "activations"),
+    1: ("puzzles", "variants", "workdir", "assets", "images", "cli", "activations", "hashing"),
     2: ("data.smart101", "data.synthetic", "towers", "metrics"),
     3: ("reasoner", "features", "reports", "data.pipeline", "data.build", "data.tfds_smart101", "summaries",
         "console", "parallel", "optim", "convert.baseline_table"),

@@ -56,7 +56,7 @@ def test_predictor_equals_evaluation_path(workdir, run_config, predictor):
         [r.image_path for r in rows], [r.question for r in rows], [r.options for r in rows],
         [r.puzzle_id for r in rows],
     )  # fmt: skip
-    cache = features.load_split(workdir / "features" / "test")
+    cache = features.read_recorded(workdir, "test")
     np.testing.assert_array_equal(cache["puzzle_ids"], [r.puzzle_id for r in rows])  # same row order
 
     vision, text = predictor.features([r.image_path for r in rows], [r.question for r in rows])

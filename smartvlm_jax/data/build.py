@@ -3,7 +3,9 @@
     python -m smartvlm_jax.data.build --data-root /path/SMART101-Data --data-dir /path/tfds [--puzzles 1 2 3]
 
 The `tfds` command line needs apache_beam, so the build runs from Python. A dataset already built in
-`data_dir` from the same folder and puzzles is reused; a different one is an error unless `--overwrite`.
+`data_dir` from the same folder and puzzles is reused while the folder's rows and images are unchanged
+(`smart101.rows_fingerprint`, recorded in the dataset's metadata) and rebuilt when they changed; one of
+another folder or other puzzles is an error unless `--overwrite`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def build(
     """Write the rows of `puzzle_ids` under `data_root` as the TFDS dataset `smart101` in `data_dir`.
 
     Returns the read-only builder of the written dataset (its `.data_dir` is `dataset_path(data_dir)`).
-    Bad images raise smart101.BadImageError (file and CSV row named) unless `skip_bad_rows`.
+    A dataset of the same folder and puzzles built before is reused if the folder's rows and images have
+    the fingerprint it was built from (`smart101.rows_fingerprint`), else rebuilt. Bad images raise
+    smart101.BadImageError (file and CSV row named) unless `skip_bad_rows`.
     """
     ids = smart101.resolve_puzzle_ids(data_root, puzzle_ids)
     if not ids:
@@ -50,6 +54,9 @@ def build(
                     f"{path} holds puzzles {existing.get('puzzle_ids')} of {existing.get('source')}, not "
                     f"{ids} of {os.path.abspath(data_root)}; use another data dir or replace it (--overwrite)"
                 )
+            shutil.rmtree(path)
+        elif existing.get("fingerprint") != smart101.rows_fingerprint(smart101.read_rows(data_root, ids)):
+            log.info("rebuilding %s: the rows or images of %s changed since it was built", path, data_root)
             shutil.rmtree(path)
         else:
             log.info("reusing %s", path)

@@ -8,7 +8,7 @@ See the README section "Frozen towers" for the whole API.
 """
 
 from smartvlm_jax.towers.registry import FAMILIES, MODEL_TYPES, Family, ModelType, PartSource, Tower
-from smartvlm_jax.towers.store import create_random, load, save, tiny_config
+from smartvlm_jax.towers.store import content_digest, create_random, hidden_size, load, save, tiny_config
 from smartvlm_jax.towers.tokenizer import TextTokenizer, train_sentencepiece, write_wordpiece_vocab
 
 __all__ = [
@@ -19,7 +19,9 @@ __all__ = [
     "PartSource",
     "TextTokenizer",
     "Tower",
+    "content_digest",
     "create_random",
+    "hidden_size",
     "load",
     "save",
     "tiny_config",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from smartvlm_jax import hashing
 from smartvlm_jax.towers import hf, preprocess
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
@@ -45,6 +47,47 @@ from smartvlm_jax.towers.tokenizer import TextTokenizer
 
 VERSION = 2  # 2: the tokenizer is transformers' save_pretrained directory (1: one file plus settings)
 TOKENIZER_DIR = "tokenizer"
+
+
+def weights_digest(flat: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of flat weights as float32 (names, shapes and bytes, in sorted name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(flat):
+        value = np.ascontiguousarray(flat[name], np.float32)
+        digest.update(f"{name}:{list(value.shape)};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def content_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
+    """SHA-256 of what a tower directory holds: every file (config.json, weights, tokenizer and processor
+    files; ``hashing.directory_digest``), so a changed file gives a new digest.
+
+    A converted tower whose ``towers.json`` records each part's ``weights_sha256`` (written since that
+    field exists) is digested without its Orbax folders, whose files hold write timestamps: two writes
+    of the same weights (tiny towers of the same seed in two workdirs) then have one digest. ``memo_dir``
+    remembers the digests of large files (``hashing.file_digest``). FileNotFoundError when ``path`` is
+    not a directory.
+    """
+    skip_parts: set[str] = set()
+    if is_converted(path):
+        parts = read_meta(path).get("parts", {})
+        if parts and all("weights_sha256" in info for info in parts.values()):
+            skip_parts = set(parts)
+    return hashing.directory_digest(path, memo_dir, skip=lambda name: name.parts[0] in skip_parts)
+
+
+def hidden_size(path: str | os.PathLike, part: str) -> int:
+    """D, the width of a tower part's ``last_hidden_state`` (ResNet: its last stage's channels), read from
+    its ``config.json`` (or converted ``towers.json``) without loading weights; ValueError naming the
+    directory for a part its model lacks."""
+    path = os.fspath(path)
+    top_config = read_meta(path)["config"] if is_converted(path) else hf.read_config(path)
+    try:
+        _, cfg = part_config(top_config, part)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: no {part} part ({e})") from None
+    return int(cfg.get("hidden_size") or cfg["hidden_sizes"][-1])
 
 
 def build_tower(
@@ -192,6 +235,9 @@ def write_converted(
         if part == "text" and tokenizer is not None:
             check_vocab(tokenizer, cfg)
             info["tokenizer"] = {"dir": TOKENIZER_DIR, "max_length": tokenizer.max_length}
+        # Orbax's files hold timestamps, so two writes of the same weights differ on disk: the weights'
+        # own digest is what keys a converted tower's features (content_digest).
+        info["weights_sha256"] = weights_digest(flat)
         meta_parts[part] = info
     meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,
             "config": dict(top_config), "parts": meta_parts}  # fmt: skip

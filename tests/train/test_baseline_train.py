@@ -115,7 +115,7 @@ def test_cached_token_states_train_the_same(uncached, tmp_path):
         "cache_features": True,
     }
     cached = train.train_and_evaluate(run_config(**reuse), tmp_path)
-    cache = features.load_split(tmp_path / "features" / "train")
+    cache = features.read_recorded(tmp_path, "train")
     assert cache["vision"].shape == (66, 64) and cache["text"].shape == (66, 110, 32)
     empty = np.all(cache["text"] == 0, axis=-1)  # [N, 110]: positions beyond the question
     assert empty[:, -1].all() and not empty[:, :3].any()  # [CLS] + words + [SEP], then zeros

@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -155,8 +154,10 @@ def test_compile_cache_directory_and_opt_out(tmp_path):
 
 
 def copy_features(workdir: pathlib.Path, to: pathlib.Path) -> None:
-    """Reuse the reference's feature cache: the towers and data are the same, only the head run differs."""
-    shutil.copytree(workdir / "features", to / "features")
+    """Reuse the reference's features: they are in the session's feature store, keyed by the same data and
+    towers, so a run of them reads them (only the head run differs); this checks they are there."""
+    for split in train.SPLITS:
+        assert features.read_recorded(workdir, split)["labels"].shape[0] > 0
 
 
 def test_one_device_equals_eight(reference, tmp_path):
@@ -173,7 +174,7 @@ def test_one_device_equals_eight(reference, tmp_path):
 def test_uncached_equals_cached(reference, tmp_path):
     workdir, results = reference
     uncached = train.train_and_evaluate(run_config(**reusing(workdir), cache_features=False), tmp_path)
-    assert not (tmp_path / "features").exists()
+    assert not (tmp_path / "features").exists() and not (tmp_path / "features.json").exists()
     np.testing.assert_allclose(list(losses(tmp_path).values()), list(losses(workdir).values()), atol=1e-5)
     assert uncached["test"]["S_acc"] == results["test"]["S_acc"]
     assert uncached["test"]["per_puzzle"] == results["test"]["per_puzzle"]
@@ -337,7 +338,7 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
     """An extraction killed part-way is completed from its first missing shard: the pipeline is asked to
     start there, and the finished cache (one memmapped .npy per field) equals an uninterrupted one."""
     workdir, _ = reference
-    config = run_config(**reusing(workdir), feature_shard_batches=2)
+    config = run_config(**reusing(workdir), feature_shard_batches=2, feature_store=str(tmp_path / "store"))
     killed = train.setup(config, tmp_path)
     image_batches = killed.image_batches
 
@@ -350,9 +351,10 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
     killed.image_batches = dying
     with pytest.raises(Killed):
         train.extract_features(killed)
-    train_dir = tmp_path / "features" / "train"
+    entry = killed.feature_plans["train"].entry
+    (train_dir,) = entry.glob("extracting-*")  # the columns' partial files and shard markers
     assert sorted(p.name for p in train_dir.glob("shard_*")) == ["shard_00000.npy", "shard_00001.npy"]
-    assert not (train_dir / "done.json").exists() and not (train_dir / "vision.npy").exists()
+    assert not (train_dir / "done.json").exists() and not list(entry.glob("vision-*.npy"))
 
     resumed = train.setup(config, tmp_path)
     starts = []
@@ -365,14 +367,16 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
     resumed.image_batches = recording
     train.extract_features(resumed)
     assert starts == [("train", 4), ("val", 0), ("test", 0)]  # shards 0 and 1 hold batches 0-3
-    assert resumed.frozen.jitted_features._cache_size() == 1  # one compilation serves all three splits
-    assert not list(train_dir.glob("shard_*")) and not list(train_dir.glob("*.partial.npy"))
+    assert resumed.frozen.jitted_columns._cache_size() == 1  # one compilation serves all three splits
+    assert not train_dir.exists()  # markers and partial files gone, the columns renamed into the entry
     for split, cache in resumed.caches.items():
-        uninterrupted = features.load_split(workdir / "features" / split)
+        uninterrupted = features.read_recorded(workdir, split)
         assert cache.keys() == uninterrupted.keys() >= {"vision", "text", "labels", "puzzle_ids"}
         for key, value in cache.items():
-            assert isinstance(value, np.memmap) and value.mode == "r", (split, key)
-            np.testing.assert_array_equal(value, uninterrupted[key], err_msg=f"{split}/{key}")
+            for column in value if key == "vision" else (value,):
+                assert isinstance(column, np.memmap) and column.mode == "r", (split, key)
+            got = np.concatenate(value, axis=-1) if key == "vision" else value
+            np.testing.assert_array_equal(got, uninterrupted[key], err_msg=f"{split}/{key}")
 
 
 def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
@@ -381,15 +385,16 @@ def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
     workdir, results = reference
     half = train.train_and_evaluate(run_config(**reusing(workdir), feature_dtype="float16"), tmp_path)
     for split in train.SPLITS:
-        cache = features.load_split(tmp_path / "features" / split)
-        full = features.load_split(workdir / "features" / split)
+        cache = features.read_recorded(tmp_path, split)
+        full = features.read_recorded(workdir, split)
         for key in ("vision", "text"):
             assert cache[key].dtype == np.float16, (split, key)
             np.testing.assert_array_equal(cache[key], full[key].astype(np.float16))
         np.testing.assert_array_equal(cache["labels"], full["labels"])
-    assert (tmp_path / "features/train/text.npy").stat().st_size < (
-        workdir / "features/train/text.npy"
-    ).stat().st_size
+    text_file = lambda wd: pathlib.Path(  # noqa: E731
+        (r := json.loads((wd / "features.json").read_text())["splits"]["train"])["entry"], r["text"] + ".npy"
+    )
+    assert text_file(tmp_path).stat().st_size < text_file(workdir).stat().st_size
     ref, low = losses(workdir), losses(tmp_path)
     assert ref.keys() == low.keys()
     np.testing.assert_allclose(list(low.values()), list(ref.values()), atol=2e-3, rtol=0)

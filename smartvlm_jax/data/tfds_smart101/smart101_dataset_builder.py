@@ -97,6 +97,9 @@ class Smart101(tfds.core.GeneratorBasedBuilder):
             {
                 "source": os.path.abspath(root),
                 "puzzle_ids": sorted(num_rows),
+                # what the dataset was built from (CSV rows, image sizes and mtimes): build() rebuilds a
+                # dataset whose folder changed since
+                "fingerprint": smart101.rows_fingerprint(rows),
                 "num_rows": {str(p): n for p, n in num_rows.items()},
                 "num_classes": {str(p): c for p, c in classes.items()},
                 "skipped": skipped,
