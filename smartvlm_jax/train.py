@@ -625,14 +625,23 @@ def check_members(config: ml_collections.ConfigDict, members: Sequence[Member]) 
 
 def member_runs(run: Run, members: Sequence[Member]) -> list[Run]:
     """Each member's :class:`Run`: the group's data, towers, caches and timing, with the member's resolved
-    config, workdir (``<workdir>/<name>``, created, its ``config.json`` written) and head config."""
+    config (the group's data root, dataset and tower directories written out: no synthetic or tiny flags),
+    workdir (``<workdir>/<name>``, created, its ``config.json`` written) and head config."""
     out = []
     for m in members:
         model_cfg = ml_collections.ConfigDict(run.model_cfg)
         model_cfg.pdrop = run.model_cfg.pdrop if m.pdrop is None else float(m.pdrop)
+        config = member_config(run.config, m)
+        # The group's data and towers, named explicitly: a single run of this config reads them where they
+        # are instead of writing synthetic puzzles or tiny towers of its own (its check would refuse); copies.
+        config.data = ml_collections.ConfigDict(run.data_cfg.to_dict())
+        config.towers = ml_collections.ConfigDict(run.towers_cfg.to_dict())
+        config.synthetic.enabled, config.towers.tiny = False, False
         member = dataclasses.replace(
             run,
-            config=member_config(run.config, m),
+            config=config,
+            data_cfg=config.data,
+            towers_cfg=config.towers,
             workdir=run.workdir.member(m.name),
             model_cfg=model_cfg,
             model=reasoner.build(model_cfg),

@@ -65,6 +65,6 @@ def test_members_memory_grows_by_one_state_per_member():
     assert three["state"] == 3 * one["state"]
     batch = one["arguments"] - one["state"]
     assert 0 < batch < 0.01 * one["state"]
-    assert three["arguments"] == three["state"] + batch
+    assert three["arguments"] - three["state"] < 1.1 * batch  # + the members' hyperparameters
     assert three["aliased"] == three["state"]
     assert three["temp"] < 3 * one["temp"] * 1.1
