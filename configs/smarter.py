@@ -19,7 +19,8 @@ from smartvlm_jax.workdir import user_cache_dir
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0  # seeds initialisation, dropout and the data order
+    c.seed = 0  # seeds initialisation, dropout and (with data_seed -1) the data order
+    c.data_seed = -1  # seeds the training data order (-1: config.seed); members of a group share it
 
     c.data = smart101.default_data_config()  # SMART-101 folder, puzzles, split type, data_tot, ratio
 

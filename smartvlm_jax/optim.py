@@ -10,12 +10,22 @@ import ml_collections
 import optax
 
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+    optim: ml_collections.ConfigDict, total_steps: int, lr: jax.Array | float | None = None
+) -> optax.Schedule:
     """Linear from 0 over ``warmup_steps``, then cosine to 0 at ``total_steps`` (SPEC section 7).
 
     The schedule is read at the update's step count, so the first update uses lr 0, as the reference's
-    warm-up does. ``schedule="constant"`` (the SMART baseline) keeps ``lr`` throughout.
+    warm-up does. ``schedule="constant"`` (the SMART baseline) keeps ``lr`` throughout. ``lr`` (a float32
+    scalar, may be traced: one per vmapped member) replaces ``optim.lr`` as the peak; None keeps it.
+    ValueError names a bad ``--config.optim.schedule``.
     """
+    if lr is not None:
+        # Both schedules start and end at 0 (or are constant), so they are linear in the peak: peak x the
+        # unit schedule is the same float arithmetic as optax's with that peak (its code tests the peak in
+        # Python, which a tracer cannot answer).
+        unit = learning_rate_schedule(ml_collections.ConfigDict({**optim.to_dict(), "lr": 1.0}), total_steps)
+        return lambda count: lr * unit(count)
     if optim.schedule == "constant":
         return optax.constant_schedule(optim.lr)
     if optim.schedule != "warmup_cosine":
@@ -29,8 +39,18 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
     )
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim: ml_collections.ConfigDict,
+    total_steps: int,
+    *,
+    lr: jax.Array | float | None = None,
+    weight_decay: jax.Array | float | None = None,
+) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW (or Adam) with the schedule; weight decay on every parameter.
+
+    ``lr`` and ``weight_decay`` (float32 scalars, may be traced: one per vmapped member) replace
+    ``optim.lr`` and ``optim.weight_decay``; None keeps the config's. The optimiser state's structure and
+    shapes do not depend on them. ValueError names a bad ``--config.optim.name`` or ``schedule``.
 
     With ``optim.skip_absent_rows`` the update takes ``row_mask=`` (``reasoner.row_presence``) and, as
     PyTorch does for parameters without a gradient, leaves the rows of per-puzzle stacks that the batch did
@@ -38,8 +58,8 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
     """
     if optim.name not in ("adam", "adamw"):
         raise ValueError(f"--config.optim.name={optim.name!r} is not 'adamw' or 'adam'")
-    schedule = learning_rate_schedule(optim, total_steps)
-    decay = optim.weight_decay if optim.name == "adamw" else 0.0
+    schedule = learning_rate_schedule(optim, total_steps, lr)
+    decay = (optim.weight_decay if weight_decay is None else weight_decay) if optim.name == "adamw" else 0.0
     if optim.get("skip_absent_rows", False):
         opt = row_sparse_adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=decay)
     elif optim.name == "adamw":

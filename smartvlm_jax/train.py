@@ -16,7 +16,7 @@ import pathlib
 import shutil
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -42,7 +42,9 @@ EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a resumed run needs besides the data iterator: a plain pytree for Orbax."""
+    """Everything a resumed run needs besides the data iterator: a plain pytree for Orbax.
+
+    A group's members (:func:`train_members`) stack it on a leading member axis [N, ...]."""
 
     step: jax.Array
     params: Any
@@ -58,13 +60,16 @@ class TrainMetrics(clu_metrics.Collection):
     learning_rate: clu_metrics.LastValue.from_output("learning_rate")
 
 
-def window_to_json(window: TrainMetrics | None) -> list[float] | None:
-    """The train metrics accumulated since the last logged step, as JSON numbers (for the checkpoint)."""
-    return None if window is None else [float(x) for x in jax.tree.leaves(jax.device_get(window))]
+def window_to_json(window: TrainMetrics | None) -> list | None:
+    """The train metrics accumulated since the last logged step, as JSON numbers (for the checkpoint):
+    one number per leaf, or a list of N per leaf for a group's stacked metrics."""
+    if window is None:
+        return None
+    return [np.asarray(x).tolist() for x in jax.tree.leaves(jax.device_get(window))]
 
 
 def window_from_json(values: list[float] | None) -> TrainMetrics | None:
-    """Inverse of :func:`window_to_json` (each leaf back to its dtype)."""
+    """Inverse of :func:`window_to_json` (each leaf back to its dtype, and its shape: () or [N])."""
     if values is None:
         return None
     template = TrainMetrics.single_from_model_output(loss=0.0, grad_norm=0.0, learning_rate=0.0)
@@ -97,14 +102,24 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     towers=None,
+    pdrop: jax.Array | None = None,
 ) -> tuple[TrainState, TrainMetrics]:
-    """One AdamW update of the head; the towers (if any) are frozen inputs, never differentiated."""
+    """One AdamW update of the head; the towers (if any) are frozen inputs, never differentiated.
+
+    ``pdrop`` (float32 scalar, may be traced) replaces ``model_cfg.pdrop``, as a member's does.
+    """
     vision, text = head_inputs(batch, towers, tower_params)
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(params):
         logits = model.apply(
-            {"params": params}, vision, text, batch["puzzle_ids"], train=True, rngs={"dropout": dropout_rng}
+            {"params": params},
+            vision,
+            text,
+            batch["puzzle_ids"],
+            train=True,
+            pdrop=pdrop,
+            rngs={"dropout": dropout_rng},
         )
         return reasoner.loss(logits, batch["labels"], batch["puzzle_ids"], model_cfg, mask=batch["mask"])
 
@@ -118,6 +133,38 @@ def train_step(
         loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step)
     )
     return new_state, metrics
+
+
+def member_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    tower_params,
+    hparams: Mapping[str, jax.Array],
+    active: jax.Array,
+    *,
+    model,
+    model_cfg: ml_collections.ConfigDict,
+    optim_cfg: ml_collections.ConfigDict,
+    total_steps: int,
+    towers=None,
+) -> tuple[TrainState, TrainMetrics]:
+    """:func:`train_step` of one member, for ``jax.vmap`` over members: its optimiser and schedule built
+    from its own ``hparams`` ("lr", "weight_decay", "pdrop": float32 scalars, traced), and its state left
+    as it was where ``active`` (bool scalar) is False, so a member whose patience ran out stays frozen."""
+    new_state, step_metrics = train_step(
+        state,
+        batch,
+        tower_params,
+        model=model,
+        model_cfg=model_cfg,
+        tx=optim.make_optimizer(
+            optim_cfg, total_steps, lr=hparams["lr"], weight_decay=hparams["weight_decay"]
+        ),
+        schedule=optim.learning_rate_schedule(optim_cfg, total_steps, hparams["lr"]),
+        towers=towers,
+        pdrop=hparams["pdrop"],
+    )
+    return jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state), step_metrics
 
 
 def predict_step(params, batch, tower_params, *, model, model_cfg, towers=None) -> jax.Array:
@@ -250,7 +297,7 @@ class Run:
             global_batch_size=global_batch,
             preprocessors=towers.preprocessors(),
             tokenizer=towers.tokenizer,
-            seed=self.config.seed,
+            seed=data_seed(self.config),
             shuffle=shuffle,
             num_epochs=num_epochs,
             drop_remainder=False,
@@ -264,11 +311,17 @@ class Run:
             return cached_batches(
                 self.caches[split],
                 global_batch,
-                seed=self.config.seed,
+                seed=data_seed(self.config),
                 shuffle=shuffle,
                 num_epochs=num_epochs,
             )
         return self.image_batches(split, shuffle=shuffle, num_epochs=num_epochs, global_batch=global_batch)
+
+
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the data order: ``config.data_seed``, or ``config.seed`` where it is -1 (or absent)."""
+    seed = int(config.get("data_seed", -1))
+    return int(config.seed) if seed < 0 else seed
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -623,6 +676,112 @@ def towers_for(frozen: features.FrozenTowers, columns: Iterable[features.Column]
 
 
 # ----------------------------------------------------------------------------------------------------
+# Members: several heads trained at once, vmapped over a leading axis of the train state.
+
+# Names a member may not take: they are the group workdir's own entries.
+RESERVED_NAMES = ("best_model", "checkpoints", "features", "synthetic", "tfds", "towers", "tensorboard")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One head of a group (:func:`train_members`): its name (the subdirectory of its workdir), its seed
+    (initialisation and dropout), and the learning rate, weight decay and dropout rate it trains with
+    (None: the config's ``optim.lr``, ``optim.weight_decay``, ``model.pdrop``)."""
+
+    name: str
+    seed: int
+    lr: float | None = None
+    weight_decay: float | None = None
+    pdrop: float | None = None
+
+
+def member_config(config: ml_collections.ConfigDict, member: Member) -> ml_collections.ConfigDict:
+    """The single-run config that reproduces ``member``: ``seed``, ``optim.lr``, ``optim.weight_decay`` and
+    ``model.pdrop`` set to the member's, and ``data_seed`` set to the group's data order explicitly (a
+    member's seed varies initialisation and dropout, never the batches)."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.data_seed = data_seed(config)
+    out.seed = int(member.seed)
+    if member.lr is not None:
+        out.optim.lr = float(member.lr)
+    if member.weight_decay is not None:
+        out.optim.weight_decay = float(member.weight_decay)
+    if member.pdrop is not None:
+        out.model.pdrop = float(member.pdrop)
+    return out
+
+
+def check_members(config: ml_collections.ConfigDict, members: Sequence[Member]) -> list[Member]:
+    """The members as a list, or ValueError naming the member and the field that cannot be right."""
+    members = list(members)
+    if not members:
+        raise ValueError("train_members needs at least one Member")
+    names = [m.name for m in members]
+    for m in members:
+        if not isinstance(m, Member):
+            raise ValueError(f"members: {m!r} is not a train.Member")
+        if not m.name or m.name in (".", "..") or "/" in m.name or m.name in RESERVED_NAMES:
+            raise ValueError(f"Member name {m.name!r} is not a plain directory name outside {RESERVED_NAMES}")
+        if names.count(m.name) > 1:
+            raise ValueError(f"Member name {m.name!r} is given {names.count(m.name)} times")
+        if m.lr is not None and not float(m.lr) > 0:
+            raise ValueError(f"Member {m.name!r}: lr={m.lr} must be > 0")
+        if m.weight_decay is not None and config.optim.name != "adamw":
+            raise ValueError(
+                f"Member {m.name!r}: weight_decay={m.weight_decay}, but --config.optim.name="
+                f"{config.optim.name!r} has no weight decay"
+            )
+        if m.pdrop is not None and config.model.get("head", "smarter") == "baseline" and m.pdrop != 0:
+            raise ValueError(f"Member {m.name!r}: pdrop={m.pdrop}, but the baseline head has no dropout")
+        if m.pdrop is not None and not 0.0 <= float(m.pdrop) < 1.0:
+            raise ValueError(f"Member {m.name!r}: pdrop={m.pdrop} must lie in [0, 1)")
+    return members
+
+
+def member_runs(run: Run, members: Sequence[Member]) -> list[Run]:
+    """Each member's :class:`Run`: the group's data, towers, caches and timing, with the member's resolved
+    config (the group's data root, dataset and tower directories written out: no synthetic or tiny flags),
+    workdir (``<workdir>/<name>``, created, its ``config.json`` written) and head config."""
+    out = []
+    for m in members:
+        model_cfg = ml_collections.ConfigDict(run.model_cfg)
+        model_cfg.pdrop = run.model_cfg.pdrop if m.pdrop is None else float(m.pdrop)
+        config = member_config(run.config, m)
+        # The group's data and towers, named explicitly: a single run of this config reads them where they
+        # are instead of writing synthetic puzzles or tiny towers of its own (its check would refuse); copies.
+        config.data = ml_collections.ConfigDict(run.data_cfg.to_dict())
+        config.towers = ml_collections.ConfigDict(run.towers_cfg.to_dict())
+        config.synthetic.enabled, config.towers.tiny = False, False
+        member = dataclasses.replace(
+            run,
+            config=config,
+            data_cfg=config.data,
+            towers_cfg=config.towers,
+            workdir=run.workdir.member(m.name),
+            model_cfg=model_cfg,
+            model=reasoner.build(model_cfg),
+        )
+        member.workdir.root.mkdir(parents=True, exist_ok=True)
+        write_run_config(member)
+        out.append(member)
+    return out
+
+
+def member_hparams(runs: Sequence[Run]) -> dict[str, np.ndarray]:
+    """The members' lr, weight decay and dropout rate, float32 [N] each (what ``member_step`` takes)."""
+    return {
+        "lr": np.asarray([r.config.optim.lr for r in runs], np.float32),
+        "weight_decay": np.asarray([r.config.optim.weight_decay for r in runs], np.float32),
+        "pdrop": np.asarray([r.model_cfg.pdrop for r in runs], np.float32),
+    }
+
+
+def take(tree, i: int | None):
+    """Member ``i`` of a stacked tree; the tree itself where ``i`` is None (a single run)."""
+    return tree if i is None else jax.tree.map(lambda x: x[i], tree)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Evaluation.
 
 
@@ -634,24 +793,37 @@ def host_params(params) -> Any:
 def evaluate_split(run: Run, params, split: str, pred_fn, baselines: bool = True) -> dict:
     """``metrics.evaluate_split`` of ``params`` on a split (every example once), with (``baselines``) its
     greedy and chance baselines from the training split; a transient progress bar while it runs."""
+    return evaluate_members(run, params, split, pred_fn, baselines, stacked=False)[0]
+
+
+def evaluate_members(
+    run: Run, params, split: str, pred_fn, baselines: bool = True, *, stacked: bool = True
+) -> list[dict]:
+    """:func:`evaluate_split` of every member of stacked ``params`` in one pass over the split: ``pred_fn``
+    gives [N, B, K] per batch (``make_pred_fn(run, stacked=True)``). One result per member; a single
+    unstacked ``params`` (``stacked=False``, ``pred_fn`` giving [B, K]) is the one-member case."""
     outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
     batches = run.batches(split, shuffle=False, num_epochs=1, global_batch=run.config.eval_batch_size)
     num_batches = math.ceil(len(run.splits[split]) / run.config.eval_batch_size)
     progress = console.Progress(split, num_batches, "batches", leave=False, enabled=run.is_lead)
     for batch in progress.iterate(batches):
         gbatch = run.to_global(batch)
-        outs["preds"].append(features.host_value(pred_fn(params, gbatch, run.tower_params)))
+        preds = features.host_value(pred_fn(params, gbatch, run.tower_params))
+        outs["preds"].append(preds if stacked else preds[None])
         for k in EVAL_FIELDS:
             outs[k].append(features.host_value(gbatch[k]))
-    a = {k: np.concatenate(v) for k, v in outs.items()}
-    return metrics.evaluate_split(
-        a["preds"],
-        a,
-        run.num_classes,
-        train_labels=run.train_labels if baselines else None,
-        mask=a["mask"].astype(bool),
-        skills=run.skills,
-    )
+    a = {k: np.concatenate(v, axis=1 if k == "preds" else 0) for k, v in outs.items()}
+    return [
+        metrics.evaluate_split(
+            preds,
+            a,
+            run.num_classes,
+            train_labels=run.train_labels if baselines else None,
+            mask=a["mask"].astype(bool),
+            skills=run.skills,
+        )
+        for preds in a["preds"]
+    ]
 
 
 def export_best(run: Run, params) -> None:
@@ -681,17 +853,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     compiled or loaded from the compilation cache meanwhile is in ``results["xla"]``.
     """
     with summaries.CompileLog() as compiles:
-        return _train_and_evaluate(config, Workdir(workdir), compiles)
+        return _train_and_evaluate(config, Workdir(workdir), compiles)[0]
+
+
+def train_members(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    members: Sequence[Member],
+    *,
+    plots: bool = True,
+) -> dict[str, dict]:
+    """Train the ``members`` at once (one jitted step, ``jax.vmap`` over their stacked train states) on the
+    same batches: the data order of ``config`` (``data_seed``), each member's own seed (initialisation,
+    dropout), learning rate, weight decay and dropout rate. Each member equals the single run of its
+    resolved config (``<workdir>/<name>/config.json``): same losses, same test metrics.
+
+    ``<workdir>`` holds the group (its ``config.json`` and the stacked checkpoints: a rerun resumes from
+    them); ``<workdir>/<name>/`` is each member's complete run workdir (``best_model/``, ``results.json``,
+    ``log.jsonl``, ``tensorboard/``, with ``plots`` its test plots and ``curves.png``). Early stopping is
+    per member: a member whose patience runs out keeps its state while the others train on.
+
+    Returns member name -> its results (as :func:`train_and_evaluate`'s), or -> ``{"stopped_at_step": n}``
+    when a SIGTERM stopped the group. ValueError names a bad member (name, lr, weight decay, pdrop) or a
+    workdir whose checkpoints hold other members.
+    """
+    members = check_members(config, members)
+    with summaries.CompileLog() as compiles:
+        results = _train_and_evaluate(config, Workdir(workdir), compiles, members, plots=plots)
+    return {m.name: r for m, r in zip(members, results, strict=True)}
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: Workdir, compiles: summaries.CompileLog
-) -> dict:
+    config: ml_collections.ConfigDict,
+    workdir: Workdir,
+    compiles: summaries.CompileLog,
+    members: Sequence[Member] | None = None,
+    plots: bool = True,
+) -> list[dict]:
+    """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
+    a leading member axis, a vmapped step); one result per member (one for a single run)."""
     workdir.root.mkdir(parents=True, exist_ok=True)
     run = setup(config, workdir)
     run.compiles = compiles
     if config.cache_features:
         extract_features(run)
+    stacked = members is not None
+    runs = member_runs(run, members) if stacked else [run]
+    members_index = list(range(len(runs))) if stacked else [None]  # what `take` picks per member
 
     global_batch = config.batch_size
     steps_per_epoch = math.ceil(len(run.splits["train"]) / global_batch)
@@ -700,7 +908,7 @@ def _train_and_evaluate(
         run.batches("train", shuffle=True, num_epochs=config.num_epochs, global_batch=global_batch)
     )
     schedule = optim.learning_rate_schedule(config.optim, total_steps)
-    tx = optim.make_optimizer(config.optim, total_steps)
+    tx = optim.make_optimizer(config.optim, total_steps)  # its state's structure is every member's
     repl = parallel.replicated(run.mesh)
     data_sharding = parallel.batch_sharding(run.mesh)
     towers = None if config.cache_features else run.frozen
@@ -716,13 +924,18 @@ def _train_and_evaluate(
             rng=jax.random.key_data(state_rng),
         )
 
-    abstract_state = jax.eval_shape(init_state, jax.random.key(config.seed))
+    if stacked:  # each member initialised from its own seed, as its single run is
+        init_fn = jax.vmap(lambda seed: init_state(jax.random.key(seed)))
+        init_arg = jnp.asarray([r.config.seed for r in runs], jnp.uint32)
+    else:
+        init_fn, init_arg = init_state, jax.random.key(config.seed)
+    abstract_state = jax.eval_shape(init_fn, init_arg)
     state_shardings = jax.tree.map(lambda _: repl, abstract_state)  # the head is small: replicated
-    state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
+    state = jax.jit(init_fn, out_shardings=state_shardings)(init_arg)
     if run.is_lead:
-        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-        log.info("reasoner head: %s parameters", f"{num_params:,}")
-        log.debug("reasoner parameters:\n%s", reasoner.param_summary(state.params))
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(take(state.params, members_index[0])))
+        log.info("reasoner head: %s parameters%s", f"{num_params:,}", f" x {len(runs)} members" * stacked)
+        log.debug("reasoner parameters:\n%s", reasoner.param_summary(take(state.params, members_index[0])))
 
     ckpt_dir = workdir.checkpoints
     manager = ocp.CheckpointManager(
@@ -736,11 +949,34 @@ def _train_and_evaluate(
         ),
         item_names=("state", "data", "meta"),
     )
-    meta = {"epoch": 0, "best_val_S_acc": -1.0, "best_epoch": 0, "epochs_without_improvement": 0, "val": []}
+
+    def fresh_meta() -> dict:
+        return {
+            "epoch": 0, "best_val_S_acc": -1.0, "best_epoch": 0, "epochs_without_improvement": 0, "val": []
+        }  # fmt: skip
+
+    # A single run's meta is its one member's; a group's holds each member's under "members".
+    if stacked:
+        meta = {
+            "epoch": 0,
+            "member_specs": [dataclasses.asdict(m) for m in members],
+            "members": {m.name: fresh_meta() for m in members},
+        }
+    else:
+        meta = fresh_meta()
     if manager.latest_step() is not None:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_shardings
         )
+        if stacked:  # the stacked state restores by position: the same members, or a clear error
+            saved = manager.restore(
+                manager.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            ).meta.get("member_specs")
+            if saved != meta["member_specs"]:
+                raise ValueError(
+                    f"{ckpt_dir} holds the checkpoints of other members ({saved}), not "
+                    f"{meta['member_specs']}: use a new workdir"
+                )
         restored = manager.restore(
             manager.latest_step(),
             args=ocp.args.Composite(
@@ -751,6 +987,7 @@ def _train_and_evaluate(
         )
         state, meta = restored.state, restored.meta
         log.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
+    metas = [meta["members"][m.name] for m in members] if stacked else [meta]  # each member's, in place
     # Train metrics since the last logged step: logs average fixed windows of log_every_steps steps, so a
     # resumed run logs what the uninterrupted one does (the window's part before the resume is in meta).
     pending = window_from_json(meta.get("train_window"))
@@ -771,12 +1008,22 @@ def _train_and_evaluate(
                 force=True,
             )
 
+    def active() -> np.ndarray:
+        """Which members still train: their patience has not run out. bool [N]."""
+        return np.asarray([m["epochs_without_improvement"] <= config.early_stop_patience for m in metas])
+
+    def step_args(batch) -> tuple:
+        """The step's arguments after the state: batch and tower params (and the members' hparams and
+        which are active)."""
+        args = (batch, run.tower_params if towers else None)
+        return (*args, hparams, jnp.asarray(active())) if stacked else args
+
     def compile_steps(batch: Mapping[str, jax.Array]) -> float:
         """Compile the train and eval steps ahead of time (jax AOT); the jitted calls reuse the
         executables. Returns the seconds spent, which the training stage leaves out."""
         start = time.perf_counter()
         with timing("compile/train_step"):
-            step_fn.lower(state, batch, run.tower_params if towers else None).compile()
+            step_fn.lower(state, *step_args(batch)).compile()
         eval_batch = {
             k: jax.ShapeDtypeStruct((config.eval_batch_size, *v.shape[1:]), v.dtype, sharding=v.sharding)
             for k, v in batch.items()
@@ -785,27 +1032,46 @@ def _train_and_evaluate(
             pred_fn.lower(state.params, eval_batch, run.tower_params).compile()
         return time.perf_counter() - start
 
-    step_fn = jax.jit(
-        functools.partial(
-            train_step, model=run.model, model_cfg=run.model_cfg, tx=tx, schedule=schedule, towers=towers
-        ),
-        in_shardings=(state_shardings, data_sharding, None),
-        out_shardings=(state_shardings, repl),
-        donate_argnums=(0,),
-    )
-    pred_fn = make_pred_fn(run)
+    if stacked:
+        hparams = member_hparams(runs)
+        step_fn = jax.jit(
+            jax.vmap(
+                functools.partial(
+                    member_step,
+                    model=run.model,
+                    model_cfg=run.model_cfg,
+                    optim_cfg=config.optim,
+                    total_steps=total_steps,
+                    towers=towers,
+                ),
+                in_axes=(0, None, None, 0, 0),  # the batch and the towers are the members' shared inputs
+            ),
+            in_shardings=(state_shardings, data_sharding, None, repl, repl),
+            out_shardings=(state_shardings, repl),
+            donate_argnums=(0,),
+        )
+    else:
+        step_fn = jax.jit(
+            functools.partial(
+                train_step, model=run.model, model_cfg=run.model_cfg, tx=tx, schedule=schedule, towers=towers
+            ),
+            in_shardings=(state_shardings, data_sharding, None),
+            out_shardings=(state_shardings, repl),
+            donate_argnums=(0,),
+        )
+    pred_fn = make_pred_fn(run, stacked=stacked)
 
-    writer = summaries.RunWriter(workdir, enabled=run.is_lead)
-    step = int(jax.device_get(state.step))
+    writers = [summaries.RunWriter(r.workdir, enabled=run.is_lead) for r in runs]
+    step = int(jax.device_get(state.step).max())  # a group's: its members that still train are all there
     stop_requested: list[bool] = []
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     last_saved = step
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
     compiled = False
     epoch_bar: console.Progress | None = None  # the current epoch's progress
-    losses: list[float] = []  # this epoch's step losses (the bar shows their mean)
+    losses: list[float] = []  # this epoch's step losses (the members' mean; the bar shows their mean)
     try:
-        while step < max_steps and meta["epochs_without_improvement"] <= config.early_stop_patience:
+        while step < max_steps and active().any():
             if epoch_bar is None:
                 epoch_bar = epoch_progress(run, step, steps_per_epoch, max_steps)
                 losses = []
@@ -815,41 +1081,60 @@ def _train_and_evaluate(
                 epoch_bar.status("compiling the train and eval steps")
             compile_s = 0.0 if compiled else compile_steps(batch)
             compiled = True
-            state, step_metrics = step_fn(state, batch, run.tower_params if towers else None)
+            on = active()  # the members this step trains (the others' states stay as they were)
+            state, step_metrics = step_fn(state, *step_args(batch))
             step += 1
-            loss = float(jax.device_get(step_metrics.loss.compute()))
+            member_losses = np.atleast_1d(np.asarray(jax.device_get(step_metrics.loss.compute())))
+            loss = float(member_losses[on].mean())
             timing.add("train", time.perf_counter() - start - compile_s, steps=1)
             losses.append(loss)
             # the step that compiled is left out of the rate and ETA
             epoch_bar.update(1, warmup=compile_s > 0, postfix=f"loss {np.mean(losses):.4g}")
-            if not math.isfinite(loss):
-                latest = manager.latest_step()
-                raise FloatingPointError(
-                    f"loss is {loss} at step {step}; last good checkpoint: "
-                    f"{ckpt_dir / str(latest) if latest is not None else 'none (no checkpoint saved yet)'}"
-                )
+            for i in np.flatnonzero(on):
+                if not math.isfinite(member_losses[i]):
+                    latest = manager.latest_step()
+                    where = f" (member {members[i].name!r})" if stacked else ""
+                    good = ckpt_dir / str(latest) if latest is not None else "none (no checkpoint saved yet)"
+                    raise FloatingPointError(
+                        f"loss is {member_losses[i]} at step {step}{where}; last good checkpoint: {good}"
+                    )
             pending = step_metrics if pending is None else pending.merge(step_metrics)
             if step % config.log_every_steps == 0 or step == max_steps:
-                scalars = pending.compute()
-                writer.write_scalars(step, scalars, prefix="train/")
+                for i in np.flatnonzero(on):  # a member's own window (clu computes unstacked collections)
+                    scalars = take(pending, members_index[i]).compute()
+                    writers[i].write_scalars(step, scalars, prefix="train/")
                 if step % config.log_every_steps == 0:  # a last, partial log keeps its window for a resume
                     pending = None
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
                 epoch_bar.status(f"loss {np.mean(losses):.4g}, validating")
                 with timing("eval"):
-                    val = evaluate_split(run, state.params, "val", pred_fn, baselines=False)
-                writer.write_scalars(step, {k: val[k] for k in ("S_acc", "O_acc", "err")}, prefix="val/")
+                    vals = evaluate_members(
+                        run, state.params, "val", pred_fn, baselines=False, stacked=stacked
+                    )
                 meta["epoch"] = epoch
-                meta["val"].append(reports.to_json_safe(val))
-                new_best = val["S_acc"] > meta["best_val_S_acc"]
-                if new_best:
-                    meta.update(best_val_S_acc=val["S_acc"], best_epoch=epoch, epochs_without_improvement=0)
-                    with timing("checkpoint"):
-                        export_best(run, state.params)
+                new_best = []
+                for i in np.flatnonzero(on):  # a stopped member's val is the one it stopped with
+                    val, member_meta = vals[i], metas[i]
+                    scalars = {k: val[k] for k in ("S_acc", "O_acc", "err")}
+                    writers[i].write_scalars(step, scalars, prefix="val/")
+                    member_meta["epoch"] = epoch
+                    member_meta["val"].append(reports.to_json_safe(val))
+                    if val["S_acc"] > member_meta["best_val_S_acc"]:
+                        member_meta.update(
+                            best_val_S_acc=val["S_acc"], best_epoch=epoch, epochs_without_improvement=0
+                        )
+                        new_best.append(i)
+                        with timing("checkpoint"):
+                            export_best(runs[i], take(state.params, members_index[i]))
+                    else:
+                        member_meta["epochs_without_improvement"] += 1
+                if stacked:
+                    now = active()
+                    stopped = [m.name for i, m in enumerate(members) if on[i] and not now[i]]
+                    epoch_bar.close(members_summary(losses, members, metas, on, new_best, stopped))
                 else:
-                    meta["epochs_without_improvement"] += 1
-                epoch_bar.close(epoch_summary(losses, val, new_best))
+                    epoch_bar.close(epoch_summary(losses, vals[0], bool(new_best)))
                 epoch_bar = None
                 save(step)
                 last_saved = step
@@ -863,7 +1148,7 @@ def _train_and_evaluate(
                 if last_saved != step:
                     save(step)
                 manager.wait_until_finished()
-                return {"stopped_at_step": step}
+                return [{"stopped_at_step": step} for _ in runs]
         if epoch_bar is not None:  # max_steps ended an epoch early
             epoch_bar.close(epoch_summary(losses))
         if last_saved != step:
@@ -872,16 +1157,19 @@ def _train_and_evaluate(
             manager.wait_until_finished()
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        writer.close()
+        for writer in writers:
+            writer.close()
 
-    if not workdir.best_model.exists():  # max_steps ended it before an epoch did
-        with timing("checkpoint"):
-            export_best(run, state.params)
-    if run.is_lead:
-        with timing("plots"):
-            series = summaries.read_log(workdir.log)
-            reports.plot_curves(series, steps_per_epoch, int(meta["best_epoch"]), workdir.curves)
-    return test_best(run, pred_fn, meta, steps=step)
+    member_steps = np.atleast_1d(np.asarray(jax.device_get(state.step)))  # a stopped member's are its own
+    for r, i, member_meta in zip(runs, members_index, metas, strict=True):
+        if not r.workdir.best_model.exists():  # max_steps ended it before an epoch did
+            with timing("checkpoint"):
+                export_best(r, take(state.params, i))
+        if run.is_lead and plots:
+            with timing("plots"):
+                series = summaries.read_log(r.workdir.log)
+                reports.plot_curves(series, steps_per_epoch, int(member_meta["best_epoch"]), r.workdir.curves)
+    return test_best(runs, pred_fn, metas, [int(s) for s in member_steps], stacked=stacked, plots=plots)
 
 
 def epoch_progress(run: Run, step: int, steps_per_epoch: int, max_steps: int) -> console.Progress:
@@ -904,42 +1192,92 @@ def epoch_summary(losses: list[float], val: Mapping | None = None, new_best: boo
     return text + (", new best" if new_best else "")
 
 
+def members_summary(
+    losses: list[float],
+    members: Sequence[Member],
+    metas: Sequence[Mapping],
+    trained: np.ndarray,
+    new_best: Sequence[int],
+    stopped: Sequence[str],
+) -> str:
+    """What a group's epoch bar ends with: "loss 1.679 (mean of 3 members), best val S_acc 14.4 % (seed1),
+    new best: seed0, seed1; patience out: lr1e-3" (``trained``: bool [N], the members this epoch trained;
+    ``new_best``: their indices; ``stopped``: the names whose patience ran out at this epoch)."""
+    text = f"loss {np.mean(losses):.4g} (mean of {int(trained.sum())} members)" if losses else "no step"
+    best = max(range(len(members)), key=lambda i: metas[i]["best_val_S_acc"])
+    text += f", best val S_acc {100 * metas[best]['best_val_S_acc']:.1f} % ({members[best].name})"
+    if new_best:
+        text += ", new best: " + ", ".join(members[i].name for i in new_best)
+    if stopped:
+        text += "; patience out: " + ", ".join(stopped)
+    return text
+
+
 def best_params(run: Run):
     _, best_vars, _ = reasoner.load(run.workdir.root)
     return jax.device_put(best_vars["params"], parallel.replicated(run.mesh))
 
 
-def make_pred_fn(run: Run):
+def make_pred_fn(run: Run, stacked: bool = False):
+    """The jitted predict step: params -> [B, K]; ``stacked``: members' params [N, ...] -> [N, B, K] (vmapped
+    over the params only: one pass over the batch answers for every member)."""
     towers = None if run.config.cache_features else run.frozen
-    return jax.jit(functools.partial(predict_step, model=run.model, model_cfg=run.model_cfg, towers=towers))
+    fn = functools.partial(predict_step, model=run.model, model_cfg=run.model_cfg, towers=towers)
+    return jax.jit(jax.vmap(fn, in_axes=(0, None, None)) if stacked else fn)
 
 
-def test_best(run: Run, pred_fn, meta: Mapping, steps: int) -> dict:
-    """Evaluate ``<workdir>/best_model`` on the test split; write results.json and plots, print the table
-    and the summary of where everything went (``reports.format_summary``)."""
+def test_best(
+    runs: Sequence[Run],
+    pred_fn,
+    metas: Sequence[Mapping],
+    steps: Sequence[int],
+    *,
+    stacked: bool,
+    plots: bool,
+) -> list[dict]:
+    """Evaluate each run's ``<workdir>/best_model`` on the test split (a group's stacked: one pass); write
+    each results.json (and with ``plots`` the test plots). A single run prints the table and the summary of
+    where everything went (``reports.format_summary``); a group one line per member."""
+    run = runs[0]
     with run.timing("eval"):
-        test = evaluate_split(run, best_params(run), "test", pred_fn)
-    best_epoch = int(meta["best_epoch"])
-    results = {
-        "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
-        "test": test,
-        "best_epoch": best_epoch,
-        "epochs": int(meta["epoch"]),
-        "steps": steps,
-    }
-    if run.is_lead:
-        with run.timing("plots"):
-            reports.plot_results(test, run.workdir, prefix="test")
-    results["timing"] = run.timing.record()
-    if run.compiles is not None:
-        cache_dir = str(run.compile_cache) if run.compile_cache else None
-        results["xla"] = {**run.compiles.record(), "cache_dir": cache_dir}
-    if run.is_lead:
-        reports.write_results(run.workdir, results)
-        print(reports.format_table(test, run.skills, run.names))
-        print()
-        print(reports.format_summary(results, run.workdir))
-    return results
+        params = [best_params(r) for r in runs]
+        if stacked:
+            params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+        tests = evaluate_members(run, params if stacked else params[0], "test", pred_fn, stacked=stacked)
+    out = []
+    for r, test, meta, member_steps in zip(runs, tests, metas, steps, strict=True):
+        best_epoch = int(meta["best_epoch"])
+        results = {
+            "val": meta["val"][best_epoch - 1] if best_epoch > 0 else None,
+            "test": test,
+            "best_epoch": best_epoch,
+            "epochs": int(meta["epoch"]),
+            "steps": member_steps,
+        }
+        if r.is_lead and plots:
+            with r.timing("plots"):
+                reports.plot_results(test, r.workdir, prefix="test")
+        results["timing"] = r.timing.record()
+        if r.compiles is not None:
+            cache_dir = str(r.compile_cache) if r.compile_cache else None
+            results["xla"] = {**r.compiles.record(), "cache_dir": cache_dir}
+        if r.is_lead:
+            reports.write_results(r.workdir, results)
+            if not stacked:
+                print(reports.format_table(test, r.skills, r.names))
+                print()
+                print(reports.format_summary(results, r.workdir))
+        out.append(results)
+    if stacked and run.is_lead:
+        width = max(len(r.workdir.root.name) for r in runs)
+        for r, results in zip(runs, out, strict=True):
+            print(
+                f"{r.workdir.root.name:<{width}}  test S_acc {100 * results['test']['S_acc']:5.1f} %, "
+                f"O_acc {100 * results['test']['O_acc']:5.1f} %  (best epoch {results['best_epoch']} of "
+                f"{results['epochs']}, val S_acc {100 * (results['val'] or {}).get('S_acc', 0.0):.1f} %)  "
+                f"{r.workdir.results}"
+            )
+    return out
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:

@@ -15,6 +15,8 @@
     ``log.jsonl``, ``tensorboard/``  the logged scalars
     ``run.log``                every log line of the run, libraries' included (``run.<k>.log``: process k)
     ``synthetic/``, ``tfds/``, ``towers/``  generated puzzles, the built dataset and tiny towers, when asked
+    ``<member>/``              a group's member (``train.train_members``): a complete run workdir of its own
+                               (config, best_model, results, logs); the group's checkpoints stay at the root
 
 Pure path arithmetic (plus reading the run config): nothing here creates files. :func:`user_cache_dir` names
 the per-user cache that runs share (the XLA compilation cache, the feature store).
@@ -103,6 +105,10 @@ class Workdir:
     @property
     def towers(self) -> pathlib.Path:
         return self.root / "towers"
+
+    def member(self, name: str) -> Workdir:
+        """``<root>/<name>``: the workdir of a member of the group trained here (``train.train_members``)."""
+        return Workdir(self.root / name)
 
     @staticmethod
     def staging(path: pathlib.Path) -> pathlib.Path:

@@ -54,3 +54,17 @@ def test_throughput_tiny_report(tmp_path, capsys):
     assert len(lines) == 2 + len(rows) + 2  # header, rule, one line per row, matmul, tower FLOP/s
     assert all(line.count("|") == 8 for line in lines)
     assert "inference (images -> answers)" in table and "x |" in lines[2]
+
+
+def test_members_memory_grows_by_one_state_per_member():
+    """benchmarks.members_memory on the smoke head: the step's arguments are N states plus the shared batch,
+    and the donated state is aliased to the output (the update is in place, per member)."""
+    from benchmarks import members_memory
+
+    one, three = (members_memory.memory("smoke", n) for n in (1, 3))
+    assert three["state"] == 3 * one["state"]
+    batch = one["arguments"] - one["state"]
+    assert 0 < batch < 0.01 * one["state"]
+    assert three["arguments"] - three["state"] < 1.1 * batch  # + the members' hyperparameters
+    assert three["aliased"] == three["state"]
+    assert three["temp"] < 3 * one["temp"] * 1.1

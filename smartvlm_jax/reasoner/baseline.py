@@ -77,9 +77,11 @@ class BaselineHead(PuzzleHead):
     decoder_names = ("0", "2", "4")
     sequence_cell = "lstm"
 
-    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+    def _fuse(
+        self, im: jax.Array, text: jax.Array, train: bool, pdrop: jax.Array | float | None
+    ) -> jax.Array:
         """im [B, R] and the token states [B, L, Dt] -> z [B, R]: BiGRU, mean over L, q_MLP, qv_fusion."""
-        del train  # the baseline has no dropout
+        del train, pdrop  # the baseline has no dropout
         r = self.cfg.repr_size
         if text.ndim != 3:
             raise ValueError(f"the baseline head takes BERT token states [B, L, D]; got text {text.shape}")

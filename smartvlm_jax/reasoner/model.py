@@ -66,12 +66,14 @@ class SmarterHead(PuzzleHead):
     decoder_names = ("ln1", "ln2", "ln3")
     sequence_cell = "gru"
 
-    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
+    def _fuse(
+        self, im: jax.Array, text: jax.Array, train: bool, pdrop: jax.Array | float | None
+    ) -> jax.Array:
         """im [B, R] and the pooled question features [B, Dt] -> z [B, R] (SPEC 5.3-5.6)."""
         cfg = self.cfg
         # 4-5. QF layer (or the q_MLP variant) and the composite LayerNorm.
         if cfg.use_qf:
-            qf_out = QFLayer(cfg, name="qf")(im, text, train)
+            qf_out = QFLayer(cfg, name="qf")(im, text, train, pdrop)
             # The mean over L of q repeated L times is q itself.
             composite = jnp.concatenate([im, text, qf_out], axis=-1)
         else:

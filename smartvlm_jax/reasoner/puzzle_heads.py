@@ -224,15 +224,16 @@ class StackedRNN(nn.Module):
 class PuzzleHead(nn.Module):
     """A head's per-puzzle ends around its own middle: features -> logits [B, K, C_max].
 
-    ``__call__`` takes the pooled vision features [B, Dv] float32, the question's text features (whatever
-    the head's middle takes), puzzle_ids [B] int and ``train``; it encodes the image with the puzzle's
-    encoder (SPEC 5.2), hands im [B, R] and the text to the subclass's ``_fuse`` for the fused code z
-    [B, R] (SPEC 5.3-5.6, or the baseline's question path and fusion), and decodes z into logits with the
-    puzzle's answer decoder (SPEC 5.7). The SMARTER head (model.py) and the SMART baseline (baseline.py)
-    set the class attributes below and define ``_fuse``. Layers made in ``_fuse`` and here are all the
-    head's own children, so the parameters of the ends sit at the top of its tree (``im_encoder``,
-    ``ans_decoder_mlp``, ``ans_decoder_gru`` / ``ans_decoder_lstm``), where the checkpoint converters
-    look for them.
+    ``__call__`` takes the pooled vision features [B, Dv] float32, the question's text features (whatever the
+    head's middle takes), puzzle_ids [B] int, ``train`` and ``pdrop`` (None: the config's dropout rate; or a
+    float32 scalar that may be traced, as when members train under ``jax.vmap``); it encodes the image with
+    the puzzle's encoder (SPEC 5.2), hands im [B, R] and the text to the subclass's ``_fuse`` for the fused
+    code z [B, R] (SPEC 5.3-5.6, or the baseline's question path and fusion), and decodes z into logits with
+    the puzzle's answer decoder (SPEC 5.7). The SMARTER head (model.py) and the SMART baseline (baseline.py)
+    set the class attributes below and define ``_fuse``. Layers made in ``_fuse`` and here are all the head's
+    own children, so the parameters of the ends sit at the top of its tree (``im_encoder``,
+    ``ans_decoder_mlp``, ``ans_decoder_gru`` / ``ans_decoder_lstm``), where the checkpoint converters look for
+    them.
     """
 
     cfg: ml_collections.FrozenConfigDict
@@ -243,14 +244,24 @@ class PuzzleHead(nn.Module):
 
     @nn.compact
     def __call__(
-        self, vision: jax.Array, text: jax.Array, puzzle_ids: jax.Array, train: bool = False
+        self,
+        vision: jax.Array,
+        text: jax.Array,
+        puzzle_ids: jax.Array,
+        train: bool = False,
+        pdrop: jax.Array | float | None = None,
     ) -> jax.Array:
         pid = self._puzzle_rows(puzzle_ids)
-        z = self._fuse(self._encode_image(vision, pid), text, train)
+        z = self._fuse(self._encode_image(vision, pid), text, train, pdrop)
         return self._answer_logits(z, pid)
 
-    def _fuse(self, im: jax.Array, text: jax.Array, train: bool) -> jax.Array:
-        """im [B, R] and the text features -> the fused code z [B, R]: the head's own middle."""
+    def _fuse(
+        self, im: jax.Array, text: jax.Array, train: bool, pdrop: jax.Array | float | None
+    ) -> jax.Array:
+        """im [B, R] and the text features -> the fused code z [B, R]: the head's own middle.
+
+        ``pdrop``: None uses ``cfg.pdrop`` (a Python float); a float32 scalar (traced, e.g. one rate per
+        vmapped member) replaces it with the same random bits."""
         raise NotImplementedError
 
     @staticmethod

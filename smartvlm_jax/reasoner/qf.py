@@ -38,7 +38,11 @@ class QFAttention(nn.Module):
     with_distance_embedding: bool
 
     @nn.compact
-    def __call__(self, query_in: jax.Array, kv_in: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, query_in: jax.Array, kv_in: jax.Array, train: bool, pdrop: jax.Array | float | None = None
+    ) -> jax.Array:
+        """``pdrop``: None uses the attribute (a rate of 0 draws nothing); a float32 scalar, possibly traced,
+        always draws, so a rate of 0 keeps every probability (scale exactly 1)."""
         head = self.hidden // self.num_heads
         # Query and key exist but cannot influence the output; a zero-row call creates them at no cost.
         Linear(self.hidden, name="query")(jnp.zeros((0, query_in.shape[-1]), query_in.dtype))
@@ -46,13 +50,15 @@ class QFAttention(nn.Module):
         if self.with_distance_embedding:  # reference quirk: computed, then discarded
             self.param("distance_embedding", nn.initializers.normal(1.0), (2 * self.max_qlen - 1, head))
         value = Linear(self.hidden, name="value")(kv_in)  # [B, hidden]
-        if not train or self.pdrop == 0.0:
+        # A traced rate cannot take the Python test; it draws as the static path does (same key, shape).
+        if not train or (pdrop is None and self.pdrop == 0.0):
             return value
+        rate = self.pdrop if pdrop is None else pdrop
         n = self.max_qlen * self.max_qlen
         kept = jax.random.binomial(
-            self.make_rng("dropout"), n, 1.0 - self.pdrop, shape=(value.shape[0], self.num_heads)
+            self.make_rng("dropout"), n, 1.0 - rate, shape=(value.shape[0], self.num_heads)
         )
-        scale = kept / (n * (1.0 - self.pdrop))
+        scale = kept / (n * (1.0 - rate))
         value = value.reshape(value.shape[0], self.num_heads, head) * scale[..., None].astype(value.dtype)
         return value.reshape(value.shape[0], self.hidden)
 
@@ -65,10 +71,26 @@ class QFIntermediate(nn.Module):
     eps: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, pdrop: jax.Array | float | None = None) -> jax.Array:
         y = Linear(x.shape[-1], name="dense_final")(gelu(Linear(self.h_sz, name="dense")(x)))
-        y = nn.Dropout(self.pdrop, deterministic=not train)(y)
+        if pdrop is None:
+            y = nn.Dropout(self.pdrop, deterministic=not train)(y)
+        elif train:  # a traced rate: the same module name, so the same dropout key as nn.Dropout's
+            y = RateDropout(name="Dropout_0")(y, pdrop)
         return LayerNorm(self.eps, name="layer_norm")(x + y)
+
+
+class RateDropout(nn.Module):
+    """``nn.Dropout`` for a rate that may be traced (float32 scalar in [0, 1)): the same Bernoulli draw
+    from the same key, ``inputs / keep`` where kept and 0 elsewhere, so a rate equal to a static one gives
+    the same values. ``nn.Dropout`` tests ``rate == 0`` in Python, which a tracer cannot answer; here a rate
+    of 0 keeps everything (``bernoulli(p=1)``) and divides by 1. No parameters."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, rate: jax.Array | float) -> jax.Array:
+        keep = 1.0 - rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=inputs.shape)
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
 
 
 class QFLayer(nn.Module):
@@ -76,13 +98,16 @@ class QFLayer(nn.Module):
     im [B, R] and q [B, text_dim] float32 -> [B, text_dim].
 
     Sized by the head's config (text_dim, num_heads, h_sz, max_qlen, pdrop, ln_eps); the relative-distance
-    embeddings exist under ``reference_quirks``.
+    embeddings exist under ``reference_quirks``. ``pdrop`` (float32 scalar, may be traced) replaces the
+    config's dropout rate with the same random bits; None keeps it.
     """
 
     cfg: ml_collections.FrozenConfigDict
 
     @nn.compact
-    def __call__(self, im: jax.Array, q: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, im: jax.Array, q: jax.Array, train: bool, pdrop: jax.Array | float | None = None
+    ) -> jax.Array:
         cfg = self.cfg
         common = dict(
             hidden=cfg.text_dim,
@@ -95,5 +120,5 @@ class QFLayer(nn.Module):
         # it only feeds the cross-attention query, which cannot change the result; only its parameters
         # are created.
         QFAttention(**common, name="mha")(jnp.zeros((0, q.shape[-1]), q.dtype), q[:0], train=False)
-        x = QFAttention(**common, name="crossattention")(q, im, train)
-        return QFIntermediate(cfg.h_sz, cfg.pdrop, cfg.ln_eps, name="intermediate")(x, train)
+        x = QFAttention(**common, name="crossattention")(q, im, train, pdrop)
+        return QFIntermediate(cfg.h_sz, cfg.pdrop, cfg.ln_eps, name="intermediate")(x, train, pdrop)
