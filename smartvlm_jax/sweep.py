@@ -157,10 +157,17 @@ def row_done(row_dir, members: Sequence[Any]) -> bool:
     return True
 
 
-def extraction_seconds(results: dict) -> float:
-    """The feature-extraction seconds a member's results record (its ``timing``'s ``features/<split>``)."""
+def extraction(row_dir, results: dict) -> dict[str, Any]:
+    """What a row extracted: the store columns it wrote per split (the row's ``features.json``, written by
+    the trainer) and the seconds its member's ``timing`` gives the splits that ran the towers (a split read
+    from the store records no samples)."""
+    from smartvlm_jax.workdir import Workdir
+
+    record_file = Workdir(row_dir).feature_record
+    splits = json.loads(record_file.read_text())["splits"] if record_file.is_file() else {}
     timing = results.get("timing", {})
-    return sum(v.get("seconds", 0.0) for k, v in timing.items() if k.startswith("features/"))
+    seconds = sum(v["seconds"] for k, v in timing.items() if k.startswith("features/") and v.get("samples"))
+    return {"extraction_s": seconds, "extracted": {k: v.get("extracted", []) for k, v in splits.items()}}
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
@@ -198,7 +205,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
                 return {"stopped_at_step": stopped[0]["stopped_at_step"], "row": row}
             record["rows"][row] = {"seconds": time.perf_counter() - row_start}
         results = {m.name: reports.load_results(row_dir / m.name) for _, m in members}
-        record["rows"].setdefault(row, {})["extraction_s"] = max(map(extraction_seconds, results.values()))
+        record["rows"].setdefault(row, {}).update(extraction(row_dir, results[members[0][1].name]))
         for setting, member in members:
             label = f"{row} ({setting_label(setting)})" if setting else row
             settings.setdefault(label, []).append(results[member.name])
