@@ -110,7 +110,7 @@ def test_imports_go_down_the_layers():
 
 def test_configs_import_only_what_they_need():
     code = (
-        "import sys; import configs.smarter, configs.baseline, configs.smoke\n"
+        "import sys; import configs.smarter, configs.baseline, configs.smoke, configs.paper\n"
         "heavy = ('matplotlib', 'orbax', 'flax', 'jax', 'transformers', 'tensorflow', 'grain')\n"
         "towers = [m for m in sys.modules if m.startswith('smartvlm_jax.towers')]\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in heavy] + towers\n"
