@@ -145,6 +145,41 @@ def shared_inputs(config: ml_collections.ConfigDict, rows: Sequence[str], sweep_
     return shared
 
 
+# Fields that only choose which rows and members to run or show: a rerun may change them.
+SELECTION_FIELDS = ("rows", "baseline", "seeds", "member_plots")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_sweep(config: ml_collections.ConfigDict, config_file) -> None:
+    """ValueError naming the fields in which ``config`` differs from the sweep ``config_file`` describes
+    (its rows' results would not be this config's); rows, seeds and plots may change between reruns."""
+    import pathlib
+
+    path = pathlib.Path(config_file)
+    if not path.is_file():
+        return
+    saved = _flatten(json.loads(path.read_text()))
+    now = _flatten(json.loads(config.to_json_best_effort()))
+    changed = sorted(
+        k for k in {*saved, *now} if saved.get(k) != now.get(k) and k.split(".")[0] not in SELECTION_FIELDS
+    )
+    if changed:
+        fields = ", ".join(f"--config.{k}={now.get(k)!r} (it holds {saved.get(k)!r})" for k in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise ValueError(
+            f"{path.parent} holds a sweep of another config: {fields}{more}; use a new --workdir"
+        )
+
+
 def row_done(row_dir, members: Sequence[Any]) -> bool:
     """Whether every member of a row has its test results (a finished row is not trained again)."""
     from smartvlm_jax import reports
@@ -182,6 +217,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     rows = row_names(config)
     members = members_of(config)
+    check_same_sweep(config, root / "config.json")
     (root / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     shared = shared_inputs(config, rows, root)
     record: dict[str, Any] = {"rows": {}, "members": [m.name for _, m in members]}

@@ -135,3 +135,17 @@ def test_table_markdown_csv_and_png(tmp_path):
         assert image.size[0] >= 700 and image.size[1] >= 700
     with pytest.raises(ValueError, match="row 'x': member 0 has no 'test' results"):
         reports.sweep_rows({"x": [{"val": {}}]})
+
+
+def test_a_rerun_with_another_config_is_refused(tmp_path):
+    config = paper.get_config("smoke")
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json_best_effort())
+    sweep.check_same_sweep(config, path)  # the same config
+    config.seeds, config.rows, config.member_plots = 5, "smarter", True  # which rows and members: allowed
+    sweep.check_same_sweep(config, path)
+    config.num_epochs, config.optim.lr = 2, 0.5
+    expected = (r"holds a sweep of another config: --config.num_epochs=2 \(it holds 12\), "
+                r"--config.optim.lr=0.5 \(it holds 0.001\); use a new --workdir")  # fmt: skip
+    with pytest.raises(ValueError, match=expected):
+        sweep.check_same_sweep(config, path)
