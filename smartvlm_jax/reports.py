@@ -461,8 +461,13 @@ def plot_sweep_table(rows: Sequence[TableRow], path: str | os.PathLike[str], tit
 
         series = {r.label: pct(r, 0) for r in configs}
         errors = {r.label: [0.0 if math.isnan(e) else e for e in pct(r, 1)] for r in configs}
-        _bars(ax, groups, series, {r.label: pct(r, 0) for r in refs}, errors=errors)
-        ax.set_title(f"{metric} (mean ± std over seeds)")
+        _bars(ax, groups, series, {}, legend=False, errors=errors)
+        x = np.arange(len(groups))
+        for ref, (style, color) in zip(refs, (("--", "black"), (":", "tab:gray")), strict=False):
+            # a level across the whole group, so it reads as the group's, not as one bar's
+            ax.hlines(pct(ref, 0), x - 0.42, x + 0.42, colors=color, linestyles=style, lw=1.5, label=ref.label)
+        ax.legend(fontsize=8, loc="upper right", ncols=3)
+        ax.set_title(metric)
     if title:
         fig.suptitle(title)
     path = pathlib.Path(path)
