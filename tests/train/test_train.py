@@ -121,7 +121,9 @@ def test_curves_summary_and_the_families_own_names(reference):
     test = results["test"]
     assert "path" not in test["per_skill"] and test["per_other_type"] == {}
     assert sum(r["num_puzzles"] for r in test["per_skill"].values()) == 11
-    assert results["xla"]["compiled"] >= 3
+    # The session's cache is shared: tests that ran before with the same shapes (the feature store's and
+    # the members' use this config) may have compiled some of these programs already.
+    assert results["xla"]["compiled"] + results["xla"]["loaded"] >= 3
     assert results["xla"]["cache_dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
