@@ -465,7 +465,8 @@ def plot_sweep_table(rows: Sequence[TableRow], path: str | os.PathLike[str], tit
         x = np.arange(len(groups))
         for ref, (style, color) in zip(refs, (("--", "black"), (":", "tab:gray")), strict=False):
             # a level across the whole group, so it reads as the group's, not as one bar's
-            ax.hlines(pct(ref, 0), x - 0.42, x + 0.42, colors=color, linestyles=style, lw=1.5, label=ref.label)
+            levels = pct(ref, 0)
+            ax.hlines(levels, x - 0.42, x + 0.42, colors=color, linestyles=style, lw=1.5, label=ref.label)
         ax.legend(fontsize=8, loc="upper right", ncols=3)
         ax.set_title(metric)
     if title:

@@ -50,12 +50,15 @@ def row_names(config: ml_collections.ConfigDict) -> list[str]:
     names = [r.strip() for r in str(config.rows).split(",") if r.strip()]
     if config.baseline and "baseline" not in names:
         names.append("baseline")
+    known = ", ".join(config.row_overrides)
+    if not names:
+        raise ValueError(f"--config.rows={config.rows!r} names no row; choose from {known}")
     unknown = [r for r in names if r not in config.row_overrides]
-    if unknown or not names:
-        raise ValueError(
-            f"--config.rows={config.rows!r}: {', '.join(unknown) or 'no row'} is not one of "
-            f"{', '.join(config.row_overrides)}"
-        )
+    if unknown:
+        raise ValueError(f"--config.rows={config.rows!r}: {', '.join(unknown)} is not one of {known}")
+    repeated = sorted({r for r in names if names.count(r) > 1})
+    if repeated:
+        raise ValueError(f"--config.rows={config.rows!r} names {', '.join(repeated)} more than once")
     return names
 
 
@@ -213,20 +216,35 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     from smartvlm_jax import reports, train
 
     start = time.perf_counter()
+    missing = [f for f in SWEEP_FIELDS if f not in config]
+    if missing:
+        raise ValueError(
+            f"--config is a run config, not a sweep config (it has no {', '.join(missing)}): pass "
+            "configs/paper.py, or train it with python -m smartvlm_jax.main"
+        )
     root = pathlib.Path(workdir).absolute()
     root.mkdir(parents=True, exist_ok=True)
     rows = row_names(config)
     members = members_of(config)
+    for row in rows:  # every member against every row's config, before any work
+        train.check_members(row_config(config, row, {}), [m for _, m in members])
     check_same_sweep(config, root / "config.json")
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     shared = shared_inputs(config, rows, root)
+    # Written once the config has passed every check, so a rejected command leaves nothing to refuse later.
+    (root / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    previous = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").is_file() else {}
     record: dict[str, Any] = {"rows": {}, "members": [m.name for _, m in members]}
     settings = {}
     for i, row in enumerate(rows, 1):
         row_dir = root / row
-        seeds = f"seeds {config.seed}-{config.seed + int(config.seeds) - 1}"
+        last = config.seed + int(config.seeds) - 1
+        seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
+        if len(members) > int(config.seeds):
+            seeds += f", {len(members) // int(config.seeds)} grid settings"
         if row_done(row_dir, [m for _, m in members]):
             log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, row_dir)
+            if "seconds" in previous.get("rows", {}).get(row, {}):
+                record["rows"][row] = {"seconds": previous["rows"][row]["seconds"]}
         else:
             log.info(
                 "row %d/%d %s: %d members (%s) in one jitted step", i, len(rows), row, len(members), seeds
@@ -237,23 +255,38 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
             )
             stopped = [r for r in out.values() if "stopped_at_step" in r]
             if stopped:
+                record["rows"][row] = {"seconds": previous.get("rows", {}).get(row, {}).get("seconds", 0.0)
+                                       + time.perf_counter() - row_start}  # fmt: skip
+                record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
+                (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
                 log.info("row %s stopped by SIGTERM; rerun the same command to resume", row)
                 return {"stopped_at_step": stopped[0]["stopped_at_step"], "row": row}
-            record["rows"][row] = {"seconds": time.perf_counter() - row_start}
+            # a resumed row adds this invocation's seconds to those before the interruption
+            before = previous.get("rows", {}).get(row, {}).get("seconds", 0.0)
+            record["rows"][row] = {"seconds": before + time.perf_counter() - row_start}
         results = {m.name: reports.load_results(row_dir / m.name) for _, m in members}
         record["rows"].setdefault(row, {}).update(extraction(row_dir, results[members[0][1].name]))
         for setting, member in members:
             label = f"{row} ({setting_label(setting)})" if setting else row
             settings.setdefault(label, []).append(results[member.name])
-        line = reports.sweep_rows({row: [results[m.name] for _, m in members]})[0]
-        s, o = line.cells[("S_acc", "all")], line.cells[("O_acc", "all")]
-        log.info("row %s: test S_acc %s %%, O_acc %s %%", row, reports.format_cell(s), reports.format_cell(o))
+        labels = {f"{row} ({setting_label(st)})" if st else row for st, _ in members}
+        for line in reports.sweep_rows({label: settings[label] for label in sorted(labels)}):
+            if line.members:  # (the greedy and chance rows are the table's)
+                s, o = line.cells[("S_acc", "all")], line.cells[("O_acc", "all")]
+                log.info("row %s: test S_acc %s %%, O_acc %s %% over %d seed%s", line.label,
+                         reports.format_cell(s), reports.format_cell(o), line.members,
+                         "s" * (line.members > 1))  # fmt: skip
     table = reports.sweep_rows(settings)
-    title = f"Test accuracy (%), mean ± std over {config.seeds} seed{'s' * (int(config.seeds) > 1)}"
+    n_seeds = int(config.seeds)
+    title = (
+        f"Test accuracy (%), mean ± std over {n_seeds} seeds"
+        if n_seeds > 1
+        else "Test accuracy (%), one seed"
+    )
     (root / "table.md").write_text(reports.format_sweep_table(table, title))
     reports.write_sweep_csv(table, root / "table.csv")
     reports.plot_sweep_table(table, root / "table.png", title)
-    record["total_s"] = time.perf_counter() - start
+    record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start  # over every invocation
     record["extraction_s"] = sum(r["extraction_s"] for r in record["rows"].values())
     (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     print(reports.format_sweep_table(table, title))

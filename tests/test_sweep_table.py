@@ -64,6 +64,14 @@ def test_row_names_members_and_grid():
     config.rows = "smarter,no_qv"
     with pytest.raises(ValueError, match=r"--config.rows='smarter,no_qv': no_qv is not one of"):
         sweep.row_names(config)
+    config.rows = "smarter,no_qf,smarter"
+    with pytest.raises(
+        ValueError, match=r"--config.rows='smarter,no_qf,smarter' names smarter more than once"
+    ):
+        sweep.row_names(config)
+    config.rows, config.baseline = ",", False
+    with pytest.raises(ValueError, match=r"--config.rows=',' names no row; choose from smarter, no_qf"):
+        sweep.row_names(config)
     config = paper.get_config("smoke")
     config.seed, config.seeds = 4, 2
     assert [(s, m.name, m.seed, m.lr) for s, m in sweep.members_of(config)] == [
@@ -149,3 +157,15 @@ def test_a_rerun_with_another_config_is_refused(tmp_path):
                 r"--config.optim.lr=0.5 \(it holds 0.001\); use a new --workdir")  # fmt: skip
     with pytest.raises(ValueError, match=expected):
         sweep.check_same_sweep(config, path)
+
+
+def test_bad_sweeps_are_refused_before_any_work(tmp_path):
+    """A run config, or a member no row can train, is refused before anything is written (so the
+    corrected command is not refused as "another config" of the same workdir)."""
+    with pytest.raises(ValueError, match="is a run config, not a sweep config .* pass configs/paper.py"):
+        sweep.run_sweep(smarter.get_config(), tmp_path / "a")
+    config = paper.get_config("smoke")
+    config.grid.pdrop = "1.5"
+    with pytest.raises(ValueError, match=r"pdrop=1.5 must lie in \[0, 1\)"):
+        sweep.run_sweep(config, tmp_path / "b")
+    assert not (tmp_path / "b" / "config.json").exists()
