@@ -70,7 +70,7 @@ def test_row_names_members_and_grid():
     ):
         sweep.row_names(config)
     config.rows, config.baseline = ",", False
-    with pytest.raises(ValueError, match=r"--config.rows=',' names no row; choose from smarter, no_qf"):
+    with pytest.raises(ValueError, match=r"--config.rows=',' names no row; choose from baseline, "):
         sweep.row_names(config)
     config = paper.get_config("smoke")
     config.seed, config.seeds = 4, 2
