@@ -234,43 +234,46 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     (root / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     previous = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").is_file() else {}
     record: dict[str, Any] = {"rows": {}, "members": [m.name for _, m in members]}
+    member_list = [m for _, m in members]
+    last = config.seed + int(config.seeds) - 1
+    seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
+    if len(members) > int(config.seeds):
+        seeds += f", {len(members) // int(config.seeds)} grid settings"
     settings = {}
     for i, row in enumerate(rows, 1):
         row_dir = root / row
-        last = config.seed + int(config.seeds) - 1
-        seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
-        if len(members) > int(config.seeds):
-            seeds += f", {len(members) // int(config.seeds)} grid settings"
-        if row_done(row_dir, [m for _, m in members]):
+        # seconds an earlier invocation spent on this row: kept for a finished row, added to for a resumed one
+        before = previous.get("rows", {}).get(row, {}).get("seconds")
+        if row_done(row_dir, member_list):
             log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, row_dir)
-            if "seconds" in previous.get("rows", {}).get(row, {}):
-                record["rows"][row] = {"seconds": previous["rows"][row]["seconds"]}
+            if before is not None:
+                record["rows"][row] = {"seconds": before}
         else:
             log.info(
                 "row %d/%d %s: %d members (%s) in one jitted step", i, len(rows), row, len(members), seeds
             )
             row_start = time.perf_counter()
             out = train.train_members(
-                row_config(config, row, shared), row_dir, [m for _, m in members], plots=config.member_plots
+                row_config(config, row, shared), row_dir, member_list, plots=config.member_plots
             )
+            record["rows"][row] = {"seconds": (before or 0.0) + time.perf_counter() - row_start}
             stopped = [r for r in out.values() if "stopped_at_step" in r]
             if stopped:
-                record["rows"][row] = {"seconds": previous.get("rows", {}).get(row, {}).get("seconds", 0.0)
-                                       + time.perf_counter() - row_start}  # fmt: skip
                 record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
                 (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
                 log.info("row %s stopped by SIGTERM; rerun the same command to resume", row)
                 return {"stopped_at_step": stopped[0]["stopped_at_step"], "row": row}
-            # a resumed row adds this invocation's seconds to those before the interruption
-            before = previous.get("rows", {}).get(row, {}).get("seconds", 0.0)
-            record["rows"][row] = {"seconds": before + time.perf_counter() - row_start}
-        results = {m.name: reports.load_results(row_dir / m.name) for _, m in members}
-        record["rows"].setdefault(row, {}).update(extraction(row_dir, results[members[0][1].name]))
+        results = {m.name: reports.load_results(row_dir / m.name) for m in member_list}
+        record["rows"][row] = {
+            **record["rows"].get(row, {}),
+            **extraction(row_dir, results[member_list[0].name]),
+        }
+        labels = []
         for setting, member in members:
             label = f"{row} ({setting_label(setting)})" if setting else row
             settings.setdefault(label, []).append(results[member.name])
-        labels = {f"{row} ({setting_label(st)})" if st else row for st, _ in members}
-        for line in reports.sweep_rows({label: settings[label] for label in sorted(labels)}):
+            labels.append(label)
+        for line in reports.sweep_rows({label: settings[label] for label in dict.fromkeys(labels)}):
             if line.members:  # (the greedy and chance rows are the table's)
                 s, o = line.cells[("S_acc", "all")], line.cells[("O_acc", "all")]
                 log.info("row %s: test S_acc %s %%, O_acc %s %% over %d seed%s", line.label,
