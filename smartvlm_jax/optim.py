@@ -71,6 +71,13 @@ def make_optimizer(
     return opt
 
 
+def skips_absent_rows(opt_state) -> bool:
+    """Whether ``opt_state`` (any optimiser state tree) is :func:`row_sparse_adam`'s: rows of per-puzzle
+    stacks that a batch did not use stay exactly as they were."""
+    nodes = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, RowSparseAdamState))
+    return any(isinstance(x, RowSparseAdamState) for x in nodes)
+
+
 class RowSparseAdamState(NamedTuple):
     step: jax.Array  # optimiser steps taken (drives the learning-rate schedule, as a PyTorch scheduler)
     count: Any  # per leaf, per row of its leading axis: the updates that row has had

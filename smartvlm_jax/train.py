@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 
 from smartvlm_jax import console, features, metrics, optim, parallel, reasoner, reports, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
+from smartvlm_jax.reasoner import presence
 from smartvlm_jax.workdir import Workdir, user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,15 @@ def train_step(
     """
     vision, text = head_inputs(batch, towers, tower_params)
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rows = reasoner.row_presence(model_cfg, state.params, batch["puzzle_ids"], batch["mask"])
+    if active is not None:
+        rows = rows_if_active(state.params, rows, active)
+    full_state, kept = state, None
+    if optim.skips_absent_rows(state.opt_state):
+        kept = presence.encoder_rows(model_cfg)
+    if kept is not None:  # the other encoder rows cannot change: update the run's puzzles' rows only
+        state, rows = presence.take_encoder_rows((state, rows), kept)
+        model = model.clone(encoder_rows=kept)
 
     def loss_fn(params):
         logits = model.apply(
@@ -127,13 +137,12 @@ def train_step(
         return reasoner.loss(logits, batch["labels"], batch["puzzle_ids"], model_cfg, mask=batch["mask"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    rows = reasoner.row_presence(model_cfg, state.params, batch["puzzle_ids"], batch["mask"])
-    if active is not None:
-        rows = rows_if_active(state.params, rows, active)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, row_mask=rows)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
     )
+    if kept is not None:
+        new_state = presence.put_encoder_rows(full_state, new_state, kept)
     metrics = TrainMetrics.single_from_model_output(
         loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step)
     )

@@ -13,7 +13,9 @@ import numpy as np
 
 from smartvlm_jax import puzzles, variants
 
-HEAD_IMPLS: tuple[str, ...] = ("gather", "ragged")
+# How the per-puzzle layers run (puzzle_heads.resolve_impl; docs/heads.md): "auto" picks "dense" or "gather"
+# per stack from its rows and the batch size; "ragged" sorts the batch and uses jax.lax.ragged_dot.
+HEAD_IMPLS: tuple[str, ...] = ("auto", "gather", "dense", "ragged")
 # Number of per-puzzle image encoders: one per puzzle id 1..101 plus the unused index 0, so that the
 # encoder of puzzle p is row p of the stacked parameters, as in the reference's ModuleList.
 NUM_ENCODER_SLOTS = len(puzzles.ALL_PUZZLE_IDS) + 1
@@ -44,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.ln_eps = 1e-6  # epsilon of every LayerNorm
     c.max_qlen = 110  # L: length of the (repeated) question sequence seen by the QF layer
     c.num_decode_steps = puzzles.NUM_DECODE_STEPS  # K: answer positions decoded for sequence puzzles
-    c.head_impl = "gather"  # per-puzzle layers: "gather" (per-sample weights) or "ragged" (sort+ragged_dot)
+    c.head_impl = "auto"  # per-puzzle layers: "auto", "gather" (per-sample weights), "dense", "ragged"
     return c
 
 

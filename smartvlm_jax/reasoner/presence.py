@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from smartvlm_jax.reasoner import config as config_lib
 
@@ -41,3 +42,45 @@ def row_presence(
         return None
 
     return {group: jax.tree.map(lambda leaf, g=group: rows_of(g, leaf), sub) for group, sub in params.items()}
+
+
+def encoder_rows(cfg: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+    """The rows of the ``im_encoder`` stack that a run of ``cfg`` can ever train: its puzzle ids, sorted.
+
+    None where that is no saving: a single shared image head, or a run of (nearly) every puzzle. With the
+    row-sparse optimiser the other rows never change, so a train step may work on these rows alone
+    (:func:`take_encoder_rows`, ``PuzzleHead.encoder_rows``) and put them back (:func:`put_encoder_rows`).
+    """
+    rows = tuple(sorted(set(int(p) for p in cfg.puzzle_ids)))
+    if cfg.use_single_image_head or 2 * len(rows) > config_lib.NUM_ENCODER_SLOTS:
+        return None
+    return rows
+
+
+def _is_encoder_leaf(path, leaf) -> bool:
+    """A leaf of the per-puzzle-id stack, in params or in anything shaped like them (moments, masks)."""
+    in_encoder = any(getattr(key, "key", None) in _BY_PUZZLE_ID for key in path)
+    return in_encoder and jnp.ndim(leaf) >= 1 and jnp.shape(leaf)[0] == config_lib.NUM_ENCODER_SLOTS
+
+
+def take_encoder_rows(tree, rows: tuple[int, ...]):
+    """``tree`` (params, a train state, row masks: anything holding ``im_encoder`` leaves with the full
+    [102, ...] rows) with those leaves cut to ``rows`` (static puzzle ids) -> [len(rows), ...]; the other
+    leaves as they are. Jit- and vmap-able."""
+    index = np.asarray(rows)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf[index] if _is_encoder_leaf(path, leaf) else leaf, tree
+    )
+
+
+def put_encoder_rows(full, part, rows: tuple[int, ...]):
+    """Inverse of :func:`take_encoder_rows`: ``part``'s leaves, with the ``im_encoder`` ones written into
+    ``full``'s [102, ...] leaves at ``rows`` (the rows in between keep ``full``'s values)."""
+    index = np.asarray(rows)
+
+    def put(path, whole, cut):
+        if not _is_encoder_leaf(path, whole):
+            return cut
+        return whole.at[index].set(cut, indices_are_sorted=True, unique_indices=True)
+
+    return jax.tree_util.tree_map_with_path(put, full, part)

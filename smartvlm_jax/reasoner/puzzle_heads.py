@@ -1,12 +1,16 @@
 """Per-puzzle layers stored as stacked parameters and chosen per sample inside jit.
 
 There is no Python loop over puzzles: every sample carries the row of the stack it uses, and the
-batch is processed in one of two ways (config `head_impl`):
+batch is processed in one of these ways (config `head_impl`):
 - "gather": each sample's weight matrices are gathered and applied with a batched matmul;
+- "dense": every row's layer runs on every sample and a one-hot contraction keeps each sample's row;
 - "ragged": the batch is sorted by row, `jax.lax.ragged_dot` applies each row's weights to its
-  contiguous group, and the result is unsorted.
-Both cost O(batch), independent of how many puzzles the run has. Rows beyond a puzzle's class count
-are zero-padded and masked, so a stack can hold decoders with different C_p.
+  contiguous group, and the result is unsorted (not under `jax.vmap`);
+- "auto" (default): dense for a stack with at most half as many rows as the batch has samples (the
+  run's few decoders, the image encoders of a run of a few puzzles), else gather (`resolve_impl`).
+Gather and ragged cost O(batch) whatever the number of rows; dense O(batch x rows), with no weight
+copies. Rows beyond a puzzle's class count are zero-padded and masked, so a stack can hold decoders
+with different C_p.
 
 `StackedMLP` holds per-puzzle MLPs (image encoders, ordinary answer decoders), `StackedRNN` per-puzzle
 GRU or LSTM sequence decoders, and `PuzzleHead` assembles them into the two ends that the SMARTER head
@@ -31,6 +35,17 @@ from smartvlm_jax.reasoner.layers import gelu, torch_uniform
 
 # The heads' nonlinearity by name: exact GELU (SMARTER, the reference's F.gelu) or ReLU (the SMART baseline).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"gelu": gelu, "relu": jax.nn.relu}
+
+
+def resolve_impl(impl: str, rows: int, batch: int) -> str:
+    """The way a stack of ``rows`` per-puzzle layers runs on a batch of ``batch`` samples: ``impl`` itself,
+    or for ``"auto"``: "dense" when the stack has at most half as many rows as the batch has samples, else
+    "gather". Dense costs rows x batch multiply-adds per weight and copies no weights; gather copies every
+    sample's weights, which costs more until the stack is large (benchmarks/head.py; docs/heads.md), and
+    under ``jax.vmap`` those copies are batched gathers with transposes around them."""
+    if impl != "auto":
+        return impl
+    return "dense" if 2 * rows <= batch else "gather"
 
 
 def _masked_init(fan_in: int, valid: np.ndarray):
@@ -78,10 +93,15 @@ class StackedMLP(nn.Module):
         x, rows = jnp.asarray(x), jnp.asarray(rows)  # numpy inputs cannot be indexed by tracers
         safe = jnp.minimum(rows, g - 1)
         act = ACTIVATIONS[self.activation]
+        impl = resolve_impl(self.impl, g, x.shape[0])
         if g == 1:  # a single shared MLP: plain matmuls
             return _mlp(x, [(k[0], b[0]) for k, b in params], lambda h, kb: h @ kb[0] + kb[1], act)
-        if self.impl == "gather":
+        if impl == "gather":
             apply = lambda h, kb: jnp.einsum("bi,bio->bo", h, kb[0][safe]) + kb[1][safe]
+            return _mlp(x, params, apply, act)
+        if impl == "dense":  # every row on every sample, each sample's picked by a one-hot contraction
+            pick = jax.nn.one_hot(safe, g, dtype=x.dtype)  # [B, G]
+            apply = lambda h, kb: jnp.einsum("bi,gio,bg->bo", h, kb[0], pick) + pick @ kb[1]
             return _mlp(x, params, apply, act)
         # ragged: sort once, run every layer on the grouped batch, unsort at the end.
         order = jnp.argsort(rows, stable=True)
@@ -110,15 +130,14 @@ def gru_update(gi: jax.Array, gh: jax.Array, h: jax.Array) -> jax.Array:
     return (1.0 - z) * n + z * h
 
 
-def _gru_step(state, gi, whh, bhh, valid):
+def _gru_step(state, gi, hidden, valid):
     (h,) = state
-    gh = jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
-    return (gru_update(gi, gh, h) * valid,)
+    return (gru_update(gi, hidden(h), h) * valid,)
 
 
-def _lstm_step(state, gi, whh, bhh, valid):
+def _lstm_step(state, gi, hidden, valid):
     h, c = state
-    g = gi + jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
+    g = gi + hidden(h)
     i, f = jax.nn.sigmoid(g[..., 0, :]), jax.nn.sigmoid(g[..., 1, :])
     cand, o = jnp.tanh(g[..., 2, :]), jax.nn.sigmoid(g[..., 3, :])
     c = (f * c + i * cand) * valid
@@ -129,10 +148,10 @@ def _lstm_step(state, gi, whh, bhh, valid):
 class RNNCell:
     """A recurrent cell in PyTorch's parameter layout: its gate count and the arrays of its state.
 
-    ``step(state, gi, whh, bhh, valid)`` takes the state (a tuple of ``state_size`` arrays [..., C], the
-    hidden first), the input projection gi [..., G, C] (bias included), the hidden weights whh
-    [..., G, C, C] and bias bhh [..., G, C], and the 0/1 mask of real units [..., C]; it returns the next
-    state with the padded units at zero.
+    ``step(state, gi, hidden, valid)`` takes the state (a tuple of ``state_size`` arrays [..., C], the
+    hidden first), the input projection gi [..., G, C] (bias included), ``hidden``: the hidden projection
+    h [..., C] -> [..., G, C] (weight_hh and bias_hh of each sample's row), and the 0/1 mask of real units
+    [..., C]; it returns the next state with the padded units at zero.
     """
 
     gates: int
@@ -169,6 +188,7 @@ class StackedRNN(nn.Module):
     classes: Sequence[int]  # C_p per stack row
     steps: int
     coupled: bool = False
+    impl: str = "gather"  # resolve_impl's "dense": every row's projections, one-hot picked; else gathers
 
     @nn.compact
     def __call__(self, z: jax.Array, rows: jax.Array, valid: jax.Array) -> jax.Array:
@@ -193,16 +213,23 @@ class StackedRNN(nn.Module):
 
         w_ih, w_hh, b_ih, b_hh = map(jnp.asarray, (w_ih, w_hh, b_ih, b_hh))
         safe = jnp.minimum(rows, n - 1)
-        # The input is the same at every step, so its projection is computed once.
-        gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, G, C]
-        whh, bhh = w_hh[safe], b_hh[safe]  # [B, G, C, C], [B, G, C]
         valid = valid.astype(z.dtype)
+        if resolve_impl(self.impl, n, z.shape[0]) == "dense" and not self.coupled:  # one-hot picked rows
+            pick = jax.nn.one_hot(safe, n, dtype=z.dtype)  # [B, N]
+            gi = jnp.einsum("br,ngrc,bn->bgc", z, w_ih, pick) + jnp.einsum("bn,ngc->bgc", pick, b_ih)
+            bhh = jnp.einsum("bn,ngc->bgc", pick, b_hh)
+            hidden = lambda h: jnp.einsum("bc,ngcd,bn->bgd", h, w_hh, pick) + bhh  # noqa: E731
+        else:  # each sample's row gathered
+            # The input is the same at every step, so its projection is computed once.
+            gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, G, C]
+            whh, bhh = w_hh[safe], b_hh[safe]  # [B, G, C, C], [B, G, C]
+            hidden = lambda h: jnp.einsum("...c,...gcd->...gd", h, whh) + bhh  # noqa: E731
 
         if not self.coupled:
             state = (jnp.zeros((z.shape[0], c_max), z.dtype),) * cell.state_size
             outs = []
             for _ in range(self.steps):  # K is small and static: unrolled
-                state = cell.step(state, gi, whh, bhh, valid)
+                state = cell.step(state, gi, hidden, valid)
                 outs.append(state[0])
             return jnp.stack(outs)
 
@@ -210,7 +237,8 @@ class StackedRNN(nn.Module):
         # kind), updated sample after sample in batch order, carried from step to step.
         def sample_step(table, xs):
             row, gi_, whh_, bhh_, valid_ = xs
-            state = cell.step(tuple(t[row] for t in table), gi_, whh_, bhh_, valid_)
+            hidden_ = lambda h: jnp.einsum("c,gcd->gd", h, whh_) + bhh_  # noqa: E731
+            state = cell.step(tuple(t[row] for t in table), gi_, hidden_, valid_)
             return tuple(t.at[row].set(s) for t, s in zip(table, state, strict=True)), state[0]
 
         def decode_step(table, _):
@@ -237,6 +265,10 @@ class PuzzleHead(nn.Module):
     """
 
     cfg: ml_collections.FrozenConfigDict
+    # The puzzle ids whose image encoders the ``im_encoder`` stack holds, in its row order; None: every id
+    # 0..101 (the reference's layout, row p for puzzle p). Training sets it to the run's puzzles
+    # (``reasoner.presence.encoder_rows``) and hands the step those rows only, which are all a batch can use.
+    encoder_rows: tuple[int, ...] | None = None
 
     activation: ClassVar[str] = "gelu"  # key of ACTIVATIONS: in the encoders and decoders, and after im
     decoder_names: ClassVar[tuple[str, ...]] = ("ln1", "ln2", "ln3")  # reference names of the MLP's Linears
@@ -275,15 +307,23 @@ class PuzzleHead(nn.Module):
         Linear(Dv, R) -> act -> Linear(R, R), then act; one shared encoder under use_single_image_head."""
         cfg = self.cfg
         r, single = cfg.repr_size, cfg.use_single_image_head
+        groups, rows = config_lib.NUM_ENCODER_SLOTS, pid
+        if single:
+            groups, rows = 1, jnp.zeros_like(pid)
+        elif self.encoder_rows is not None:  # ids without a row get row `groups`: no encoder, output unused
+            groups = len(self.encoder_rows)
+            slot_of_pid = np.full(config_lib.NUM_ENCODER_SLOTS, groups, np.int32)
+            slot_of_pid[list(self.encoder_rows)] = np.arange(groups)
+            rows = jnp.asarray(slot_of_pid)[pid]
         im = StackedMLP(
             names=("0", "2"),
             features=(r, r),
-            num_groups=1 if single else config_lib.NUM_ENCODER_SLOTS,
+            num_groups=groups,
             impl=cfg.head_impl,
-            unused_first_row=not single,
+            unused_first_row=not single and self.encoder_rows is None,
             activation=self.activation,
             name="im_encoder",
-        )(vision, jnp.zeros_like(pid) if single else pid)
+        )(vision, rows)
         # The reference applies the outer activation only on the per-puzzle path; its single head omits it.
         if not (single and cfg.reference_quirks):
             im = ACTIVATIONS[self.activation](im)
@@ -320,6 +360,7 @@ class PuzzleHead(nn.Module):
                 classes=tab.sequence_classes,
                 steps=k,
                 coupled=cfg.reference_quirks,
+                impl=cfg.head_impl,
                 name=f"ans_decoder_{self.sequence_cell}",
             )(z, jnp.asarray(tab.gru_slot_of_pid)[pid], valid)  # [K, B, C_s]; the slot table serves any cell
             seq = jnp.pad(jnp.swapaxes(seq, 0, 1), ((0, 0), (0, 0), (0, c_max - c_s)))

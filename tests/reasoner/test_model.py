@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from smartvlm_jax import reasoner
+from smartvlm_jax.reasoner import presence, puzzle_heads
 from tests.reasoner.helpers import random_batch, small_config
 
 PIDS = [16, 3, 16, 58, 39, 3, 94, 16, 18]  # repeated, absent (7, 25) and sequence puzzles
@@ -120,7 +121,7 @@ def test_loss_matches_per_puzzle_definition_and_mask():
     assert abs(got - expected(keep)) < 1e-5
 
 
-@pytest.mark.parametrize("impl", ["gather", "ragged"])
+@pytest.mark.parametrize("impl", ["ragged", "dense", "auto"])
 def test_head_impls_agree(impl):
     cfg = small_config(head_impl=impl)
     model, variables, (vision, text, pid, labels) = _init(cfg, PIDS)
@@ -134,6 +135,31 @@ def test_head_impls_agree(impl):
     assert abs(float(l1) - float(l2)) < 1e-6
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_auto_impl_picks_dense_for_stacks_at_most_half_the_batch():
+    assert puzzle_heads.resolve_impl("auto", 5, 10) == "dense"
+    assert puzzle_heads.resolve_impl("auto", 6, 10) == "gather"
+    assert puzzle_heads.resolve_impl("auto", 102, 128) == "gather"  # the full run's image encoders
+    assert puzzle_heads.resolve_impl("ragged", 2, 128) == "ragged"  # an explicit choice is kept
+
+
+def test_encoder_rows_model_equals_the_full_stack():
+    """The head on the run's encoder rows only (what the train step differentiates) gives the full
+    head's logits, with ids outside those rows still valid inputs."""
+    cfg = small_config()
+    model, variables, (vision, text, pid, _) = _init(cfg, PIDS)
+    rows = presence.encoder_rows(cfg)
+    assert rows == tuple(sorted(cfg.puzzle_ids))
+    cut = presence.take_encoder_rows(variables, rows)
+    assert cut["params"]["im_encoder"]["0_kernel"].shape[0] == len(rows)
+    full = jax.jit(model.apply)(variables, vision, text, pid)
+    compact = jax.jit(model.clone(encoder_rows=rows).apply)(cut, vision, text, pid)
+    np.testing.assert_allclose(compact, full, rtol=1e-6, atol=1e-6)
+    back = presence.put_encoder_rows(variables, cut, rows)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert presence.encoder_rows(small_config(use_single_image_head=True)) is None
 
 
 def test_dropout_changes_training_outputs_only():

@@ -102,3 +102,49 @@ def test_row_sparse_adamw_matches_torch_modules_without_gradients():
     np.testing.assert_allclose(np.asarray(params["shared"]), shared.detach().numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected[1], rows0[1])  # row 1 was used once: it moved, and only then
     np.testing.assert_array_equal(np.asarray(state[1].count["stack"]), [2, 1, 2])
+
+
+def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
+    """With the row-sparse optimiser the step updates only the run's image-encoder rows (the others can
+    never change); three steps of that equal three steps on the whole [102, ...] stack."""
+    import functools
+
+    from smartvlm_jax import reasoner, train
+    from tests.reasoner.helpers import random_batch, small_config
+
+    cfg = small_config()
+    config = smarter.get_config()
+    config.optim.warmup_steps = 1
+    model = reasoner.build(cfg)
+    tx = optim.make_optimizer(config.optim, total_steps=20)
+    batches = []
+    for seed, pids in enumerate([[3, 16, 3, 58], [7, 94, 94, 39], [3, 3, 25, 18]]):
+        vision, text, pid, labels = random_batch(cfg, pids, seed)
+        batches.append(dict(vision=vision, text=text, puzzle_ids=pid, labels=labels, mask=np.ones(4, bool)))
+    inputs = (batches[0][k] for k in ("vision", "text", "puzzle_ids"))
+    params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
+    rng = jax.random.key_data(jax.random.key(1))
+    state0 = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)
+
+    def run_steps():
+        step = jax.jit(functools.partial(
+            train.train_step, model=model, model_cfg=cfg, tx=tx,
+            schedule=optim.learning_rate_schedule(config.optim, 20),
+        ))  # fmt: skip
+        state, losses = state0, []
+        for batch in batches:
+            state, metrics = step(state, batch, None)
+            losses.append(float(metrics.loss.compute()))
+        return state, losses
+
+    compact, compact_losses = run_steps()
+    monkeypatch.setattr(train.presence, "encoder_rows", lambda cfg: None)
+    full, full_losses = run_steps()
+    np.testing.assert_allclose(compact_losses, full_losses, rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(compact), jax.tree.leaves(full), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    enc, enc0 = (np.asarray(s.params["im_encoder"]["0_kernel"]) for s in (compact, state0))
+    np.testing.assert_array_equal(enc[[1, 2, 100]], enc0[[1, 2, 100]])  # outside the run: untouched
+    assert not np.allclose(enc[3], enc0[3])  # a run row moved
+    counts = np.asarray(compact.opt_state[1].count["im_encoder"]["0_kernel"])
+    assert counts[3] == 2 and counts[7] == 1 and counts[1] == 0
