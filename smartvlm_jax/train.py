@@ -818,8 +818,9 @@ def take(tree, i: int | None):
 
 
 def host_params(params) -> Any:
-    """A host copy of replicated parameters (each process holds all of them)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
+    """A host copy of replicated parameters (each process holds all of them); numpy leaves as they are."""
+    local = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x  # noqa: E731
+    return jax.tree.map(lambda x: np.asarray(local(x)), params)
 
 
 def evaluate_split(run: Run, params, split: str, pred_fn, baselines: bool = True) -> dict:
@@ -1102,6 +1103,27 @@ def _train_and_evaluate(
     compiled = False
     epoch_bar: console.Progress | None = None  # the current epoch's progress
     losses: list[float] = []  # this epoch's step losses (the members' mean; the bar shows their mean)
+    unread: list[tuple[int, np.ndarray, TrainMetrics]] = []  # (step, members on, metrics) not yet read
+
+    def read_metrics() -> None:
+        """Fetch the metrics of the steps dispatched since the last read in one transfer, add them to the
+        log window (merged on the host: merging on the device would wait for each step) and their losses
+        to the epoch's; FloatingPointError at the first non-finite loss of a training member."""
+        nonlocal pending
+        for (at, trained, _), fetched in zip(unread, jax.device_get([u[2] for u in unread]), strict=True):
+            pending = fetched if pending is None else pending.merge(fetched)
+            member_losses = np.atleast_1d(np.asarray(fetched.loss.compute()))
+            for i in np.flatnonzero(trained):
+                if not math.isfinite(member_losses[i]):
+                    latest = manager.latest_step()
+                    where = f" (member {members[i].name!r})" if stacked else ""
+                    good = ckpt_dir / str(latest) if latest is not None else "none (no checkpoint saved yet)"
+                    raise FloatingPointError(
+                        f"loss is {member_losses[i]} at step {at}{where}; last good checkpoint: {good}"
+                    )
+            losses.append(float(member_losses[trained].mean()))
+        unread.clear()
+
     try:
         while step < max_steps and active().any():
             if epoch_bar is None:
@@ -1116,22 +1138,17 @@ def _train_and_evaluate(
             on = active()  # the members this step trains (the others' states stay as they were)
             state, step_metrics = step_fn(state, *step_args(batch))
             step += 1
-            member_losses = np.atleast_1d(np.asarray(jax.device_get(step_metrics.loss.compute())))
-            loss = float(member_losses[on].mean())
+            unread.append((step, on, step_metrics))
+            logs = step % config.log_every_steps == 0 or step == max_steps
+            # Steps run asynchronously: the host reads their metrics (and waits for them) only where it
+            # reports or saves, and prepares the next batches meanwhile.
+            if logs or step % steps_per_epoch == 0 or step % config.checkpoint_every_steps == 0:
+                read_metrics()
             timing.add("train", time.perf_counter() - start - compile_s, steps=1)
-            losses.append(loss)
             # the step that compiled is left out of the rate and ETA
-            epoch_bar.update(1, warmup=compile_s > 0, postfix=f"loss {np.mean(losses):.4g}")
-            for i in np.flatnonzero(on):
-                if not math.isfinite(member_losses[i]):
-                    latest = manager.latest_step()
-                    where = f" (member {members[i].name!r})" if stacked else ""
-                    good = ckpt_dir / str(latest) if latest is not None else "none (no checkpoint saved yet)"
-                    raise FloatingPointError(
-                        f"loss is {member_losses[i]} at step {step}{where}; last good checkpoint: {good}"
-                    )
-            pending = step_metrics if pending is None else pending.merge(step_metrics)
-            if step % config.log_every_steps == 0 or step == max_steps:
+            postfix = f"loss {np.mean(losses):.4g}" if losses and not unread else None
+            epoch_bar.update(1, warmup=compile_s > 0, postfix=postfix)
+            if logs:
                 for i in np.flatnonzero(on):  # a member's own window (clu computes unstacked collections)
                     scalars = take(pending, members_index[i]).compute()
                     writers[i].write_scalars(step, scalars, prefix="train/")
@@ -1146,6 +1163,7 @@ def _train_and_evaluate(
                     )
                 meta["epoch"] = epoch
                 new_best = []
+                params_on_host = None  # one transfer of the (stacked) parameters for this epoch's exports
                 for i in np.flatnonzero(on):  # a stopped member's val is the one it stopped with
                     val, member_meta = vals[i], metas[i]
                     scalars = {k: val[k] for k in ("S_acc", "O_acc", "err")}
@@ -1158,7 +1176,9 @@ def _train_and_evaluate(
                         )
                         new_best.append(i)
                         with timing("checkpoint"):
-                            export_best(runs[i], take(state.params, members_index[i]))
+                            if params_on_host is None:
+                                params_on_host = host_params(state.params)
+                            export_best(runs[i], take(params_on_host, members_index[i]))
                     else:
                         member_meta["epochs_without_improvement"] += 1
                 if stacked:
@@ -1175,6 +1195,7 @@ def _train_and_evaluate(
                 last_saved = step
             # Every process must stop at the same step, or one waits in the save's barriers for ever.
             if parallel.any_process(bool(stop_requested)):
+                read_metrics()
                 if epoch_bar is not None:  # (None: the signal came as an epoch ended)
                     epoch_bar.close(epoch_summary(losses) + ", stopped by SIGTERM")
                 log.info("SIGTERM: saving step %d and stopping", step)

@@ -99,10 +99,9 @@ class StackedMLP(nn.Module):
         if impl == "gather":
             apply = lambda h, kb: jnp.einsum("bi,bio->bo", h, kb[0][safe]) + kb[1][safe]
             return _mlp(x, params, apply, act)
-        if impl == "dense":  # every row on every sample, each sample's picked by a one-hot contraction
+        if impl == "dense":
             pick = jax.nn.one_hot(safe, g, dtype=x.dtype)  # [B, G]
-            apply = lambda h, kb: jnp.einsum("bi,gio,bg->bo", h, kb[0], pick) + pick @ kb[1]
-            return _mlp(x, params, apply, act)
+            return _mlp(x, params, lambda h, kb: _one_hot_linear(h, pick, *kb), act)
         # ragged: sort once, run every layer on the grouped batch, unsort at the end.
         order = jnp.argsort(rows, stable=True)
         inverse = jnp.argsort(order)
@@ -110,6 +109,16 @@ class StackedMLP(nn.Module):
         sorted_safe = safe[order]
         y = _mlp(x[order], params, lambda h, kb: lax.ragged_dot(h, kb[0], sizes) + kb[1][sorted_safe], act)
         return y[inverse]
+
+
+def _one_hot_linear(h: jax.Array, pick: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """Each sample's row of a stacked Linear, as one matmul: h [B, I] is placed in its row's block of a
+    [B, G*I] input (zeros elsewhere, from the one-hot ``pick`` [B, G]) against the kernel [G, I, O] read as
+    [G*I, O], which is its memory layout, so neither pass transposes the weights. Exact: the other
+    blocks add zeros."""
+    g, i, o = kernel.shape
+    blocks = (pick[:, :, None] * h[:, None, :]).reshape(h.shape[0], g * i)
+    return blocks @ kernel.reshape(g * i, o) + pick @ bias
 
 
 def _mlp(x: jax.Array, params: list, apply, act=gelu) -> jax.Array:
