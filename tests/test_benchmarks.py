@@ -57,14 +57,16 @@ def test_throughput_tiny_report(tmp_path, capsys):
 
 
 def test_members_memory_grows_by_one_state_per_member():
-    """benchmarks.members_memory on the smoke head: the step's arguments are N states plus the shared batch,
+    """benchmarks.members on the smoke head: the step's arguments are N states plus the shared batch,
     and the donated state is aliased to the output (the update is in place, per member)."""
-    from benchmarks import members_memory
+    from benchmarks import members
 
-    one, three = (members_memory.memory("smoke", n) for n in (1, 3))
+    one, three = (members.memory("smoke", n) for n in (1, 3))
     assert three["state"] == 3 * one["state"]
     batch = one["arguments"] - one["state"]
     assert 0 < batch < 0.01 * one["state"]
     assert three["arguments"] - three["state"] < 1.1 * batch  # + the members' hyperparameters
     assert three["aliased"] == three["state"]
     assert three["temp"] < 3 * one["temp"] * 1.1
+    seconds = members.speed("smoke", 2, steps=2)  # the --speed loop runs: donated state, random batches
+    assert 0 < seconds < 60

@@ -1,13 +1,15 @@
-"""Memory of the vmapped members' train step (``train.member_step`` under ``jax.vmap``) for N members, as
-XLA's compiler plans it: argument, output, temporary and aliased (donated) bytes.
+"""The vmapped members' train step (``train.member_step`` under ``jax.vmap``) for N members: its memory as
+XLA's compiler plans it (argument, output, temporary and aliased (donated) bytes) and its speed.
 
-    python -m benchmarks.members_memory [--members 1,3,8] [--head smoke|smarter]
+    python -m benchmarks.members [--members 1,3,8] [--head smoke|smarter] [--speed] [--steps 200]
 
 "smoke": the head of configs/smoke.py (tiny towers' 64-d vision, 32-d text; the 11 synthetic puzzles,
 batch 32); "smarter": the paper's head (1536-d fused vision, 768-d SigLIP text, all 101 puzzles, batch
 128). The "1 (single)" row is the unstacked ``train.train_step`` of a single run. One member's state
 (params + AdamW moments) is printed too: the arguments should grow by about that per member, on top of
-the shared batch.
+the shared batch. ``--speed`` adds milliseconds per step: ``--steps`` consecutive steps on random batches
+of the head's puzzles, the state donated from step to step as in training, median of 5 rounds after one
+warm-up round (benchmarks/timing.py); per member it is that over N.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from configs import smarter, smoke
 from smartvlm_jax import optim, puzzles, reasoner, train
 from smartvlm_jax.data import synthetic
@@ -49,8 +52,9 @@ def head_and_batch(kind: str):
     return config, cfg, batch
 
 
-def memory(kind: str, n: int | None) -> dict[str, int]:
-    """Compiled memory of one step for ``n`` members (None: the single run's unstacked step), bytes."""
+def step_and_args(kind: str, n: int | None):
+    """(jitted step with the state donated, its abstract arguments, state initialiser from seeds) for
+    ``n`` members (None: the single run's unstacked step)."""
     config, cfg, batch = head_and_batch(kind)
     model = reasoner.build(cfg)
     total_steps = 1000
@@ -82,7 +86,15 @@ def memory(kind: str, n: int | None) -> dict[str, int]:
         )
         hparams = {k: jax.ShapeDtypeStruct((n,), jnp.float32) for k in ("lr", "weight_decay", "pdrop")}
         args = (state, batch, None, hparams, jax.ShapeDtypeStruct((n,), jnp.bool_))
-    stats = jax.jit(step, donate_argnums=(0,)).lower(*args).compile().memory_analysis()
+    make_state = jax.jit(init if n is None else jax.vmap(init))
+    return jax.jit(step, donate_argnums=(0,)), args, make_state
+
+
+def memory(kind: str, n: int | None) -> dict[str, int]:
+    """Compiled memory of one step for ``n`` members (None: the single run's unstacked step), bytes."""
+    step, args, _ = step_and_args(kind, n)
+    state = args[0]
+    stats = step.lower(*args).compile().memory_analysis()
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     return {
         "state": state_bytes,
@@ -93,20 +105,62 @@ def memory(kind: str, n: int | None) -> dict[str, int]:
     }
 
 
+def concrete_batch(kind: str, batch: dict, seed: int) -> dict[str, jax.Array]:
+    """A random batch shaped like ``batch`` (ShapeDtypeStructs): features, the head's puzzles, labels
+    within each puzzle's classes, every sample valid."""
+    _, cfg, _ = head_and_batch(kind)
+    rng = np.random.default_rng(seed)
+    size = batch["puzzle_ids"].shape[0]
+    ids = rng.choice(np.asarray(cfg.puzzle_ids), size)
+    classes = dict(zip(cfg.puzzle_ids, cfg.num_classes, strict=True))
+    labels = np.stack([rng.integers(0, classes[p], batch["labels"].shape[1]) for p in ids])
+    return {
+        "vision": jnp.asarray(rng.standard_normal(batch["vision"].shape), jnp.float32),
+        "text": jnp.asarray(rng.standard_normal(batch["text"].shape), jnp.float32),
+        "puzzle_ids": jnp.asarray(ids, jnp.int32),
+        "labels": jnp.asarray(labels, jnp.int32),
+        "mask": jnp.ones(size, bool),
+    }
+
+
+def speed(kind: str, n: int | None, steps: int) -> float:
+    """Median seconds per step of ``steps`` consecutive steps for ``n`` members (None: single run)."""
+    step, args, make_state = step_and_args(kind, n)
+    batches = [concrete_batch(kind, args[1], seed) for seed in range(8)]
+    extra = ()
+    if n is not None:
+        hparams = {"lr": 1e-3, "weight_decay": 0.01, "pdrop": 0.2}
+        extra = ({k: jnp.full((n,), v, jnp.float32) for k, v in hparams.items()}, jnp.ones((n,), bool))
+    state = [make_state(jnp.arange(n) if n is not None else 0)]
+
+    def run_steps():
+        for i in range(steps):
+            state[0], _ = step(state[0], batches[i % len(batches)], None, *extra)
+        return state[0]
+
+    return timing.time_call(run_steps, repeats=5).median / steps
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", default="1,3,8", help="comma-separated member counts")
     parser.add_argument("--head", default="smoke", choices=("smoke", "smarter"))
+    parser.add_argument("--speed", action="store_true", help="also time the steps (ms per step)")
+    parser.add_argument("--steps", type=int, default=200, help="steps per timed round (--speed)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.members.split(",")]
     print(f"{args.head} head, jax {jax.__version__} on {jax.devices()[0].platform}; MiB per compiled step")
-    print(f"{'members':>12} {'state':>9} {'arguments':>10} {'outputs':>9} {'temp':>9} {'aliased':>9}")
+    timed = f" {'ms/step':>9} {'ms/member':>10}" if args.speed else ""
+    print(f"{'members':>12} {'state':>9} {'arguments':>10} {'outputs':>9} {'temp':>9} {'aliased':>9}{timed}")
     for n in [None, *counts]:
         m = memory(args.head, n)
         label = "1 (single)" if n is None else str(n)
         widths = {"state": 9, "arguments": 10, "outputs": 9, "temp": 9, "aliased": 9}
         cells = " ".join(f"{m[k] / 2**20:>{w}.3f}" for k, w in widths.items())
-        print(f"{label:>12} {cells}")
+        if args.speed:
+            ms = speed(args.head, n, args.steps) * 1e3
+            cells += f" {ms:>9.2f} {ms / (n or 1):>10.2f}"
+        print(f"{label:>12} {cells}", flush=True)
 
 
 if __name__ == "__main__":
