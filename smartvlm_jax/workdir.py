@@ -5,7 +5,7 @@
 
 ``<root>/``
     ``config.json``            the resolved run config (towers and data settings included)
-    ``best_model/``            the best epoch's head: a reasoner model dir (``config.json`` + ``params/``)
+    ``best_model/``            the best epoch's head: a reasoner model dir (config.json, params.safetensors)
     ``checkpoints/``           Orbax checkpoints of the training state, for resuming
     ``features.json``          the feature-store entries and columns the run read (cached features)
     ``features/``              the feature store, when the run keeps it here (``--config.feature_store=''``)

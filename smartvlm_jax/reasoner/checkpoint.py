@@ -1,7 +1,11 @@
-"""Model directories: config.json (the head's ConfigDict) plus the parameters as an Orbax checkpoint.
+"""Model directories: config.json (the head's ConfigDict) plus the parameters in ``params.safetensors``.
 
-A model dir is self-describing: `load` rebuilds the exact module from config.json and restores the
-parameters against its shapes, so evaluation and prediction need nothing else.
+A model dir is self-describing: `load` rebuilds the exact module from config.json and reads the
+parameters against its shapes, so evaluation and prediction need nothing else. The tensors are named by
+their path in the params tree joined with "/" (``im_encoder/0_kernel``), float32, in the head's layout
+(docs/heads.md). Model dirs written before 2026-11-30 hold an Orbax checkpoint in ``params/`` instead;
+`load` reads those too. One file, written in one call, is ~5x cheaper than an Orbax save: training exports
+the best head of every member each time it improves.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import safetensors
+import safetensors.numpy
+from flax import traverse_util
 
 from smartvlm_jax.reasoner import config as config_lib
 from smartvlm_jax.reasoner.model import build
 from smartvlm_jax.workdir import BEST_MODEL_DIR, CONFIG_FILE
 
-PARAMS_DIR = "params"
+PARAMS_FILE = "params.safetensors"
+LEGACY_PARAMS_DIR = "params"  # model dirs written before 2026-11-30: an Orbax checkpoint
 
 
 def example_inputs(cfg: ml_collections.ConfigDict, batch: int = 2) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -37,20 +45,44 @@ def example_inputs(cfg: ml_collections.ConfigDict, batch: int = 2) -> tuple[jax.
 
 
 def save(out_dir: str | pathlib.Path, cfg: ml_collections.ConfigDict, params) -> pathlib.Path:
-    """Write a model dir (config.json + Orbax params). `params` is the head's params tree (or the
-    variables dict holding it under "params"). Refuses to overwrite an existing model dir."""
+    """Write a model dir (config.json + params.safetensors). `params` is the head's params tree (or the
+    variables dict holding it under "params"). Refuses to overwrite an existing model dir
+    (FileExistsError)."""
     config_lib.validate(cfg)
     out = pathlib.Path(out_dir).absolute()
-    if (out / CONFIG_FILE).exists() or (out / PARAMS_DIR).exists():
+    if any((out / name).exists() for name in (CONFIG_FILE, PARAMS_FILE, LEGACY_PARAMS_DIR)):
         raise FileExistsError(f"{out} already holds a model")
     if isinstance(params, dict) and set(params) == {"params"}:
         params = params["params"]
     out.mkdir(parents=True, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(out / PARAMS_DIR, jax.tree.map(np.asarray, params))
-    ckptr.wait_until_finished()
+    flat = {"/".join(k): np.ascontiguousarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    safetensors.numpy.save_file(flat, str(out / PARAMS_FILE))
     (out / CONFIG_FILE).write_text(cfg.to_json(indent=2) + "\n")
     return out
+
+
+def read_params(file: pathlib.Path, target):
+    """The params tree in safetensors ``file``, checked against ``target`` (a tree of ShapeDtypeStructs):
+    jax arrays. ValueError names the file and the tensor that is missing, extra or of the wrong shape or
+    dtype, or says the file is not safetensors."""
+    try:
+        tensors = safetensors.numpy.load_file(str(file))
+    except (safetensors.SafetensorError, OSError) as e:
+        raise ValueError(f"{file} is not a readable safetensors file: {e}") from None
+    expected = {"/".join(k): v for k, v in traverse_util.flatten_dict(target).items()}
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing:
+        raise ValueError(f"{file}: no tensor {missing[0]!r}, which the head of config.json has")
+    if extra:
+        raise ValueError(f"{file}: tensor {extra[0]!r} is not a parameter of the head of config.json")
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(
+                f"{file}: tensor {name!r} is {got.dtype}{list(got.shape)}, the head of config.json has "
+                f"{want.dtype}{list(want.shape)}"
+            )
+    return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in tensors.items()})
 
 
 def _model_dir(path: pathlib.Path) -> pathlib.Path:
@@ -71,7 +103,12 @@ def load(path: str | pathlib.Path) -> tuple[nn.Module, dict, ml_collections.Conf
         raise ValueError(f"{mdir / CONFIG_FILE} is not valid JSON: {e}") from None
     model = build(cfg)
     target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_inputs(cfg)))["params"]
-    params = ocp.StandardCheckpointer().restore(mdir / PARAMS_DIR, target)
+    if (mdir / PARAMS_FILE).is_file():
+        params = read_params(mdir / PARAMS_FILE, target)
+    elif (mdir / LEGACY_PARAMS_DIR).is_dir():
+        params = ocp.StandardCheckpointer().restore(mdir / LEGACY_PARAMS_DIR, target)
+    else:
+        raise FileNotFoundError(f"{mdir} has {CONFIG_FILE} but no {PARAMS_FILE}")
     return model, {"params": params}, cfg
 
 

@@ -225,6 +225,50 @@ def test_save_load_roundtrip(tmp_path):
     )
     with pytest.raises(FileExistsError):
         reasoner.save(tmp_path / "work" / "best_model", cfg, variables["params"])
+    assert sorted(p.name for p in (tmp_path / "work" / "best_model").iterdir()) == [
+        "config.json", "params.safetensors"
+    ]  # fmt: skip
     summary = reasoner.param_summary(variables["params"])
     total = sum(x.size for x in jax.tree.leaves(variables["params"]))
     assert f"{total:,d}" in summary.splitlines()[-1] and "im_encoder" in summary
+
+
+def test_model_dirs_of_the_orbax_layout_still_load(tmp_path):
+    """Model dirs written before params.safetensors hold an Orbax checkpoint in params/."""
+    import orbax.checkpoint as ocp
+
+    cfg = small_config()
+    model, variables, (vision, text, pid, _) = _init(cfg, PIDS)
+    legacy = tmp_path / "legacy"
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(legacy / "params", jax.tree.map(np.asarray, variables["params"]))
+    ckptr.wait_until_finished()
+    (legacy / "config.json").write_text(cfg.to_json())
+    model2, variables2, _ = reasoner.load(legacy)
+    np.testing.assert_array_equal(
+        jax.jit(model.apply)(variables, vision, text, pid),
+        jax.jit(model2.apply)(variables2, vision, text, pid),
+    )
+
+
+def test_a_model_dir_whose_params_do_not_fit_names_the_tensor(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    cfg = small_config()
+    _, variables, _ = _init(cfg, PIDS)
+    out = reasoner.save(tmp_path / "model", cfg, variables["params"])
+    tensors = load_file(str(out / "params.safetensors"))
+    tensors["im_encoder/0_kernel"] = tensors["im_encoder/0_kernel"][:5]
+    save_file(tensors, str(out / "params.safetensors"))
+    with pytest.raises(ValueError, match=r"tensor 'im_encoder/0_kernel' is float32\[5, "):
+        reasoner.load(out)
+    del tensors["im_encoder/0_kernel"]
+    save_file(tensors, str(out / "params.safetensors"))
+    with pytest.raises(ValueError, match=r"no tensor 'im_encoder/0_kernel'"):
+        reasoner.load(out)
+    (out / "params.safetensors").write_text("not tensors")
+    with pytest.raises(ValueError, match=r"params.safetensors is not a readable safetensors file"):
+        reasoner.load(out)
+    (out / "params.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has config.json but no params.safetensors"):
+        reasoner.load(out)
