@@ -662,6 +662,9 @@ def fill_split(
         names = sorted(c.name for c in missing)
         work = plan.entry / f"extracting-{hashing.digest_json(names)[:16]}"
         extract(missing, work)
+        # Every process has read the work dir (extract_split ends by loading it) before process 0 moves
+        # its files into the entry and removes it.
+        multihost_utils.sync_global_devices(f"features extracted {plan.entry}")
         if lead:
             if not (plan.entry / LABELS_DONE).exists():
                 for field in LABEL_FIELDS:

@@ -862,16 +862,13 @@ def evaluate_members(
 def export_best(run: Run, params) -> None:
     """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written."""
     best = run.workdir.best_model
-    tmp = run.workdir.staging(best)
-    if run.is_lead:
+    if run.is_lead:  # every process holds all the (replicated) parameters: one file, one writer
+        tmp = run.workdir.staging(best)
         shutil.rmtree(tmp, ignore_errors=True)
-    multihost_utils.sync_global_devices("best model: clean")
-    reasoner.save(tmp, run.model_cfg, host_params(params))
-    multihost_utils.sync_global_devices("best model: saved")
-    if run.is_lead:
+        reasoner.save(tmp, run.model_cfg, host_params(params))
         shutil.rmtree(best, ignore_errors=True)
         tmp.rename(best)
-    multihost_utils.sync_global_devices("best model: renamed")
+    multihost_utils.sync_global_devices("best model: written")  # no process reads it before
 
 
 # ----------------------------------------------------------------------------------------------------

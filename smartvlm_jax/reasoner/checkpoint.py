@@ -47,7 +47,7 @@ def example_inputs(cfg: ml_collections.ConfigDict, batch: int = 2) -> tuple[jax.
 def save(out_dir: str | pathlib.Path, cfg: ml_collections.ConfigDict, params) -> pathlib.Path:
     """Write a model dir (config.json + params.safetensors). `params` is the head's params tree (or the
     variables dict holding it under "params"). Refuses to overwrite an existing model dir
-    (FileExistsError)."""
+    (FileExistsError). One writer: in a multi-process job only one process calls it."""
     config_lib.validate(cfg)
     out = pathlib.Path(out_dir).absolute()
     if any((out / name).exists() for name in (CONFIG_FILE, PARAMS_FILE, LEGACY_PARAMS_DIR)):
