@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
+# The loop reads the train metrics of logged steps at most this often (seconds; epoch ends and saves always
+# read): what the console, log.jsonl and TensorBoard show lags the dispatched steps by about this much.
+METRICS_READ_SECS = 1.0
 
 
 @flax.struct.dataclass
@@ -387,6 +390,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
         if int(config[field]) < 1:
             raise ValueError(f"--config.{field}={config[field]} must be >= 1")
+    if not float(config.get("checkpoint_min_interval_secs", 0.0)) >= 0:
+        raise ValueError(
+            f"--config.checkpoint_min_interval_secs={config.checkpoint_min_interval_secs} must be >= 0"
+        )
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
@@ -875,6 +882,16 @@ def export_best(run: Run, params) -> None:
 # The loop.
 
 
+def checkpoint_rows(model_cfg: ml_collections.ConfigDict, opt_state) -> tuple[int, ...] | None:
+    """The ``im_encoder`` rows a train checkpoint holds (sorted puzzle ids), or None for all 102.
+
+    With the row-sparse optimiser the rows of puzzles outside the run keep their initial values for ever,
+    so checkpoints hold the run's rows only (``presence.encoder_rows``; a 3-member smoke group's 104 MB
+    become 20 MB) and a restore writes them into the freshly initialised state, which holds the others.
+    Model dirs (``best_model/``) always hold all 102, the reference's layout."""
+    return presence.encoder_rows(model_cfg) if optim.skips_absent_rows(opt_state) else None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Train, validate every epoch, test the best checkpoint; resumable from ``workdir``.
 
@@ -967,6 +984,11 @@ def _train_and_evaluate(
         log.info("reasoner head: %s parameters%s", f"{num_params:,}", f" x {len(runs)} members" * stacked)
         log.debug("reasoner parameters:\n%s", reasoner.param_summary(take(state.params, members_index[0])))
 
+    kept = checkpoint_rows(run.model_cfg, abstract_state.opt_state)
+    per_member = jax.vmap if stacked else lambda f, **_: f
+    to_saved = (lambda x: x) if kept is None else jax.jit(
+        per_member(functools.partial(presence.take_encoder_rows, rows=kept))
+    )
     ckpt_dir = workdir.checkpoints
     manager = ocp.CheckpointManager(
         ckpt_dir,
@@ -994,19 +1016,30 @@ def _train_and_evaluate(
         }
     else:
         meta = fresh_meta()
+    meta["encoder_rows"] = None if kept is None else list(kept)  # which layout the checkpoints hold
     if manager.latest_step() is not None:
+        fresh = state
+        saved_meta = manager.restore(
+            manager.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        ).meta
+        if stacked and saved_meta.get("member_specs") != meta["member_specs"]:
+            # the stacked state restores by position: the same members, or a clear error
+            raise ValueError(
+                f"{ckpt_dir} holds the checkpoints of other members ({saved_meta.get('member_specs')}), "
+                f"not {meta['member_specs']}: use a new workdir"
+            )
+        saved_rows = saved_meta.get("encoder_rows")  # absent in checkpoints of every row (older ones too)
+        if saved_rows is not None and saved_rows != meta["encoder_rows"]:
+            raise ValueError(
+                f"{ckpt_dir} holds the image-encoder rows {saved_rows} of the row-sparse optimiser, but this "
+                f"run trains {meta['encoder_rows'] or 'every row'} (--config.optim.skip_absent_rows="
+                f"{config.optim.get('skip_absent_rows')}): use a new workdir"
+            )
         abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_shardings
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract_state if saved_rows is None else jax.eval_shape(to_saved, abstract_state),
+            state_shardings,
         )
-        if stacked:  # the stacked state restores by position: the same members, or a clear error
-            saved = manager.restore(
-                manager.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-            ).meta.get("member_specs")
-            if saved != meta["member_specs"]:
-                raise ValueError(
-                    f"{ckpt_dir} holds the checkpoints of other members ({saved}), not "
-                    f"{meta['member_specs']}: use a new workdir"
-                )
         restored = manager.restore(
             manager.latest_step(),
             args=ocp.args.Composite(
@@ -1016,6 +1049,10 @@ def _train_and_evaluate(
             ),
         )
         state, meta = restored.state, restored.meta
+        if saved_rows is not None:  # the run's rows into the initial state, which has every other row
+            put = per_member(functools.partial(presence.put_encoder_rows, rows=kept))
+            state = jax.jit(put, out_shardings=state_shardings, donate_argnums=0)(fresh, restored.state)
+        meta["encoder_rows"] = None if kept is None else list(kept)  # what the next saves hold
         log.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
     metas = [meta["members"][m.name] for m in members] if stacked else [meta]  # each member's, in place
     # Train metrics since the last logged step: logs average fixed windows of log_every_steps steps, so a
@@ -1024,14 +1061,18 @@ def _train_and_evaluate(
 
     timing = run.timing
 
+    last_save_time = time.perf_counter()
+
     def save(step: int) -> None:
+        nonlocal last_saved, last_save_time
+        last_saved, last_save_time = step, time.perf_counter()
         with timing("checkpoint") as counts:
             counts["saves"] = 1
             meta["train_window"] = window_to_json(pending)
             manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state),
+                    state=ocp.args.StandardSave(to_saved(state)),
                     data=grain.checkpoint.CheckpointSave(train_iter),
                     meta=ocp.args.JsonSave(meta),
                 ),
@@ -1102,11 +1143,14 @@ def _train_and_evaluate(
     losses: list[float] = []  # this epoch's step losses (the members' mean; the bar shows their mean)
     unread: list[tuple[int, np.ndarray, TrainMetrics]] = []  # (step, members on, metrics) not yet read
 
+    last_read = time.perf_counter()
+
     def read_metrics() -> None:
         """Fetch the metrics of the steps dispatched since the last read in one transfer, add them to the
-        log window (merged on the host: merging on the device would wait for each step) and their losses
-        to the epoch's; FloatingPointError at the first non-finite loss of a training member."""
-        nonlocal pending
+        log window (merged on the host: merging on the device would wait for each step), write each logged
+        step's window (the steps between reads are logged at their own step, as if read at once) and add
+        the losses to the epoch's; FloatingPointError at the first non-finite loss of a training member."""
+        nonlocal pending, last_read
         for (at, trained, _), fetched in zip(unread, jax.device_get([u[2] for u in unread]), strict=True):
             pending = fetched if pending is None else pending.merge(fetched)
             member_losses = np.atleast_1d(np.asarray(fetched.loss.compute()))
@@ -1119,7 +1163,23 @@ def _train_and_evaluate(
                         f"loss is {member_losses[i]} at step {at}{where}; last good checkpoint: {good}"
                     )
             losses.append(float(member_losses[trained].mean()))
+            if at % config.log_every_steps == 0 or at == max_steps:
+                for i in np.flatnonzero(trained):  # each member's own window (clu computes unstacked ones)
+                    scalars = take(pending, members_index[i]).compute()
+                    writers[i].write_scalars(at, scalars, prefix="train/")
+                if at % config.log_every_steps == 0:  # a last, partial log keeps its window for a resume
+                    pending = None
         unread.clear()
+        last_read = time.perf_counter()
+
+    def save_if_due(step: int) -> None:
+        """A routine save (an epoch's end, every ``checkpoint_every_steps``): skipped while the last save
+        is younger than ``checkpoint_min_interval_secs``. A resume from an older checkpoint redoes the same
+        steps to the same state (and the same best-model exports), so a skipped save loses only time; each
+        Orbax save costs ~0.1 s, which short epochs (a sweep's rows) paid every fraction of a second."""
+        young = time.perf_counter() - last_save_time < config.get("checkpoint_min_interval_secs", 0.0)
+        if parallel.any_process(not young):  # every process saves, or none (a save has barriers)
+            save(step)
 
     try:
         while step < max_steps and active().any():
@@ -1136,21 +1196,18 @@ def _train_and_evaluate(
             state, step_metrics = step_fn(state, *step_args(batch))
             step += 1
             unread.append((step, on, step_metrics))
-            logs = step % config.log_every_steps == 0 or step == max_steps
-            # Steps run asynchronously: the host reads their metrics (and waits for them) only where it
-            # reports or saves, and prepares the next batches meanwhile.
-            if logs or step % steps_per_epoch == 0 or step % config.checkpoint_every_steps == 0:
+            # Steps run asynchronously: the host reads their metrics (and waits for them) where it validates
+            # or saves, and at a logged step only when the last read is METRICS_READ_SECS old (each read
+            # drains the queue of dispatched steps: reading every few short steps left the cores idle).
+            every = (steps_per_epoch, config.checkpoint_every_steps)
+            due = step == max_steps or any(step % n == 0 for n in every)
+            logs = step % config.log_every_steps == 0
+            if due or (logs and time.perf_counter() - last_read >= METRICS_READ_SECS):
                 read_metrics()
             timing.add("train", time.perf_counter() - start - compile_s, steps=1)
             # the step that compiled is left out of the rate and ETA
             postfix = f"loss {np.mean(losses):.4g}" if losses and not unread else None
             epoch_bar.update(1, warmup=compile_s > 0, postfix=postfix)
-            if logs:
-                for i in np.flatnonzero(on):  # a member's own window (clu computes unstacked collections)
-                    scalars = take(pending, members_index[i]).compute()
-                    writers[i].write_scalars(step, scalars, prefix="train/")
-                if step % config.log_every_steps == 0:  # a last, partial log keeps its window for a resume
-                    pending = None
             if step % steps_per_epoch == 0:
                 epoch = step // steps_per_epoch
                 epoch_bar.status(f"loss {np.mean(losses):.4g}, validating")
@@ -1185,11 +1242,9 @@ def _train_and_evaluate(
                 else:
                     epoch_bar.close(epoch_summary(losses, vals[0], bool(new_best)))
                 epoch_bar = None
-                save(step)
-                last_saved = step
+                save_if_due(step)
             elif step % config.checkpoint_every_steps == 0:
-                save(step)
-                last_saved = step
+                save_if_due(step)
             # Every process must stop at the same step, or one waits in the save's barriers for ever.
             if parallel.any_process(bool(stop_requested)):
                 read_metrics()

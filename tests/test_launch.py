@@ -39,6 +39,7 @@ RUN_ARGS = [
     "--config.num_epochs=20",  # fixes the learning-rate schedule; runs stop earlier through max_steps
     "--config.log_every_steps=1",
     "--config.checkpoint_every_steps=2",
+    "--config.checkpoint_min_interval_secs=0",
     f"--config.distributed.heartbeat_timeout_s={HEARTBEAT_S}",
     "--config.distributed.initialization_timeout_s=120",
 ]

@@ -19,7 +19,8 @@ ROWS = ("smarter", "no_qf", "dinov2_only", "siglip_only", "single_image_head")
 # The smoke sweep, smaller: 2 seeds, 11 puzzles x 30 instances, 3 epochs.
 SMALL = ["--config.seeds=2", "--config.synthetic.per_puzzle=30", "--config.data.data_tot=30",
          "--config.num_epochs=3", "--config.batch_size=16", "--config.eval_batch_size=32",
-         "--config.log_every_steps=2", "--config.checkpoint_every_steps=4"]  # fmt: skip
+         "--config.log_every_steps=2", "--config.checkpoint_every_steps=4",
+         "--config.checkpoint_min_interval_secs=0"]  # fmt: skip
 
 
 def command(workdir: pathlib.Path, store: pathlib.Path, *extra: str) -> list[str]:

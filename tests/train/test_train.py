@@ -30,6 +30,7 @@ OVERRIDES = {
     "batch_size": 16,
     "eval_batch_size": 32,
     "checkpoint_every_steps": 5,
+    "checkpoint_min_interval_secs": 0.0,  # every routine save: the resume tests stop runs between them
     "log_every_steps": 1,
 }
 
@@ -213,6 +214,57 @@ def test_resumed_run_logs_the_windows_of_the_uninterrupted_one(reference, tmp_pa
     assert sorted(uninterrupted) == [3, 6, 9, 12]
     for step in (3, 6, 9, 12):
         assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-6), step
+
+
+def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+    return sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit())
+
+
+def _saved_encoder_rows(workdir: pathlib.Path, step: int) -> int:
+    """The rows of the ``im_encoder`` stack in a train checkpoint (its first kernel's leading axis)."""
+    import orbax.checkpoint as ocp
+
+    meta = ocp.StandardCheckpointer().metadata(workdir / "checkpoints" / str(step) / "state")
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    return jax.tree.leaves(tree["params"]["im_encoder"])[0].shape[0]
+
+
+def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference, tmp_path, monkeypatch):
+    """With the row-sparse optimiser a checkpoint holds the run's 11 image-encoder rows, not 102, and its
+    meta says so. A checkpoint of all 102 rows (what runs wrote before, and what the dense optimiser
+    writes) still resumes, and the run then ends exactly as the uninterrupted one; a run whose rows differ
+    from the checkpoint's is refused, naming them."""
+    workdir, results = reference
+    copy_features(workdir, tmp_path)
+    config = run_config(**reusing(workdir))
+    with monkeypatch.context() as patched:  # the run of an older version: checkpoints of every row
+        patched.setattr(train, "checkpoint_rows", lambda cfg, opt_state: None)
+        train.train_and_evaluate(run_config(**reusing(workdir), max_steps=7), tmp_path)
+    assert _saved_encoder_rows(tmp_path, 7) == 102
+    resumed = train.train_and_evaluate(config, tmp_path)
+    assert _saved_encoder_rows(tmp_path, max(_checkpoint_steps(tmp_path))) == 11
+    np.testing.assert_allclose(
+        [losses(tmp_path)[s] for s in sorted(losses(workdir))], list(losses(workdir).values()), atol=1e-6
+    )
+    assert resumed["test"] == results["test"]
+    with monkeypatch.context() as patched, pytest.raises(ValueError, match=r"image-encoder rows \[1, 3, 7"):
+        patched.setattr(train, "checkpoint_rows", lambda cfg, opt_state: None)
+        train.train_and_evaluate(config, tmp_path)
+
+
+def test_routine_saves_wait_for_the_minimum_interval(reference, tmp_path):
+    """checkpoint_min_interval_secs: no routine save (epoch ends, every 5 steps) within it of the last,
+    but the last step still saves; 0 saves at every one."""
+    workdir, _ = reference
+    for interval, expected in ((3600.0, [20]), (0.0, [15, 20])):
+        run_dir = tmp_path / str(interval)
+        copy_features(workdir, run_dir)
+        config = run_config(**reusing(workdir), max_steps=20, checkpoint_min_interval_secs=interval)
+        results = train.train_and_evaluate(config, run_dir)
+        assert _checkpoint_steps(run_dir) == expected  # keep_checkpoints=2 of 5, 10, 13, 15, 20
+        assert results["timing"]["checkpoint"]["saves"] == (1 if interval else 5)
+    with pytest.raises(ValueError, match="checkpoint_min_interval_secs=-1"):
+        train.check_config(run_config(checkpoint_min_interval_secs=-1))
 
 
 def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_path):
