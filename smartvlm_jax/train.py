@@ -976,13 +976,16 @@ def _train_and_evaluate(
         init_arg = jnp.asarray([r.config.seed for r in runs], jnp.uint32)
     else:
         init_fn, init_arg = init_state, jax.random.key(config.seed)
-    abstract_state = jax.eval_shape(init_fn, init_arg)
-    state_shardings = jax.tree.map(lambda _: repl, abstract_state)  # the head is small: replicated
-    state = jax.jit(init_fn, out_shardings=state_shardings)(init_arg)
-    if run.is_lead:
-        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(take(state.params, members_index[0])))
+    traced_init = jax.jit(init_fn, out_shardings=repl).trace(init_arg)  # the head is small: replicated
+    abstract_state = traced_init.out_info  # (one trace gives the shapes and the initialiser)
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+    state = traced_init.lower().compile()(init_arg)
+    if run.is_lead:  # one member's parameter shapes (a stacked leaf's without its member axis)
+        member = lambda x: jax.ShapeDtypeStruct(x.shape[stacked:], x.dtype)  # noqa: E731
+        shapes = jax.tree.map(member, abstract_state.params)
+        num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
         log.info("reasoner head: %s parameters%s", f"{num_params:,}", f" x {len(runs)} members" * stacked)
-        log.debug("reasoner parameters:\n%s", reasoner.param_summary(take(state.params, members_index[0])))
+        log.debug("reasoner parameters:\n%s", reasoner.param_summary(shapes))
 
     kept = checkpoint_rows(run.model_cfg, abstract_state.opt_state)
     per_member = jax.vmap if stacked else lambda f, **_: f
@@ -1062,12 +1065,19 @@ def _train_and_evaluate(
     timing = run.timing
 
     last_save_time = time.perf_counter()
+    # Member index -> its new best parameters (host copies), exported with the next save: a checkpoint's
+    # meta names each member's best epoch, and its best_model/ then holds that epoch's parameters. (A run
+    # resumed from an older checkpoint redoes the same epochs, and exports the same bests.)
+    unexported: dict[int, Any] = {}
 
     def save(step: int) -> None:
         nonlocal last_saved, last_save_time
         last_saved, last_save_time = step, time.perf_counter()
         with timing("checkpoint") as counts:
             counts["saves"] = 1
+            for i, params in unexported.items():
+                export_best(runs[i], params)
+            unexported.clear()
             meta["train_window"] = window_to_json(pending)
             manager.save(
                 step,
@@ -1217,7 +1227,7 @@ def _train_and_evaluate(
                     )
                 meta["epoch"] = epoch
                 new_best = []
-                params_on_host = None  # one transfer of the (stacked) parameters for this epoch's exports
+                params_on_host = None  # one transfer of the (stacked) parameters for this epoch's bests
                 for i in np.flatnonzero(on):  # a stopped member's val is the one it stopped with
                     val, member_meta = vals[i], metas[i]
                     scalars = {k: val[k] for k in ("S_acc", "O_acc", "err")}
@@ -1232,7 +1242,8 @@ def _train_and_evaluate(
                         with timing("checkpoint"):
                             if params_on_host is None:
                                 params_on_host = host_params(state.params)
-                            export_best(runs[i], take(params_on_host, members_index[i]))
+                            # copies: the host arrays may share the buffers the next step is donated
+                            unexported[i] = jax.tree.map(np.array, take(params_on_host, members_index[i]))
                     else:
                         member_meta["epochs_without_improvement"] += 1
                 if stacked:
