@@ -69,4 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.grid.weight_decay = ""
     c.grid.pdrop = ""
     c.member_plots = False  # each member's per-puzzle/per-skill plots and curves.png (table.png: always)
+    # Rows trained at once, each in a thread: one row's tracing, evaluation and saves overlap the other's
+    # steps. 1: one after another. (Multi-process jobs always train one row at a time.)
+    c.parallel_rows = 2
     return c

@@ -127,7 +127,9 @@ class CompileLog:
 
     ``with CompileLog() as compiles: ...`` listens to JAX's monitoring events; ``compiled`` holds
     (function name, seconds) of each real compilation, ``loaded`` those the cache served. An executable
-    found in the process's own in-memory caches produces no event and is in neither.
+    found in the process's own in-memory caches produces no event and is in neither. Only the thread that
+    opened the log is recorded (JAX compiles in the calling thread): runs side by side in threads (a
+    sweep's rows) each keep their own.
     """
 
     compiled: list[tuple[str, float]] = dataclasses.field(default_factory=list)
@@ -135,17 +137,19 @@ class CompileLog:
 
     def __post_init__(self) -> None:
         self._hit = threading.local()  # compilations on several threads: each its own hit flag
+        self._thread = threading.get_ident()
 
     def _on_event(self, event: str, **_: object) -> None:
-        if event == CACHE_HIT_EVENT:
+        if event == CACHE_HIT_EVENT and threading.get_ident() == self._thread:
             self._hit.value = True
 
     def _on_duration(self, event: str, seconds: float, *, fun_name: str = "?", **_: object) -> None:
-        if event == BACKEND_COMPILE_EVENT:
+        if event == BACKEND_COMPILE_EVENT and threading.get_ident() == self._thread:
             hit, self._hit.value = getattr(self._hit, "value", False), False
             (self.loaded if hit else self.compiled).append((fun_name, seconds))
 
     def __enter__(self) -> CompileLog:
+        self._thread = threading.get_ident()
         jax.monitoring.register_event_listener(self._on_event)
         jax.monitoring.register_event_duration_secs_listener(self._on_duration)
         return self

@@ -39,7 +39,7 @@ from smartvlm_jax import main as main_lib  # its flags: --config, --workdir, --t
 log = logging.getLogger("smartvlm_jax.sweep")  # (__name__ is "__main__" under python -m)
 
 # The sweep's own fields of configs/paper.py; the rest is the run config every row starts from.
-SWEEP_FIELDS = ("seeds", "rows", "baseline", "row_overrides", "grid", "member_plots")
+SWEEP_FIELDS = ("seeds", "rows", "baseline", "row_overrides", "grid", "member_plots", "parallel_rows")
 # Head hyperparameters a grid may vary (same shapes, so members of one jitted step), and their run field.
 GRID_FIELDS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay", "pdrop": "model.pdrop"}
 TABLE_FILES = ("table.md", "table.csv", "table.png")
@@ -149,7 +149,7 @@ def shared_inputs(config: ml_collections.ConfigDict, rows: Sequence[str], sweep_
 
 
 # Fields that only choose which rows and members to run or show: a rerun may change them.
-SELECTION_FIELDS = ("rows", "baseline", "seeds", "member_plots")
+SELECTION_FIELDS = ("rows", "baseline", "seeds", "member_plots", "parallel_rows")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -208,6 +208,76 @@ def extraction(row_dir, results: dict) -> dict[str, Any]:
     return {"extraction_s": seconds, "extracted": {k: v.get("extracted", []) for k, v in splits.items()}}
 
 
+def train_rows(
+    config: ml_collections.ConfigDict,
+    rows: Sequence[str],
+    shared: dict[str, Any],
+    root,
+    members: Sequence[Any],
+    seeds: str,
+    num_members: int,
+) -> dict[str, tuple[dict, float]]:
+    """Train the rows not finished before, ``config.parallel_rows`` at a time, each in its own thread:
+    row -> (``train.train_members``' result, seconds). A row starts once the row before it has its
+    features in the store, so the towers run for the first row that needs them and the others read them.
+
+    One SIGTERM handler (this thread's) stops every running row at its next step, after a save; rows not
+    started then are not started (absent from the result). A row that fails stops the others the same
+    way, and its exception is raised once they have saved.
+    """
+    import concurrent.futures
+    import signal
+    import threading
+
+    import jax
+
+    from smartvlm_jax import train
+
+    pending = [(i, row) for i, row in enumerate(rows, 1) if not row_done(root / row, members)]
+    workers = max(1, int(config.parallel_rows))
+    if jax.process_count() > 1 and workers > 1:  # every process must issue a row's collectives in order
+        log.info("parallel_rows=%d: %d processes train the rows one at a time", workers, jax.process_count())
+        workers = 1
+    stop = threading.Event()
+
+    def train_row(i: int, row: str, ready: threading.Event) -> tuple[dict, float] | None:
+        try:
+            if stop.is_set():
+                return None
+            log.info("row %d/%d %s: %d members (%s) in one jitted step", i, len(rows), row, num_members,
+                     seeds)  # fmt: skip
+            start = time.perf_counter()
+            out = train.train_members(row_config(config, row, shared), root / row, members,
+                                      plots=config.member_plots, label=row if workers > 1 else "",
+                                      stop=stop, features_ready=ready)  # fmt: skip
+            return out, time.perf_counter() - start
+        finally:
+            ready.set()  # (also when it failed or never started: the next row must not wait for ever)
+
+    def stop_all_on_error(future: concurrent.futures.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            stop.set()
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    results = {}
+    try:
+        if workers == 1:  # in this thread, one after another
+            results = {row: train_row(i, row, threading.Event()) for i, row in pending}
+        else:
+            futures = {}
+            with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="row") as pool:
+                for i, row in pending:
+                    ready = threading.Event()
+                    futures[row] = pool.submit(train_row, i, row, ready)
+                    futures[row].add_done_callback(stop_all_on_error)
+                    ready.wait()  # the next row may read what this one extracts
+            # a failed row's exception is raised here, once the others have saved and stopped
+            results = {row: future.result() for row, future in futures.items()}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return {row: result for row, result in results.items() if result is not None}
+
+
 def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train every row of the sweep (resuming), then write the table; returns ``sweep.json``'s content, or
     ``{"stopped_at_step": n, "row": name}`` when a SIGTERM stopped a row (rerun to resume)."""
@@ -239,30 +309,27 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
     if len(members) > int(config.seeds):
         seeds += f", {len(members) // int(config.seeds)} grid settings"
+    trained = train_rows(config, rows, shared, root, member_list, seeds, len(members))
     settings = {}
+    stopped_row = None
     for i, row in enumerate(rows, 1):
         row_dir = root / row
         # seconds an earlier invocation spent on this row: kept for a finished row, added to for a resumed one
         before = previous.get("rows", {}).get(row, {}).get("seconds")
-        if row_done(row_dir, member_list):
-            log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, row_dir)
-            if before is not None:
-                record["rows"][row] = {"seconds": before}
-        else:
-            log.info(
-                "row %d/%d %s: %d members (%s) in one jitted step", i, len(rows), row, len(members), seeds
-            )
-            row_start = time.perf_counter()
-            out = train.train_members(
-                row_config(config, row, shared), row_dir, member_list, plots=config.member_plots
-            )
-            record["rows"][row] = {"seconds": (before or 0.0) + time.perf_counter() - row_start}
+        if row in trained:
+            out, seconds = trained[row]
+            record["rows"][row] = {"seconds": (before or 0.0) + seconds}
             stopped = [r for r in out.values() if "stopped_at_step" in r]
             if stopped:
-                record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
-                (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-                log.info("row %s stopped by SIGTERM; rerun the same command to resume", row)
-                return {"stopped_at_step": stopped[0]["stopped_at_step"], "row": row}
+                stopped_row = stopped_row or (stopped[0]["stopped_at_step"], row)
+                continue
+        else:
+            if before is not None:
+                record["rows"][row] = {"seconds": before}
+            if not row_done(row_dir, member_list):  # not started: a SIGTERM came first
+                stopped_row = stopped_row or (0, row)
+                continue
+            log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, row_dir)
         results = {m.name: reports.load_results(row_dir / m.name) for m in member_list}
         record["rows"][row] = {
             **record["rows"].get(row, {}),
@@ -279,6 +346,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
                 log.info("row %s: test S_acc %s %%, O_acc %s %% over %d seed%s", line.label,
                          reports.format_cell(s), reports.format_cell(o), line.members,
                          "s" * (line.members > 1))  # fmt: skip
+    if stopped_row is not None:
+        record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
+        (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+        log.info("row %s stopped by SIGTERM; rerun the same command to resume", stopped_row[1])
+        return {"stopped_at_step": stopped_row[0], "row": stopped_row[1]}
     table = reports.sweep_rows(settings)
     n_seeds = int(config.seeds)
     title = (

@@ -15,6 +15,7 @@ import math
 import pathlib
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -909,6 +910,9 @@ def train_members(
     members: Sequence[Member],
     *,
     plots: bool = True,
+    label: str = "",
+    stop: threading.Event | None = None,
+    features_ready: threading.Event | None = None,
 ) -> dict[str, dict]:
     """Train the ``members`` at once (one jitted step, ``jax.vmap`` over their stacked train states) on the
     same batches: the data order of ``config`` (``data_seed``), each member's own seed (initialisation,
@@ -920,13 +924,24 @@ def train_members(
     ``log.jsonl``, ``tensorboard/``, with ``plots`` its test plots and ``curves.png``). Early stopping is
     per member: a member whose patience runs out keeps its state while the others train on.
 
+    For groups trained side by side in threads (``smartvlm_jax.sweep``): ``label`` names the group in its
+    epoch progress ("no_qf: epoch 3/12"); ``stop``, when given, replaces the SIGTERM handler this function
+    otherwise installs (which only the main thread may): once set, the group saves at its next step and
+    stops; ``features_ready`` is set once the group's features are in the store (or it reads none), and
+    also if it fails before.
+
     Returns member name -> its results (as :func:`train_and_evaluate`'s), or -> ``{"stopped_at_step": n}``
-    when a SIGTERM stopped the group. ValueError names a bad member (name, lr, weight decay, pdrop) or a
-    workdir whose checkpoints hold other members.
+    when a SIGTERM (or ``stop``) stopped the group. ValueError names a bad member (name, lr, weight decay,
+    pdrop) or a workdir whose checkpoints hold other members.
     """
     members = check_members(config, members)
-    with summaries.CompileLog() as compiles:
-        results = _train_and_evaluate(config, Workdir(workdir), compiles, members, plots=plots)
+    try:
+        with summaries.CompileLog() as compiles:
+            results = _train_and_evaluate(config, Workdir(workdir), compiles, members, plots=plots,
+                                          label=label, stop=stop, features_ready=features_ready)  # fmt: skip
+    finally:
+        if features_ready is not None:
+            features_ready.set()
     return {m.name: r for m, r in zip(members, results, strict=True)}
 
 
@@ -936,6 +951,9 @@ def _train_and_evaluate(
     compiles: summaries.CompileLog,
     members: Sequence[Member] | None = None,
     plots: bool = True,
+    label: str = "",
+    stop: threading.Event | None = None,
+    features_ready: threading.Event | None = None,
 ) -> list[dict]:
     """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
     a leading member axis, a vmapped step); one result per member (one for a single run)."""
@@ -944,6 +962,8 @@ def _train_and_evaluate(
     run.compiles = compiles
     if config.cache_features:
         extract_features(run)
+    if features_ready is not None:
+        features_ready.set()
     stacked = members is not None
     runs = member_runs(run, members) if stacked else [run]
     members_index = list(range(len(runs))) if stacked else [None]  # what `take` picks per member
@@ -984,7 +1004,8 @@ def _train_and_evaluate(
         member = lambda x: jax.ShapeDtypeStruct(x.shape[stacked:], x.dtype)  # noqa: E731
         shapes = jax.tree.map(member, abstract_state.params)
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-        log.info("reasoner head: %s parameters%s", f"{num_params:,}", f" x {len(runs)} members" * stacked)
+        log.info("%sreasoner head: %s parameters%s", f"{label}: " if label else "", f"{num_params:,}",
+                 f" x {len(runs)} members" * stacked)  # fmt: skip
         log.debug("reasoner parameters:\n%s", reasoner.param_summary(shapes))
 
     kept = checkpoint_rows(run.model_cfg, abstract_state.opt_state)
@@ -1144,8 +1165,10 @@ def _train_and_evaluate(
 
     writers = [summaries.RunWriter(r.workdir, enabled=run.is_lead) for r in runs]
     step = int(jax.device_get(state.step).max())  # a group's: its members that still train are all there
-    stop_requested: list[bool] = []
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    own_handler = stop is None  # (a caller that passes `stop` handles the signal: threads cannot)
+    stop_requested = threading.Event() if own_handler else stop
+    if own_handler:
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     last_saved = step
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
     compiled = False
@@ -1194,7 +1217,7 @@ def _train_and_evaluate(
     try:
         while step < max_steps and active().any():
             if epoch_bar is None:
-                epoch_bar = epoch_progress(run, step, steps_per_epoch, max_steps)
+                epoch_bar = epoch_progress(run, step, steps_per_epoch, max_steps, label)
                 losses = []
             start = time.perf_counter()  # the training stage: batch, step and loss, compilation left out
             batch = run.to_global(next(train_iter))
@@ -1257,7 +1280,7 @@ def _train_and_evaluate(
             elif step % config.checkpoint_every_steps == 0:
                 save_if_due(step)
             # Every process must stop at the same step, or one waits in the save's barriers for ever.
-            if parallel.any_process(bool(stop_requested)):
+            if parallel.any_process(stop_requested.is_set()):
                 read_metrics()
                 if epoch_bar is not None:  # (None: the signal came as an epoch ended)
                     epoch_bar.close(epoch_summary(losses) + ", stopped by SIGTERM")
@@ -1273,7 +1296,8 @@ def _train_and_evaluate(
         with timing("checkpoint"):
             manager.wait_until_finished()
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if own_handler:
+            signal.signal(signal.SIGTERM, previous_handler)
         for writer in writers:
             writer.close()
 
@@ -1289,13 +1313,15 @@ def _train_and_evaluate(
     return test_best(runs, pred_fn, metas, [int(s) for s in member_steps], stacked=stacked, plots=plots)
 
 
-def epoch_progress(run: Run, step: int, steps_per_epoch: int, max_steps: int) -> console.Progress:
-    """The progress of the epoch that ``step`` (steps done) is in: "epoch 3/12", its steps (fewer where
-    ``max_steps`` ends it), the steps done already when a run resumes inside it."""
+def epoch_progress(
+    run: Run, step: int, steps_per_epoch: int, max_steps: int, label: str = ""
+) -> console.Progress:
+    """The progress of the epoch that ``step`` (steps done) is in: "epoch 3/12" (after "``label``: "), its
+    steps (fewer where ``max_steps`` ends it), the steps done already when a run resumes inside it."""
     epoch = step // steps_per_epoch + 1
     first = (epoch - 1) * steps_per_epoch
     total = min(steps_per_epoch, max_steps - first)
-    desc = f"epoch {epoch}/{run.config.num_epochs}"
+    desc = f"{label + ': ' if label else ''}epoch {epoch}/{run.config.num_epochs}"
     return console.Progress(
         desc, total, "steps", initial=step - first, warmup_name="compiling", enabled=run.is_lead
     )
