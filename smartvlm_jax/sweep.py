@@ -9,7 +9,8 @@ A row is a configuration (SMARTER, an ablation, optionally the SMART baseline: `
 step with ``jax.vmap``. Every row reads the same data, the same built dataset, the same towers and the
 shared feature store (``config.feature_store``), so the frozen towers run once per instance for the whole
 sweep: the rows that use a subset of the fused towers' features (DINOv2 only, SigLIP only) read their
-columns. Layout of ``DIR``:
+columns. ``config.parallel_rows`` rows train at once, each in its own thread (:func:`train_rows`). Layout of
+``DIR``:
 
 ``config.json``          the sweep's resolved config
 ``inputs/``              synthetic puzzles, the TFDS build and tiny towers, when the config asks for them
