@@ -235,7 +235,7 @@ def train_rows(
     from smartvlm_jax import train
 
     pending = [(i, row) for i, row in enumerate(rows, 1) if not row_done(root / row, members)]
-    workers = max(1, int(config.parallel_rows))
+    workers = int(config.parallel_rows)
     if jax.process_count() > 1 and workers > 1:  # every process must issue a row's collectives in order
         log.info("parallel_rows=%d: %d processes train the rows one at a time", workers, jax.process_count())
         workers = 1
@@ -297,6 +297,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     rows = row_names(config)
     members = members_of(config)
+    if int(config.parallel_rows) < 1:
+        raise ValueError(f"--config.parallel_rows={config.parallel_rows} must be >= 1 (1: one row at a time)")
     for row in rows:  # every member against every row's config, before any work
         train.check_members(row_config(config, row, {}), [m for _, m in members])
     check_same_sweep(config, root / "config.json")

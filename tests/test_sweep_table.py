@@ -169,3 +169,8 @@ def test_bad_sweeps_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"pdrop=1.5 must lie in \[0, 1\)"):
         sweep.run_sweep(config, tmp_path / "b")
     assert not (tmp_path / "b" / "config.json").exists()
+    config = paper.get_config("smoke")
+    config.parallel_rows = 0
+    with pytest.raises(ValueError, match=r"--config.parallel_rows=0 must be >= 1"):
+        sweep.run_sweep(config, tmp_path / "c")
+    assert not (tmp_path / "c" / "config.json").exists()
