@@ -245,8 +245,8 @@ def train_rows(
         try:
             if stop.is_set():
                 return None
-            log.info("row %d/%d %s: %d members (%s) in one jitted step", i, len(rows), row, num_members,
-                     seeds)  # fmt: skip
+            log.info("row %d/%d %s: %d member%s (%s) in one jitted step", i, len(rows), row, num_members,
+                     "s" * (num_members > 1), seeds)  # fmt: skip
             start = time.perf_counter()
             out = train.train_members(row_config(config, row, shared), root / row, members,
                                       plots=config.member_plots, label=row if workers > 1 else "",
@@ -312,10 +312,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
     if len(members) > int(config.seeds):
         seeds += f", {len(members) // int(config.seeds)} grid settings"
+    for i, row in enumerate(rows, 1):
+        if row_done(root / row, member_list):
+            log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, root / row)
     trained = train_rows(config, rows, shared, root, member_list, seeds, len(members))
     settings = {}
-    stopped_row = None
-    for i, row in enumerate(rows, 1):
+    stopped_rows: list[tuple[int, str]] = []  # (step, row): rows a SIGTERM stopped, or kept from starting
+    for row in rows:
         row_dir = root / row
         # seconds an earlier invocation spent on this row: kept for a finished row, added to for a resumed one
         before = previous.get("rows", {}).get(row, {}).get("seconds")
@@ -324,15 +327,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
             record["rows"][row] = {"seconds": (before or 0.0) + seconds}
             stopped = [r for r in out.values() if "stopped_at_step" in r]
             if stopped:
-                stopped_row = stopped_row or (stopped[0]["stopped_at_step"], row)
+                stopped_rows.append((stopped[0]["stopped_at_step"], row))
                 continue
         else:
             if before is not None:
                 record["rows"][row] = {"seconds": before}
             if not row_done(row_dir, member_list):  # not started: a SIGTERM came first
-                stopped_row = stopped_row or (0, row)
+                stopped_rows.append((0, row))
                 continue
-            log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, row_dir)
         results = {m.name: reports.load_results(row_dir / m.name) for m in member_list}
         record["rows"][row] = {
             **record["rows"].get(row, {}),
@@ -349,11 +351,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
                 log.info("row %s: test S_acc %s %%, O_acc %s %% over %d seed%s", line.label,
                          reports.format_cell(s), reports.format_cell(o), line.members,
                          "s" * (line.members > 1))  # fmt: skip
-    if stopped_row is not None:
+    if stopped_rows:
         record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
         (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        log.info("row %s stopped by SIGTERM; rerun the same command to resume", stopped_row[1])
-        return {"stopped_at_step": stopped_row[0], "row": stopped_row[1]}
+        which = ", ".join(f"{row} (step {at})" if at else f"{row} (not started)" for at, row in stopped_rows)
+        log.info("row%s %s stopped by SIGTERM; rerun the same command to resume",
+                 "s" * (len(stopped_rows) > 1), which)  # fmt: skip
+        return {"stopped_at_step": stopped_rows[0][0], "row": stopped_rows[0][1]}
     table = reports.sweep_rows(settings)
     n_seeds = int(config.seeds)
     title = (

@@ -1284,7 +1284,7 @@ def _train_and_evaluate(
                 read_metrics()
                 if epoch_bar is not None:  # (None: the signal came as an epoch ended)
                     epoch_bar.close(epoch_summary(losses) + ", stopped by SIGTERM")
-                log.info("SIGTERM: saving step %d and stopping", step)
+                log.info("%sSIGTERM: saving step %d and stopping", f"{label}: " if label else "", step)
                 if last_saved != step:
                     save(step)
                 manager.wait_until_finished()
@@ -1310,7 +1310,8 @@ def _train_and_evaluate(
             with timing("plots"):
                 series = summaries.read_log(r.workdir.log)
                 reports.plot_curves(series, steps_per_epoch, int(member_meta["best_epoch"]), r.workdir.curves)
-    return test_best(runs, pred_fn, metas, [int(s) for s in member_steps], stacked=stacked, plots=plots)
+    return test_best(runs, pred_fn, metas, [int(s) for s in member_steps], stacked=stacked, plots=plots,
+                     label=label)  # fmt: skip
 
 
 def epoch_progress(
@@ -1377,10 +1378,12 @@ def test_best(
     *,
     stacked: bool,
     plots: bool,
+    label: str = "",
 ) -> list[dict]:
     """Evaluate each run's ``<workdir>/best_model`` on the test split (a group's stacked: one pass); write
     each results.json (and with ``plots`` the test plots). A single run prints the table and the summary of
-    where everything went (``reports.format_summary``); a group one line per member."""
+    where everything went (``reports.format_summary``); a group one line per member (its name after
+    "``label``/")."""
     run = runs[0]
     with run.timing("eval"):
         params = [best_params(r) for r in runs]
@@ -1412,10 +1415,11 @@ def test_best(
                 print(reports.format_summary(results, r.workdir))
         out.append(results)
     if stacked and run.is_lead:
-        width = max(len(r.workdir.root.name) for r in runs)
-        for r, results in zip(runs, out, strict=True):
+        names = [f"{label}/{r.workdir.root.name}" if label else r.workdir.root.name for r in runs]
+        width = max(len(name) for name in names)
+        for name, r, results in zip(names, runs, out, strict=True):
             print(
-                f"{r.workdir.root.name:<{width}}  test S_acc {100 * results['test']['S_acc']:5.1f} %, "
+                f"{name:<{width}}  test S_acc {100 * results['test']['S_acc']:5.1f} %, "
                 f"O_acc {100 * results['test']['O_acc']:5.1f} %  (best epoch {results['best_epoch']} of "
                 f"{results['epochs']}, val S_acc {100 * (results['val'] or {}).get('S_acc', 0.0):.1f} %)  "
                 f"{r.workdir.results}"
