@@ -137,7 +137,6 @@ class CompileLog:
 
     def __post_init__(self) -> None:
         self._hit = threading.local()  # compilations on several threads: each its own hit flag
-        self._thread = threading.get_ident()
 
     def _on_event(self, event: str, **_: object) -> None:
         if event == CACHE_HIT_EVENT and threading.get_ident() == self._thread:

@@ -212,14 +212,14 @@ def extraction(row_dir, results: dict) -> dict[str, Any]:
 def train_rows(
     config: ml_collections.ConfigDict,
     rows: Sequence[str],
+    pending: Sequence[str],
     shared: dict[str, Any],
     root,
     members: Sequence[Any],
     seeds: str,
-    num_members: int,
 ) -> dict[str, tuple[dict, float]]:
-    """Train the rows not finished before, ``config.parallel_rows`` at a time, each in its own thread:
-    row -> (``train.train_members``' result, seconds). A row starts once the row before it has its
+    """Train the ``pending`` of the sweep's ``rows``, ``config.parallel_rows`` at a time, each in its own
+    thread: row -> (``train.train_members``' result, seconds). A row starts once the row before it has its
     features in the store, so the towers run for the first row that needs them and the others read them.
 
     One SIGTERM handler (this thread's) stops every running row at its next step, after a save; rows not
@@ -234,7 +234,6 @@ def train_rows(
 
     from smartvlm_jax import train
 
-    pending = [(i, row) for i, row in enumerate(rows, 1) if not row_done(root / row, members)]
     workers = int(config.parallel_rows)
     if jax.process_count() > 1 and workers > 1:  # every process must issue a row's collectives in order
         log.info("parallel_rows=%d: %d processes train the rows one at a time", workers, jax.process_count())
@@ -245,8 +244,8 @@ def train_rows(
         try:
             if stop.is_set():
                 return None
-            log.info("row %d/%d %s: %d member%s (%s) in one jitted step", i, len(rows), row, num_members,
-                     "s" * (num_members > 1), seeds)  # fmt: skip
+            log.info("row %d/%d %s: %d member%s (%s) in one jitted step", i, len(rows), row, len(members),
+                     "s" * (len(members) > 1), seeds)  # fmt: skip
             start = time.perf_counter()
             out = train.train_members(row_config(config, row, shared), root / row, members,
                                       plots=config.member_plots, label=row if workers > 1 else "",
@@ -262,12 +261,13 @@ def train_rows(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     results = {}
     try:
+        numbered = [(rows.index(row) + 1, row) for row in pending]
         if workers == 1:  # in this thread, one after another
-            results = {row: train_row(i, row, threading.Event()) for i, row in pending}
+            results = {row: train_row(i, row, threading.Event()) for i, row in numbered}
         else:
             futures = {}
             with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="row") as pool:
-                for i, row in pending:
+                for i, row in numbered:
                     ready = threading.Event()
                     futures[row] = pool.submit(train_row, i, row, ready)
                     futures[row].add_done_callback(stop_all_on_error)
@@ -312,10 +312,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
     if len(members) > int(config.seeds):
         seeds += f", {len(members) // int(config.seeds)} grid settings"
+    done = {row for row in rows if row_done(root / row, member_list)}
     for i, row in enumerate(rows, 1):
-        if row_done(root / row, member_list):
+        if row in done:
             log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, root / row)
-    trained = train_rows(config, rows, shared, root, member_list, seeds, len(members))
+    trained = train_rows(config, rows, [r for r in rows if r not in done], shared, root, member_list, seeds)
     settings = {}
     stopped_rows: list[tuple[int, str]] = []  # (step, row): rows a SIGTERM stopped, or kept from starting
     for row in rows:
@@ -332,7 +333,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
         else:
             if before is not None:
                 record["rows"][row] = {"seconds": before}
-            if not row_done(row_dir, member_list):  # not started: a SIGTERM came first
+            if row not in done:  # not started: a SIGTERM came first
                 stopped_rows.append((0, row))
                 continue
         results = {m.name: reports.load_results(row_dir / m.name) for m in member_list}

@@ -927,21 +927,16 @@ def train_members(
     For groups trained side by side in threads (``smartvlm_jax.sweep``): ``label`` names the group in its
     epoch progress ("no_qf: epoch 3/12"); ``stop``, when given, replaces the SIGTERM handler this function
     otherwise installs (which only the main thread may): once set, the group saves at its next step and
-    stops; ``features_ready`` is set once the group's features are in the store (or it reads none), and
-    also if it fails before.
+    stops; ``features_ready`` is set once the group's features are in the store (or it reads none).
 
     Returns member name -> its results (as :func:`train_and_evaluate`'s), or -> ``{"stopped_at_step": n}``
     when a SIGTERM (or ``stop``) stopped the group. ValueError names a bad member (name, lr, weight decay,
     pdrop) or a workdir whose checkpoints hold other members.
     """
     members = check_members(config, members)
-    try:
-        with summaries.CompileLog() as compiles:
-            results = _train_and_evaluate(config, Workdir(workdir), compiles, members, plots=plots,
-                                          label=label, stop=stop, features_ready=features_ready)  # fmt: skip
-    finally:
-        if features_ready is not None:
-            features_ready.set()
+    with summaries.CompileLog() as compiles:
+        results = _train_and_evaluate(config, Workdir(workdir), compiles, members, plots=plots, label=label,
+                                      stop=stop, features_ready=features_ready)  # fmt: skip
     return {m.name: r for m, r in zip(members, results, strict=True)}
 
 
@@ -1009,6 +1004,7 @@ def _train_and_evaluate(
         log.debug("reasoner parameters:\n%s", reasoner.param_summary(shapes))
 
     kept = checkpoint_rows(run.model_cfg, abstract_state.opt_state)
+    layout = None if kept is None else list(kept)  # the checkpoints' rows, as their meta records them
     per_member = jax.vmap if stacked else lambda f, **_: f
     to_saved = (lambda x: x) if kept is None else jax.jit(
         per_member(functools.partial(presence.take_encoder_rows, rows=kept))
@@ -1040,7 +1036,7 @@ def _train_and_evaluate(
         }
     else:
         meta = fresh_meta()
-    meta["encoder_rows"] = None if kept is None else list(kept)  # which layout the checkpoints hold
+    meta["encoder_rows"] = layout
     if manager.latest_step() is not None:
         fresh = state
         saved_meta = manager.restore(
@@ -1053,10 +1049,10 @@ def _train_and_evaluate(
                 f"not {meta['member_specs']}: use a new workdir"
             )
         saved_rows = saved_meta.get("encoder_rows")  # absent in checkpoints of every row (older ones too)
-        if saved_rows is not None and saved_rows != meta["encoder_rows"]:
+        if saved_rows is not None and saved_rows != layout:
             raise ValueError(
                 f"{ckpt_dir} holds the image-encoder rows {saved_rows} of the row-sparse optimiser, but this "
-                f"run trains {meta['encoder_rows'] or 'every row'} (--config.optim.skip_absent_rows="
+                f"run trains {layout or 'every row'} (--config.optim.skip_absent_rows="
                 f"{config.optim.get('skip_absent_rows')}): use a new workdir"
             )
         abstract = jax.tree.map(
@@ -1076,7 +1072,7 @@ def _train_and_evaluate(
         if saved_rows is not None:  # the run's rows into the initial state, which has every other row
             put = per_member(functools.partial(presence.put_encoder_rows, rows=kept))
             state = jax.jit(put, out_shardings=state_shardings, donate_argnums=0)(fresh, restored.state)
-        meta["encoder_rows"] = None if kept is None else list(kept)  # what the next saves hold
+        meta["encoder_rows"] = layout  # what the next saves hold
         log.info("resumed from %s at step %d", ckpt_dir, manager.latest_step())
     metas = [meta["members"][m.name] for m in members] if stacked else [meta]  # each member's, in place
     # Train metrics since the last logged step: logs average fixed windows of log_every_steps steps, so a
