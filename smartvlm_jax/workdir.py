@@ -106,6 +106,14 @@ class Workdir:
     def towers(self) -> pathlib.Path:
         return self.root / "towers"
 
+    @classmethod
+    def entry_names(cls) -> tuple[str, ...]:
+        """The names of the entries this layout gives a fixed name (``best_model``, ``checkpoints``,
+        ``config.json``, ...), sorted: a group's member subdirectory may take none of them."""
+        probe = cls("/")
+        paths = (getattr(probe, name) for name, v in vars(cls).items() if isinstance(v, property))
+        return tuple(sorted(p.name for p in paths))
+
     def member(self, name: str) -> Workdir:
         """``<root>/<name>``: the workdir of a member of the group trained here (``train.train_members``)."""
         return Workdir(self.root / name)

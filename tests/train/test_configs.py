@@ -46,3 +46,35 @@ def test_ablation_changes_only_its_fields(name):
     cfg = importlib.import_module(f"configs.{name}").get_config().model
     cfg.puzzle_ids, cfg.num_classes = [1, 16], [20, 27]
     reasoner.build(cfg)  # the variant is one the head knows
+
+
+def test_older_run_configs_are_upgraded_in_one_place():
+    """A run config written before a field existed gets the value that reproduces what that run did; a
+    current config passes through untouched (its defaults live in configs/ alone)."""
+    from smartvlm_jax import train
+
+    current = smarter.get_config()
+    assert train.upgrade_config(current) is current
+    for dotted, then in train.checks.ADDED_FIELDS.items():
+        flat = _flat(current)
+        assert dotted in flat, f"{dotted} is no field of configs/smarter.py"
+        old = smarter.get_config()
+        *parents, name = dotted.split(".")
+        section = old
+        for parent in parents:
+            section = section[parent]
+        del section[name]
+        upgraded = train.upgrade_config(old)
+        assert _flat(upgraded)[dotted] == then and dotted not in _flat(old), dotted
+        assert {k: v for k, v in _flat(upgraded).items() if k != dotted} == _flat(old)
+
+
+def test_member_names_exclude_every_workdir_entry():
+    from smartvlm_jax import train
+    from smartvlm_jax.workdir import Workdir
+
+    wd = Workdir("/x")
+    for entry in (wd.best_model, wd.checkpoints, wd.config_file, wd.results, wd.tensorboard, wd.synthetic):
+        assert entry.name in train.RESERVED_NAMES
+        with pytest.raises(ValueError, match="not a plain directory name"):
+            train.check_members(smarter.get_config(), [train.Member(entry.name, 0)])

@@ -110,6 +110,7 @@ def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
     import functools
 
     from smartvlm_jax import reasoner, train
+    from smartvlm_jax.reasoner import presence
     from tests.reasoner.helpers import random_batch, small_config
 
     cfg = small_config()
@@ -138,7 +139,7 @@ def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
         return state, losses
 
     compact, compact_losses = run_steps()
-    monkeypatch.setattr(train.presence, "encoder_rows", lambda cfg: None)
+    monkeypatch.setattr(presence, "encoder_rows", lambda cfg: None)
     full, full_losses = run_steps()
     np.testing.assert_allclose(compact_losses, full_losses, rtol=1e-6, atol=1e-6)
     for a, b in zip(jax.tree.leaves(compact), jax.tree.leaves(full), strict=True):

@@ -20,6 +20,7 @@ import pytest
 from configs import smoke
 from smartvlm_jax import features, parallel, reasoner, reports, train
 from smartvlm_jax.data import smart101
+from smartvlm_jax.train import inputs as inputs_lib
 from smartvlm_jax.workdir import Workdir
 from tests.test_evaluate import summary_paths
 
@@ -388,42 +389,44 @@ class Killed(Exception):
     pass
 
 
-def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(reference, tmp_path):
+def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(reference, tmp_path, monkeypatch):
     """An extraction killed part-way is completed from its first missing shard: the pipeline is asked to
     start there, and the finished cache (one memmapped .npy per field) equals an uninterrupted one."""
     workdir, _ = reference
     config = run_config(**reusing(workdir), feature_shard_batches=2, feature_store=str(tmp_path / "store"))
     killed = train.setup(config, tmp_path)
-    image_batches = killed.image_batches
+    image_batches = inputs_lib.image_batches
 
-    def dying(split, **kwargs):  # killed while decoding batch 5 of the train split (7 batches of 32)
-        for i, batch in enumerate(image_batches(split, **kwargs)):
+    def dying(run, towers, split, **kwargs):  # killed while decoding batch 5 of the train split (7 of 32)
+        for i, batch in enumerate(image_batches(run, towers, split, **kwargs)):
             if i == 5:
                 raise Killed
             yield batch
 
-    killed.image_batches = dying
-    with pytest.raises(Killed):
-        train.extract_features(killed)
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(inputs_lib, "image_batches", dying)
+        train.prepare_inputs(killed)
     entry = killed.feature_plans["train"].entry
     (train_dir,) = entry.glob("extracting-*")  # the columns' partial files and shard markers
     assert sorted(p.name for p in train_dir.glob("shard_*")) == ["shard_00000.npy", "shard_00001.npy"]
     assert not (train_dir / "done.json").exists() and not list(entry.glob("vision-*.npy"))
 
     resumed = train.setup(config, tmp_path)
-    starts = []
-    image_batches = resumed.image_batches
+    starts, towers_used = [], []
 
-    def recording(split, **kwargs):
+    def recording(run, towers, split, **kwargs):
         starts.append((split, kwargs.get("start_batch", 0)))
-        return image_batches(split, **kwargs)
+        towers_used.append(towers)
+        return image_batches(run, towers, split, **kwargs)
 
-    resumed.image_batches = recording
-    train.extract_features(resumed)
+    monkeypatch.setattr(inputs_lib, "image_batches", recording)
+    inputs = train.prepare_inputs(resumed)
     assert starts == [("train", 4), ("val", 0), ("test", 0)]  # shards 0 and 1 hold batches 0-3
-    assert resumed.frozen.jitted_columns._cache_size() == 1  # one compilation serves all three splits
+    frozen = towers_used[0]  # the run's towers, one object for every split
+    assert all(t is frozen for t in towers_used)
+    assert frozen.jitted_columns._cache_size() == 1  # one compilation serves all three splits
     assert not train_dir.exists()  # markers and partial files gone, the columns renamed into the entry
-    for split, cache in resumed.caches.items():
+    for split, cache in inputs.caches.items():
         uninterrupted = features.read_recorded(workdir, split)
         assert cache.keys() == uninterrupted.keys() >= {"vision", "text", "labels", "puzzle_ids"}
         for key, value in cache.items():

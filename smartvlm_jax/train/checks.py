@@ -1,0 +1,117 @@
+"""Checks made before any work: every config field that cannot be right, the tiny-tower flag against
+named tower directories, and a workdir that holds another head. Each error names the flag at fault.
+
+:func:`upgrade_config` is the one place that knows about run configs written by older versions.
+"""
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from smartvlm_jax import features, optim, variants
+from smartvlm_jax.data import smart101
+from smartvlm_jax.workdir import Workdir
+
+# Back-compat, and only that: fields added to the run config after some runs were written, with the value
+# that reproduces what such a run did. The defaults of new runs live in configs/smarter.py, nowhere else.
+ADDED_FIELDS: Mapping[str, Any] = {
+    "data_seed": -1,  # the data order followed `seed`
+    "feature_dtype": "float32",
+    "feature_store": "",  # features were stored in the workdir
+    "compile_cache_dir": "",  # no persistent compilation cache
+    "checkpoint_min_interval_secs": 0.0,  # every routine save was taken
+    "model.head": "smarter",
+}
+
+
+def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with every field in :data:`ADDED_FIELDS` that it lacks filled in (a copy when one is
+    missing; ``config`` itself otherwise). Run configs of the current version are returned unchanged."""
+    missing = {}
+    for dotted, value in ADDED_FIELDS.items():
+        *parents, name = dotted.split(".")
+        section = config
+        for parent in parents:
+            section = section.get(parent)
+        if section is not None and name not in section:
+            missing[dotted] = value
+    if not missing:
+        return config
+    config = ml_collections.ConfigDict(config.to_dict())
+    for dotted, value in missing.items():
+        *parents, name = dotted.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[name] = value
+    return config
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Fail before any work on a field that cannot be right, naming it."""
+    optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
+    variants.check(config.model.features, config.model.head)
+    if config.towers.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
+    if not config.towers.tiny:
+        for name in variants.get(config.model.features).towers:
+            path = config.towers.get(name, "")
+            if not path or not pathlib.Path(path).is_dir():
+                raise FileNotFoundError(f"--config.towers.{name}={path!r} is not a directory")
+    if not config.synthetic.enabled and not pathlib.Path(config.data.root or "/nonexistent").is_dir():
+        raise FileNotFoundError(f"--config.data.root={config.data.root!r} is not a directory")
+    if config.synthetic.enabled:
+        from smartvlm_jax.data import synthetic
+
+        try:
+            synthetic.resolve_ids(config.synthetic.puzzles or None)
+        except ValueError as e:
+            raise ValueError(f"--config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
+    if config.data.split_type not in smart101.SPLIT_TYPES:
+        raise ValueError(
+            f"--config.data.split_type={config.data.split_type!r} is not one of {smart101.SPLIT_TYPES}"
+        )
+    if config.feature_dtype not in features.STORAGE_DTYPES:
+        raise ValueError(
+            f"--config.feature_dtype={config.feature_dtype!r} is not one of {features.STORAGE_DTYPES}"
+        )
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
+        if int(config[field]) < 1:
+            raise ValueError(f"--config.{field}={config[field]} must be >= 1")
+    if not float(config.checkpoint_min_interval_secs) >= 0:
+        raise ValueError(
+            f"--config.checkpoint_min_interval_secs={config.checkpoint_min_interval_secs} must be >= 0"
+        )
+
+
+def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> None:
+    """ValueError when ``--config.towers.tiny`` would silently replace tower directories the config names
+    (the run's own tiny towers under ``<workdir>/towers``, recorded by an earlier run, are fine)."""
+    if not config.towers.tiny:
+        return
+    for name in variants.get(config.model.features).towers:
+        path = config.towers.get(name, "")
+        if path and pathlib.Path(path).absolute() != workdir.towers / name:
+            raise ValueError(
+                f"--config.towers.{name}={path!r} would be ignored: --config.towers.tiny=True builds random "
+                "towers into the workdir; set --config.towers.tiny=False to use the directory"
+            )
+
+
+def check_same_head(workdir: Workdir, model: Mapping[str, Any]) -> None:
+    """ValueError naming the ``--config.model.*`` fields that differ from the head a workdir's checkpoints
+    hold: its parameters could not be restored into another head, and the workdir must keep describing
+    what it holds (its ``config.json`` is not rewritten)."""
+    checkpoints = workdir.checkpoints.is_dir() and any(workdir.checkpoints.iterdir())
+    if not ((checkpoints or workdir.best_model.exists()) and workdir.config_file.is_file()):
+        return
+    saved = json.loads(workdir.config_file.read_text()).get("model", {})
+    changed = sorted(k for k in {*saved, *model} if saved.get(k) != model.get(k))
+    if changed:
+        fields = ", ".join(
+            f"--config.model.{k}={model.get(k)!r} (it holds {saved.get(k)!r})" for k in changed
+        )
+        raise ValueError(f"{workdir.root} holds a run of another head: {fields}; use a new --workdir")

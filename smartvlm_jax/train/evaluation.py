@@ -1,0 +1,135 @@
+"""Evaluation: a split answered by every member in one pass, the best models tested at the end of a run
+(results.json, the table, the plots), and the re-evaluation of a finished workdir.
+"""
+
+import json
+import math
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from smartvlm_jax import console, features, metrics, parallel, reasoner, reports
+from smartvlm_jax.train import setup as setup_lib
+from smartvlm_jax.train.group import Group
+from smartvlm_jax.train.inputs import Inputs, prepare_inputs
+from smartvlm_jax.train.setup import Run
+from smartvlm_jax.workdir import Workdir
+
+# What evaluation keeps of each batch besides the predictions.
+EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
+
+
+def best_params(run: Run):
+    """The parameters of ``<workdir>/best_model``, replicated over the run's mesh."""
+    _, best_vars, _ = reasoner.load(run.workdir.root)
+    return jax.device_put(best_vars["params"], parallel.replicated(run.mesh))
+
+
+class Evaluator:
+    """Answers a split with a group's parameters (a group's stacked ones in one pass over the batches:
+    ``predict`` gives [N, B, K]) and scores each member's answers (``metrics.evaluate_split``)."""
+
+    def __init__(self, group: Group, inputs: Inputs, predict):
+        self.group, self.inputs, self.predict = group, inputs, predict
+
+    def evaluate(self, params, split: str, baselines: bool = True) -> list[dict]:
+        """One result per member (one for a single run): SPEC 8 metrics over every example of ``split``
+        once, with (``baselines``) the greedy and chance baselines from the training split. A transient
+        progress bar shows while it runs."""
+        run, stacked = self.group.run, self.group.stacked
+        eval_batch = run.config.eval_batch_size
+        outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
+        batches = self.inputs.batches(split, shuffle=False, num_epochs=1, global_batch=eval_batch)
+        num_batches = math.ceil(len(run.splits[split]) / eval_batch)
+        progress = console.Progress(split, num_batches, "batches", leave=False, enabled=run.is_lead)
+        for batch in progress.iterate(batches):
+            gbatch = run.to_global(batch)
+            preds = features.host_value(self.predict(params, gbatch, self.inputs.tower_params))
+            outs["preds"].append(preds if stacked else preds[None])
+            for k in EVAL_FIELDS:
+                outs[k].append(features.host_value(gbatch[k]))
+        a = {k: np.concatenate(v, axis=1 if k == "preds" else 0) for k, v in outs.items()}
+        return [
+            metrics.evaluate_split(
+                preds,
+                a,
+                run.num_classes,
+                train_labels=run.train_labels if baselines else None,
+                mask=a["mask"].astype(bool),
+                skills=run.skills,
+            )
+            for preds in a["preds"]
+        ]
+
+    def test_best_models(self, records: Sequence[dict], steps: Sequence[int], plots: bool) -> list[dict]:
+        """Evaluate each member's ``<workdir>/best_model`` on the test split (one pass); write each
+        results.json (and with ``plots`` the test plots). A single run prints the table and the summary of
+        where everything went (``reports.format_summary``); a group one line per member."""
+        group, run = self.group, self.group.run
+        with run.timing("eval"):
+            params = group.stack([best_params(r) for r in group.runs])
+            tests = self.evaluate(params, "test")
+        out = []
+        for r, test, record, member_steps in zip(group.runs, tests, records, steps, strict=True):
+            results = run_results(r, test, record, member_steps)
+            if r.is_lead and plots:
+                with r.timing("plots"):
+                    reports.plot_results(test, r.workdir, prefix="test")
+            results["timing"] = r.timing.record()
+            if r.compiles is not None:
+                cache_dir = str(r.compile_cache) if r.compile_cache else None
+                results["xla"] = {**r.compiles.record(), "cache_dir": cache_dir}
+            if r.is_lead:
+                reports.write_results(r.workdir, results)
+                if not group.stacked:
+                    print(reports.format_table(test, r.skills, r.names))
+                    print()
+                    print(reports.format_summary(results, r.workdir))
+            out.append(results)
+        if group.stacked and run.is_lead:
+            group.print_test_lines(out)
+        return out
+
+
+def run_results(run: Run, test: dict, record: dict, steps: int) -> dict:
+    """A run's results.json before timing: the best epoch's val result, the test result, the best epoch,
+    the epochs and steps trained."""
+    best_epoch = int(record["best_epoch"])
+    return {
+        "val": record["val"][best_epoch - 1] if best_epoch > 0 else None,
+        "test": test,
+        "best_epoch": best_epoch,
+        "epochs": int(record["epoch"]),
+        "steps": steps,
+    }
+
+
+def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
+    """Re-evaluate a finished (or interrupted) run's best model on a split, from its workdir alone.
+
+    Reads ``<workdir>/config.json`` (the resolved run config), reuses the feature store, and merges the
+    split's metrics (with the greedy and chance baselines) into ``results.json``. Returns them with the
+    console table under "table". FileNotFoundError or ValueError when the directory is not a training
+    workdir.
+    """
+    workdir = Workdir(workdir)
+    if not workdir.config_file.is_file():
+        raise FileNotFoundError(
+            f"{workdir.config_file} does not exist: is {workdir.root} a training workdir?"
+        )
+    saved = json.loads(workdir.config_file.read_text())
+    if not (isinstance(saved, dict) and "towers" in saved and "optim" in saved):
+        raise ValueError(
+            f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
+            "training run's directory, or answer with predict --checkpoint"
+        )
+    run = setup_lib.setup(ml_collections.ConfigDict(saved), workdir)
+    group = Group.create(run, None)
+    inputs = prepare_inputs(run)
+    evaluator = Evaluator(group, inputs, group.predict_fn(inputs.towers))
+    result = evaluator.evaluate(best_params(run), split)[0]
+    table = reports.report(workdir, split, result, skills=run.skills, names=run.names) if run.is_lead else ""
+    return {**result, "table": table}

@@ -1,0 +1,209 @@
+"""The training loop: train, validate every epoch, test the best model; resumable from the workdir.
+
+:func:`train_and_evaluate` trains one head; :func:`train_members` trains a group of heads at once, each
+equal to the single run of its own config. Both run :func:`train_group`, which reads top to bottom: set-up,
+state, loop, test. Every piece of mutable state has an owner: the train state and the step count are the
+loop's, the metrics queue and log window :class:`~smartvlm_jax.train.monitor.StepMetrics`', each member's
+validation record :class:`~smartvlm_jax.train.monitor.History`', the saves and exports the
+:class:`~smartvlm_jax.train.checkpointer.Checkpointer`'s.
+"""
+
+import logging
+import math
+import pathlib
+import threading
+import time
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from smartvlm_jax import optim, reports, summaries
+from smartvlm_jax.train import monitor
+from smartvlm_jax.train.checkpointer import Checkpointer, StopSignal, export_best, host_params
+from smartvlm_jax.train.evaluation import Evaluator
+from smartvlm_jax.train.group import Group, Member, check_members
+from smartvlm_jax.train.inputs import prepare_inputs
+from smartvlm_jax.train.monitor import History, StepMetrics
+from smartvlm_jax.train.setup import setup
+from smartvlm_jax.train.state import create_state, shardings
+from smartvlm_jax.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Train, validate every epoch, test the best checkpoint; resumable from ``workdir``.
+
+    Returns the results (also written to ``<workdir>/results.json``, with ``curves.png`` and the test
+    plots beside it), or ``{"stopped_at_step": n}`` when a SIGTERM asked the run to save and stop. What XLA
+    compiled or loaded from the compilation cache meanwhile is in ``results["xla"]``.
+    """
+    with summaries.CompileLog() as compiles:
+        return train_group(config, Workdir(workdir), compiles)[0]
+
+
+def train_members(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    members: Sequence[Member],
+    *,
+    plots: bool = True,
+    label: str = "",
+    stop: threading.Event | None = None,
+    features_ready: threading.Event | None = None,
+) -> dict[str, dict]:
+    """Train the ``members`` at once (one jitted step, ``jax.vmap`` over their stacked train states) on the
+    same batches: the data order of ``config`` (``data_seed``), each member's own seed (initialisation,
+    dropout), learning rate, weight decay and dropout rate. Each member equals the single run of its
+    resolved config (``<workdir>/<name>/config.json``): same losses, same test metrics.
+
+    ``<workdir>`` holds the group (its ``config.json`` and the stacked checkpoints: a rerun resumes from
+    them); ``<workdir>/<name>/`` is each member's complete run workdir (``best_model/``, ``results.json``,
+    ``log.jsonl``, ``tensorboard/``, with ``plots`` its test plots and ``curves.png``). Early stopping is
+    per member: a member whose patience runs out keeps its state while the others train on.
+
+    For groups trained side by side in threads (``smartvlm_jax.sweep``): ``label`` names the group in its
+    epoch progress ("no_qf: epoch 3/12"); ``stop``, when given, replaces the SIGTERM handler this function
+    otherwise installs (which only the main thread may): once set, the group saves at its next step and
+    stops; ``features_ready`` is set once the group's features are in the store (or it reads none).
+
+    Returns member name -> its results (as :func:`train_and_evaluate`'s), or -> ``{"stopped_at_step": n}``
+    when a SIGTERM (or ``stop``) stopped the group. ValueError names a bad member (name, lr, weight decay,
+    pdrop) or a workdir whose checkpoints hold other members.
+    """
+    members = check_members(config, members)
+    with summaries.CompileLog() as compiles:
+        options = dict(plots=plots, label=label, stop=stop, features_ready=features_ready)
+        results = train_group(config, Workdir(workdir), compiles, members, **options)
+    return {m.name: r for m, r in zip(members, results, strict=True)}
+
+
+def train_group(
+    config: ml_collections.ConfigDict,
+    workdir: Workdir,
+    compiles: summaries.CompileLog,
+    members: Sequence[Member] | None = None,
+    *,
+    plots: bool = True,
+    label: str = "",
+    stop: threading.Event | None = None,
+    features_ready: threading.Event | None = None,
+) -> list[dict]:
+    """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
+    a leading member axis, a vmapped step); one result per member (one for a single run)."""
+    # --- Set-up: data, towers and head; the features from the store (extracted once, if missing).
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    run = setup(config, workdir, compiles)
+    inputs = prepare_inputs(run)
+    if features_ready is not None:
+        features_ready.set()
+    group = Group.create(run, members, label)
+
+    # --- The schedule, the data, the state (restored when the workdir holds a checkpoint), the steps.
+    steps_per_epoch = math.ceil(len(run.splits["train"]) / config.batch_size)
+    total_steps = config.num_epochs * steps_per_epoch
+    max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
+    train_iter = iter(
+        inputs.batches("train", shuffle=True, num_epochs=config.num_epochs, global_batch=config.batch_size)
+    )
+    tx = optim.make_optimizer(config.optim, total_steps)  # its state's structure is every member's
+    state, abstract_state = create_state(*group.initialiser(tx), run.mesh)
+    group.log_parameters(abstract_state)
+    checkpointer = Checkpointer(group, abstract_state, train_iter)
+    state, meta = checkpointer.restore(state)
+    history = History(group.records(meta), config.early_stop_patience)
+    window = monitor.window_from_json(meta.get("train_window")) if meta else None
+    step_metrics = StepMetrics(group, window, config.log_every_steps, max_steps, checkpointer.last_good)
+    steps = group.steps(tx, total_steps, inputs.towers, shardings(abstract_state))
+    evaluator = Evaluator(group, inputs, steps.predict)
+    step, compiled, epoch_bar = group.step_of(state), False, None
+
+    # --- The loop: a step; its metrics read when due; at an epoch's end, validation; saves when due.
+    with StopSignal(stop) as stop_signal, step_metrics:
+        while step < max_steps and history.active().any():
+            if epoch_bar is None:
+                epoch_bar = monitor.epoch_progress(group, step, steps_per_epoch, max_steps)
+                step_metrics.start_epoch()
+            start = time.perf_counter()  # the training stage: batch, step and loss, compilation left out
+            batch = run.to_global(next(train_iter))
+            on = history.active()  # the members this step trains (the others' states stay as they were)
+            compile_s = 0.0
+            if not compiled:
+                epoch_bar.status("compiling the train and eval steps")
+                compile_s = steps.compile(state, batch, inputs.tower_params, on, config.eval_batch_size)
+                compiled = True
+            state, metrics = steps.train(state, *steps.args(batch, inputs.tower_params, on))
+            step += 1
+            epoch_end = step % steps_per_epoch == 0
+            save_due = step % config.checkpoint_every_steps == 0
+            step_metrics.add(step, on, metrics, due=epoch_end or save_due or step == max_steps)
+            run.timing.add("train", time.perf_counter() - start - compile_s, steps=1)
+            # the step that compiled is left out of the rate and ETA
+            epoch_bar.update(1, warmup=compile_s > 0, postfix=step_metrics.postfix)
+            if epoch_end:
+                epoch = step // steps_per_epoch
+                end_epoch(epoch, step, state, on, epoch_bar, evaluator, history, step_metrics, checkpointer)
+                epoch_bar = None
+            if epoch_end or save_due:
+                checkpointer.save_if_due(step, state, history, step_metrics)
+            if stop_signal.requested():
+                step_metrics.read()
+                if epoch_bar is not None:  # (None: the signal came as an epoch ended)
+                    epoch_bar.close(monitor.epoch_summary(step_metrics.losses) + ", stopped by SIGTERM")
+                log.info("%sSIGTERM: saving step %d and stopping", group.prefix, step)
+                checkpointer.save_unless_saved(step, state, history, step_metrics)
+                return [{"stopped_at_step": step} for _ in group.runs]
+        if epoch_bar is not None:  # max_steps ended an epoch early
+            epoch_bar.close(monitor.epoch_summary(step_metrics.losses))
+        checkpointer.save_unless_saved(step, state, history, step_metrics)
+
+    # --- The test: each member's best model (the last state where no epoch ended), curves and results.
+    for i, r in enumerate(group.runs):
+        if not r.workdir.best_model.exists():  # max_steps ended it before an epoch did
+            with run.timing("checkpoint"):
+                export_best(r, group.member(state.params, i))
+        if run.is_lead and plots:
+            with run.timing("plots"):
+                series = summaries.read_log(r.workdir.log)
+                best_epoch = int(history.records[i]["best_epoch"])
+                reports.plot_curves(series, steps_per_epoch, best_epoch, r.workdir.curves)
+    return evaluator.test_best_models(history.records, group.member_steps(state), plots)
+
+
+def end_epoch(
+    epoch: int,
+    step: int,
+    state,
+    trained: np.ndarray,
+    epoch_bar,
+    evaluator: Evaluator,
+    history: History,
+    step_metrics: StepMetrics,
+    checkpointer: Checkpointer,
+) -> None:
+    """Validate the members this epoch ``trained`` (bool [N]), record their results, queue each new best
+    for export with the next save, and close the epoch's progress bar with its summary."""
+    group = evaluator.group
+    epoch_bar.status(f"loss {np.mean(step_metrics.losses):.4g}, validating")
+    with group.run.timing("eval"):
+        vals = evaluator.evaluate(state.params, "val", baselines=False)
+    new_best = []
+    params_on_host = None  # one transfer of the (stacked) parameters for this epoch's bests
+    for i in np.flatnonzero(trained):  # a stopped member's val is the one it stopped with
+        step_metrics.write_val(i, step, vals[i])
+        if history.add(i, epoch, vals[i]):
+            new_best.append(i)
+            with group.run.timing("checkpoint"):
+                if params_on_host is None:
+                    params_on_host = host_params(state.params)
+                # copies: the host arrays may share the buffers the next step is donated
+                checkpointer.queue_export(i, jax.tree.map(np.array, group.member(params_on_host, i)))
+    if group.stacked:
+        now = history.active()
+        stopped = [m.name for i, m in enumerate(group.members) if trained[i] and not now[i]]
+        summary = monitor.members_summary(step_metrics.losses, group, history, trained, new_best, stopped)
+    else:
+        summary = monitor.epoch_summary(step_metrics.losses, vals[0], bool(new_best))
+    epoch_bar.close(summary)

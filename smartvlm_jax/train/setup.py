@@ -1,0 +1,296 @@
+"""Set-up: the config checked, the data prepared, the towers named, the mesh and the head built.
+
+:func:`setup` returns a :class:`Run`, which nothing changes afterwards: what comes later (the features,
+the train state, the checkpoints) has owners of its own (``inputs.Inputs``, ``checkpointer.Checkpointer``).
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import shutil
+from collections.abc import Iterable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from smartvlm_jax import console, features, parallel, reasoner, summaries, variants
+from smartvlm_jax.data import pipeline, smart101
+from smartvlm_jax.train import checks
+from smartvlm_jax.workdir import Workdir, user_cache_dir
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What the rest of a run needs, resolved from the config once."""
+
+    config: ml_collections.ConfigDict  # as given, with checks.upgrade_config's fields
+    workdir: Workdir
+    mesh: jax.sharding.Mesh
+    data_cfg: ml_collections.ConfigDict  # config.data resolved: root, puzzle_ids, data_dir
+    splits: dict[str, list[smart101.Row]]
+    num_classes: dict[int, int]  # puzzle id -> C_p
+    towers_cfg: ml_collections.ConfigDict  # config.towers with the tiny towers' directories written in
+    model_cfg: ml_collections.ConfigDict  # config.model with the data's puzzles, classes and widths
+    model: object  # the Flax head
+    timing: summaries.StageTimes
+    # each puzzle's skill type and name as the data root describes them (smart101.read_puzzle_info)
+    puzzle_info: dict[int, smart101.PuzzleInfo]
+    compile_cache: pathlib.Path | None = None  # XLA's persistent compilation cache in use (None: off)
+    compiles: summaries.CompileLog | None = None  # what XLA compiled or loaded, when recorded
+    # cache_features: where the store is, and each split's entry and the columns the variant reads
+    feature_store: pathlib.Path | None = None
+    feature_plans: Mapping[str, features.SplitPlan] = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def train_labels(self) -> dict[str, np.ndarray]:
+        """The training split's label arrays, for the greedy baseline (built once per run)."""
+        return smart101.label_arrays(self.splits["train"])
+
+    @property
+    def is_lead(self) -> bool:
+        """Whether this process writes the run's shared files (process 0)."""
+        return jax.process_index() == 0
+
+    @property
+    def skills(self) -> dict[int, str]:
+        return {pid: info.type for pid, info in self.puzzle_info.items()}
+
+    @property
+    def names(self) -> dict[int, str]:
+        return {pid: info.name for pid, info in self.puzzle_info.items()}
+
+    def to_global(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """A host batch as global arrays sharded over the mesh's batch axes."""
+        return pipeline.global_batch(batch, parallel.batch_sharding(self.mesh))
+
+
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the data order: ``config.data_seed``, or ``config.seed`` where it is -1."""
+    seed = int(config.data_seed)
+    return int(config.seed) if seed < 0 else seed
+
+
+def setup(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path | Workdir,
+    compiles: summaries.CompileLog | None = None,
+) -> Run:
+    """The run of ``config`` in ``workdir``: data prepared, tiny towers built if asked, head built, feature
+    plans made, the resolved config written to the workdir (which must exist). Loads no tower weights.
+
+    Raises ValueError or FileNotFoundError naming the flag at fault, before any work."""
+    workdir = Workdir(workdir)
+    config = checks.upgrade_config(config)
+    checks.check_config(config)
+    checks.check_tiny_towers(config, workdir)
+    compile_cache = parallel.enable_compile_cache(config.compile_cache_dir)
+    log.info("XLA compilation cache: %s", compile_cache or "off (--config.compile_cache_dir='')")
+    timing = summaries.StageTimes()
+    mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
+    with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
+        data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
+    with timing("towers"):  # tiny towers built, if asked
+        towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
+    model_cfg = ml_collections.ConfigDict(config.model)
+    model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
+    model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
+    # the towers' widths from their config files: a run on stored features loads no weights
+    model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.features)
+    store, plans = None, {}
+    if config.cache_features:
+        with timing("features/fingerprint"):
+            store = feature_store_dir(config, workdir)
+            plans = plan_features(config, towers_cfg, data_cfg, splits, store)
+    run = Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        data_cfg=data_cfg,
+        splits=splits,
+        num_classes=num_classes,
+        towers_cfg=towers_cfg,
+        model_cfg=model_cfg,
+        model=reasoner.build(model_cfg),  # validates: an unknown variant names its field
+        timing=timing,
+        puzzle_info=smart101.read_puzzle_info(data_cfg.root),
+        compile_cache=compile_cache,
+        compiles=compiles,
+        feature_store=store,
+        feature_plans=plans,
+    )
+    write_run_config(run)
+    return run
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
+    """Rows and splits of the run (writing synthetic puzzles first if asked) and the built TFDS dataset."""
+    from smartvlm_jax.data import build, synthetic
+
+    data_cfg = ml_collections.ConfigDict(config.data)
+    if config.synthetic.enabled:
+        data_cfg.root = str(workdir.synthetic)
+        if jax.process_index() == 0 and not workdir.synthetic.exists():
+            ids = synthetic.resolve_ids(config.synthetic.puzzles or None)
+            with console.Progress("synthetic puzzles", len(ids), "puzzles") as progress:
+                synthetic.write_dataset(
+                    str(workdir.staging(workdir.synthetic)),
+                    per_puzzle=config.synthetic.per_puzzle,
+                    seed=config.synthetic.seed,
+                    puzzle_ids=ids,
+                    workers=config.synthetic.workers,
+                    progress=lambda _: progress.update(1),
+                )
+            workdir.staging(workdir.synthetic).rename(workdir.synthetic)
+        multihost_utils.sync_global_devices("synthetic data")
+    root = pathlib.Path(data_cfg.root)
+    available = smart101.found_puzzle_ids(root)
+    puzzle_ids = smart101.resolve_puzzle_ids(root, data_cfg.puzzle_ids)
+    missing = sorted(set(puzzle_ids) - set(available))
+    if missing:
+        raise ValueError(
+            f"--config.data.puzzle_ids names puzzles {missing} absent from {root} (found {available})"
+        )
+    data_cfg.puzzle_ids = ",".join(str(p) for p in puzzle_ids)
+    data_cfg.data_dir = data_cfg.data_dir or str(workdir.tfds)
+    rows = smart101.read_rows(root, puzzle_ids)
+    if data_cfg.skip_bad_rows:  # the builder drops the same rows; keep the splits in step with it
+        rows, _ = smart101.drop_bad_images(rows, skip_bad_rows=True)
+    if jax.process_index() == 0:
+        build.build(root, data_cfg.data_dir, puzzle_ids, skip_bad_rows=data_cfg.skip_bad_rows)
+    multihost_utils.sync_global_devices("tfds build")
+    num_classes = smart101.num_classes(rows)
+    splits = {s: smart101.split_rows(rows, s, data_cfg, num_classes) for s in SPLITS}
+    log_splits(splits, data_cfg)
+    return data_cfg, rows, splits, num_classes
+
+
+def log_splits(splits: Mapping[str, list[smart101.Row]], data_cfg: ml_collections.ConfigDict) -> None:
+    """Log each split's size and puzzles; ValueError naming the data config when a split is empty."""
+    split_ids = {}
+    for name, split_rows in splits.items():
+        if not split_rows:
+            raise ValueError(f"the {name} split is empty under --config.data={data_cfg.to_dict()}")
+        split_ids[name] = sorted({r.puzzle_id for r in split_rows})
+    sizes = ", ".join(f"{name} {len(split_rows)}" for name, split_rows in splits.items())
+    ids = split_ids["train"]
+    if all(other == ids for other in split_ids.values()):
+        kind = data_cfg.split_type
+        log.info("splits (%s): %s rows of %d puzzles: %s", kind, sizes, len(ids), id_ranges(ids))
+    else:  # puzzle and few-shot splits hold different puzzles
+        log.info("splits (%s): %s rows", data_cfg.split_type, sizes)
+        for name, ids in split_ids.items():
+            log.info("  %s: %d puzzles: %s", name, len(ids), id_ranges(ids))
+
+
+def id_ranges(ids: Iterable[int]) -> str:
+    """Sorted ids as compact ranges for a log line: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
+    out: list[list[int]] = []
+    for i in sorted(ids):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
+
+
+def prepare_towers(
+    config: ml_collections.ConfigDict, workdir: Workdir, questions: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """The tower directories of the run; tiny random ones (and their tokenizer) are built in the workdir."""
+    towers_cfg = ml_collections.ConfigDict(config.towers)
+    if not towers_cfg.tiny:
+        return towers_cfg
+    base = workdir.towers
+    baseline = variants.get(config.model.features).head == "baseline"
+    if jax.process_index() == 0 and not base.exists():
+        tmp = workdir.staging(base)
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_tiny_towers(tmp, baseline, questions, config.seed)
+        tmp.rename(base)
+    multihost_utils.sync_global_devices("tiny towers")
+    for name in ("resnet", "bert") if baseline else ("dinov2", "siglip"):
+        towers_cfg[name] = str(base / name)
+    return towers_cfg
+
+
+def write_tiny_towers(out: pathlib.Path, baseline: bool, questions: Iterable[str], seed: int) -> None:
+    """Tiny random towers and their tokenizer in ``out``: the SMART baseline's ResNet + BERT (a whole-word
+    vocabulary of the questions), or DINOv2 + SigLIP (a sentencepiece model trained on the questions)."""
+    from smartvlm_jax import towers as towers_lib
+
+    if baseline:
+        bert_cfg = towers_lib.tiny_config("bert")
+        vocab = towers_lib.write_wordpiece_vocab(sorted(questions), out / "tokenizer", bert_cfg["vocab_size"])
+        towers_lib.create_random(out / "resnet", "resnet", towers_lib.tiny_config("resnet"), seed=seed)
+        towers_lib.create_random(out / "bert", "bert", bert_cfg, seed=seed + 1, tokenizer_model=vocab)
+        return
+    siglip_cfg = towers_lib.tiny_config("siglip")
+    vocab_size = siglip_cfg["text_config"]["vocab_size"]
+    lowered = sorted({q.lower() for q in questions})
+    spm = towers_lib.train_sentencepiece(lowered, out / "tokenizer", vocab_size)
+    towers_lib.create_random(out / "dinov2", "dinov2", towers_lib.tiny_config("dinov2"), seed=seed)
+    towers_lib.create_random(out / "siglip", "siglip", siglip_cfg, seed=seed + 1, tokenizer_model=spm)
+
+
+def feature_store_dir(config: ml_collections.ConfigDict, workdir: Workdir) -> pathlib.Path:
+    """Where the run's features are stored: ``config.feature_store``, or ``<workdir>/features`` when it is
+    '' (opt-out) or when a multi-process job would use the default per-user cache, which other hosts do
+    not see (a named store must be on a filesystem every host sees)."""
+    store = config.feature_store
+    if not store:
+        return workdir.feature_store
+    if jax.process_count() > 1 and pathlib.Path(store).absolute() == user_cache_dir("features"):
+        log.warning(
+            "features: %d processes and the per-user default store %s, which other hosts may not see: "
+            "storing in %s (name a shared store with --config.feature_store)",
+            jax.process_count(),
+            store,
+            workdir.feature_store,
+        )
+        return workdir.feature_store
+    return pathlib.Path(store).absolute()
+
+
+def plan_features(
+    config: ml_collections.ConfigDict,
+    towers_cfg: ml_collections.ConfigDict,
+    data_cfg: ml_collections.ConfigDict,
+    splits: Mapping[str, list[smart101.Row]],
+    store: pathlib.Path,
+) -> dict[str, features.SplitPlan]:
+    """Each split's store entry (keyed by its rows' fingerprint) and the columns of the run's variant
+    (keyed by the towers' contents, dtypes and preprocessing); reads no weights."""
+    columns = features.variant_columns(
+        towers_cfg,
+        config.model.features,
+        storage_dtype=config.feature_dtype,
+        image_side=int(data_cfg.get("image_side", smart101.IMAGE_SIDE)),
+        memo_dir=store / "digests",
+    )
+    return {
+        split: features.plan_split(store, split, smart101.rows_fingerprint(rows), len(rows), columns)
+        for split, rows in splits.items()
+    }
+
+
+def write_run_config(run: Run) -> None:
+    """``<workdir>/config.json``: the resolved run config; a workdir describes itself (predict, evaluate)."""
+    if not run.is_lead:
+        return
+    resolved = ml_collections.ConfigDict(run.config)
+    resolved.data = run.data_cfg
+    resolved.towers = run.towers_cfg
+    resolved.model = run.model_cfg
+    text = resolved.to_json_best_effort(indent=2) + "\n"
+    checks.check_same_head(run.workdir, json.loads(text)["model"])
+    run.workdir.config_file.write_text(text)
