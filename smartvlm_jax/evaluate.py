@@ -1,5 +1,6 @@
-"""``python -m smartvlm_jax.evaluate --workdir DIR [--split val|test]``: re-evaluate a training run's best
-model on a split, from its workdir alone; update ``results.json`` and the split's plots.
+"""``python -m smartvlm_jax.evaluate --workdir DIR [--split val|test] [--out DIR]``: re-evaluate a training
+run's best model on a split, from its workdir alone; write the split's ``results.json`` and plots to
+``DIR/evaluations/<split>/`` (or ``--out``), never over the training's own record.
 
 Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``results.json`` in
 :mod:`smartvlm_jax.reports`, the evaluation itself in :func:`smartvlm_jax.train.evaluate_workdir`.
@@ -8,6 +9,7 @@ Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``result
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -15,15 +17,25 @@ from smartvlm_jax import cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Re-evaluate the best checkpoint of a training workdir on a split; update results.json and plots."""
+    """Re-evaluate the best model of a training workdir on a split; write the split's results.json and
+    plots to WORKDIR/evaluations/SPLIT/ (or --out), leaving the training's own files as they are."""
     parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.evaluate", description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
+    parser.add_argument("--out", help="folder for results.json and plots (default WORKDIR/evaluations/SPLIT)")
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
     from smartvlm_jax import train  # heavy (JAX, orbax, grain): after the arguments are checked
 
-    return cli.run(lambda: print(train.evaluate_workdir(args.workdir, args.split)["table"]), args.traceback)
+    def evaluate() -> None:
+        result = train.evaluate_workdir(args.workdir, args.split, args.out)
+        if "stopped" in result:
+            return  # the stop's one line is logged
+        print(result["table"])
+        print()
+        print("written: " + ", ".join(shlex.quote(str(p)) for p in result["written"]))
+
+    return cli.run(evaluate, args.traceback)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
     ``features/``              the feature store, when the run keeps it here (``--config.feature_store=''``)
     ``results.json``           metrics per split (and timing), written atomically
     ``<split>_per_<group>.png`` per-puzzle and per-skill accuracy plots
+    ``evaluations/<split>/``   ``evaluate``'s own results.json and plots (the run's record stays as trained)
     ``curves.png``             train loss by step, val S_acc/O_acc by epoch, the best epoch marked
     ``log.jsonl``, ``tensorboard/``  the logged scalars
     ``run.log``                every log line of the run, libraries' included (``run.<k>.log``: process k)
@@ -81,6 +82,12 @@ class Workdir:
     def curves(self) -> pathlib.Path:
         """``curves.png``: the training curves (``reports.plot_curves``)."""
         return self.root / "curves.png"
+
+    @property
+    def evaluations(self) -> pathlib.Path:
+        """``evaluations/``: what ``evaluate`` writes, one folder per split; the run's own record (config,
+        results, features.json, plots) is never rewritten by a re-evaluation."""
+        return self.root / "evaluations"
 
     @property
     def log(self) -> pathlib.Path:

@@ -12,14 +12,15 @@ One job per module, in the order a run meets them:
 ``state``         the train state and the step metrics; the state created on the mesh
 ``steps``         the pure steps: train, member (for ``jax.vmap``), predict
 ``group``         a single run or a group of :class:`Member` s: every difference between the two
-``checkpointer``  saves, restores and their checks, SIGTERM stops, best-model exports
+``signals``       SIGTERM and Ctrl-C: a stop at the next safe point, after a save
+``checkpointer``  saves, restores and their checks, best-model exports
 ``monitor``       step metrics and NaN checks, each member's validation history and early stopping,
                   the epochs' console lines
 ``evaluation``    splits answered and scored, the best models tested, a workdir re-evaluated
 ``loop``          :func:`train_and_evaluate`, :func:`train_members`: the loop itself
 """
 
-from smartvlm_jax.train.checkpointer import Checkpointer, StopSignal
+from smartvlm_jax.train.checkpointer import Checkpointer
 from smartvlm_jax.train.checks import (
     check_config,
     check_same_head,
@@ -39,6 +40,7 @@ from smartvlm_jax.train.setup import (
     prepare_towers,
     setup,
 )
+from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.train.state import TrainMetrics, TrainState
 from smartvlm_jax.train.steps import member_step, predict_step, train_step
 
@@ -53,6 +55,7 @@ __all__ = [
     "Member",
     "Run",
     "StopSignal",
+    "Stopped",
     "TrainMetrics",
     "TrainState",
     "cached_batches",

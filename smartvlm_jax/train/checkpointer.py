@@ -1,13 +1,11 @@
 """A run's checkpoints, in one place: the Orbax manager, what a checkpoint holds (the state's layout and
-the meta), the restore and its checks, when a routine save is due, the stop a SIGTERM asks for, and the
-best-model exports, which wait for the next save so that a checkpoint and ``best_model/`` always agree.
+the meta), the restore and its checks, when a routine save is due, and the best-model exports, which wait
+for the next save so that a checkpoint and ``best_model/`` always agree.
 """
 
 import functools
 import logging
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -55,31 +53,6 @@ def export_best(run: Run, params) -> None:
         shutil.rmtree(best, ignore_errors=True)
         tmp.rename(best)
     multihost_utils.sync_global_devices("best model: written")  # no process reads it before
-
-
-class StopSignal:
-    """The stop a SIGTERM asks for: while entered, SIGTERM sets :attr:`event` (the previous handler comes
-    back on exit). A caller that passes its own ``event`` handles the signal itself (only the main thread
-    may install a handler: the sweep's rows run in threads)."""
-
-    def __init__(self, event: threading.Event | None = None):
-        self._own = event is None
-        self.event = threading.Event() if event is None else event
-        self._previous = None
-
-    def __enter__(self) -> "StopSignal":
-        if self._own:
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._own:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def requested(self) -> bool:
-        """Whether any process was asked to stop: every process must stop at the same step, or one waits
-        in a save's barriers for ever."""
-        return parallel.any_process(self.event.is_set())
 
 
 class Checkpointer:

@@ -3,7 +3,9 @@
 """
 
 import json
+import logging
 import math
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -16,7 +18,10 @@ from smartvlm_jax.train import setup as setup_lib
 from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.inputs import Inputs, prepare_inputs
 from smartvlm_jax.train.setup import Run
+from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 # What evaluation keeps of each batch besides the predictions.
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
@@ -35,16 +40,21 @@ class Evaluator:
     def __init__(self, group: Group, inputs: Inputs, predict):
         self.group, self.inputs, self.predict = group, inputs, predict
 
-    def evaluate(self, params, split: str, baselines: bool = True) -> list[dict]:
+    def evaluate(
+        self, params, split: str, baselines: bool = True, stop: StopSignal | None = None
+    ) -> list[dict]:
         """One result per member (one for a single run): SPEC 8 metrics over every example of ``split``
         once, with (``baselines``) the greedy and chance baselines from the training split. A transient
-        progress bar shows while it runs."""
+        progress bar shows while it runs. ``stop``: raise :class:`Stopped` between batches once a stop is
+        requested (outside the train loop, whose validation finishes before it saves and stops)."""
         run, stacked = self.group.run, self.group.stacked
         eval_batch = run.config.eval_batch_size
         outs = {k: [] for k in ("preds", *EVAL_FIELDS)}
         batches = self.inputs.batches(split, shuffle=False, num_epochs=1, global_batch=eval_batch)
         num_batches = math.ceil(len(run.splits[split]) / eval_batch)
         progress = console.Progress(split, num_batches, "batches", leave=False, enabled=run.is_lead)
+        if stop is not None:
+            batches = stop.guard(batches, f"the {split} evaluation")
         for batch in progress.iterate(batches):
             gbatch = run.to_global(batch)
             preds = features.host_value(self.predict(params, gbatch, self.inputs.tower_params))
@@ -64,14 +74,16 @@ class Evaluator:
             for preds in a["preds"]
         ]
 
-    def test_best_models(self, records: Sequence[dict], steps: Sequence[int], plots: bool) -> list[dict]:
+    def test_best_models(
+        self, records: Sequence[dict], steps: Sequence[int], plots: bool, stop: StopSignal | None = None
+    ) -> list[dict]:
         """Evaluate each member's ``<workdir>/best_model`` on the test split (one pass); write each
         results.json (and with ``plots`` the test plots). A single run prints the table and the summary of
         where everything went (``reports.format_summary``); a group one line per member."""
         group, run = self.group, self.group.run
         with run.timing("eval"):
             params = group.stack([best_params(r) for r in group.runs])
-            tests = self.evaluate(params, "test")
+            tests = self.evaluate(params, "test", stop=stop)
         out = []
         for r, test, record, member_steps in zip(group.runs, tests, records, steps, strict=True):
             results = run_results(r, test, record, member_steps)
@@ -107,13 +119,21 @@ def run_results(run: Run, test: dict, record: dict, steps: int) -> dict:
     }
 
 
-def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
+def evaluate_workdir(
+    workdir: str | pathlib.Path, split: str = "test", out: str | pathlib.Path | None = None
+) -> dict:
     """Re-evaluate a finished (or interrupted) run's best model on a split, from its workdir alone.
 
-    Reads ``<workdir>/config.json`` (the resolved run config), reuses the feature store, and merges the
-    split's metrics (with the greedy and chance baselines) into ``results.json``. Returns them with the
-    console table under "table". FileNotFoundError or ValueError when the directory is not a training
-    workdir.
+    Reads ``<workdir>/config.json`` (the resolved run config) and the run's features from the store, and
+    writes the split's metrics (with the greedy and chance baselines) and plots to ``out`` (default
+    ``<workdir>/evaluations/<split>/``): the training's own record (config.json, results.json,
+    features.json, its plots) is never changed, so a read-only workdir can be evaluated with ``out``
+    elsewhere. Returns the metrics, the console table under "table" and the files written under
+    "written". SIGTERM or Ctrl-C stops it between batches, writing nothing: then it returns
+    ``{"stopped": stage, "table": "", "written": []}``.
+
+    FileNotFoundError or ValueError when the directory is not a training workdir; PermissionError naming
+    the folder when ``out`` cannot be written.
     """
     workdir = Workdir(workdir)
     if not workdir.config_file.is_file():
@@ -126,10 +146,33 @@ def evaluate_workdir(workdir: str | pathlib.Path, split: str = "test") -> dict:
             f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
             "training run's directory, or answer with predict --checkpoint"
         )
-    run = setup_lib.setup(ml_collections.ConfigDict(saved), workdir)
-    group = Group.create(run, None)
-    inputs = prepare_inputs(run)
-    evaluator = Evaluator(group, inputs, group.predict_fn(inputs.towers))
-    result = evaluator.evaluate(best_params(run), split)[0]
-    table = reports.report(workdir, split, result, skills=run.skills, names=run.names) if run.is_lead else ""
-    return {**result, "table": table}
+    out = pathlib.Path(out) if out is not None else workdir.evaluations / split
+    check_writable(out)
+    with StopSignal() as stop:
+        try:
+            run = setup_lib.setup(ml_collections.ConfigDict(saved), workdir, stop=stop, record=False)
+            group = Group.create(run, None)
+            inputs = prepare_inputs(run, stop, record=False)
+            evaluator = Evaluator(group, inputs, group.predict_fn(inputs.towers))
+            result = evaluator.evaluate(best_params(run), split, stop=stop)[0]
+        except Stopped as e:
+            log.info("%s: stopped, nothing written", e)
+            return {"stopped": e.stage, "table": "", "written": []}
+    table, written = "", []
+    if run.is_lead:
+        out.mkdir(parents=True, exist_ok=True)
+        table = reports.report(out, split, result, skills=run.skills, names=run.names)
+        written = [out / "results.json", *(Workdir(out).plot(split, g) for g in ("puzzle", "skill"))]
+    return {**result, "table": table, "written": written}
+
+
+def check_writable(folder: pathlib.Path) -> None:
+    """PermissionError naming ``folder`` (or its first existing parent) when it cannot be written;
+    NotADirectoryError when it is a file."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder to write {folder} in")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing} is not writable: choose another folder with --out")

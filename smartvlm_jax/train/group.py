@@ -211,6 +211,11 @@ class Group:
         """Each member's steps (a stopped member's are its own)."""
         return [int(s) for s in np.atleast_1d(np.asarray(jax.device_get(state.step)))]
 
+    @property
+    def member_specs(self) -> list[dict]:
+        """The members as the checkpoint meta records them (a stacked state restores by position)."""
+        return [dataclasses.asdict(m) for m in self.members]
+
     # --- checkpoint meta: a single run's is its one record; a group's holds each member's under "members"
 
     def meta(self, records: Sequence[dict], epoch: int) -> dict:
@@ -219,7 +224,7 @@ class Group:
             return records[0]
         return {
             "epoch": epoch,
-            "member_specs": [dataclasses.asdict(m) for m in self.members],
+            "member_specs": self.member_specs,
             "members": {m.name: r for m, r in zip(self.members, records, strict=True)},
         }
 
@@ -230,7 +235,7 @@ class Group:
             return [fresh_record() for _ in self.runs]
         if not self.stacked:
             return [dict(meta)]
-        specs = self.meta([], 0)["member_specs"]
+        specs = self.member_specs
         if meta.get("member_specs") != specs:
             raise ValueError(
                 f"{self.run.workdir.checkpoints} holds the checkpoints of other members "

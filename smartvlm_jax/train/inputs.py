@@ -20,6 +20,7 @@ import numpy as np
 from smartvlm_jax import features, parallel
 from smartvlm_jax.data import pipeline
 from smartvlm_jax.train.setup import Run, data_seed
+from smartvlm_jax.train.signals import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,13 @@ def place_towers(run: Run, frozen: features.FrozenTowers):
     return jax.device_put(params, parallel.shardings_for(params, run.mesh, rules))
 
 
-def prepare_inputs(run: Run) -> Inputs:
+def prepare_inputs(run: Run, stop: StopSignal | None = None, record: bool = True) -> Inputs:
     """The run's inputs: with ``config.cache_features``, every split's stored features (extracting the
-    columns the store lacks); otherwise the variant's towers, loaded and placed for the step."""
+    columns the store lacks); otherwise the variant's towers, loaded and placed for the step.
+
+    ``stop``: raise ``Stopped`` between extraction batches once a stop is requested; the shards written
+    so far stay, and the next run resumes at the first missing one (``features.extract_split``).
+    ``record``: write ``<workdir>/features.json`` (what the run read and extracted)."""
     if not run.config.cache_features:
         with run.timing("towers"):
             frozen = features.load_towers(run.towers_cfg, run.config.model.features)
@@ -143,7 +148,7 @@ def prepare_inputs(run: Run) -> Inputs:
     extractor = None
     if needed:  # a run whose columns are all stored loads no tower
         with run.timing("towers"):
-            extractor = Extractor.load(run, needed)
+            extractor = Extractor.load(run, needed, stop)
     extracted, caches = {}, {}
     for split, plan in run.feature_plans.items():
         with run.timing(f"features/{split}") as counts:
@@ -153,8 +158,9 @@ def prepare_inputs(run: Run) -> Inputs:
             if extracted[split]:  # samples/s: the split's rows over the whole extraction, compiling included
                 counts["samples"] = len(run.splits[split])
             caches[split] = plan.load()
-    if run.is_lead:
+    if run.is_lead and record:
         features.write_record(run.workdir.feature_record, run.feature_store, run.feature_plans, extracted)
+    if run.is_lead:
         log_extracted(run, extracted)
     # The steps read the stored features: the towers' parameters leave the devices (and every run passes
     # the steps the same arguments, whether it extracted or not, so XLA's cache serves them all).
@@ -178,13 +184,16 @@ class Extractor:
     run: Run
     frozen: features.FrozenTowers
     params: Any
+    stop: StopSignal | None = None
 
     @classmethod
-    def load(cls, run: Run, columns: Iterable[features.Column]) -> "Extractor":
+    def load(
+        cls, run: Run, columns: Iterable[features.Column], stop: StopSignal | None = None
+    ) -> "Extractor":
         vision = [c.tower for c in columns if c.field != features.TEXT_FIELD]
         text = any(c.field == features.TEXT_FIELD for c in columns)
         frozen = features.load_towers(run.towers_cfg, run.config.model.features, vision=vision, text=text)
-        return cls(run, frozen, place_towers(run, frozen))
+        return cls(run, frozen, place_towers(run, frozen), stop)
 
     def __call__(self, split: str, columns: list[features.Column], work_dir: pathlib.Path) -> None:
         """Extract ``columns`` of ``split`` into ``work_dir`` (``features.fill_split``'s callback)."""
@@ -201,15 +210,18 @@ class Extractor:
             pairs = zip(puzzle_ids, instance_ids, strict=True)
             return np.asarray([positions[(int(p), int(i))] for p, i in pairs])
 
-        batches = functools.partial(
-            image_batches,
-            run,
-            towers,
-            split,
-            shuffle=False,
-            num_epochs=1,
-            global_batch=run.config.eval_batch_size,
-        )
+        def batches(**kwargs):
+            found = image_batches(
+                run,
+                towers,
+                split,
+                shuffle=False,
+                num_epochs=1,
+                global_batch=run.config.eval_batch_size,
+                **kwargs,
+            )
+            return found if self.stop is None else self.stop.guard(found, f"the {split} feature extraction")
+
         features.extract_split(
             towers,
             batches,

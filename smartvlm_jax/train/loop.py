@@ -21,12 +21,13 @@ import numpy as np
 
 from smartvlm_jax import optim, reports, summaries
 from smartvlm_jax.train import monitor
-from smartvlm_jax.train.checkpointer import Checkpointer, StopSignal, export_best, host_params
+from smartvlm_jax.train.checkpointer import Checkpointer, export_best, host_params
 from smartvlm_jax.train.evaluation import Evaluator
 from smartvlm_jax.train.group import Group, Member, check_members
 from smartvlm_jax.train.inputs import prepare_inputs
 from smartvlm_jax.train.monitor import History, StepMetrics
 from smartvlm_jax.train.setup import setup
+from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.train.state import create_state, shardings
 from smartvlm_jax.workdir import Workdir
 
@@ -91,12 +92,42 @@ def train_group(
     stop: threading.Event | None = None,
     features_ready: threading.Event | None = None,
 ) -> list[dict]:
-    """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
-    a leading member axis, a vmapped step); one result per member (one for a single run)."""
-    # --- Set-up: data, towers and head; the features from the store (extracted once, if missing).
+    """:func:`run_group` under a :class:`StopSignal` (``stop``: the caller's event instead of handlers):
+    SIGTERM or a first Ctrl-C stops the run where it is safe, keeping what it finished (a checkpoint in
+    the loop; the store's shards while extracting), and it returns ``{"stopped_at_step": n}`` per member
+    (n: the latest checkpoint's step). The same command then resumes."""
     workdir.root.mkdir(parents=True, exist_ok=True)
-    run = setup(config, workdir, compiles)
-    inputs = prepare_inputs(run)
+    with StopSignal(stop) as stop_signal:
+        try:
+            return run_group(config, workdir, compiles, members, stop_signal, plots, label, features_ready)
+        except Stopped as e:
+            log.info("%s%s: stopped; the same command resumes", f"{label}: " if label else "", e)
+            step = latest_step(workdir)
+            return [{"stopped_at_step": step} for _ in members or [None]]
+
+
+def latest_step(workdir: Workdir) -> int:
+    """The step of the workdir's latest checkpoint (0: none)."""
+    steps = [int(p.name) for p in workdir.checkpoints.glob("*") if p.name.isdigit()]
+    return max(steps, default=0)
+
+
+def run_group(
+    config: ml_collections.ConfigDict,
+    workdir: Workdir,
+    compiles: summaries.CompileLog,
+    members: Sequence[Member] | None,
+    stop_signal: StopSignal,
+    plots: bool,
+    label: str,
+    features_ready: threading.Event | None,
+) -> list[dict]:
+    """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
+    a leading member axis, a vmapped step); one result per member (one for a single run). Raises
+    :class:`Stopped` where a stop request meets a safe point outside the train steps."""
+    # --- Set-up: data, towers and head; the features from the store (extracted once, if missing).
+    run = setup(config, workdir, compiles, stop_signal)
+    inputs = prepare_inputs(run, stop_signal)
     if features_ready is not None:
         features_ready.set()
     group = Group.create(run, members, label)
@@ -121,7 +152,7 @@ def train_group(
     step, compiled, epoch_bar = group.step_of(state), False, None
 
     # --- The loop: a step; its metrics read when due; at an epoch's end, validation; saves when due.
-    with StopSignal(stop) as stop_signal, step_metrics:
+    with step_metrics:
         while step < max_steps and history.active().any():
             if epoch_bar is None:
                 epoch_bar = monitor.epoch_progress(group, step, steps_per_epoch, max_steps)
@@ -151,8 +182,9 @@ def train_group(
             if stop_signal.requested():
                 step_metrics.read()
                 if epoch_bar is not None:  # (None: the signal came as an epoch ended)
-                    epoch_bar.close(monitor.epoch_summary(step_metrics.losses) + ", stopped by SIGTERM")
-                log.info("%sSIGTERM: saving step %d and stopping", group.prefix, step)
+                    summary = monitor.epoch_summary(step_metrics.losses)
+                    epoch_bar.close(f"{summary}, stopped by {stop_signal.reason}")
+                log.info("%s%s: saving step %d and stopping", group.prefix, stop_signal.reason, step)
                 checkpointer.save_unless_saved(step, state, history, step_metrics)
                 return [{"stopped_at_step": step} for _ in group.runs]
         if epoch_bar is not None:  # max_steps ended an epoch early
@@ -169,7 +201,7 @@ def train_group(
                 series = summaries.read_log(r.workdir.log)
                 best_epoch = int(history.records[i]["best_epoch"])
                 reports.plot_curves(series, steps_per_epoch, best_epoch, r.workdir.curves)
-    return evaluator.test_best_models(history.records, group.member_steps(state), plots)
+    return evaluator.test_best_models(history.records, group.member_steps(state), plots, stop_signal)
 
 
 def end_epoch(

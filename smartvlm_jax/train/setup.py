@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from smartvlm_jax import console, features, parallel, reasoner, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
 from smartvlm_jax.train import checks
+from smartvlm_jax.train.signals import StopSignal
 from smartvlm_jax.workdir import Workdir, user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,15 @@ def setup(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path | Workdir,
     compiles: summaries.CompileLog | None = None,
+    stop: StopSignal | None = None,
+    record: bool = True,
 ) -> Run:
     """The run of ``config`` in ``workdir``: data prepared, tiny towers built if asked, head built, feature
-    plans made, the resolved config written to the workdir (which must exist). Loads no tower weights.
+    plans made, the resolved config written to the workdir (which must exist; ``record`` False: not
+    written, as when a finished run is re-evaluated). Loads no tower weights.
 
-    Raises ValueError or FileNotFoundError naming the flag at fault, before any work."""
+    Raises ValueError or FileNotFoundError naming the flag at fault, before any work; ``Stopped`` when
+    ``stop`` was requested while the data was being written or built."""
     workdir = Workdir(workdir)
     config = checks.upgrade_config(config)
     checks.check_config(config)
@@ -98,7 +103,7 @@ def setup(
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
     with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
-        data_cfg, rows, splits, num_classes = prepare_data(config, workdir)
+        data_cfg, rows, splits, num_classes = prepare_data(config, workdir, stop)
     with timing("towers"):  # tiny towers built, if asked
         towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
     model_cfg = ml_collections.ConfigDict(config.model)
@@ -128,12 +133,15 @@ def setup(
         feature_store=store,
         feature_plans=plans,
     )
-    write_run_config(run)
+    if record:
+        write_run_config(run)
     return run
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
-    """Rows and splits of the run (writing synthetic puzzles first if asked) and the built TFDS dataset."""
+def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir, stop: StopSignal | None = None):
+    """Rows and splits of the run (writing synthetic puzzles first if asked) and the built TFDS dataset.
+    ``stop``: raise ``Stopped`` between synthetic puzzles and before the build once a stop is requested
+    (the puzzles are written to a staging folder renamed into place, so a stop leaves none half-written)."""
     from smartvlm_jax.data import build, synthetic
 
     data_cfg = ml_collections.ConfigDict(config.data)
@@ -141,16 +149,24 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
         data_cfg.root = str(workdir.synthetic)
         if jax.process_index() == 0 and not workdir.synthetic.exists():
             ids = synthetic.resolve_ids(config.synthetic.puzzles or None)
+            staging = workdir.staging(workdir.synthetic)
+            shutil.rmtree(staging, ignore_errors=True)  # a stopped or killed write's leftovers
+
+            def written(_) -> None:
+                progress.update(1)
+                if stop is not None:
+                    stop.check("the synthetic puzzles")
+
             with console.Progress("synthetic puzzles", len(ids), "puzzles") as progress:
                 synthetic.write_dataset(
-                    str(workdir.staging(workdir.synthetic)),
+                    str(staging),
                     per_puzzle=config.synthetic.per_puzzle,
                     seed=config.synthetic.seed,
                     puzzle_ids=ids,
                     workers=config.synthetic.workers,
-                    progress=lambda _: progress.update(1),
+                    progress=written,
                 )
-            workdir.staging(workdir.synthetic).rename(workdir.synthetic)
+            staging.rename(workdir.synthetic)
         multihost_utils.sync_global_devices("synthetic data")
     root = pathlib.Path(data_cfg.root)
     available = smart101.found_puzzle_ids(root)
@@ -165,6 +181,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir):
     rows = smart101.read_rows(root, puzzle_ids)
     if data_cfg.skip_bad_rows:  # the builder drops the same rows; keep the splits in step with it
         rows, _ = smart101.drop_bad_images(rows, skip_bad_rows=True)
+    if stop is not None:
+        stop.check("the data build")
     if jax.process_index() == 0:
         build.build(root, data_cfg.data_dir, puzzle_ids, skip_bad_rows=data_cfg.skip_bad_rows)
     multihost_utils.sync_global_devices("tfds build")

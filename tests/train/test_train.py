@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,7 +336,10 @@ def assert_plain_console(stdout: str, stderr: str, workdir: pathlib.Path) -> Non
 
 
 def test_evaluate_cli_reproduces_the_test_metrics(reference):
+    """evaluate writes its own results and plots under evaluations/<split>/ and never the training's."""
     workdir, results = reference
+    record = ("config.json", "results.json", "features.json", "test_per_puzzle.png")
+    before = {name: (workdir / name).read_bytes() for name in record}
     out = subprocess.run(
         [sys.executable, "-m", "smartvlm_jax.evaluate", "--workdir", str(workdir), "--split", "test"],
         cwd=REPO,
@@ -345,7 +349,31 @@ def test_evaluate_cli_reproduces_the_test_metrics(reference):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| **all** |" in out.stdout
-    assert reports.load_results(workdir)["test"]["S_acc"] == results["test"]["S_acc"]
+    written = workdir / "evaluations" / "test"
+    assert f"written: {written / 'results.json'}" in out.stdout
+    assert reports.load_results(written)["test"]["S_acc"] == results["test"]["S_acc"]
+    assert (written / "test_per_puzzle.png").is_file()
+    assert {name: (workdir / name).read_bytes() for name in record} == before
+
+
+def test_evaluate_a_read_only_workdir(reference, tmp_path):
+    workdir, results = reference
+    frozen = tmp_path / "frozen"
+    shutil.copytree(workdir, frozen, ignore=shutil.ignore_patterns("checkpoints", "evaluations"))
+    for path in [frozen, *frozen.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        cmd = [sys.executable, "-m", "smartvlm_jax.evaluate", "--workdir", str(frozen)]
+        refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip() == f"error: {frozen} is not writable: choose another folder with --out"
+        cmd = [*cmd, "--out", str(tmp_path / "out")]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert reports.load_results(tmp_path / "out")["test"]["S_acc"] == results["test"]["S_acc"]
+    finally:
+        for path in [frozen, *frozen.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
 
 
 @pytest.mark.parametrize(
