@@ -7,7 +7,7 @@ process's peak RSS (``ru_maxrss``, which counts memmapped pages it holds) and it
 
 - ``npz``: the former cache, ``np.savez`` of the whole split and ``dict(np.load(...))`` (the split in
   memory). (The former extraction also kept its npz shards: twice this on disk.)
-- ``mmap``: ``features._RowWriter`` (what ``features.extract_split`` writes through, shard by shard) and
+- ``mmap``: ``features.RowWriter`` (what ``features.extract_split`` writes through, shard by shard) and
   ``features.load_split`` (read-only memmaps).
 
 Both read their batches through ``train.GatherCached``, as the trainer: float16 becomes float32, and a
@@ -65,7 +65,7 @@ def write(layout: str, n: int, dtype: str, out: pathlib.Path) -> None:
         parts = [chunk_rows(s, min(s + CHUNK, n), dtype) for s in range(0, n, CHUNK)]
         np.savez(out / "features.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         return
-    writer = features._RowWriter(out, n, np.dtype(dtype))
+    writer = features.RowWriter(out, n, np.dtype(dtype))
     for shard, s in enumerate(range(0, n, CHUNK)):
         positions = np.arange(s, min(s + CHUNK, n))
         writer.write(positions, chunk_rows(s, positions[-1] + 1, dtype))

@@ -60,7 +60,7 @@ def test_row_writer_and_memmapped_cache(tmp_path):
     for dtype in ("float32", "float16"):
         out = tmp_path / dtype
         out.mkdir()
-        writer = features._RowWriter(out, 10, np.dtype(dtype))
+        writer = features.RowWriter(out, 10, np.dtype(dtype))
         for shard, rows in enumerate((order[:4], order[4:8], order[8:])):
             writer.write(rows, {"text": text[rows], "labels": labels[rows]})
             writer.mark(shard, [rows])
@@ -81,7 +81,7 @@ def test_row_writer_and_memmapped_cache(tmp_path):
 
     out = tmp_path / "missing"
     out.mkdir()
-    writer = features._RowWriter(out, 10, np.dtype("float32"))
+    writer = features.RowWriter(out, 10, np.dtype("float32"))
     writer.write(order[:9], {"labels": labels[order[:9]]})
     writer.mark(0, [order[:9]])
     with pytest.raises(RuntimeError, match="each of the 10 rows exactly once"):

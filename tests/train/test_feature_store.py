@@ -140,7 +140,7 @@ def test_a_second_writer_waits_for_the_entry_lock_then_extracts_nothing(fused, t
     plan = run.feature_plans["val"]
     assert plan.missing() == []
     calls, done = [], threading.Event()
-    with features._locked(plan.entry, enabled=True):
+    with features.locked(plan.entry, enabled=True):
         (plan.entry / f"{plan.text.name}.npy").rename(tmp_path / "text.npy")  # "being extracted"
         assert plan.missing() == [plan.text]
         waiter = threading.Thread(target=lambda: (calls.append(features.fill_split(plan, None)), done.set()))
