@@ -16,6 +16,8 @@ import os
 import pathlib
 from collections.abc import Callable
 
+from smartvlm_jax import fileio
+
 MEMO_MIN_BYTES = 16 << 20  # smaller files hash in well under 0.1 s: always hashed in full
 
 
@@ -45,9 +47,7 @@ def file_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if memo is not None:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(digest)
-        os.replace(tmp, memo)  # concurrent writers write the same digest; a reader sees one whole
+        fileio.write_text(memo, digest)  # concurrent writers write the same digest; a reader sees one whole
     return digest
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from smartvlm_jax import fileio, puzzles
 from smartvlm_jax import metrics as metrics_lib
-from smartvlm_jax import puzzles
 from smartvlm_jax.workdir import Workdir
 
 # Keys of metric dicts whose values are keyed by puzzle id (int in memory, str in JSON).
@@ -146,11 +146,7 @@ def write_results(
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
     content.update(to_json_safe(results))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json(path, content, indent=2, allow_nan=False)
     return path
 
 

@@ -23,15 +23,13 @@ import argparse
 import pathlib
 import pickle
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 
 import jax
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import cli, puzzles, variants
+from smartvlm_jax import cli, fileio, puzzles, variants
 from smartvlm_jax.convert import baseline_table
 from smartvlm_jax.reasoner import checkpoint
 from smartvlm_jax.reasoner import config as config_lib
@@ -342,12 +340,8 @@ def convert(
     out = pathlib.Path(out_dir).absolute()
     if out.exists() and any(out.iterdir()):
         raise ConversionError(f"--out {out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # build aside, then move into place
-        staged = checkpoint.save(pathlib.Path(tmp) / "model", cfg, params)
-        if out.exists():
-            out.rmdir()
-        shutil.move(str(staged), str(out))
+    with fileio.staged_dir(out) as staging:
+        checkpoint.save(staging, cfg, params)
     return out
 
 

@@ -15,22 +15,19 @@ never leaves a partial ``OUT``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from smartvlm_jax import hashing
+from smartvlm_jax import fileio, hashing
 from smartvlm_jax.towers import hf, preprocess
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
@@ -194,25 +191,6 @@ def _checkpointer() -> ocp.StandardCheckpointer:
     )
 
 
-@contextlib.contextmanager
-def _atomic_dir(out_dir: str) -> Iterator[str]:
-    """Yields a temporary directory next to ``out_dir`` and renames it to ``out_dir`` on success."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise FileExistsError(f"{out_dir} exists and is not an empty directory")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
-        yield tmp
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_converted(
     out_dir: str | os.PathLike,
     top_config: Mapping[str, Any],
@@ -241,7 +219,7 @@ def write_converted(
         meta_parts[part] = info
     meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,
             "config": dict(top_config), "parts": meta_parts}  # fmt: skip
-    with _atomic_dir(os.fspath(out_dir)) as tmp:
+    with fileio.staged_dir(out_dir) as tmp:
         for part, flat in parts.items():
             tree = unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
             with _checkpointer() as ckpt:

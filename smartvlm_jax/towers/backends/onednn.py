@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from smartvlm_jax import fileio
 from smartvlm_jax.towers import vit
 from smartvlm_jax.towers.backends import xla
 from smartvlm_jax.towers.params import flatten, unflatten
@@ -98,8 +98,7 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        built = pathlib.Path(tmp) / out.name
+    with fileio.atomic_path(out) as built:  # concurrent builders each install a whole library
         cmd = [
             compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
             "-isystem", jax.ffi.include_dir(), "-isystem", str(include),
@@ -108,7 +107,6 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise UnavailableError(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
-        os.replace(built, out)  # atomic: concurrent builders each install a whole library
     log.info("built the oneDNN tower kernels: %s", out)
     return out
 
