@@ -267,9 +267,11 @@ def run_benchmark(predictor: Predictor, args: argparse.Namespace) -> dict[str, A
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"checkpoint {predictor.source}; towers: " + ", ".join(
-            f"{k} {t.hidden_size}-d" for k, t in predictor.towers.vision.items()
-        ) + f", text {predictor.towers.text_dim}-d; load {args.load_s:.1f} s")  # fmt: skip
+        print(
+            f"checkpoint {predictor.source}; towers: "
+            + ", ".join(f"{k} {t.hidden_size}-d" for k, t in predictor.towers.vision.items())
+            + f", text {predictor.towers.text_dim}-d; load {args.load_s:.1f} s"
+        )
         for size in (1, n):
             r = results[f"batch{size}"]
             print(

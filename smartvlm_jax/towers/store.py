@@ -217,8 +217,14 @@ def write_converted(
         # own digest is what keys a converted tower's features (content_digest).
         info["weights_sha256"] = weights_digest(flat)
         meta_parts[part] = info
-    meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,
-            "config": dict(top_config), "parts": meta_parts}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": entry.kind,
+        "model_type": model_type,
+        "config": dict(top_config),
+        "parts": meta_parts,
+    }
     with fileio.staged_dir(out_dir) as tmp:
         for part, flat in parts.items():
             tree = unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
@@ -290,10 +296,21 @@ def tiny_config(kind: str) -> dict[str, Any]:
     "siglip_vision_model", "siglip_text_model", "resnet" or "bert" (SMART baseline). Returns a fresh dict.
     """
     common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "layer_norm_eps": 1e-6}
-    vision = {**common, "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3,
-              "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
-    text = {**common, "intermediate_size": 64, "vocab_size": 500, "max_position_embeddings": 64,
-            "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+    vision = {
+        **common,
+        "intermediate_size": 64,
+        "image_size": 32,
+        "patch_size": 8,
+        "num_channels": 3,
+        "hidden_act": "gelu_pytorch_tanh",
+    }
+    text = {
+        **common,
+        "intermediate_size": 64,
+        "vocab_size": 500,
+        "max_position_embeddings": 64,
+        "hidden_act": "gelu_pytorch_tanh",
+    }
     configs = {
         "dinov2": {
             "model_type": "dinov2",
@@ -304,7 +321,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
             "hidden_act": "gelu",
             "layerscale_value": 1.0,
             "use_swiglu_ffn": False,
-        },  # fmt: skip
+        },
         "siglip": {"model_type": "siglip", "vision_config": vision, "text_config": text},
         "siglip_vision_model": {"model_type": "siglip_vision_model", **vision},
         "siglip_text_model": {"model_type": "siglip_text_model", **text},
@@ -315,7 +332,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
             "hidden_sizes": [16, 32, 48, 64],
             "depths": [1, 2, 1, 1],
             "layer_type": "bottleneck",
-        },  # fmt: skip
+        },
         "bert": {
             "model_type": "bert",
             **common,
@@ -324,7 +341,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
             "vocab_size": 500,
             "max_position_embeddings": 128,
             "hidden_act": "gelu",
-        },  # fmt: skip
+        },
     }
     if kind not in configs:
         raise ValueError(

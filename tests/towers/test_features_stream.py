@@ -65,8 +65,12 @@ def test_row_writer_and_memmapped_cache(tmp_path):
             writer.write(rows, {"text": text[rows], "labels": labels[rows]})
             writer.mark(shard, [rows])
         assert sorted(p.name for p in out.iterdir()) == [
-            "labels.partial.npy", "shard_00000.npy", "shard_00001.npy", "shard_00002.npy", "text.partial.npy",
-        ]  # fmt: skip
+            "labels.partial.npy",
+            "shard_00000.npy",
+            "shard_00001.npy",
+            "shard_00002.npy",
+            "text.partial.npy",
+        ]
         writer.finalize()
         cache = features.load_split(out)
         assert sorted(p.name for p in out.iterdir()) == ["done.json", "labels.npy", "text.npy"]
