@@ -70,23 +70,28 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2, **du
 
 
 @contextlib.contextmanager
-def staged_dir(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+def staged_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[pathlib.Path]:
     """Yields a new empty directory beside ``path``; on leaving without an exception it is renamed to
     ``path``, on an exception removed with what it holds.
 
     ``path`` may be absent (its parent is created) or an empty directory, which the result replaces.
     FileExistsError naming ``path`` when it is a file or a directory with something in it (checked before
-    the caller writes anything).
+    the caller writes anything), unless ``replace``: then what is there is removed just before the rename,
+    the one moment without either.
     """
     path = pathlib.Path(path).absolute()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if not replace and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path} exists and is not an empty directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         yield staging
-        if path.is_dir():
-            path.rmdir()  # empty (checked above): a rename onto a directory needs it gone
+        if replace and path.is_dir():
+            shutil.rmtree(path)
+        elif replace and path.exists():
+            path.unlink()
+        elif path.is_dir():
+            path.rmdir()  # empty (checked above; fails if it no longer is): a rename onto it needs it gone
         os.rename(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

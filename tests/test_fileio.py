@@ -48,3 +48,15 @@ def test_staged_dir_appears_whole_or_not_at_all(tmp_path):
     with pytest.raises(FileExistsError, match=f"{out} exists and is not an empty directory"):
         with fileio.staged_dir(out):
             pass
+
+
+def test_staged_dir_replaces_a_full_directory_only_when_asked(tmp_path):
+    out = tmp_path / "best_model"
+    out.mkdir()
+    (out / "params.safetensors").write_text("old")
+    with fileio.staged_dir(out, replace=True) as staging:
+        (staging / "params.safetensors").write_text("new")
+        assert (out / "params.safetensors").read_text() == "old"  # untouched while the new one is written
+    assert [p.name for p in out.iterdir()] == ["params.safetensors"]
+    assert (out / "params.safetensors").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model"]
