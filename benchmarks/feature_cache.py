@@ -7,7 +7,7 @@ process's peak RSS (``ru_maxrss``, which counts memmapped pages it holds) and it
 
 - ``npz``: the former cache, ``np.savez`` of the whole split and ``dict(np.load(...))`` (the split in
   memory). (The former extraction also kept its npz shards: twice this on disk.)
-- ``mmap``: ``features._RowWriter`` (what ``features.extract_split`` writes through, shard by shard) and
+- ``mmap``: ``features.RowWriter`` (what ``features.extract_split`` writes through, shard by shard) and
   ``features.load_split`` (read-only memmaps).
 
 Both read their batches through ``train.GatherCached``, as the trainer: float16 becomes float32, and a
@@ -65,7 +65,7 @@ def write(layout: str, n: int, dtype: str, out: pathlib.Path) -> None:
         parts = [chunk_rows(s, min(s + CHUNK, n), dtype) for s in range(0, n, CHUNK)]
         np.savez(out / "features.npz", **{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         return
-    writer = features._RowWriter(out, n, np.dtype(dtype))
+    writer = features.RowWriter(out, n, np.dtype(dtype))
     for shard, s in enumerate(range(0, n, CHUNK)):
         positions = np.arange(s, min(s + CHUNK, n))
         writer.write(positions, chunk_rows(s, positions[-1] + 1, dtype))
@@ -137,11 +137,14 @@ def train_baseline(gather, order: np.ndarray, steps: int) -> dict:
     inputs = reasoner.checkpoint.example_inputs(cfg, batch=1)
     params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *inputs)["params"]
     rng = jax.random.key_data(jax.random.key(2))
-    state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                             opt_state=tx.init(params), rng=rng)  # fmt: skip
+    state = train.TrainState(
+        step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params), rng=rng
+    )
     schedule = optim.learning_rate_schedule(config.optim, steps)
-    step = jax.jit(functools.partial(train.train_step, model=model, model_cfg=cfg, tx=tx, schedule=schedule),
-                   donate_argnums=(0,))  # fmt: skip
+    step = jax.jit(
+        functools.partial(train.train_step, model=model, model_cfg=cfg, tx=tx, schedule=schedule),
+        donate_argnums=(0,),
+    )
     batches = iter(range(steps + 1))
 
     def train_step() -> None:  # the batch's read and the step; the loss read back waits for the step
@@ -176,11 +179,18 @@ def measure(layout: str, n: int, dtype: str, root: pathlib.Path, cold: bool, tra
     disk = sum(p.stat().st_size for p in out.iterdir())
     if cold:
         drop_page_cache(out)
-    done = subprocess.run([*me, "--read", "--train-steps", str(train_steps)], check=True, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [*me, "--read", "--train-steps", str(train_steps)], check=True, capture_output=True, text=True
+    )
     shutil.rmtree(out)
-    return {"layout": layout, "dtype": dtype, "n": n, "disk_gib": disk / 2**30, "write_s": write_s,
-            **json.loads(done.stdout.strip().splitlines()[-1])}  # fmt: skip
+    return {
+        "layout": layout,
+        "dtype": dtype,
+        "n": n,
+        "disk_gib": disk / 2**30,
+        "write_s": write_s,
+        **json.loads(done.stdout.strip().splitlines()[-1]),
+    }
 
 
 def main(argv=None) -> None:
@@ -190,8 +200,12 @@ def main(argv=None) -> None:
     parser.add_argument("--layouts", default="npz,mmap")
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--cold", action="store_true", help="read from disk, not the page cache")
-    parser.add_argument("--train-steps", type=int, default=0,
-                        help="after the epoch, time this many SMART-baseline training steps on the cache")
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        help="after the epoch, time this many SMART-baseline training steps on the cache",
+    )
     parser.add_argument("--write", type=int, default=0, help=argparse.SUPPRESS)  # child: write one cache
     parser.add_argument("--read", action="store_true", help=argparse.SUPPRESS)  # child: read one cache
     args = parser.parse_args(argv)
@@ -213,11 +227,13 @@ def main(argv=None) -> None:
                 cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()]
                 print("| " + " | ".join(cells[:10]) + " |", flush=True)
                 if args.train_steps:
-                    print(f"  baseline head: {r['train_steps']} steps of batch {BATCH}, median "
-                          f"{r['train_step_s']:.2f} s a step (batch read included), peak RSS "
-                          f"{r['train_peak_rss_mib']:.0f} MiB, anonymous "
-                          f"{r['train_end_rss_anon_mib']:.0f} MiB",
-                          flush=True)  # fmt: skip
+                    print(
+                        f"  baseline head: {r['train_steps']} steps of batch {BATCH}, median "
+                        f"{r['train_step_s']:.2f} s a step (batch read included), peak RSS "
+                        f"{r['train_peak_rss_mib']:.0f} MiB, anonymous "
+                        f"{r['train_end_rss_anon_mib']:.0f} MiB",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

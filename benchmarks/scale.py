@@ -33,10 +33,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from smartvlm_jax import reports  # noqa: E402
-from smartvlm_jax.data import synthetic  # noqa: E402
+from smartvlm_jax import reports
+from smartvlm_jax.data import synthetic
 
 NUM_PUZZLES = 101
 # Stages of results.json's timing, in the order a run meets them; features/* and compile/* are summed.
@@ -59,11 +59,21 @@ def run_job(workdir: pathlib.Path, root: pathlib.Path, per_puzzle: int, split_ty
     """One main job in its own process; its results.json plus the process's wall seconds."""
     run_dir = workdir / f"run_{per_puzzle}_{split_type}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a finished one would resume and time nothing
-    cmd = [sys.executable, "-m", "smartvlm_jax.main", "--config", "configs/smart101_tiny.py",
-           "--workdir", str(run_dir), "--config.synthetic.enabled=False", f"--config.data.root={root}",
-           f"--config.data.data_dir={workdir / f'tfds_{per_puzzle}'}", f"--config.data.data_tot={per_puzzle}",
-           f"--config.data.split_type={split_type}",
-           f"--config.feature_dtype={args.feature_dtype}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "smartvlm_jax.main",
+        "--config",
+        "configs/smart101_tiny.py",
+        "--workdir",
+        str(run_dir),
+        "--config.synthetic.enabled=False",
+        f"--config.data.root={root}",
+        f"--config.data.data_dir={workdir / f'tfds_{per_puzzle}'}",
+        f"--config.data.data_tot={per_puzzle}",
+        f"--config.data.split_type={split_type}",
+        f"--config.feature_dtype={args.feature_dtype}",
+    ]
     start = time.perf_counter()
     with open(workdir / f"run_{per_puzzle}_{split_type}.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -71,8 +81,14 @@ def run_job(workdir: pathlib.Path, root: pathlib.Path, per_puzzle: int, split_ty
     results = reports.load_results(run_dir)
     if not results["timing"].get("train", {}).get("steps"):
         raise RuntimeError(f"{run_dir}: the run trained no step (see {log.name})")
-    return {"per_puzzle": per_puzzle, "instances": per_puzzle * NUM_PUZZLES, "split_type": split_type,
-            "wall_s": wall, "timing": results["timing"], "results": results}  # fmt: skip
+    return {
+        "per_puzzle": per_puzzle,
+        "instances": per_puzzle * NUM_PUZZLES,
+        "split_type": split_type,
+        "wall_s": wall,
+        "timing": results["timing"],
+        "results": results,
+    }
 
 
 def stage_seconds(timing: dict[str, Any]) -> dict[str, float]:
@@ -129,8 +145,13 @@ def plot(runs: list[dict], path: pathlib.Path) -> None:
     for stage in STAGES:
         ax.plot(n, [max(stage_seconds(r["timing"])[stage], 1e-2) for r in runs], marker="o", label=stage)
     ax.plot(n, [r["wall_s"] for r in runs], marker="s", color="black", linewidth=2, label="whole run (wall)")
-    ax.set(xscale="log", yscale="log", xlabel="instances (101 puzzles)", ylabel="seconds",
-           title="Main job (tiny towers, paper recipe) by stage")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="instances (101 puzzles)",
+        ylabel="seconds",
+        title="Main job (tiny towers, paper recipe) by stage",
+    )
     ax.grid(True, which="both", alpha=0.3)
     mem = ax.twinx()
     mem.plot(n, [r["timing"]["peak_rss_kib"] / 2**20 for r in runs], "k--", marker="^", label="peak RSS")
@@ -185,13 +206,17 @@ def main(argv: list[str] | None = None) -> dict:
     if len(sizes) >= 2:
         g = growth(runs, sizes[-2], sizes[-1])
         big, small = sizes[-1] * NUM_PUZZLES, sizes[-2] * NUM_PUZZLES
-        print(f"cost per instance, {big:,} over {small:,} instances (target <= 1.5): "
-              + ", ".join(f"{s} {v:.2f}" for s, v in g.items()))  # fmt: skip
+        print(
+            f"cost per instance, {big:,} over {small:,} instances (target <= 1.5): "
+            + ", ".join(f"{s} {v:.2f}" for s, v in g.items())
+        )
         report["growth"] = g
     if args.towers_json:
         report["base_tower_extraction_s"] = base_tower_estimate(runs, args.towers_json)
-        print("base towers here would add to extraction: " + ", ".join(
-            f"{n:,}: {s / 60:.0f} min" for n, s in report["base_tower_extraction_s"].items()))  # fmt: skip
+        print(
+            "base towers here would add to extraction: "
+            + ", ".join(f"{n:,}: {s / 60:.0f} min" for n, s in report["base_tower_extraction_s"].items())
+        )
     for r in runs:
         print(f"\n{r['instances']:,} instances, {r['split_type']} split, test:")
         print(reports.format_table(r["results"]["test"]))

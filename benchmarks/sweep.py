@@ -56,8 +56,8 @@ def smoke(work: pathlib.Path) -> dict:
             run_dir, store = work / f"run_{i}_{mode}", work / f"store_{i}_{mode}"
             for path in (run_dir, store):
                 shutil.rmtree(path, ignore_errors=True)
-            cmd = [sys.executable, *args, "--workdir", str(run_dir), f"--config.feature_store={store}",
-                   f"--config.compile_cache_dir={compile_cache}"]  # fmt: skip
+            cmd = [sys.executable, *args, "--workdir", str(run_dir), f"--config.feature_store={store}"]
+            cmd.append(f"--config.compile_cache_dir={compile_cache}")
             out[name][mode] = timed(cmd, work / f"run_{i}_{mode}.log")
             print(f"{name}, {mode}: {out[name][mode]:.1f} s", flush=True)
     single, swept = (out[n] for n in jobs)
@@ -90,19 +90,23 @@ def medium(work: pathlib.Path, per_puzzle: int, epochs: int) -> dict:
     run_dir, store = work / "sweep", work / "store"
     for path in (run_dir, store):
         shutil.rmtree(path, ignore_errors=True)
-    cmd = [sys.executable, "-m", "smartvlm_jax.sweep", "--config", "configs/paper.py",
-           "--workdir", str(run_dir), f"--config.data.root={data}", f"--config.data.data_tot={per_puzzle}",
-           f"--config.num_epochs={epochs}", f"--config.towers.dinov2={towers / 'dinov2'}",
-           f"--config.towers.siglip={towers / 'siglip'}", f"--config.feature_store={store}",
-           f"--config.compile_cache_dir={work / 'xla'}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "smartvlm_jax.sweep", "--config", "configs/paper.py"]
+    cmd += ["--workdir", str(run_dir), f"--config.data.root={data}", f"--config.data.data_tot={per_puzzle}"]
+    cmd += [
+        f"--config.num_epochs={epochs}",
+        *(f"--config.towers.{n}={towers / n}" for n in ("dinov2", "siglip")),
+    ]
+    cmd += [f"--config.feature_store={store}", f"--config.compile_cache_dir={work / 'xla'}"]
     wall = timed(cmd, work / "sweep.log")
     record = json.loads((run_dir / "sweep.json").read_text())
     first = reports.load_results(run_dir / "smarter" / record["members"][0])
     sizes = {s: first[s]["n"] for s in ("test",)}
     config = json.loads((run_dir / "smarter" / record["members"][0] / "config.json").read_text())
     rows = smart101.read_rows(data, [int(p) for p in str(config["data"]["puzzle_ids"]).split(",")])
-    splits = {s: len(smart101.split_rows(rows, s, _data_cfg(config), smart101.num_classes(rows)))
-              for s in ("train", "val", "test")}  # fmt: skip
+    splits = {
+        s: len(smart101.split_rows(rows, s, _data_cfg(config), smart101.num_classes(rows)))
+        for s in ("train", "val", "test")
+    }
     instances = sum(splits.values())
     per_instance = record["extraction_s"] / instances
     runs = len(record["rows"]) * len(record["members"])
@@ -119,8 +123,10 @@ def medium(work: pathlib.Path, per_puzzle: int, epochs: int) -> dict:
         "extraction_s_per_instance": per_instance,
         "reference_design_tower_s_estimate": reference_passes * per_instance,
     }
-    print(f"sweep: {len(record['rows'])} rows x {len(record['members'])} members, {epochs} epochs, "
-          f"{instances} instances ({splits})")  # fmt: skip
+    print(
+        f"sweep: {len(record['rows'])} rows x {len(record['members'])} members, {epochs} epochs, "
+        f"{instances} instances ({splits})"
+    )
     print(
         f"wall {wall:.1f} s; the sweep's own total {record['total_s']:.1f} s; feature extraction "
         f"{record['extraction_s']:.1f} s ({100 * record['extraction_s'] / record['total_s']:.0f} %)"

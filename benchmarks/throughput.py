@@ -109,7 +109,7 @@ def try_measure(fn: Callable[[], Any], repeats: int, items: int) -> dict[str, An
     """:func:`measure`, or ``{"error": ...}`` when the call fails (torch.compile may not handle a model)."""
     try:
         return measure(fn, repeats, items)
-    except Exception as e:  # noqa: BLE001 - any failure of torch.compile is a result to report
+    except Exception as e:  # any failure of torch.compile is a result to report
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 
 
@@ -561,9 +561,7 @@ def format_table(report: dict) -> str:
     if tw:
         fr = tw["flop_rates"]
         cell = lambda k: (
-            f"{fr[k]['flop_per_s'] / 1e9:.0f} ({100 * fr[k]['fraction_of_matmul']:.0f}%)"  # noqa: E731
-            if k in fr
-            else "-"
+            f"{fr[k]['flop_per_s'] / 1e9:.0f} ({100 * fr[k]['fraction_of_matmul']:.0f}%)" if k in fr else "-"
         )
         lines.append(
             f"| towers forward, GFLOP/s (% of matmul) | GFLOP/s | {tw['batch']} | {cell('jax')} | "

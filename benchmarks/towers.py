@@ -164,7 +164,7 @@ class TowerBench:
         if peak_flop_per_s > 0:
             row["mfu"] = {k: v * self.flops_per_item / peak_flop_per_s for k, v in per_s.items()}
         pooled = {k: v.mean(axis=1) for k, v in outs.items()}
-        rel = lambda a, b: float(np.linalg.norm(pooled[a] - pooled[b]) / np.linalg.norm(pooled[b]))  # noqa: E731
+        rel = lambda a, b: float(np.linalg.norm(pooled[a] - pooled[b]) / np.linalg.norm(pooled[b]))
         if fp32:
             with jax.default_matmul_precision("float32"):
                 exact = np.asarray(self.jax["float32"].encode(inputs))
@@ -191,8 +191,14 @@ def with_instances(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for batch in sorted({r["batch"] for r in rows}):
         same = [r for r in rows if r["batch"] == batch]
         if len({r["tower"] for r in same}) == len(CONFIGS):
-            out.append({"tower": "instances (all 3)", "batch": batch, "per_s": instances_per_s(same, "per_s"),
-                        "best_per_s": instances_per_s(same, "best_per_s")})  # fmt: skip
+            out.append(
+                {
+                    "tower": "instances (all 3)",
+                    "batch": batch,
+                    "per_s": instances_per_s(same, "per_s"),
+                    "best_per_s": instances_per_s(same, "best_per_s"),
+                }
+            )
     return out
 
 
@@ -200,7 +206,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The console table: items/s per variant (best in brackets), ratios, MFU, accuracy figures."""
     lines = [
         f"jax {report['jax']} ({report['backend']}), torch {report['torch']} on {report['torch_device']}, "
-        f"{report['rounds']} rounds",  # fmt: skip
+        f"{report['rounds']} rounds",
         f"matmul GFLOP/s (n={report['matmul_n']}): "
         + ", ".join(f"{k} {v:.0f}" for k, v in report["matmul_gflops"].items()),
         "items/s, median of the rounds (best in brackets)" + (", MFU %" if report["peak_tflops"] else ""),
@@ -222,14 +228,18 @@ def format_report(report: dict[str, Any]) -> str:
         if "mfu" in r:
             mfu = "".join(f"{100 * r['mfu'][v]:>18.1f}%" if v in r["mfu"] else f"{'':>19}" for v in VARIANTS)
             lines.append(f"{'  MFU':<26}{mfu}")
-    lines.append(f"{'tower':<20}{'batch':>6}{'fp32 max|J-T|':>15}{'(JAX default prec.)':>21}"
-                 f"{'bf16 rel.err JAX':>18}{'bf16 rel.err torch':>20}  (mean-pooled)")  # fmt: skip
+    lines.append(
+        f"{'tower':<20}{'batch':>6}{'fp32 max|J-T|':>15}{'(JAX default prec.)':>21}"
+        f"{'bf16 rel.err JAX':>18}{'bf16 rel.err torch':>20}  (mean-pooled)"
+    )
     for r in report["towers"]:
         if "fp32_max_abs_diff_jax_vs_torch" in r:
-            lines.append(f"{r['tower']:<20}{r['batch']:>6}{r['fp32_max_abs_diff_jax_vs_torch']:>15.1e}"
-                         f"{r['fp32_default_precision_max_abs_diff']:>21.1e}"
-                         f"{r['bf16_pooled_rel_err_jax']:>18.1e}"
-                         f"{r['bf16_pooled_rel_err_torch']:>20.1e}")  # fmt: skip
+            lines.append(
+                f"{r['tower']:<20}{r['batch']:>6}{r['fp32_max_abs_diff_jax_vs_torch']:>15.1e}"
+                f"{r['fp32_default_precision_max_abs_diff']:>21.1e}"
+                f"{r['bf16_pooled_rel_err_jax']:>18.1e}"
+                f"{r['bf16_pooled_rel_err_torch']:>20.1e}"
+            )
     return "\n".join(lines)
 
 
@@ -253,12 +263,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gpu = args.torch_device.startswith("cuda")
     n = args.matmul_n or (8192 if gpu else 2048)
     report: dict[str, Any] = {
-        "jax": jax.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "torch_device": args.torch_device,
-        "torch_threads": torch.get_num_threads(), "rounds": args.rounds, "peak_tflops": args.peak_tflops,
-        "load_before": os.getloadavg(), "matmul_n": n, "tiny": args.tiny, "towers": [],
-    }  # fmt: skip
+        "torch_threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "peak_tflops": args.peak_tflops,
+        "load_before": os.getloadavg(),
+        "matmul_n": n,
+        "tiny": args.tiny,
+        "towers": [],
+    }
     report["matmul_gflops"] = matmul_gflops(args.rounds, args.torch_device, n)
 
     def save() -> None:

@@ -126,7 +126,7 @@ class _ConsoleHandler(logging.StreamHandler):
             return
         try:
             tqdm.tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise from emit
+        except Exception:  # logging's own convention: report, never raise from emit
             self.handleError(record)
 
 
@@ -206,7 +206,7 @@ def _route_transformers() -> None:
     """transformers prints through its own stderr handler and does not propagate: send its records to
     the root's handlers instead (imported here, if installed: the text towers import it anyway)."""
     try:
-        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - optional, heavy
+        from transformers.utils import logging as hf_logging  # optional, heavy
     except ImportError:
         return
     hf_logging.disable_default_handler()
@@ -276,9 +276,15 @@ class Progress:
         stream = sys.stderr if stream is None else stream
         if enabled and (interactive(stream) if bars is None else bars):
             self._bar = tqdm.tqdm(
-                total=self.total, initial=self.n, desc=desc, unit=f" {unit}", file=stream, leave=leave,
-                dynamic_ncols=True, mininterval=0.2,
-            )  # fmt: skip
+                total=self.total,
+                initial=self.n,
+                desc=desc,
+                unit=f" {unit}",
+                file=stream,
+                leave=leave,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
 
     def __enter__(self) -> Progress:
         return self

@@ -1,11 +1,11 @@
 """Content digests that key what runs share (the feature store): JSON values, files and directories.
 
 Every digest is a SHA-256 hex string. Large files are hashed once and their digest remembered in a memo
-folder, keyed by the file's identity on disk (path, size, mtime_ns, ctime_ns, inode): a tower's 800 MB
-weights cost ~1-2 s to hash, which a sweep would pay for every run. A file rewritten in place changes its
-mtime and ctime, so the memo never hands back the digest of older contents (on filesystems with a coarse
-clock, a rewrite within the same tick of the same size could; files below ``MEMO_MIN_BYTES`` are always
-hashed in full, so small config and tokenizer files never depend on it).
+folder, keyed by the file's identity on disk (path, size, mtime_ns, ctime_ns, inode): hashing a tower's
+weights takes seconds (docs/performance.md), which a sweep would pay for every run. A file rewritten in
+place changes its mtime and ctime, so the memo never hands back the digest of older contents (on
+filesystems with a coarse clock, a rewrite within the same tick of the same size could; files below
+``MEMO_MIN_BYTES`` are always hashed in full, so small config and tokenizer files never depend on it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import os
 import pathlib
 from collections.abc import Callable
 
-MEMO_MIN_BYTES = 16 << 20  # smaller files hash in well under 0.1 s: always hashed in full
+from smartvlm_jax import fileio
+
+MEMO_MIN_BYTES = 16 << 20  # smaller files hash faster than the memo is worth: always hashed in full
 
 
 def digest_json(value: object) -> str:
@@ -45,9 +47,7 @@ def file_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if memo is not None:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(digest)
-        os.replace(tmp, memo)  # concurrent writers write the same digest; a reader sees one whole
+        fileio.write_text(memo, digest)  # concurrent writers write the same digest; a reader sees one whole
     return digest
 
 

@@ -45,8 +45,8 @@ def run_job(job: str, argv: list[str]) -> None:
 
     lines.set_process(jax.process_index())
     devices = jax.devices()
-    log.info("JAX %s on %d %s device%s; every log line: %s", jax.__version__, len(devices),
-             devices[0].platform, "s" if len(devices) > 1 else "", lines.run_log)  # fmt: skip
+    on = f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
+    log.info("JAX %s on %s; every log line: %s", jax.__version__, on, lines.run_log)
     module, function = job.split(":")
     fn = getattr(importlib.import_module(module), function)
     status = cli.run(lambda: fn(config, _WORKDIR.value), traceback=_TRACEBACK.value)

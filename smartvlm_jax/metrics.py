@@ -265,10 +265,14 @@ def compute_metrics(
         "n": int(puzzle_ids.size),
         "per_puzzle": by_puzzle,
         "per_skill": per_skill(by_puzzle, skills),
-        "per_other_type": per_skill(
-            by_puzzle, {p: skills.get(p, "?") for p in by_puzzle}, other_types(by_puzzle, skills)
-        ),
+        "per_other_type": per_other_type(by_puzzle, skills),
     }
+
+
+def per_other_type(by_puzzle: Mapping[int, Mapping[str, Any]], skills: Mapping[int, str]) -> dict[str, dict]:
+    """:func:`per_skill` over the puzzle types outside the skill classes (:func:`other_types`; "?" for a
+    puzzle without a type)."""
+    return per_skill(by_puzzle, {p: skills.get(p, "?") for p in by_puzzle}, other_types(by_puzzle, skills))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -346,12 +350,7 @@ def greedy_baseline(
         reference_quirks=reference_quirks,
     )
     kept = pids_flat if mask is None else pids_flat[np.asarray(mask, dtype=bool).reshape(-1)]
-    c_p = _num_classes_of(kept, num_classes).astype(np.float64)
-    is_seq = np.isin(kept, list(puzzles.SEQUENCE_PUZZLES))
-    chance_s = np.where(is_seq, c_p ** -float(puzzles.NUM_DECODE_STEPS), 1.0 / c_p)
-    chance_pp = {
-        int(p): {"S_acc": float(chance_s[kept == p][0]), "O_acc": 1.0 / NUM_OPTIONS} for p in np.unique(kept)
-    }
+    chance_s, chance_pp = chance_scores(kept, num_classes)
     skills = read_skill_types() if skills is None else skills
     return {
         "greedy_S_acc": m["S_acc"],
@@ -363,10 +362,23 @@ def greedy_baseline(
         "greedy_per_other_type": m["per_other_type"],
         "greedy_missing_puzzles": sorted({int(p) for p in kept} - set(mode)),
         "chance_per_skill": per_skill(chance_pp, skills),
-        "chance_per_other_type": per_skill(
-            chance_pp, {p: skills.get(p, "?") for p in chance_pp}, other_types(chance_pp, skills)
-        ),
+        "chance_per_other_type": per_other_type(chance_pp, skills),
     }
+
+
+def chance_scores(
+    puzzle_ids: np.ndarray, num_classes: Mapping[int, int]
+) -> tuple[np.ndarray, dict[int, dict[str, float]]]:
+    """Uniform chance: (S_acc of each sample, float64 [N]: 1/C_p for an ordinary puzzle, (1/C_p)^K for a
+    sequence puzzle of K decode positions; {puzzle id: {"S_acc", "O_acc": 1/5}})."""
+    c_p = _num_classes_of(puzzle_ids, num_classes).astype(np.float64)
+    is_seq = np.isin(puzzle_ids, list(puzzles.SEQUENCE_PUZZLES))
+    chance_s = np.where(is_seq, c_p ** -float(puzzles.NUM_DECODE_STEPS), 1.0 / c_p)
+    per_puzzle = {
+        int(p): {"S_acc": float(chance_s[puzzle_ids == p][0]), "O_acc": 1.0 / NUM_OPTIONS}
+        for p in np.unique(puzzle_ids)
+    }
+    return chance_s, per_puzzle
 
 
 # ----------------------------------------------------------------------------------------------------------

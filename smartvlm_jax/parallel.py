@@ -125,7 +125,7 @@ def _initialize(context: str, coordinator: str, **kwargs) -> None:
     and timeouts first."""
     try:
         jax.distributed.initialize(**kwargs)
-    except Exception as e:  # noqa: BLE001 - JAX raises its runtime error types here; say who waited for what
+    except Exception as e:  # JAX raises its runtime error types here; say who waited for what
         raise RuntimeError(f"JAX distributed start failed at {coordinator} ({context}): {e}") from e
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import cli, metrics, reports
+from smartvlm_jax import cli, fileio, metrics, reports
 from smartvlm_jax.data import smart101
 from smartvlm_jax.inference import Predictions, Predictor
 from smartvlm_jax.workdir import Workdir
@@ -197,8 +197,7 @@ def write_csv(
     path: str, rows: Sequence[smart101.Row], out: Predictions, s_ok: np.ndarray, o_ok: np.ndarray
 ) -> None:
     """One row per instance: prediction (space-separated for sequences), option, probability, labels."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with fileio.atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         writer.writeheader()
         for i, row in enumerate(rows):
@@ -220,7 +219,6 @@ def write_csv(
                     "o_correct": int(o_ok[i]),
                 }
             )
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------- benchmark
@@ -269,9 +267,11 @@ def run_benchmark(predictor: Predictor, args: argparse.Namespace) -> dict[str, A
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"checkpoint {predictor.source}; towers: " + ", ".join(
-            f"{k} {t.hidden_size}-d" for k, t in predictor.towers.vision.items()
-        ) + f", text {predictor.towers.text_dim}-d; load {args.load_s:.1f} s")  # fmt: skip
+        print(
+            f"checkpoint {predictor.source}; towers: "
+            + ", ".join(f"{k} {t.hidden_size}-d" for k, t in predictor.towers.vision.items())
+            + f", text {predictor.towers.text_dim}-d; load {args.load_s:.1f} s"
+        )
         for size in (1, n):
             r = results[f"batch{size}"]
             print(

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from smartvlm_jax import fileio, puzzles
 from smartvlm_jax import metrics as metrics_lib
-from smartvlm_jax import puzzles
 from smartvlm_jax.workdir import Workdir
 
 # Keys of metric dicts whose values are keyed by puzzle id (int in memory, str in JSON).
@@ -146,11 +146,7 @@ def write_results(
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
     content.update(to_json_safe(results))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json(path, content, indent=2, allow_nan=False)
     return path
 
 
@@ -177,8 +173,14 @@ def _bars(
     width = 0.8 / max(len(series), 1)
     errors = errors or {}
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, yerr=errors.get(name),
-               capsize=2 if name in errors else 0)  # fmt: skip
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            label=name,
+            yerr=errors.get(name),
+            capsize=2 if name in errors else 0,
+        )
     for (name, values), color in zip(markers.items(), ("black", "tab:gray", "tab:brown"), strict=False):
         ax.scatter(x, values, marker="_", s=200, color=color, zorder=3, label=name)
     ax.set_xticks(x)
@@ -272,8 +274,12 @@ def plot_curves(
     for name, style in (("val/S_acc", "o-"), ("val/O_acc", "s--")):
         values = series.get(name, {})
         at = sorted(values)
-        acc_ax.plot([s / steps_per_epoch for s in at], [100.0 * float(values[s]) for s in at], style,
-                    label=name.removeprefix("val/"))  # fmt: skip
+        acc_ax.plot(
+            [s / steps_per_epoch for s in at],
+            [100.0 * float(values[s]) for s in at],
+            style,
+            label=name.removeprefix("val/"),
+        )
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy %")
     acc_ax.set_title("validation")
@@ -284,8 +290,15 @@ def plot_curves(
         loss_ax.axvline(best_step, color="tab:red", ls=":", label=f"best epoch {best_epoch}")
         acc_ax.axvline(best_epoch, color="tab:red", ls=":")
         if best_s is not None:
-            acc_ax.scatter([best_epoch], [100.0 * best_s], s=160, marker="*", color="tab:red", zorder=3,
-                           label=f"best: epoch {best_epoch}, S_acc {_pct(best_s)} %")  # fmt: skip
+            acc_ax.scatter(
+                [best_epoch],
+                [100.0 * best_s],
+                s=160,
+                marker="*",
+                color="tab:red",
+                zorder=3,
+                label=f"best: epoch {best_epoch}, S_acc {_pct(best_s)} %",
+            )
     loss_ax.legend(fontsize=8)
     if acc_ax.lines:
         acc_ax.legend(fontsize=8, loc="lower right")
@@ -421,8 +434,12 @@ def format_sweep_table(rows: Sequence[TableRow], title: str = "") -> str:
     header = [g if g in skill_set else f"{g}*" for g in groups]
     lines = [f"# {title}", ""] if title else []
     for metric in ("S_acc", "O_acc"):
-        lines += [f"## {metric} %", "", "| row | seeds | " + " | ".join(header) + " |",
-                  "|---|---:|" + "---:|" * len(groups)]  # fmt: skip
+        lines += [
+            f"## {metric} %",
+            "",
+            "| row | seeds | " + " | ".join(header) + " |",
+            "|---|---:|" + "---:|" * len(groups),
+        ]
         for row in rows:
             cells = [format_cell(row.cells.get((metric, g))) for g in groups]
             lines.append(f"| {row.label} | {row.members or '-'} | " + " | ".join(cells) + " |")
@@ -441,8 +458,8 @@ def write_sweep_csv(rows: Sequence[TableRow], path: str | os.PathLike[str]) -> p
         out.writerow(["row", "members", "metric", "group", "mean", "std"])
         for row in rows:
             for (metric, group), (mean, std) in row.cells.items():
-                out.writerow([row.label, row.members, metric, group, f"{mean:.6f}",
-                              "" if math.isnan(std) else f"{std:.6f}"])  # fmt: skip
+                spread = "" if math.isnan(std) else f"{std:.6f}"
+                out.writerow([row.label, row.members, metric, group, f"{mean:.6f}", spread])
     return path
 
 

@@ -40,7 +40,7 @@ class RunWriter:
 
             workdir = Workdir(workdir)
             self._tb = SummaryWriter(str(workdir.tensorboard))
-            self._log = open(workdir.log, "a")  # noqa: SIM115 - closed in close()
+            self._log = open(workdir.log, "a")  # closed in close()
 
     def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
         if not self._enabled:

@@ -25,17 +25,23 @@ A rerun with the same ``DIR`` skips the finished rows and resumes the interrupte
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import json
 import logging
 import math
+import pathlib
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
+from smartvlm_jax import fileio, variants
 from smartvlm_jax import main as main_lib  # its flags: --config, --workdir, --traceback
+from smartvlm_jax.workdir import Workdir
 
 log = logging.getLogger("smartvlm_jax.sweep")  # (__name__ is "__main__" under python -m)
 
@@ -126,8 +132,7 @@ def shared_inputs(config: ml_collections.ConfigDict, rows: Sequence[str], sweep_
     once per tower family in ``inputs/<family>/towers``, so the rows share towers (and feature-store
     entries) whatever their seeds.
     """
-    from smartvlm_jax import train, variants
-    from smartvlm_jax.workdir import Workdir
+    from smartvlm_jax import train
 
     inputs = Workdir(sweep_dir / "inputs")
     inputs.root.mkdir(parents=True, exist_ok=True)
@@ -166,8 +171,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def check_same_sweep(config: ml_collections.ConfigDict, config_file) -> None:
     """ValueError naming the fields in which ``config`` differs from the sweep ``config_file`` describes
     (its rows' results would not be this config's); rows, seeds and plots may change between reruns."""
-    import pathlib
-
     path = pathlib.Path(config_file)
     if not path.is_file():
         return
@@ -187,7 +190,6 @@ def check_same_sweep(config: ml_collections.ConfigDict, config_file) -> None:
 def row_done(row_dir, members: Sequence[Any]) -> bool:
     """Whether every member of a row has its test results (a finished row is not trained again)."""
     from smartvlm_jax import reports
-    from smartvlm_jax.workdir import Workdir
 
     for member in members:
         path = Workdir(row_dir / member.name).results
@@ -200,7 +202,6 @@ def extraction(row_dir, results: dict) -> dict[str, Any]:
     """What a row extracted: the store columns it wrote per split (the row's ``features.json``, written by
     the trainer) and the seconds its member's ``timing`` gives the splits that ran the towers (a split read
     from the store records no samples)."""
-    from smartvlm_jax.workdir import Workdir
 
     record_file = Workdir(row_dir).feature_record
     splits = json.loads(record_file.read_text())["splits"] if record_file.is_file() else {}
@@ -226,10 +227,6 @@ def train_rows(
     started then are not started (absent from the result). A row that fails stops the others the same
     way, and its exception is raised once they have saved.
     """
-    import concurrent.futures
-    import signal
-    import threading
-
     import jax
 
     from smartvlm_jax import train
@@ -244,12 +241,18 @@ def train_rows(
         try:
             if stop.is_set():
                 return None
-            log.info("row %d/%d %s: %d member%s (%s) in one jitted step", i, len(rows), row, len(members),
-                     "s" * (len(members) > 1), seeds)  # fmt: skip
+            counted = f"{len(members)} member{'s' * (len(members) > 1)}"
+            log.info("row %d/%d %s: %s (%s) in one jitted step", i, len(rows), row, counted, seeds)
             start = time.perf_counter()
-            out = train.train_members(row_config(config, row, shared), root / row, members,
-                                      plots=config.member_plots, label=row if workers > 1 else "",
-                                      stop=stop, features_ready=ready)  # fmt: skip
+            out = train.train_members(
+                row_config(config, row, shared),
+                root / row,
+                members,
+                plots=config.member_plots,
+                label=row if workers > 1 else "",
+                stop=stop,
+                features_ready=ready,
+            )
             return out, time.perf_counter() - start
         finally:
             ready.set()  # (also when it failed or never started: the next row must not wait for ever)
@@ -282,9 +285,7 @@ def train_rows(
 def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train every row of the sweep (resuming), then write the table; returns ``sweep.json``'s content, or
     ``{"stopped_at_step": n, "row": name}`` when a SIGTERM stopped a row (rerun to resume)."""
-    import pathlib
-
-    from smartvlm_jax import reports, train
+    from smartvlm_jax import train
 
     start = time.perf_counter()
     missing = [f for f in SWEEP_FIELDS if f not in config]
@@ -304,61 +305,111 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     check_same_sweep(config, root / "config.json")
     shared = shared_inputs(config, rows, root)
     # Written once the config has passed every check, so a rejected command leaves nothing to refuse later.
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    fileio.write_text(root / "config.json", config.to_json_best_effort(indent=2) + "\n")
     previous = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").is_file() else {}
-    record: dict[str, Any] = {"rows": {}, "members": [m.name for _, m in members]}
     member_list = [m for _, m in members]
-    last = config.seed + int(config.seeds) - 1
-    seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
-    if len(members) > int(config.seeds):
-        seeds += f", {len(members) // int(config.seeds)} grid settings"
     done = {row for row in rows if row_done(root / row, member_list)}
     for i, row in enumerate(rows, 1):
         if row in done:
             log.info("row %d/%d %s: done before, kept (%s)", i, len(rows), row, root / row)
-    trained = train_rows(config, rows, [r for r in rows if r not in done], shared, root, member_list, seeds)
-    settings = {}
-    stopped_rows: list[tuple[int, str]] = []  # (step, row): rows a SIGTERM stopped, or kept from starting
+    pending = [r for r in rows if r not in done]
+    trained = train_rows(config, rows, pending, shared, root, member_list, seeds_label(config, len(members)))
+    record, settings, stopped_rows = collect_rows(rows, members, root, trained, done, previous)
+    if stopped_rows:
+        record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
+        fileio.write_json(root / "sweep.json", record, indent=2, allow_nan=False)
+        which = ", ".join(f"{row} (step {at})" if at else f"{row} (not started)" for at, row in stopped_rows)
+        plural = "s" * (len(stopped_rows) > 1)
+        log.info("row%s %s stopped by SIGTERM; rerun the same command to resume", plural, which)
+        return {"stopped_at_step": stopped_rows[0][0], "row": stopped_rows[0][1]}
+    table, title = write_table(config, root, settings)
+    record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start  # over every invocation
+    record["extraction_s"] = sum(r["extraction_s"] for r in record["rows"].values())
+    fileio.write_json(root / "sweep.json", record, indent=2, allow_nan=False)
+    print_summary(table, title, root, record, len(rows), len(members))
+    return record
+
+
+def seeds_label(config: ml_collections.ConfigDict, num_members: int) -> str:
+    """ "seeds 0-2" or "seed 0", and the number of grid settings when there is a grid: a row's log line."""
+    last = config.seed + int(config.seeds) - 1
+    seeds = f"seeds {config.seed}-{last}" if last > config.seed else f"seed {config.seed}"
+    if num_members > int(config.seeds):
+        seeds += f", {num_members // int(config.seeds)} grid settings"
+    return seeds
+
+
+def collect_rows(
+    rows: Sequence[str],
+    members: Sequence[tuple[dict[str, float], Any]],
+    root: pathlib.Path,
+    trained: dict[str, tuple[dict, float]],
+    done: set[str],
+    previous: dict,
+) -> tuple[dict[str, Any], dict[str, list[dict]], list[tuple[int, str]]]:
+    """After :func:`train_rows`: (``sweep.json``'s record of rows and members, each table label's member
+    results, the rows a SIGTERM stopped or kept from starting as (step, row), 0 for not started).
+
+    A row's record holds its seconds over every invocation (``previous`` is the last ``sweep.json``) and,
+    once finished, what it extracted (:func:`extraction`). Each finished row's test accuracy is logged.
+    """
+    from smartvlm_jax import reports
+
+    record: dict[str, Any] = {"rows": {}, "members": [m.name for _, m in members]}
+    settings: dict[str, list[dict]] = {}
+    stopped_rows: list[tuple[int, str]] = []
     for row in rows:
-        row_dir = root / row
-        # seconds an earlier invocation spent on this row: kept for a finished row, added to for a resumed one
-        before = previous.get("rows", {}).get(row, {}).get("seconds")
-        if row in trained:
-            out, seconds = trained[row]
-            record["rows"][row] = {"seconds": (before or 0.0) + seconds}
-            stopped = [r for r in out.values() if "stopped_at_step" in r]
-            if stopped:
-                stopped_rows.append((stopped[0]["stopped_at_step"], row))
-                continue
-        else:
-            if before is not None:
-                record["rows"][row] = {"seconds": before}
-            if row not in done:  # not started: a SIGTERM came first
-                stopped_rows.append((0, row))
-                continue
-        results = {m.name: reports.load_results(row_dir / m.name) for m in member_list}
-        record["rows"][row] = {
-            **record["rows"].get(row, {}),
-            **extraction(row_dir, results[member_list[0].name]),
-        }
+        times, stopped_at = _row_time(row, trained, done, previous)
+        if stopped_at is not None:
+            if times:
+                record["rows"][row] = times
+            stopped_rows.append((stopped_at, row))
+            continue
+        results = {m.name: reports.load_results(root / row / m.name) for _, m in members}
+        record["rows"][row] = {**times, **extraction(root / row, results[members[0][1].name])}
         labels = []
         for setting, member in members:
             label = f"{row} ({setting_label(setting)})" if setting else row
             settings.setdefault(label, []).append(results[member.name])
             labels.append(label)
-        for line in reports.sweep_rows({label: settings[label] for label in dict.fromkeys(labels)}):
-            if line.members:  # (the greedy and chance rows are the table's)
-                s, o = line.cells[("S_acc", "all")], line.cells[("O_acc", "all")]
-                log.info("row %s: test S_acc %s %%, O_acc %s %% over %d seed%s", line.label,
-                         reports.format_cell(s), reports.format_cell(o), line.members,
-                         "s" * (line.members > 1))  # fmt: skip
-    if stopped_rows:
-        record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start
-        (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-        which = ", ".join(f"{row} (step {at})" if at else f"{row} (not started)" for at, row in stopped_rows)
-        log.info("row%s %s stopped by SIGTERM; rerun the same command to resume",
-                 "s" * (len(stopped_rows) > 1), which)  # fmt: skip
-        return {"stopped_at_step": stopped_rows[0][0], "row": stopped_rows[0][1]}
+        _log_row_accuracy({label: settings[label] for label in dict.fromkeys(labels)})
+    return record, settings, stopped_rows
+
+
+def _row_time(
+    row: str, trained: dict[str, tuple[dict, float]], done: set[str], previous: dict
+) -> tuple[dict[str, float], int | None]:
+    """({"seconds": s} over every invocation, or {} when none is known; the step a SIGTERM stopped the row
+    at, 0 when it kept the row from starting, None when the row is finished)."""
+    # seconds an earlier invocation spent on this row: kept for a finished row, added to for a resumed one
+    before = previous.get("rows", {}).get(row, {}).get("seconds")
+    if row in trained:
+        out, seconds = trained[row]
+        stopped = [r["stopped_at_step"] for r in out.values() if "stopped_at_step" in r]
+        return {"seconds": (before or 0.0) + seconds}, (stopped[0] if stopped else None)
+    return ({} if before is None else {"seconds": before}), (None if row in done else 0)
+
+
+def _log_row_accuracy(settings: dict[str, list[dict]]) -> None:
+    """One log line per table label of a row: test S_acc and O_acc, mean ± std over its members."""
+    from smartvlm_jax import reports
+
+    for line in reports.sweep_rows(settings):
+        if line.members:  # (the greedy and chance rows are the table's)
+            s, o = (reports.format_cell(line.cells[(metric, "all")]) for metric in ("S_acc", "O_acc"))
+            plural = "s" * (line.members > 1)
+            log.info(
+                "row %s: test S_acc %s %%, O_acc %s %% over %d seed%s", line.label, s, o, line.members, plural
+            )
+
+
+def write_table(
+    config: ml_collections.ConfigDict, root: pathlib.Path, settings: dict[str, list[dict]]
+) -> tuple[list, str]:
+    """``table.md``, ``table.csv`` and ``table.png`` of the finished sweep; returns (the table's rows, its
+    title)."""
+    from smartvlm_jax import reports
+
     table = reports.sweep_rows(settings)
     n_seeds = int(config.seeds)
     title = (
@@ -366,20 +417,23 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
         if n_seeds > 1
         else "Test accuracy (%), one seed"
     )
-    (root / "table.md").write_text(reports.format_sweep_table(table, title))
+    fileio.write_text(root / "table.md", reports.format_sweep_table(table, title))
     reports.write_sweep_csv(table, root / "table.csv")
     reports.plot_sweep_table(table, root / "table.png", title)
-    record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start  # over every invocation
-    record["extraction_s"] = sum(r["extraction_s"] for r in record["rows"].values())
-    (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return table, title
+
+
+def print_summary(table: list, title: str, root: pathlib.Path, record: dict, num_rows: int, num_members: int):
+    """The table, the sweep's time and extraction's share of it, and where the files are (stdout)."""
+    from smartvlm_jax import reports
+
     print(reports.format_sweep_table(table, title))
     share = record["extraction_s"] / record["total_s"] if record["total_s"] else math.nan
-    print(f"{len(rows)} rows x {len(members)} members in {record['total_s']:.1f} s "
-          f"(feature extraction {record['extraction_s']:.1f} s, {100 * share:.0f} %)")  # fmt: skip
+    extracted = f"feature extraction {record['extraction_s']:.1f} s, {100 * share:.0f} %"
+    print(f"{num_rows} rows x {num_members} members in {record['total_s']:.1f} s ({extracted})")
     for name in TABLE_FILES:
         print(f"  {name + ':':11}{root / name}")
     print(f"  {'members:':11}{root}/<row>/<member>/results.json")
-    return record
 
 
 def main(argv: list[str]) -> None:

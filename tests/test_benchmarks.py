@@ -33,8 +33,19 @@ def test_timing_leaves_out_warm_up_calls_and_rotates_the_order():
 def test_throughput_tiny_report(tmp_path, capsys):
     out = tmp_path / "results.json"
     rows = ["towers_forward", "inference", "input_pipeline"]
-    throughput.main(["--tiny", "--repeats", "2", "--rows", ",".join(rows), "--out", str(out),
-                     "--workdir", str(tmp_path / "work")])  # fmt: skip
+    throughput.main(
+        [
+            "--tiny",
+            "--repeats",
+            "2",
+            "--rows",
+            ",".join(rows),
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     report = json.loads(out.read_text())
     assert list(report["rows"]) == rows
     assert report["config"]["towers"] == "tiny" and report["config"]["repeats"] == 2

@@ -14,20 +14,32 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["smartvlm_jax.data.build", "--data-root", "/no/such/root", "--data-dir", "/tmp/unused"],
-         "error: no puzzle folders under /no/such/root"),
+        (
+            ["smartvlm_jax.data.build", "--data-root", "/no/such/root", "--data-dir", "/tmp/unused"],
+            "error: no puzzle folders under /no/such/root",
+        ),
         (["smartvlm_jax.evaluate", "--workdir", "/no/such/workdir"], "error: /no/such/workdir/config.json"),
-        (["smartvlm_jax.main", "--config", "configs/smoke.py", "--workdir", "/tmp/unused_workdir",
-          "--config.towers.dtype=float8"], "error: --config.towers.dtype='float8'"),
+        (
+            [
+                "smartvlm_jax.main",
+                "--config",
+                "configs/smoke.py",
+                "--workdir",
+                "/tmp/unused_workdir",
+                "--config.towers.dtype=float8",
+            ],
+            "error: --config.towers.dtype='float8'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_input_errors_are_one_line_unless_traceback(args, message):
     out = _run(*args)
     assert out.returncode == 1, out.stderr[-2000:]
@@ -44,8 +56,16 @@ def test_build_names_the_flag_not_the_argument(tmp_path):
 
     for name, ids in (("a", [3]), ("b", [7])):
         synthetic.write_dataset(str(tmp_path / name), per_puzzle=2, seed=0, puzzle_ids=ids)
-    assert _run("smartvlm_jax.data.build", "--data-root", str(tmp_path / "a"), "--data-dir",
-                str(tmp_path / "tfds")).returncode == 0  # fmt: skip
+    assert (
+        _run(
+            "smartvlm_jax.data.build",
+            "--data-root",
+            str(tmp_path / "a"),
+            "--data-dir",
+            str(tmp_path / "tfds"),
+        ).returncode
+        == 0
+    )
     data_dir = str(tmp_path / "tfds")
     out = _run("smartvlm_jax.data.build", "--data-root", str(tmp_path / "b"), "--data-dir", data_dir)
     assert out.returncode == 1 and "(--overwrite)" in out.stderr and "overwrite=True" not in out.stderr

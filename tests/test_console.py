@@ -81,8 +81,14 @@ def test_library_noise_goes_to_run_log_only(tmp_path, restore_logging):
     ]
     assert lines.run_log == str(Workdir(tmp_path).run_log())
     log = Workdir(tmp_path).run_log().read_text()
-    for text in ("before the process", "Unable to initialize backend", "Load dataset info", "timing train",
-                 "Error writing persistent compilation cache", "splits (instance)"):  # fmt: skip
+    for text in (
+        "before the process",
+        "Unable to initialize backend",
+        "Load dataset info",
+        "timing train",
+        "Error writing persistent compilation cache",
+        "splits (instance)",
+    ):
         assert text in log, text
 
 

@@ -208,8 +208,11 @@ def test_greedy_and_chance_baselines():
     assert g["chance_S_acc"] == pytest.approx((0.1 + 0.1 + 0.25 + 27.0**-K + 1 / 3) / 5)
     assert g["chance_O_acc"] == 0.2
     # Per skill: the mean over its puzzles of each puzzle's chance (math: puzzles 7 and 5; counting: 2, 16).
-    assert g["chance_per_skill"]["math"] == {"S_acc": pytest.approx((1 / 4 + 1 / 3) / 2), "O_acc": 0.2,
-                                             "num_puzzles": 2}  # fmt: skip
+    assert g["chance_per_skill"]["math"] == {
+        "S_acc": pytest.approx((1 / 4 + 1 / 3) / 2),
+        "O_acc": 0.2,
+        "num_puzzles": 2,
+    }
     assert g["chance_per_skill"]["counting"]["S_acc"] == pytest.approx((1 / 10 + 27.0**-K) / 2)
 
 
@@ -301,8 +304,13 @@ def test_summary_names_every_output_present(tmp_path):
     assert shown["plots"] == f"{wd.plot('test', 'puzzle')}, {wd.plot('test', 'skill')}"
     assert "TensorBoard" not in shown  # no events written here: not listed
     assert shown["XLA"] == "1 program compiled in 0.9 s, 13 loaded from the compilation cache (/c/jax)"
-    assert summary_paths("\n".join(lines)) == [wd.results, *(wd.plot("test", g) for g in ("puzzle", "skill")),
-                                               wd.curves, wd.best_model, wd.run_log()]  # fmt: skip
+    assert summary_paths("\n".join(lines)) == [
+        wd.results,
+        *(wd.plot("test", g) for g in ("puzzle", "skill")),
+        wd.curves,
+        wd.best_model,
+        wd.run_log(),
+    ]
 
 
 def summary_line(line: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ def test_run_sh_dry_run_leaves_every_part_result(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["gpu_results.tar.gz", "summary.txt"]  # <= 8 files back
     with tarfile.open(out / "gpu_results.tar.gz") as tar:
         names = {pathlib.Path(n).name for n in tar.getnames()}
-        read = lambda name: json.load(tar.extractfile(f"./{name}"))  # noqa: E731
+        read = lambda name: json.load(tar.extractfile(f"./{name}"))
         towers, job, throughput = read("towers.json"), read("main_job.json"), read("throughput.json")
     assert {"machine.txt", "tests.log", "towers.log", "main_job.log", "throughput.log"} <= names
     measured = {(r["tower"], r["batch"]) for r in towers["towers"]}
@@ -38,8 +38,14 @@ def test_run_sh_dry_run_leaves_every_part_result(tmp_path):
     assert towers["tiny"] is True
     assert all(r["per_s"]["jax bf16"] > 0 for r in towers["towers"])
     assert job["returncode"] == 0 and 0 <= job["test"]["S_acc"] <= 1
-    assert set(throughput["rows"]) == {"towers_forward", "full_train_step", "head_train_step", "inference",
-                                       "input_pipeline", "whole_run"}  # fmt: skip
+    assert set(throughput["rows"]) == {
+        "towers_forward",
+        "full_train_step",
+        "head_train_step",
+        "inference",
+        "input_pipeline",
+        "whole_run",
+    }
     assert not list(tmp_path.glob("smartvlm_gpu.*")), "run.sh left its scratch directory"
 
 

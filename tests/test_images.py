@@ -86,9 +86,16 @@ def test_array_shapes(shape):
 
 
 @pytest.mark.parametrize(
-    "array", [np.zeros((H, W), bool), np.zeros((H, W), np.int64), np.zeros((H, W, 2), np.uint8),
-              np.zeros((H, W, 5), np.uint8), np.zeros((2, H, W, 3), np.uint8), np.zeros((0, W), np.uint8)],
-)  # fmt: skip
+    "array",
+    [
+        np.zeros((H, W), bool),
+        np.zeros((H, W), np.int64),
+        np.zeros((H, W, 2), np.uint8),
+        np.zeros((H, W, 5), np.uint8),
+        np.zeros((2, H, W, 3), np.uint8),
+        np.zeros((0, W), np.uint8),
+    ],
+)
 def test_other_arrays_are_refused_naming_shape_and_dtype(array):
     with pytest.raises(ValueError, match=rf"shape \({array.shape[0]}, .*dtype {array.dtype}"):
         images.to_rgb8(array)

@@ -75,8 +75,18 @@ def _losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def _local(n: int, workdir: pathlib.Path, *extra: str, log_dir: pathlib.Path) -> list[str]:
-    return [str(LAUNCH / "local.sh"), "-n", str(n), "--log-dir", str(log_dir), "--", *RUN_ARGS,
-            "--workdir", str(workdir), *extra]  # fmt: skip
+    return [
+        str(LAUNCH / "local.sh"),
+        "-n",
+        str(n),
+        "--log-dir",
+        str(log_dir),
+        "--",
+        *RUN_ARGS,
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +213,10 @@ def test_two_processes_match_one_resume_and_fail_fast(runs):
     assert survivor_s < HEARTBEAT_S * 5, survivor_s
     # Before JAX's own abort text, the survivor's log said whom it waits for and how long.
     whole = "".join(p.read_text() for p in sorted((base / "leg2").glob("*.log")))
-    expected = (r"JAX distributed: process 0 of 2, coordinator 127\.0\.0\.1:\d+; waiting up to \d+ s for "
-                rf"every process to join; a peer silent for {HEARTBEAT_S} s")  # fmt: skip
+    expected = (
+        r"JAX distributed: process 0 of 2, coordinator 127\.0\.0\.1:\d+; waiting up to \d+ s for "
+        rf"every process to join; a peer silent for {HEARTBEAT_S} s"
+    )
     assert re.search(expected, whole), _logs(base / "leg2")
 
     # The last finalised checkpoint is whole: it restores here (1 process), at its step, finite.

@@ -53,9 +53,11 @@ def test_predictor_equals_evaluation_path(workdir, run_config, predictor):
     """Images -> towers -> head in the predictor == predict_step on the run's cached test features."""
     rows = _test_rows(run_config)
     out = predictor.predict(
-        [r.image_path for r in rows], [r.question for r in rows], [r.options for r in rows],
+        [r.image_path for r in rows],
+        [r.question for r in rows],
+        [r.options for r in rows],
         [r.puzzle_id for r in rows],
-    )  # fmt: skip
+    )
     cache = features.read_recorded(workdir, "test")
     np.testing.assert_array_equal(cache["puzzle_ids"], [r.puzzle_id for r in rows])  # same row order
 
@@ -69,9 +71,12 @@ def test_predictor_equals_evaluation_path(workdir, run_config, predictor):
     np.testing.assert_array_equal(out.values, expected)
     # The letter is the option O_acc scores: correct exactly where correctness says so.
     _, o_ok = metrics.correctness(
-        out.values, cache["labels"].astype(np.int64), out.puzzle_ids, cache["option_values"].astype(np.int64),
+        out.values,
+        cache["labels"].astype(np.int64),
+        out.puzzle_ids,
+        cache["option_values"].astype(np.int64),
         cache["answer_index"].astype(np.int64),
-    )  # fmt: skip
+    )
     ordinary = out.num_positions == 1
     assert np.array_equal((out.option_index == cache["answer_index"])[ordinary], o_ok[ordinary])
     # Top-k: sorted probabilities of valid classes, the first one being the answer.
@@ -185,8 +190,18 @@ def test_bad_towers_name_both_sides(workdir, run_config, tmp_path):
 
 def test_cli_one_puzzle_json_and_errors(workdir, run_config, capsys):
     row = _test_rows(run_config)[0]
-    argv = ["--checkpoint", str(workdir), "--image", row.image_path, "--question", row.question,
-            "--puzzle-id", str(row.puzzle_id), "--options", "|".join(row.options)]  # fmt: skip
+    argv = [
+        "--checkpoint",
+        str(workdir),
+        "--image",
+        row.image_path,
+        "--question",
+        row.question,
+        "--puzzle-id",
+        str(row.puzzle_id),
+        "--options",
+        "|".join(row.options),
+    ]
     assert predict.main([*argv, "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["puzzle_id"] == row.puzzle_id and record["option"] in list("ABCDE")

@@ -17,15 +17,32 @@ from smartvlm_jax import reports
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROWS = ("smarter", "no_qf", "dinov2_only", "siglip_only", "single_image_head")
 # The smoke sweep, smaller: 2 seeds, 11 puzzles x 30 instances, 3 epochs.
-SMALL = ["--config.seeds=2", "--config.synthetic.per_puzzle=30", "--config.data.data_tot=30",
-         "--config.num_epochs=3", "--config.batch_size=16", "--config.eval_batch_size=32",
-         "--config.log_every_steps=2", "--config.checkpoint_every_steps=4",
-         "--config.checkpoint_min_interval_secs=0"]  # fmt: skip
+SMALL = [
+    "--config.seeds=2",
+    "--config.synthetic.per_puzzle=30",
+    "--config.data.data_tot=30",
+    "--config.num_epochs=3",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=32",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=4",
+    "--config.checkpoint_min_interval_secs=0",
+]
 
 
 def command(workdir: pathlib.Path, store: pathlib.Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "smartvlm_jax.sweep", "--config", "configs/paper.py:smoke",
-            "--workdir", str(workdir), f"--config.feature_store={store}", *SMALL, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "smartvlm_jax.sweep",
+        "--config",
+        "configs/paper.py:smoke",
+        "--workdir",
+        str(workdir),
+        f"--config.feature_store={store}",
+        *SMALL,
+        *extra,
+    ]
 
 
 def sweep(workdir: pathlib.Path, store: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
@@ -105,8 +122,9 @@ def test_sigterm_then_rerun_gives_the_same_table(finished, tmp_path, parallel_ro
     workdir, store, _ = finished
     run = tmp_path / "run"
     rows = ("--config.rows=smarter,no_qf", f"--config.parallel_rows={parallel_rows}")
-    process = subprocess.Popen(command(run, store, *rows), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        command(run, store, *rows), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     checkpoints = run / "no_qf" / "checkpoints"
     deadline = time.time() + 600
     while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):

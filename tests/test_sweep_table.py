@@ -102,8 +102,12 @@ def test_mean_and_std_over_members():
     one = metrics.mean_and_std(values[:1])
     assert one[("S_acc", "all")][0] == 0.1 and math.isnan(one[("S_acc", "all")][1])
     greedy = metrics.group_accuracies(member(0.1, 0.3, 0.2, 0.4)["test"], "greedy_")
-    assert greedy == {("S_acc", "all"): 0.08, ("S_acc", "counting"): 0.1, ("O_acc", "all"): 0.14,
-                      ("O_acc", "counting"): 0.2}  # fmt: skip
+    assert greedy == {
+        ("S_acc", "all"): 0.08,
+        ("S_acc", "counting"): 0.1,
+        ("O_acc", "all"): 0.14,
+        ("O_acc", "counting"): 0.2,
+    }
     with pytest.raises(ValueError, match="at least one member"):
         metrics.mean_and_std([])
 
@@ -153,8 +157,10 @@ def test_a_rerun_with_another_config_is_refused(tmp_path):
     config.seeds, config.rows, config.member_plots = 5, "smarter", True  # which rows and members: allowed
     sweep.check_same_sweep(config, path)
     config.num_epochs, config.optim.lr = 2, 0.5
-    expected = (r"holds a sweep of another config: --config.num_epochs=2 \(it holds 12\), "
-                r"--config.optim.lr=0.5 \(it holds 0.001\); use a new --workdir")  # fmt: skip
+    expected = (
+        r"holds a sweep of another config: --config.num_epochs=2 \(it holds 12\), "
+        r"--config.optim.lr=0.5 \(it holds 0.001\); use a new --workdir"
+    )
     with pytest.raises(ValueError, match=expected):
         sweep.check_same_sweep(config, path)
 

@@ -24,9 +24,16 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-TARGET = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
-          "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-          "implementation_name": "cpython", "platform_python_implementation": "CPython"}  # fmt: skip
+TARGET = {
+    **default_environment(),
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 LIMIT_MIB = 64  # the device tool's limit on what travels (working tree + carried paths)
 
 
@@ -45,8 +52,8 @@ def wheel_requirements(path: pathlib.Path) -> list[Requirement]:
     with zipfile.ZipFile(path) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         text = z.read(meta).decode()
-    return [Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines()
-            if line.startswith("Requires-Dist:")]  # fmt: skip
+    lines = [line for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    return [Requirement(line.split(":", 1)[1].strip()) for line in lines]
 
 
 def applies(req: Requirement, extras: set[str]) -> bool:
@@ -60,21 +67,56 @@ def tracked_bytes() -> int:
     return sum((REPO / f).stat().st_size for f in files.decode().split("\0") if f and (REPO / f).is_file())
 
 
-def check(wheels_dir: pathlib.Path, device: dict[str, str | None]) -> tuple[list[str], list[str]]:
-    """(problems, notes) of the carried wheels against the device and the project's requirements."""
-    problems, notes = [], []
-    unrecorded: set[str] = set()  # on the device, version not recorded: its range stays unchecked
-    wheels = sorted(wheels_dir.glob("*.whl"))
-    carried = {}
+def is_target_wheel(tags) -> bool:
+    """Whether a wheel's tags install on the device: pure Python (py3 or cp312, any platform) or cp312
+    x86-64."""
+    return any(
+        (t.interpreter in ("py3", "cp312") and t.platform == "any")
+        or ("x86_64" in t.platform and t.interpreter == "cp312")
+        for t in tags
+    )
+
+
+def carried_wheels(wheels: list[pathlib.Path]) -> tuple[dict[str, str], list[str]]:
+    """({canonical name: version} of the carried wheels, problems: a wheel for another target, a name
+    carried twice)."""
+    problems, carried = [], {}
     for w in wheels:
         name, version, _, tags = parse_wheel_filename(w.name)
-        if not any(t.interpreter in ("py3", "cp312") and t.platform in ("any",) or "x86_64" in t.platform
-                   and t.interpreter == "cp312" for t in tags):  # fmt: skip
+        if not is_target_wheel(tags):
             problems.append(f"{w.name}: not a cp312 / py3 x86-64 wheel")
         if name in carried:
             problems.append(f"{name}: two wheels carried (the device install refuses that)")
         carried[name] = str(version)
+    return carried, problems
+
+
+def project_requirements(available: dict[str, str | None]) -> tuple[list[str], list[str]]:
+    """(problems, notes) of ``requirements.txt`` against what is carried or on the device: a requirement
+    neither has is a problem, another version than our pin a note (the device's version wins)."""
+    problems, notes = [], []
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        req = Requirement(line) if line else None
+        if req is None or (req.marker is not None and not req.marker.evaluate(TARGET)):
+            continue
+        name = canonicalize_name(req.name)
+        if name.startswith("onednn"):
+            continue  # CPU kernels: never used on a GPU backend
+        have = available.get(name)
+        if name not in available:
+            problems.append(f"requirements.txt: {req} neither carried nor on the device")
+        elif have and not req.specifier.contains(have, prereleases=True):
+            notes.append(f"requirements.txt pins {req}; the device has {have}: the GPU run uses {have}")
+    return problems, notes
+
+
+def check(wheels_dir: pathlib.Path, device: dict[str, str | None]) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the carried wheels against the device and the project's requirements."""
+    wheels = sorted(wheels_dir.glob("*.whl"))
+    carried, problems = carried_wheels(wheels)
     available = {**device, **carried}
+    unrecorded: set[str] = set()  # on the device, version not recorded: its range stays unchecked
 
     def satisfied(req: Requirement, who: str) -> None:
         name = canonicalize_name(req.name)
@@ -90,21 +132,8 @@ def check(wheels_dir: pathlib.Path, device: dict[str, str | None]) -> tuple[list
         for req in wheel_requirements(w):
             if applies(req, set()):
                 satisfied(req, w.name.split("-")[0])
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if not line:
-            continue
-        req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate(TARGET):
-            continue
-        name = canonicalize_name(req.name)
-        if name.startswith("onednn"):
-            continue  # CPU kernels: never used on a GPU backend
-        have = available.get(name)
-        if name not in available:
-            problems.append(f"requirements.txt: {req} neither carried nor on the device")
-        elif have and not req.specifier.contains(have, prereleases=True):
-            notes.append(f"requirements.txt pins {req}; the device has {have}: the GPU run uses {have}")
+    more_problems, notes = project_requirements(available)
+    problems += more_problems
     if unrecorded:
         names = ", ".join(sorted(unrecorded))
         notes.append(f"on the device, version not recorded (ranges unchecked): {names}")

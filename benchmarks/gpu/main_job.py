@@ -55,8 +55,16 @@ def main(argv: list[str] | None = None) -> dict:
         dirs = throughput.write_towers(work / "towers", "base", testing.sentences())
         overrides += [f"--config.towers.dinov2={dirs['dinov2']}", f"--config.towers.siglip={dirs['siglip']}"]
     summary["write_towers_s"] = time.perf_counter() - start
-    cmd = [sys.executable, "-m", "smartvlm_jax.main", "--config", "configs/smarter.py",
-           "--workdir", str(work / "run"), *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "smartvlm_jax.main",
+        "--config",
+        "configs/smarter.py",
+        "--workdir",
+        str(work / "run"),
+        *overrides,
+    ]
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, check=False)

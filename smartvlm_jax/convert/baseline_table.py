@@ -35,8 +35,12 @@ def params_from_state(sd: Mapping[str, Array], cfg: ml_collections.ConfigDict) -
         p["im_encoder"] = {"0_kernel": k0[None], "0_bias": b0[None], "2_kernel": k2[None], "2_bias": b2[None]}
     else:
         n = config_lib.NUM_ENCODER_SLOTS
-        enc = {"0_kernel": np.zeros((n, vdim, r)), "0_bias": np.zeros((n, r)),
-               "2_kernel": np.zeros((n, r, r)), "2_bias": np.zeros((n, r))}  # fmt: skip
+        enc = {
+            "0_kernel": np.zeros((n, vdim, r)),
+            "0_bias": np.zeros((n, r)),
+            "2_kernel": np.zeros((n, r, r)),
+            "2_bias": np.zeros((n, r)),
+        }
         for pid in range(1, n):
             for layer in ("0", "2"):
                 enc[f"{layer}_kernel"][pid], enc[f"{layer}_bias"][pid] = _linear(
@@ -55,8 +59,11 @@ def params_from_state(sd: Mapping[str, Array], cfg: ml_collections.ConfigDict) -
     if tab.ordinary_ids:
         g, c_o = len(tab.ordinary_ids), tab.max_ordinary_classes
         widths = {"0": r, "2": r, "4": c_o}
-        dec = {f"{name}_{kind}": np.zeros((g, r, w) if kind == "kernel" else (g, w))
-               for name, w in widths.items() for kind in ("kernel", "bias")}  # fmt: skip
+        dec = {
+            f"{name}_{kind}": np.zeros((g, r, w) if kind == "kernel" else (g, w))
+            for name, w in widths.items()
+            for kind in ("kernel", "bias")
+        }
         for row, pid in enumerate(tab.ordinary_ids):
             for layer in ("0", "2", "4"):
                 k, b = _linear(sd, f"ans_decoder.{slot[pid]}.{layer}")
@@ -65,8 +72,12 @@ def params_from_state(sd: Mapping[str, Array], cfg: ml_collections.ConfigDict) -
         p["ans_decoder_mlp"] = dec
     if tab.sequence_ids:
         n, c_s = len(tab.sequence_ids), tab.max_sequence_classes
-        lstm = {"weight_ih": np.zeros((n, 4, r, c_s)), "weight_hh": np.zeros((n, 4, c_s, c_s)),
-                "bias_ih": np.zeros((n, 4, c_s)), "bias_hh": np.zeros((n, 4, c_s))}  # fmt: skip
+        lstm = {
+            "weight_ih": np.zeros((n, 4, r, c_s)),
+            "weight_hh": np.zeros((n, 4, c_s, c_s)),
+            "bias_ih": np.zeros((n, 4, c_s)),
+            "bias_hh": np.zeros((n, 4, c_s)),
+        }
         for row, (pid, c) in enumerate(zip(tab.sequence_ids, tab.sequence_classes, strict=True)):
             pre = f"ans_decoder.{slot[pid]}"
             w_ih = np.asarray(sd[f"{pre}.weight_ih_l0"]).reshape(4, c, r)  # gates i, f, g, o

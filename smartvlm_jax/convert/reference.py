@@ -23,15 +23,13 @@ import argparse
 import pathlib
 import pickle
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 
 import jax
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import cli, puzzles, variants
+from smartvlm_jax import cli, fileio, puzzles, variants
 from smartvlm_jax.convert import baseline_table
 from smartvlm_jax.reasoner import checkpoint
 from smartvlm_jax.reasoner import config as config_lib
@@ -157,11 +155,38 @@ def _template(cfg: ml_collections.ConfigDict):
 
 
 def params_from_reference(state_dict: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict) -> dict:
-    """The head's params tree from reference-named arrays; strict about names and shapes."""
+    """The head's params tree from reference-named arrays; strict about names and shapes (ConversionError
+    naming the first key at fault)."""
     config_lib.validate(cfg)
     params = _template(cfg)
     expected = reference_from_params(params, cfg)  # names and shapes, from zero params
     sd = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
+    _check_keys(sd, expected, cfg)
+    if cfg.get("head", "smarter") == "baseline":
+        converted = baseline_table.params_from_state(sd, cfg)
+        if jax.tree.map(np.shape, converted) != jax.tree.map(np.shape, params):  # the table and module agree
+            raise ConversionError("the baseline rename table does not give the head's parameter shapes")
+        return converted
+    _fill_image_encoders(params["im_encoder"], sd, cfg)
+    if cfg.use_qf:
+        _fill_qf(params["qf"], sd, cfg)
+    else:
+        params["q_MLP"] = {"0": _from_linear(sd, "q_MLP.0"), "2": _from_linear(sd, "q_MLP.2")}
+    params["c"] = {"ln": _from_layer_norm(sd, "c.ln")}
+    params["qv_fusion"] = {
+        "ln1": _from_linear(sd, "qv_fusion.ln1"),
+        "ln2": _from_linear(sd, "qv_fusion.ln2"),
+        "layer_norm": _from_layer_norm(sd, "qv_fusion.layer_norm"),
+    }
+    _fill_answer_decoders(params, sd, cfg)
+    return params
+
+
+def _check_keys(
+    sd: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict
+) -> None:
+    """ConversionError naming the first missing key, unexpected key (beyond :func:`_ignorable`) or key of
+    the wrong shape."""
     missing = sorted(set(expected) - set(sd))
     if missing:
         raise ConversionError(f"missing key {missing[0]} ({len(missing)} missing in all)")
@@ -171,22 +196,19 @@ def params_from_reference(state_dict: Mapping[str, np.ndarray], cfg: ml_collecti
     for k, v in expected.items():
         if sd[k].shape != v.shape:
             raise ConversionError(f"wrong shape for key {k}: {sd[k].shape}, expected {v.shape}")
-    if cfg.get("head", "smarter") == "baseline":
-        converted = baseline_table.params_from_state(sd, cfg)
-        if jax.tree.map(np.shape, converted) != jax.tree.map(np.shape, params):  # the table and module agree
-            raise ConversionError("the baseline rename table does not give the head's parameter shapes")
-        return converted
 
-    tab = config_lib.tables(cfg)
-    r = cfg.repr_size
 
-    def lin(prefix: str) -> dict:
-        return {"kernel": sd[f"{prefix}.weight"].T.copy(), "bias": sd[f"{prefix}.bias"].copy()}
+def _from_linear(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """A PyTorch Linear (weight [out, in]) as a Dense (kernel [in, out]); the inverse of :func:`_linear`."""
+    return {"kernel": sd[f"{prefix}.weight"].T.copy(), "bias": sd[f"{prefix}.bias"].copy()}
 
-    def ln(prefix: str) -> dict:
-        return {"scale": sd[f"{prefix}.weight"].copy(), "bias": sd[f"{prefix}.bias"].copy()}
 
-    enc = params["im_encoder"]
+def _from_layer_norm(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {"scale": sd[f"{prefix}.weight"].copy(), "bias": sd[f"{prefix}.bias"].copy()}
+
+
+def _fill_image_encoders(enc: dict, sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict) -> None:
+    """The image encoder's rows (one shared, or one per puzzle) in place."""
     ids = [0] if cfg.use_single_image_head else list(puzzles.ALL_PUZZLE_IDS)
     for p in ids:
         pre = "im_encoder" if cfg.use_single_image_head else f"im_encoder.{p}"
@@ -194,26 +216,27 @@ def params_from_reference(state_dict: Mapping[str, np.ndarray], cfg: ml_collecti
         enc["0_bias"][p] = sd[f"{pre}.0.bias"]
         enc["2_kernel"][p] = sd[f"{pre}.2.weight"].T
         enc["2_bias"][p] = sd[f"{pre}.2.bias"]
-    if cfg.use_qf:
-        qf = params["qf"]
-        for att in ("mha", "crossattention"):
-            for name in ("query", "key", "value"):
-                qf[att][name] = lin(f"qf.{att}.{name}")
-            if cfg.reference_quirks:
-                qf[att]["distance_embedding"] = sd[f"qf.{att}.distance_embedding.weight"].copy()
-        qf["intermediate"] = {
-            "dense": lin("qf.intermediate.dense"),
-            "dense_final": lin("qf.intermediate.dense_final"),
-            "layer_norm": ln("qf.intermediate.layer_norm"),
-        }
-    else:
-        params["q_MLP"] = {"0": lin("q_MLP.0"), "2": lin("q_MLP.2")}
-    params["c"] = {"ln": ln("c.ln")}
-    params["qv_fusion"] = {
-        "ln1": lin("qv_fusion.ln1"),
-        "ln2": lin("qv_fusion.ln2"),
-        "layer_norm": ln("qv_fusion.layer_norm"),
+
+
+def _fill_qf(qf: dict, sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict) -> None:
+    """The QF layer's attentions and intermediate block in place."""
+    for att in ("mha", "crossattention"):
+        for name in ("query", "key", "value"):
+            qf[att][name] = _from_linear(sd, f"qf.{att}.{name}")
+        if cfg.reference_quirks:
+            qf[att]["distance_embedding"] = sd[f"qf.{att}.distance_embedding.weight"].copy()
+    qf["intermediate"] = {
+        "dense": _from_linear(sd, "qf.intermediate.dense"),
+        "dense_final": _from_linear(sd, "qf.intermediate.dense_final"),
+        "layer_norm": _from_layer_norm(sd, "qf.intermediate.layer_norm"),
     }
+
+
+def _fill_answer_decoders(params: dict, sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict) -> None:
+    """The stacked answer decoders in place: each puzzle's MLP or GRU into its slot, zero-padded from its
+    C_p classes to the stack's width."""
+    tab = config_lib.tables(cfg)
+    r = cfg.repr_size
     index = _decoder_index(cfg)
     for slot, (p, c) in enumerate(zip(tab.ordinary_ids, tab.ordinary_classes, strict=True)):
         dec, k = params["ans_decoder_mlp"], index[p]
@@ -230,7 +253,6 @@ def params_from_reference(state_dict: Mapping[str, np.ndarray], cfg: ml_collecti
             gru["weight_hh"][slot, g, :c, :c] = w_hh[g].T
         gru["bias_ih"][slot, :, :c] = sd[f"ans_decoder.{k}.bias_ih_l0"].reshape(3, c)
         gru["bias_hh"][slot, :, :c] = sd[f"ans_decoder.{k}.bias_hh_l0"].reshape(3, c)
-    return params
 
 
 def config_from_reference(
@@ -342,12 +364,8 @@ def convert(
     out = pathlib.Path(out_dir).absolute()
     if out.exists() and any(out.iterdir()):
         raise ConversionError(f"--out {out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # build aside, then move into place
-        staged = checkpoint.save(pathlib.Path(tmp) / "model", cfg, params)
-        if out.exists():
-            out.rmdir()
-        shutil.move(str(staged), str(out))
+    with fileio.staged_dir(out) as staging:
+        checkpoint.save(staging, cfg, params)
     return out
 
 

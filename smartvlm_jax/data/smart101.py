@@ -355,7 +355,7 @@ def read_rows(root: str | os.PathLike, puzzle_ids: str | Sequence[int] = "all") 
 def rows_fingerprint(rows: Iterable[Row]) -> str:
     """SHA-256 of ``rows`` in their order: every field read from the CSVs (puzzle and instance id, CSV row,
     question, image file name, options, answer, encoded label and option values) and each image file's
-    size and mtime_ns (one ``stat`` per row, no image read: ~1 s for the release's 200k images).
+    size and mtime_ns (one ``stat`` per row, no image read: docs/performance.md has its cost).
 
     Keys what is derived from the rows (the built TFDS dataset, cached features), so a changed CSV row or
     image file gives a new fingerprint. The image's folder is left out, so a copied release that keeps its
@@ -366,10 +366,19 @@ def rows_fingerprint(rows: Iterable[Row]) -> str:
     for row in rows:
         stat = os.stat(row.image_path)
         fields = [
-            row.puzzle_id, row.instance_id, row.row_index, row.question, os.path.basename(row.image_path),
-            list(row.options), row.answer_letter, row.answer_index, list(row.label),
-            [list(v) for v in row.option_values], stat.st_size, stat.st_mtime_ns,
-        ]  # fmt: skip
+            row.puzzle_id,
+            row.instance_id,
+            row.row_index,
+            row.question,
+            os.path.basename(row.image_path),
+            list(row.options),
+            row.answer_letter,
+            row.answer_index,
+            list(row.label),
+            [list(v) for v in row.option_values],
+            stat.st_size,
+            stat.st_mtime_ns,
+        ]
         digest.update(json.dumps(fields, ensure_ascii=True).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -573,37 +582,52 @@ def split_indices(
         by_puzzle[int(puzzle_ids[pos])].append(int(pos))
     if num_rows_per_puzzle is None:
         num_rows_per_puzzle = {p: max(row_indices[i] for i in ps) + 1 for p, ps in by_puzzle.items()}
-    held_val, held_test = set(puzzles.PUZZLE_SPLIT_VAL), set(puzzles.PUZZLE_SPLIT_TEST)
-    held = held_val | held_test
     chosen: list[int] = []
     for pid, positions in sorted(by_puzzle.items()):
-        n_csv = num_rows_per_puzzle[pid]
-        lo, hi = 0, min(n_csv, cfg.data_tot)  # CSV rows [lo, hi) take part, then the ratio range inside.
-        ratio_split = split
-        if cfg.split_type in ("puzzle", "fewshot"):
-            in_split = {"val": pid in held_val, "test": pid in held_test, "train": pid not in held}[split]
-            if cfg.split_type == "fewshot" and pid in held:
-                if split == "train":
-                    hi, in_split = min(n_csv, cfg.fs_k), True
-                else:
-                    lo = min(cfg.fs_k, hi)
-            if not in_split:
-                continue
-        elif cfg.split_type == "answer" and not puzzles.is_sequence(pid) and pid != 58:
+        if cfg.split_type == "answer" and not puzzles.is_sequence(pid) and pid != 58:
+            hi = min(num_rows_per_puzzle[pid], cfg.data_tot)
             kept = [p for p in positions if row_indices[p] < hi]
-            holdout = _answer_holdout_class([labels[p][0] for p in kept], num_classes_per_puzzle[pid])
-            if split == "test":
-                chosen.extend(p for p in kept if labels[p][0] == holdout)
-                continue
-            # Train and val divide the non-held-out answers with ratio (train + test) : val, in row order.
-            others = [p for p in kept if labels[p][0] != holdout]
-            merged = (ratio[0] + ratio[2], ratio[1], 0)
-            chosen.extend(others[i] for i in _ratio_range(len(others), merged, split))
+            answers = [labels[p][0] for p in kept]
+            chosen.extend(_answer_split(kept, answers, num_classes_per_puzzle[pid], split, ratio))
             continue
-        rows = range(lo, hi)
-        selected = {rows[i] for i in _ratio_range(len(rows), ratio, ratio_split)}
+        rows = _csv_rows(pid, num_rows_per_puzzle[pid], split, cfg)
+        if rows is None:
+            continue
+        selected = {rows[i] for i in _ratio_range(len(rows), ratio, split)}
         chosen.extend(p for p in positions if row_indices[p] in selected)
     return np.asarray(chosen, dtype=np.int64)
+
+
+def _csv_rows(pid: int, n_csv: int, split: str, cfg: ml_collections.ConfigDict) -> range | None:
+    """The CSV rows of puzzle ``pid`` (``n_csv`` rows) that take part in ``split`` before the ratio divides
+    them (instance, puzzle and fewshot splits); None when the puzzle has no rows in the split."""
+    lo, hi = 0, min(n_csv, cfg.data_tot)
+    if cfg.split_type in ("puzzle", "fewshot"):
+        held_val, held_test = pid in puzzles.PUZZLE_SPLIT_VAL, pid in puzzles.PUZZLE_SPLIT_TEST
+        held = held_val or held_test
+        in_split = {"val": held_val, "test": held_test, "train": not held}[split]
+        if cfg.split_type == "fewshot" and held:
+            if split == "train":
+                hi, in_split = min(n_csv, cfg.fs_k), True
+            else:
+                lo = min(cfg.fs_k, hi)
+        if not in_split:
+            return None
+    return range(lo, hi)
+
+
+def _answer_split(
+    positions: list[int], answers: list[int], num_classes: int, split: str, ratio: tuple[int, ...]
+) -> list[int]:
+    """The ``positions`` (one puzzle's rows within data_tot, in row order; ``answers`` their label at
+    position 0) of ``split`` under the answer split: the rows of the held-out answer are the test split;
+    train and val divide the others in row order with ratio (train + test) : val."""
+    holdout = _answer_holdout_class(answers, num_classes)
+    if split == "test":
+        return [p for p, a in zip(positions, answers, strict=True) if a == holdout]
+    others = [p for p, a in zip(positions, answers, strict=True) if a != holdout]
+    merged = (ratio[0] + ratio[2], ratio[1], 0)
+    return [others[i] for i in _ratio_range(len(others), merged, split)]
 
 
 def split_rows(

@@ -89,4 +89,3 @@ class BaselineHead(PuzzleHead):
         q = jax.nn.relu(Linear(r, name="q_MLP")(seq.mean(axis=1)))
         x = jax.nn.relu(Linear(r, name="qv_fusion_0")(jnp.concatenate([im, q], axis=-1)))
         return jax.nn.relu(Linear(r, name="qv_fusion_2")(x))
-

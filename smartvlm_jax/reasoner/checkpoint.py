@@ -4,8 +4,9 @@ A model dir is self-describing: `load` rebuilds the exact module from config.jso
 parameters against its shapes, so evaluation and prediction need nothing else. The tensors are named by
 their path in the params tree joined with "/" (``im_encoder/0_kernel``), float32, in the head's layout
 (docs/heads.md). Model dirs written before 2026-11-30 hold an Orbax checkpoint in ``params/`` instead;
-`load` reads those too. One file, written in one call, is ~5x cheaper than an Orbax save: training exports
-the best head of every member each time it improves.
+`load` reads those too. One file, written in one call, costs a fraction of an Orbax save
+(docs/performance.md, figures behind the code's choices): training exports the best head of every member
+each time it improves.
 """
 
 from __future__ import annotations

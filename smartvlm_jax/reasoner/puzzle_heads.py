@@ -227,12 +227,12 @@ class StackedRNN(nn.Module):
             pick = jax.nn.one_hot(safe, n, dtype=z.dtype)  # [B, N]
             gi = jnp.einsum("br,ngrc,bn->bgc", z, w_ih, pick) + jnp.einsum("bn,ngc->bgc", pick, b_ih)
             bhh = jnp.einsum("bn,ngc->bgc", pick, b_hh)
-            hidden = lambda h: jnp.einsum("bc,ngcd,bn->bgd", h, w_hh, pick) + bhh  # noqa: E731
+            hidden = lambda h: jnp.einsum("bc,ngcd,bn->bgd", h, w_hh, pick) + bhh
         else:  # each sample's row gathered
             # The input is the same at every step, so its projection is computed once.
             gi = jnp.einsum("br,bgrc->bgc", z, w_ih[safe]) + b_ih[safe]  # [B, G, C]
             whh, bhh = w_hh[safe], b_hh[safe]  # [B, G, C, C], [B, G, C]
-            hidden = lambda h: jnp.einsum("...c,...gcd->...gd", h, whh) + bhh  # noqa: E731
+            hidden = lambda h: jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
 
         if not self.coupled:
             state = (jnp.zeros((z.shape[0], c_max), z.dtype),) * cell.state_size
@@ -246,7 +246,7 @@ class StackedRNN(nn.Module):
         # kind), updated sample after sample in batch order, carried from step to step.
         def sample_step(table, xs):
             row, gi_, whh_, bhh_, valid_ = xs
-            hidden_ = lambda h: jnp.einsum("c,gcd->gd", h, whh_) + bhh_  # noqa: E731
+            hidden_ = lambda h: jnp.einsum("c,gcd->gd", h, whh_) + bhh_
             state = cell.step(tuple(t[row] for t in table), gi_, hidden_, valid_)
             return tuple(t.at[row].set(s) for t, s in zip(table, state, strict=True)), state[0]
 

@@ -1,10 +1,11 @@
-"""Frozen encoders (DINOv2, SigLIP vision and text) in JAX, loaded from HF or converted directories.
+"""Frozen encoders in JAX (DINOv2, SigLIP vision and text; the SMART baseline's ResNet-50 and BERT), loaded
+from HF or converted directories.
 
     from smartvlm_jax import towers
-    tower = towers.load(path, part="vision")      # HF dir or converted dir
+    tower = towers.load(path, part="vision")  # HF dir or converted dir
     hidden = tower.encode(tower.preprocess(images))  # last_hidden_state [B, T, D]
 
-See the README section "Frozen towers" for the whole API.
+The whole API: docs/towers.md.
 """
 
 from smartvlm_jax.towers.registry import FAMILIES, MODEL_TYPES, Family, ModelType, PartSource, Tower

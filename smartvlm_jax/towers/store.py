@@ -15,22 +15,19 @@ never leaves a partial ``OUT``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from smartvlm_jax import hashing
+from smartvlm_jax import fileio, hashing
 from smartvlm_jax.towers import hf, preprocess
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
@@ -194,25 +191,6 @@ def _checkpointer() -> ocp.StandardCheckpointer:
     )
 
 
-@contextlib.contextmanager
-def _atomic_dir(out_dir: str) -> Iterator[str]:
-    """Yields a temporary directory next to ``out_dir`` and renames it to ``out_dir`` on success."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise FileExistsError(f"{out_dir} exists and is not an empty directory")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
-        yield tmp
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_converted(
     out_dir: str | os.PathLike,
     top_config: Mapping[str, Any],
@@ -239,9 +217,15 @@ def write_converted(
         # own digest is what keys a converted tower's features (content_digest).
         info["weights_sha256"] = weights_digest(flat)
         meta_parts[part] = info
-    meta = {"format": FORMAT, "version": VERSION, "kind": entry.kind, "model_type": model_type,
-            "config": dict(top_config), "parts": meta_parts}  # fmt: skip
-    with _atomic_dir(os.fspath(out_dir)) as tmp:
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": entry.kind,
+        "model_type": model_type,
+        "config": dict(top_config),
+        "parts": meta_parts,
+    }
+    with fileio.staged_dir(out_dir) as tmp:
         for part, flat in parts.items():
             tree = unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
             with _checkpointer() as ckpt:
@@ -312,10 +296,21 @@ def tiny_config(kind: str) -> dict[str, Any]:
     "siglip_vision_model", "siglip_text_model", "resnet" or "bert" (SMART baseline). Returns a fresh dict.
     """
     common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "layer_norm_eps": 1e-6}
-    vision = {**common, "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3,
-              "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
-    text = {**common, "intermediate_size": 64, "vocab_size": 500, "max_position_embeddings": 64,
-            "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+    vision = {
+        **common,
+        "intermediate_size": 64,
+        "image_size": 32,
+        "patch_size": 8,
+        "num_channels": 3,
+        "hidden_act": "gelu_pytorch_tanh",
+    }
+    text = {
+        **common,
+        "intermediate_size": 64,
+        "vocab_size": 500,
+        "max_position_embeddings": 64,
+        "hidden_act": "gelu_pytorch_tanh",
+    }
     configs = {
         "dinov2": {
             "model_type": "dinov2",
@@ -326,7 +321,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
             "hidden_act": "gelu",
             "layerscale_value": 1.0,
             "use_swiglu_ffn": False,
-        },  # fmt: skip
+        },
         "siglip": {"model_type": "siglip", "vision_config": vision, "text_config": text},
         "siglip_vision_model": {"model_type": "siglip_vision_model", **vision},
         "siglip_text_model": {"model_type": "siglip_text_model", **text},
@@ -337,7 +332,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
             "hidden_sizes": [16, 32, 48, 64],
             "depths": [1, 2, 1, 1],
             "layer_type": "bottleneck",
-        },  # fmt: skip
+        },
         "bert": {
             "model_type": "bert",
             **common,
@@ -346,7 +341,7 @@ def tiny_config(kind: str) -> dict[str, Any]:
             "vocab_size": 500,
             "max_position_embeddings": 128,
             "hidden_act": "gelu",
-        },  # fmt: skip
+        },
     }
     if kind not in configs:
         raise ValueError(

@@ -42,7 +42,7 @@ KINDS = {
 
 
 def _hf_class(kind: str) -> Any:
-    import transformers  # noqa: PLC0415 (0.7 s; only text towers need it)
+    import transformers  # lazy: only text towers need it
 
     return getattr(transformers, KINDS[kind].class_name)
 
@@ -160,7 +160,7 @@ def write_wordpiece_vocab(
     :func:`train_sentencepiece` for smoke runs and tests. Raises ``ValueError`` when ``vocab_size`` leaves
     no room after the five specials.
     """
-    from tokenizers import normalizers, pre_tokenizers  # noqa: PLC0415 (comes with transformers)
+    from tokenizers import normalizers, pre_tokenizers  # comes with transformers
 
     if vocab_size <= len(BERT_SPECIALS):
         raise ValueError(f"vocab_size must exceed the {len(BERT_SPECIALS)} special tokens, got {vocab_size}")

@@ -128,7 +128,8 @@ def qkv_projection(p: Params, layout: BlockLayout, width: int) -> Params:
     One [D, 3D] matmul instead of three [D, D] ones: a wider output keeps the matmul library busier. Blocks
     prepared by :func:`fuse_qkv` carry it ready-made (in whatever form the backend prepared it:
     :func:`smartvlm_jax.towers.backends.prepare_layers`); HF-named ones get it here, under jit, which on
-    CPU costs 5-13 % of a base tower's forward (XLA's CPU concatenation is slow, and upcasts bfloat16).
+    CPU costs a noticeable share of a base tower's forward (XLA's CPU concatenation is slow, and upcasts
+    bfloat16; docs/performance.md).
     """
     if FUSED_QKV in p:
         return p[FUSED_QKV]

@@ -49,8 +49,14 @@ def _with_question(root: pathlib.Path, question: str) -> str:
 
 @pytest.mark.parametrize(
     "encoding, newline",
-    [("utf-8", "\n"), ("utf-8", "\r\n"), ("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"), ("utf-16", "\r\n"),
-     ("utf-16-be", "\n")],  # fmt: skip
+    [
+        ("utf-8", "\n"),
+        ("utf-8", "\r\n"),
+        ("utf-8-sig", "\r\n"),
+        ("utf-8-sig", "\n"),
+        ("utf-16", "\r\n"),
+        ("utf-16-be", "\n"),
+    ],
 )
 def test_utf8_with_or_without_bom_and_utf16_read_like_the_plain_file(puzzle_root, encoding, newline):
     text = _with_question(puzzle_root, ACCENTED)

@@ -24,8 +24,13 @@ pytestmark = [
 
 # Base-width DINOv2 (768 wide, 12 heads of 64, 224 px -> 257 tokens) with 2 layers: the attention shapes
 # of the real tower at a fraction of its compile time.
-BASE_WIDTH_DINOV2 = {**towers.tiny_config("dinov2"), "hidden_size": 768, "num_attention_heads": 12,
-                     "image_size": 224, "patch_size": 14}  # fmt: skip
+BASE_WIDTH_DINOV2 = {
+    **towers.tiny_config("dinov2"),
+    "hidden_size": 768,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 14,
+}
 
 
 def _mean_rel_err(a: np.ndarray, b: np.ndarray) -> float:

@@ -49,7 +49,7 @@ def relative(a, b) -> float:
 @pytest.mark.parametrize(
     "quirks,overrides",
     [(False, {}), (True, {}), (True, {"use_single_image_head": True, "head_impl": "ragged"})],
-)  # fmt: skip
+)
 def test_port_parity_logits_loss_grads(quirks, overrides):
     cfg = small_config(quirks, **overrides)
     model = reasoner.build(cfg)
@@ -75,8 +75,12 @@ def test_port_parity_logits_loss_grads(quirks, overrides):
     assert abs(float(loss) - t_loss.item()) < 1e-5
     t_loss.backward()
     t_grads = port_lib.params_from_state(
-        {k: p.grad.numpy() if p.grad is not None else np.zeros_like(p.detach().numpy())
-         for k, p in port.named_parameters()}, cfg)  # fmt: skip
+        {
+            k: p.grad.numpy() if p.grad is not None else np.zeros_like(p.detach().numpy())
+            for k, p in port.named_parameters()
+        },
+        cfg,
+    )
     assert relative(jax.tree.map(np.asarray, grads), t_grads) < 1e-5
 
 

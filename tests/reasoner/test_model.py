@@ -226,8 +226,9 @@ def test_save_load_roundtrip(tmp_path):
     with pytest.raises(FileExistsError):
         reasoner.save(tmp_path / "work" / "best_model", cfg, variables["params"])
     assert sorted(p.name for p in (tmp_path / "work" / "best_model").iterdir()) == [
-        "config.json", "params.safetensors"
-    ]  # fmt: skip
+        "config.json",
+        "params.safetensors",
+    ]
     summary = reasoner.param_summary(variables["params"])
     total = sum(x.size for x in jax.tree.leaves(variables["params"]))
     assert f"{total:,d}" in summary.splitlines()[-1] and "im_encoder" in summary

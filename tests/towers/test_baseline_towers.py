@@ -27,13 +27,16 @@ RESNET50 = {"model_type": "resnet"}  # microsoft/resnet-50 == ResNetConfig defau
 BERT_BASE = {"model_type": "bert"}  # bert-base-uncased == BertConfig defaults
 
 # A small WordPiece vocabulary: specials, punctuation, whole words and ## continuations.
-VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-         *list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"),
-         *list("abcdefghijklmnopqrstuvwxyz0123456789"), "A", "B", "C", "H", "T", "W", "é", "中", "国",
-         "how", "many", "circles", "are", "there", "the", "what", "is", "of", "in", "figure", "square",
-         "##s", "##es", "##ing", "##le", "##ed", "tri", "##ang", "##les", "count", "number", "answer", "café",
-         "How", "What", "Which", "which", "option", "##ion", "un", "##aff", "##able",
-         "cm", "km", "hours", "minutes", "total", "left", "right", "red", "blue", "##ly"]  # fmt: skip
+VOCAB = [
+    *"[PAD] [unused0] [UNK] [CLS] [SEP] [MASK]".split(),
+    *"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+    *"abcdefghijklmnopqrstuvwxyz0123456789",
+    *"A B C H T W é 中 国".split(),
+    *"how many circles are there the what is of in figure square".split(),
+    *"##s ##es ##ing ##le ##ed tri ##ang ##les count number answer café".split(),
+    *"How What Which which option ##ion un ##aff ##able".split(),
+    *"cm km hours minutes total left right red blue ##ly".split(),
+]
 SENTENCES = [
     "How many circles are there in the figure?",
     "What is the total number of triangles?  Answer: 12 (cm).",
@@ -105,9 +108,12 @@ def vocab_file(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"layer_type": "basic", "depths": [1, 1, 1, 1]}, {"downsample_in_bottleneck": True,
-                                                             "downsample_in_first_stage": True}],
-)  # fmt: skip
+    [
+        {},
+        {"layer_type": "basic", "depths": [1, 1, 1, 1]},
+        {"downsample_in_bottleneck": True, "downsample_in_first_stage": True},
+    ],
+)
 def test_tiny_resnet_matches_transformers(tmp_path, variant):
     config = {**towers.tiny_config("resnet"), **variant}
     model = hf_module(config)
@@ -211,8 +217,11 @@ def test_resnet_preprocessing_is_torchvision_imagenet():
     expected = np.asarray(big)[4:228, 43:267]
     np.testing.assert_array_equal(resizer(image), expected)
     x = np.asarray(normalize(expected[None]))[0]
-    np.testing.assert_allclose(x[0, 0], (expected[0, 0] / 255 - np.array([0.485, 0.456, 0.406])) /
-                               np.array([0.229, 0.224, 0.225]), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        x[0, 0],
+        (expected[0, 0] / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+        atol=1e-5,
+    )
 
 
 def test_tiny_bert_matches_transformers_with_padding(tmp_path, vocab_file):
@@ -275,5 +284,9 @@ def test_create_random_baseline_towers(tmp_path, vocab_file):
         == [3, 4 + 0, 0, 0, 0][:1] + text.tokenize(["how many circles"])[0, 1:5].tolist()
     )
     with pytest.raises(ValueError, match="vocab_size"):
-        towers.create_random(tmp_path / "bad", "bert", {**towers.tiny_config("bert"), "vocab_size": 10},
-                             tokenizer_model=vocab_file)  # fmt: skip
+        towers.create_random(
+            tmp_path / "bad",
+            "bert",
+            {**towers.tiny_config("bert"), "vocab_size": 10},
+            tokenizer_model=vocab_file,
+        )

@@ -136,8 +136,11 @@ def _corrupt_and_convert(tmp_path, hf_dir, edit):
     env = {**os.environ, "PYTHONPATH": REPO}
     run = subprocess.run(
         [sys.executable, "-m", "smartvlm_jax.convert", "hf", "--src", str(bad), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
     return run.stderr
@@ -205,12 +208,24 @@ DINOV2_SIZES = {  # released facebook/dinov2-* configs
 }
 SO400M = {
     "model_type": "siglip",
-    "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-                      "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
-    "text_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-                    "num_attention_heads": 16, "vocab_size": 32000, "max_position_embeddings": 64,
-                    "projection_size": 1152},
-}  # fmt: skip
+    "vision_config": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 384,
+        "patch_size": 14,
+    },
+    "text_config": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "vocab_size": 32000,
+        "max_position_embeddings": 64,
+        "projection_size": 1152,
+    },
+}
 
 
 def _meta_shapes(config):
@@ -242,6 +257,6 @@ def test_siglip_so400m_shapes_match_transformers():
         family, cfg = part_config(SO400M, part)
         for spec in family.specs(cfg).values():
             assert state[prefix + spec.hf_key] == spec.hf_shape(), spec.hf_key
-    n_vision = sum(int(np.prod(s.shape)) for s in part_config(SO400M, "vision")[0].specs(
-        part_config(SO400M, "vision")[1]).values())  # fmt: skip
+    family, vision_cfg = part_config(SO400M, "vision")
+    n_vision = sum(int(np.prod(s.shape)) for s in family.specs(vision_cfg).values())
     assert 4.2e8 < n_vision < 4.4e8  # "so400m": ~428M vision parameters

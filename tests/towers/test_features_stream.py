@@ -60,13 +60,17 @@ def test_row_writer_and_memmapped_cache(tmp_path):
     for dtype in ("float32", "float16"):
         out = tmp_path / dtype
         out.mkdir()
-        writer = features._RowWriter(out, 10, np.dtype(dtype))
+        writer = features.RowWriter(out, 10, np.dtype(dtype))
         for shard, rows in enumerate((order[:4], order[4:8], order[8:])):
             writer.write(rows, {"text": text[rows], "labels": labels[rows]})
             writer.mark(shard, [rows])
         assert sorted(p.name for p in out.iterdir()) == [
-            "labels.partial.npy", "shard_00000.npy", "shard_00001.npy", "shard_00002.npy", "text.partial.npy",
-        ]  # fmt: skip
+            "labels.partial.npy",
+            "shard_00000.npy",
+            "shard_00001.npy",
+            "shard_00002.npy",
+            "text.partial.npy",
+        ]
         writer.finalize()
         cache = features.load_split(out)
         assert sorted(p.name for p in out.iterdir()) == ["done.json", "labels.npy", "text.npy"]
@@ -81,7 +85,7 @@ def test_row_writer_and_memmapped_cache(tmp_path):
 
     out = tmp_path / "missing"
     out.mkdir()
-    writer = features._RowWriter(out, 10, np.dtype("float32"))
+    writer = features.RowWriter(out, 10, np.dtype("float32"))
     writer.write(order[:9], {"labels": labels[order[:9]]})
     writer.mark(0, [order[:9]])
     with pytest.raises(RuntimeError, match="each of the 10 rows exactly once"):

@@ -58,9 +58,21 @@ def test_resizer_and_normalizer_pickle(images):
 
 
 def test_tokenizer_ids_match_siglip_tokenizer(spiece, hf_tiny):
-    texts = ["How many Circles?", "", "  spaces   and\ttabs ", "Punctuation!!! (a), b; c.", "zebra Ωmega",
-             "ends with </s>", "</s> starts", "mid <unk> token", "x" * 300, "the sum " * 80, "a\u2581b",
-             "Café NAÏVE", "What is 3+4?"]  # fmt: skip
+    texts = [
+        "How many Circles?",
+        "",
+        "  spaces   and\ttabs ",
+        "Punctuation!!! (a), b; c.",
+        "zebra Ωmega",
+        "ends with </s>",
+        "</s> starts",
+        "mid <unk> token",
+        "x" * 300,
+        "the sum " * 80,
+        "a\u2581b",
+        "Café NAÏVE",
+        "What is 3+4?",
+    ]
     hf = SiglipTokenizer(vocab_file=spiece)
     ref = np.asarray(hf(texts, padding="max_length", max_length=64, truncation=True)["input_ids"])
     text = towers.load(hf_tiny["siglip"], part="text")

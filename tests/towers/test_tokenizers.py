@@ -61,9 +61,8 @@ STRINGS = fuzz_strings(N_STRINGS)
 
 def _bert_vocab() -> list[str]:
     words = {w for s in ASCII for w in s.lower().replace("?", " ").split()} | {"hello", "world", "Hello"}
-    extra = ["a", "##b", "b", "ο", "##δ", "##ο", "##ς", "##σ", "σ", "Ο", "##Δ", "##Ο", "##Σ", "Σ", "cafe",
-             "café", "CAFÉ", "resume", "##é", "中", "国", "日", "本", "##s", "##e", "x", "y", "10", "##0",
-             "1"]  # fmt: skip
+    extra = "a ##b b ο ##δ ##ο ##ς ##σ σ Ο ##Δ ##Ο ##Σ Σ cafe café CAFÉ resume ##é".split()
+    extra += "中 国 日 本 ##s ##e x y 10 ##0 1".split()
     specials = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     return list(dict.fromkeys(specials + sorted(words) + PUNCT + extra))  # ids are line numbers: no repeats
 
@@ -135,8 +134,12 @@ def test_version_1_converted_directories_still_load(hf_text_dir, tmp_path):
     else:
         with open(os.path.join(out, "vocab.txt"), "w", encoding="utf-8") as f:
             f.write("".join(t + "\n" for t in sorted(hf.get_vocab(), key=hf.get_vocab().get)))
-        settings = {"file": "vocab.txt", "tokenize_chinese_chars": True, "strip_accents": None,
-                    "max_input_chars_per_word": 100}  # fmt: skip
+        settings = {
+            "file": "vocab.txt",
+            "tokenize_chinese_chars": True,
+            "strip_accents": None,
+            "max_input_chars_per_word": 100,
+        }
     settings.update(max_length=new.tokenizer.max_length, do_lower_case=hf.do_lower_case)
     shutil.rmtree(os.path.join(out, "tokenizer"))
     meta.update(version=1)

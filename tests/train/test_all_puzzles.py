@@ -30,14 +30,23 @@ def data(tmp_path_factory):
 
 def run_config(root, data_dir, split_type: str):
     config = smoke.get_config()
-    config.update_from_flattened_dict({
-        "synthetic.enabled": False, "data.root": str(root), "data.data_dir": str(data_dir),
-        "data.split_type": split_type, "data.data_tot": PER_PUZZLE, "data.fs_k": 2,
-        # 60:20:20 of 6 rows leaves val empty (ceil(3.6) = 4 = floor(4.8)); 50:25:25 gives 3:1:1 a puzzle
-        "data.ratio": (50, 25, 25),
-        "num_epochs": 1, "batch_size": 32, "eval_batch_size": 64,
-        "checkpoint_every_steps": 1000, "log_every_steps": 5,
-    })  # fmt: skip
+    config.update_from_flattened_dict(
+        {
+            "synthetic.enabled": False,
+            "data.root": str(root),
+            "data.data_dir": str(data_dir),
+            "data.split_type": split_type,
+            "data.data_tot": PER_PUZZLE,
+            "data.fs_k": 2,
+            # 60:20:20 of 6 rows leaves val empty (ceil(3.6) = 4 = floor(4.8)); 50:25:25 gives 3:1:1 a puzzle
+            "data.ratio": (50, 25, 25),
+            "num_epochs": 1,
+            "batch_size": 32,
+            "eval_batch_size": 64,
+            "checkpoint_every_steps": 1000,
+            "log_every_steps": 5,
+        }
+    )
     return config
 
 

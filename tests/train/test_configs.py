@@ -13,8 +13,13 @@ ABLATIONS = {
     "siglip_only": {"model.features": "siglip"},
     "single_image_head": {"model.use_single_image_head": True},
     # not an ablation: the paper recipe on 101 synthetic puzzles with tiny towers (the scale rehearsal)
-    "smart101_tiny": {"synthetic.enabled": True, "synthetic.puzzles": "all", "synthetic.per_puzzle": 1000,
-                      "synthetic.workers": 2, "towers.tiny": True},
+    "smart101_tiny": {
+        "synthetic.enabled": True,
+        "synthetic.puzzles": "all",
+        "synthetic.per_puzzle": 1000,
+        "synthetic.workers": 2,
+        "towers.tiny": True,
+    },
 }
 
 

@@ -78,8 +78,10 @@ def test_tower_digest_follows_every_file_and_memoises_large_ones(tmp_path, monke
     save_file({"w": np.ones((4, 4), np.float32)}, str(hf_dir / "model.safetensors"))  # same size
     assert towers.content_digest(hf_dir) != first
     # two writes of the same converted weights (Orbax's files differ) have one digest; other weights not
-    a, b, c = (towers.create_random(tmp_path / n, "dinov2", towers.tiny_config("dinov2"), seed=s)
-               for n, s in (("a", 0), ("b", 0), ("c", 1)))  # fmt: skip
+    a, b, c = (
+        towers.create_random(tmp_path / n, "dinov2", towers.tiny_config("dinov2"), seed=s)
+        for n, s in (("a", 0), ("b", 0), ("c", 1))
+    )
     assert towers.content_digest(a) == towers.content_digest(b) != towers.content_digest(c)
     monkeypatch.setattr(hashing, "MEMO_MIN_BYTES", 0)
     big = hf_dir / "model.safetensors"
@@ -100,7 +102,7 @@ def test_a_changed_data_file_gives_a_new_entry_and_a_rebuilt_dataset(fused, tmp_
     dataset of the old contents is rebuilt, and the run extracts fresh features into a new entry."""
     workdir, store = fused
     root = copy_root(workdir, tmp_path / "root")
-    rows = lambda: smart101.read_rows(root, "all")  # noqa: E731
+    rows = lambda: smart101.read_rows(root, "all")
     original = smart101.rows_fingerprint(rows())
     assert original == smart101.rows_fingerprint(smart101.read_rows(workdir / "synthetic", "all"))
     image = pathlib.Path(rows()[0].image_path)
@@ -140,7 +142,7 @@ def test_a_second_writer_waits_for_the_entry_lock_then_extracts_nothing(fused, t
     plan = run.feature_plans["val"]
     assert plan.missing() == []
     calls, done = [], threading.Event()
-    with features._locked(plan.entry, enabled=True):
+    with features.locked(plan.entry, enabled=True):
         (plan.entry / f"{plan.text.name}.npy").rename(tmp_path / "text.npy")  # "being extracted"
         assert plan.missing() == [plan.text]
         waiter = threading.Thread(target=lambda: (calls.append(features.fill_split(plan, None)), done.set()))

@@ -64,8 +64,11 @@ def test_a_member_is_a_workdir_for_evaluate_and_predict(group):
     member = workdir / "seed1"
     out = subprocess.run(
         [sys.executable, "-m", "smartvlm_jax.evaluate", "--workdir", str(member)],
-        capture_output=True, text=True, cwd=REPO, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     assert f"{100 * results['seed1']['test']['S_acc']:.1f}" in out.stdout
     assert (member / "best_model" / "config.json").is_file() and list((member / "tensorboard").iterdir())
     assert not (workdir / "seed1" / "checkpoints").exists() and (workdir / "checkpoints").is_dir()

@@ -128,10 +128,15 @@ def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
     state0 = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), rng)
 
     def run_steps():
-        step = jax.jit(functools.partial(
-            train.train_step, model=model, model_cfg=cfg, tx=tx,
-            schedule=optim.learning_rate_schedule(config.optim, 20),
-        ))  # fmt: skip
+        step = jax.jit(
+            functools.partial(
+                train.train_step,
+                model=model,
+                model_cfg=cfg,
+                tx=tx,
+                schedule=optim.learning_rate_schedule(config.optim, 20),
+            )
+        )
         state, losses = state0, []
         for batch in batches:
             state, metrics = step(state, batch, None)

@@ -476,7 +476,7 @@ def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
             assert cache[key].dtype == np.float16, (split, key)
             np.testing.assert_array_equal(cache[key], full[key].astype(np.float16))
         np.testing.assert_array_equal(cache["labels"], full["labels"])
-    text_file = lambda wd: pathlib.Path(  # noqa: E731
+    text_file = lambda wd: pathlib.Path(
         (r := json.loads((wd / "features.json").read_text())["splits"]["train"])["entry"], r["text"] + ".npy"
     )
     assert text_file(tmp_path).stat().st_size < text_file(workdir).stat().st_size

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from smartvlm_jax import fileio
 from smartvlm_jax.towers import vit
 from smartvlm_jax.towers.backends import xla
 from smartvlm_jax.towers.params import flatten, unflatten
@@ -98,17 +98,13 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        built = pathlib.Path(tmp) / out.name
-        cmd = [
-            compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", str(built), str(SOURCE),
-            "-isystem", jax.ffi.include_dir(), "-isystem", str(include),
-            f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}",
-        ]  # fmt: skip
+    with fileio.atomic_path(out) as built:  # concurrent builders each install a whole library
+        cmd = [compiler, "-O2", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-o", str(built), str(SOURCE)]
+        cmd += ["-isystem", jax.ffi.include_dir(), "-isystem", str(include)]
+        cmd += [f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise UnavailableError(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
-        os.replace(built, out)  # atomic: concurrent builders each install a whole library
     log.info("built the oneDNN tower kernels: %s", out)
     return out
 
@@ -117,8 +113,9 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
 def _library() -> ctypes.CDLL:
     """The built kernel library, loaded and registered with XLA (once per process)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise UnavailableError(f"the oneDNN kernels are built for x86-64 Linux, not {platform.system()} "
-                               f"{platform.machine()}")  # fmt: skip
+        raise UnavailableError(
+            f"the oneDNN kernels are built for x86-64 Linux, not {platform.system()} {platform.machine()}"
+        )
     lib = ctypes.CDLL(str(_build(*_find_onednn())))
     lib.smartvlm_dnnl_packed_bytes.restype = ctypes.c_int64
     lib.smartvlm_dnnl_packed_bytes.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
@@ -218,17 +215,11 @@ def encoder_block(
     d = x.shape[-1]
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     ones = jnp.ones((d,), jnp.float32)
-    args = [
-        f32(x),
-        f32(p["ln1"]["scale"]), f32(p["ln1"]["bias"]),
-        p["qkv"]["packed"], f32(p["qkv"]["bias"]),
-        p["out"]["packed"], f32(p["out"]["bias"]),
-        f32(p.get("ls1", ones)),
-        f32(p["ln2"]["scale"]), f32(p["ln2"]["bias"]),
-        p["fc1"]["packed"], f32(p["fc1"]["bias"]),
-        p["fc2"]["packed"], f32(p["fc2"]["bias"]),
-        f32(p.get("ls2", ones)),
-    ]  # fmt: skip
+    norm = lambda name: (f32(p[name]["scale"]), f32(p[name]["bias"]))
+    dense = lambda name: (p[name]["packed"], f32(p[name]["bias"]))  # packed kernels keep their dtype
+    attention_half = [*norm("ln1"), *dense("qkv"), *dense("out"), f32(p.get("ls1", ones))]
+    mlp_half = [*norm("ln2"), *dense("fc1"), *dense("fc2"), f32(p.get("ls2", ones))]
+    args = [f32(x), *attention_half, *mlp_half]  # the order of the kernel's operands
     call = jax.ffi.ffi_call(BLOCK, jax.ShapeDtypeStruct(x.shape, jnp.float32))
     return call(
         *args,

@@ -78,15 +78,16 @@ def cudnn_attention_compiles(q_shape: tuple, kv_shape: tuple, dtype: str) -> str
     fn = functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation="cudnn")
     try:
         jax.jit(fn).lower(q, kv, kv).compile()
-    except Exception as e:  # noqa: BLE001 - any refusal means: use XLA's formulation
+    except Exception as e:  # any refusal means: use XLA's formulation
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return ""
 
 
 # XLA options for compiling a float32 ViT forward on CPU: every dot through oneDNN and no YNNPACK
 # fusions. YNNPACK (the default) fuses the attention's max/exp into the score dot and runs float32
-# GEMMs no faster than oneDNN; this set measured +5-15 % on the base towers in float32 (Intel Xeon, AMX).
-# For bfloat16 the defaults stay: XLA's oneDNN bf16 dots ran at ~300 GFLOP/s against YNNPACK's ~1,500.
+# GEMMs no faster than oneDNN, so this set is faster on the base towers in float32. For bfloat16 the
+# defaults stay: there YNNPACK's dots are several times faster than XLA's oneDNN ones (the figures of both:
+# docs/performance.md, figures behind the code's choices).
 CPU_FP32_COMPILER_OPTIONS: dict[str, Any] = {
     "xla_cpu_experimental_ynn_fusion_type": "",
     "xla_cpu_use_onednn": True,
