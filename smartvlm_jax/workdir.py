@@ -125,11 +125,6 @@ class Workdir:
         """``<root>/<name>``: the workdir of a member of the group trained here (``train.train_members``)."""
         return Workdir(self.root / name)
 
-    @staticmethod
-    def staging(path: pathlib.Path) -> pathlib.Path:
-        """The sibling a path is written to before it is renamed into place (``best_model.tmp``)."""
-        return path.with_name(path.name + ".tmp")
-
     def run_config(self) -> dict[str, Any] | None:
         """The resolved run config (a dict), or None when this is not a training workdir.
 

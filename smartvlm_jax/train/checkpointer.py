@@ -5,7 +5,6 @@ for the next save so that a checkpoint and ``best_model/`` always agree.
 
 import functools
 import logging
-import shutil
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import optim, parallel, reasoner
+from smartvlm_jax import fileio, optim, parallel, reasoner
 from smartvlm_jax.reasoner import presence
 from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.monitor import History, StepMetrics, window_to_json
@@ -39,7 +38,7 @@ def checkpoint_rows(model_cfg: ml_collections.ConfigDict, opt_state) -> tuple[in
 
 def host_params(params) -> Any:
     """A host copy of replicated parameters (each process holds all of them); numpy leaves as they are."""
-    local = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x  # noqa: E731
+    local = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x
     return jax.tree.map(lambda x: np.asarray(local(x)), params)
 
 
@@ -47,11 +46,8 @@ def export_best(run: Run, params) -> None:
     """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written."""
     best = run.workdir.best_model
     if run.is_lead:  # every process holds all the (replicated) parameters: one file, one writer
-        tmp = run.workdir.staging(best)
-        shutil.rmtree(tmp, ignore_errors=True)
-        reasoner.save(tmp, run.model_cfg, host_params(params))
-        shutil.rmtree(best, ignore_errors=True)
-        tmp.rename(best)
+        with fileio.staged_dir(best, replace=True) as staging:
+            reasoner.save(staging, run.model_cfg, host_params(params))
     multihost_utils.sync_global_devices("best model: written")  # no process reads it before
 
 

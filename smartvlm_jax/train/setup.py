@@ -9,7 +9,6 @@ import functools
 import json
 import logging
 import pathlib
-import shutil
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -17,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import console, features, parallel, reasoner, summaries, variants
+from smartvlm_jax import console, features, fileio, parallel, reasoner, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
 from smartvlm_jax.train import checks
 from smartvlm_jax.train.signals import StopSignal
@@ -149,8 +148,6 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir, stop: Stop
         data_cfg.root = str(workdir.synthetic)
         if jax.process_index() == 0 and not workdir.synthetic.exists():
             ids = synthetic.resolve_ids(config.synthetic.puzzles or None)
-            staging = workdir.staging(workdir.synthetic)
-            shutil.rmtree(staging, ignore_errors=True)  # a stopped or killed write's leftovers
 
             def written(_) -> None:
                 progress.update(1)
@@ -158,15 +155,15 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir, stop: Stop
                     stop.check("the synthetic puzzles")
 
             with console.Progress("synthetic puzzles", len(ids), "puzzles") as progress:
-                synthetic.write_dataset(
-                    str(staging),
-                    per_puzzle=config.synthetic.per_puzzle,
-                    seed=config.synthetic.seed,
-                    puzzle_ids=ids,
-                    workers=config.synthetic.workers,
-                    progress=written,
-                )
-            staging.rename(workdir.synthetic)
+                with fileio.staged_dir(workdir.synthetic) as staging:  # a stop or a kill leaves no half
+                    synthetic.write_dataset(
+                        str(staging),
+                        per_puzzle=config.synthetic.per_puzzle,
+                        seed=config.synthetic.seed,
+                        puzzle_ids=ids,
+                        workers=config.synthetic.workers,
+                        progress=written,
+                    )
         multihost_utils.sync_global_devices("synthetic data")
     root = pathlib.Path(data_cfg.root)
     available = smart101.found_puzzle_ids(root)
@@ -231,10 +228,8 @@ def prepare_towers(
     base = workdir.towers
     baseline = variants.get(config.model.features).head == "baseline"
     if jax.process_index() == 0 and not base.exists():
-        tmp = workdir.staging(base)
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_tiny_towers(tmp, baseline, questions, config.seed)
-        tmp.rename(base)
+        with fileio.staged_dir(base) as staging:
+            write_tiny_towers(staging, baseline, questions, config.seed)
     multihost_utils.sync_global_devices("tiny towers")
     for name in ("resnet", "bert") if baseline else ("dinov2", "siglip"):
         towers_cfg[name] = str(base / name)
@@ -311,4 +306,4 @@ def write_run_config(run: Run) -> None:
     resolved.model = run.model_cfg
     text = resolved.to_json_best_effort(indent=2) + "\n"
     checks.check_same_head(run.workdir, json.loads(text)["model"])
-    run.workdir.config_file.write_text(text)
+    fileio.write_text(run.workdir.config_file, text)

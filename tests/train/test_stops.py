@@ -133,7 +133,7 @@ def test_sigterm_during_extraction_exits_0_and_the_rerun_resumes(reference, tmp_
     cmd = [*main_command(tmp_path, workdir), "--config.feature_shard_batches=1", "--config.eval_batch_size=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    extracting = lambda: any(tmp_path.glob("store/*/extracting-*/shard_00000.npy"))  # noqa: E731
+    extracting = lambda: any(tmp_path.glob("store/*/extracting-*/shard_00000.npy"))
     out = signal_when(first, extracting, signal.SIGTERM)
     assert first.returncode == 0, out.decode()[-3000:]
     assert b"SIGTERM during the " in out and b"feature extraction: stopped; the same command resumes" in out
@@ -151,7 +151,7 @@ def test_ctrl_c_in_training_saves_and_exits_0_with_one_line(reference, tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     checkpoints = tmp_path / "checkpoints"
-    saved = lambda: checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())  # noqa: E731
+    saved = lambda: checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
     out = signal_when(first, saved, signal.SIGINT)
     assert first.returncode == 0, out.decode()[-3000:]
     text = out.decode()
