@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import pathlib
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -124,13 +123,16 @@ def row_config(
     return out
 
 
-def shared_inputs(config: ml_collections.ConfigDict, rows: Sequence[str], sweep_dir) -> dict[str, Any]:
+def shared_inputs(
+    config: ml_collections.ConfigDict, rows: Sequence[str], sweep_dir, stop: Any = None
+) -> dict[str, Any]:
     """Prepare once what every row reads, and return the overrides pointing the rows at it (flattened).
 
     Synthetic puzzles (``synthetic.enabled``) are written to ``inputs/synthetic`` and the TFDS dataset is
     built once (``inputs/tfds`` unless ``data.data_dir`` names one); tiny towers (``towers.tiny``) are built
     once per tower family in ``inputs/<family>/towers``, so the rows share towers (and feature-store
-    entries) whatever their seeds.
+    entries) whatever their seeds. ``stop`` (a ``train.StopSignal``): ``train.Stopped`` between synthetic
+    puzzles and before the build once a stop is requested.
     """
     from smartvlm_jax import train
 
@@ -139,7 +141,7 @@ def shared_inputs(config: ml_collections.ConfigDict, rows: Sequence[str], sweep_
     configs = {row: row_config(config, row, {}) for row in rows}
     for row_cfg in configs.values():
         train.check_config(row_cfg)
-    data_cfg, data_rows, _, _ = train.prepare_data(configs[rows[0]], inputs)
+    data_cfg, data_rows, _, _ = train.prepare_data(configs[rows[0]], inputs, stop)
     shared = {"synthetic.enabled": False, "data.root": data_cfg.root, "data.data_dir": data_cfg.data_dir}
     if config.towers.tiny:
         shared["towers.tiny"] = False
@@ -223,8 +225,9 @@ def train_rows(
     thread: row -> (``train.train_members``' result, seconds). A row starts once the row before it has its
     features in the store, so the towers run for the first row that needs them and the others read them.
 
-    One SIGTERM handler (this thread's) stops every running row at its next step, after a save; rows not
-    started then are not started (absent from the result). A row that fails stops the others the same
+    One handler of SIGTERM and Ctrl-C (this thread's, ``train.StopSignal``) stops every running row at its
+    next step, after a save (a second Ctrl-C aborts at once); rows not started then are not started (absent
+    from the result). A row that fails stops the others the same
     way, and its exception is raised once they have saved.
     """
     import jax
@@ -235,7 +238,8 @@ def train_rows(
     if jax.process_count() > 1 and workers > 1:  # every process must issue a row's collectives in order
         log.info("parallel_rows=%d: %d processes train the rows one at a time", workers, jax.process_count())
         workers = 1
-    stop = threading.Event()
+    stop_signal = train.StopSignal()
+    stop = stop_signal.event
 
     def train_row(i: int, row: str, ready: threading.Event) -> tuple[dict, float] | None:
         try:
@@ -261,9 +265,8 @@ def train_rows(
         if not future.cancelled() and future.exception() is not None:
             stop.set()
 
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     results = {}
-    try:
+    with stop_signal:
         numbered = [(rows.index(row) + 1, row) for row in pending]
         if workers == 1:  # in this thread, one after another
             results = {row: train_row(i, row, threading.Event()) for i, row in numbered}
@@ -277,14 +280,13 @@ def train_rows(
                     ready.wait()  # the next row may read what this one extracts
             # a failed row's exception is raised here, once the others have saved and stopped
             results = {row: future.result() for row, future in futures.items()}
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return {row: result for row, result in results.items() if result is not None}
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train every row of the sweep (resuming), then write the table; returns ``sweep.json``'s content, or
-    ``{"stopped_at_step": n, "row": name}`` when a SIGTERM stopped a row (rerun to resume)."""
+    ``{"stopped_at_step": n, "row": name}`` when a SIGTERM or Ctrl-C stopped a row (rerun to resume; row
+    None: it stopped while the shared data was written, before any row)."""
     from smartvlm_jax import train
 
     start = time.perf_counter()
@@ -303,7 +305,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     for row in rows:  # every member against every row's config, before any work
         train.check_members(row_config(config, row, {}), [m for _, m in members])
     check_same_sweep(config, root / "config.json")
-    shared = shared_inputs(config, rows, root)
+    with train.StopSignal() as stop:
+        try:
+            shared = shared_inputs(config, rows, root, stop)
+        except train.Stopped as e:
+            log.info("%s: stopped; rerun the same command to resume", e)
+            return {"stopped_at_step": 0, "row": None}
     # Written once the config has passed every check, so a rejected command leaves nothing to refuse later.
     fileio.write_text(root / "config.json", config.to_json_best_effort(indent=2) + "\n")
     previous = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").is_file() else {}

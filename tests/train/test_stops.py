@@ -183,3 +183,25 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path):
     assert done.returncode == 130, done.stderr
     assert done.stdout == "asked to stop\n" and "aborted, nothing saved" in done.stderr
     assert "Traceback" not in done.stderr and time.perf_counter() - start < 8
+
+
+def test_a_sweep_stopped_while_writing_its_shared_data_exits_cleanly(tmp_path, monkeypatch):
+    """SIGTERM while the sweep writes the puzzles every row shares: it returns, naming no row, and leaves
+    no half-written data; the handlers it installed are gone again."""
+    from configs import paper
+    from smartvlm_jax import sweep
+    from smartvlm_jax.data import synthetic
+
+    write_dataset = synthetic.write_dataset
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # to this process: the sweep's own handler takes it
+        return write_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "write_dataset", signalled)
+    config = paper.get_config("smoke")
+    config.synthetic.per_puzzle, config.data.data_tot = 4, 4
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert sweep.run_sweep(config, tmp_path) == {"stopped_at_step": 0, "row": None}
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert not (tmp_path / "inputs" / "synthetic").exists() and not (tmp_path / "config.json").exists()
