@@ -16,7 +16,6 @@ sees exactly the next batch.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from smartvlm_jax import images
 from smartvlm_jax.data import smart101
 from smartvlm_jax.data.tfds_smart101 import SPLIT, dataset_path
 
@@ -170,8 +170,7 @@ class _Decode:
     def __call__(self, planned: tuple[int, bool]) -> Batch:
         record_number, mask = planned
         record = self._source[record_number]
-        with Image.open(io.BytesIO(record["image"])) as im:
-            image = smart101.resize_shorter_side(im, self._side)
+        image = smart101.resize_shorter_side(images.open_image(bytes(record["image"])), self._side)
         question = record["question"]
         question = question.decode("utf-8") if isinstance(question, bytes) else str(question)
         example = {

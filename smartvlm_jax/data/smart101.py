@@ -378,8 +378,7 @@ def rows_fingerprint(rows: Iterable[Row]) -> str:
 def check_image(row: Row) -> None:
     """Raise BadImageError naming the file and the CSV row if the row's image is missing or undecodable."""
     try:
-        with Image.open(row.image_path) as im:
-            im.load()
+        images.open_image(row.image_path)
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(
             f"puzzle {row.puzzle_id} CSV row {row.row_index} (id {row.instance_id}): "
@@ -433,9 +432,9 @@ def resize_shorter_side(image: Image.Image | np.ndarray, side: int = IMAGE_SIDE)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """The reference's image: open, convert to RGB, shorter side 224 (bilinear, antialiased)."""
-    with Image.open(path) as im:
-        return resize_shorter_side(im)
+    """The reference's image: open (EXIF orientation applied, the pixel limit checked: `images.open_image`),
+    convert to RGB, shorter side 224 (bilinear, antialiased)."""
+    return resize_shorter_side(images.open_image(path))
 
 
 # A data root's own description of its puzzles (`synthetic.write_dataset` writes one): id, type, name.
