@@ -24,6 +24,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# The sweep's own fields (configs/paper.py; smartvlm_jax.sweep), which a single run refuses. Here, not in
+# sweep.py: importing that under python -m smartvlm_jax.main would define this module's flags twice.
+SWEEP_FIELDS = ("seeds", "rows", "baseline", "row_overrides", "grid", "member_plots", "parallel_rows")
+
 log = logging.getLogger("smartvlm_jax.main")  # (__name__ is "__main__" under python -m)
 
 
@@ -58,12 +62,22 @@ def main(argv: list[str]) -> None:
     run_job("smartvlm_jax.train:train_and_evaluate", argv)
 
 
-def run(argv: Sequence[str] | None = None, job: Callable[[list[str]], None] = main) -> None:
+def run(
+    argv: Sequence[str] | None = None,
+    job: Callable[[list[str]], None] = main,
+    other: tuple[Sequence[str], str] | None = (SWEEP_FIELDS, "smartvlm-sweep"),
+    needs: tuple[Sequence[str], str] | None = None,
+) -> None:
     """``smartvlm-train`` (and ``python -m smartvlm_jax.main``): makes the config's package importable,
-    then parses the flags and runs ``job`` (the training job; ``smartvlm_jax.sweep`` passes its own)."""
+    then parses the flags and runs ``job`` (the training job; ``smartvlm_jax.sweep`` passes its own).
+
+    A mistake in ``--config`` or a ``--config.FIELD`` (a missing file, a misspelt field, a field of
+    ``other``'s (fields, command): by default the sweep's; a config without the fields ``needs``) is one
+    ``error:`` line naming the flag and the likeliest fix (``cli.parse_absl_flags``), before anything runs.
+    """
     argv = list(sys.argv if argv is None else argv)
     cli.make_configs_importable(argv)
-    app.run(job, argv=argv)
+    app.run(job, argv=argv, flags_parser=lambda a: cli.parse_absl_flags(a, other, needs))
 
 
 if __name__ == "__main__":
