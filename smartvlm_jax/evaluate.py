@@ -8,10 +8,11 @@ Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``result
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from smartvlm_jax import cli
+from smartvlm_jax import cli, workdir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,9 +22,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
-    from smartvlm_jax import train  # heavy (JAX, orbax, grain): after the arguments are checked
 
-    return cli.run(lambda: print(train.evaluate_workdir(args.workdir, args.split)["table"]), args.traceback)
+    def run() -> None:
+        workdir.check_path(os.path.abspath(args.workdir), "--workdir")
+        from smartvlm_jax import train  # heavy (JAX, orbax, grain): after the arguments are checked
+
+        print(train.evaluate_workdir(args.workdir, args.split)["table"])
+
+    return cli.run(run, args.traceback)
 
 
 if __name__ == "__main__":

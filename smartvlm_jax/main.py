@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,14 @@ def run_job(job: str, argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    from smartvlm_jax import workdir
+
+    # The workdir's path is checked (no glob characters: workdir.check_path) before the console opens
+    # run.log in it.
+    check = lambda: workdir.check_path(os.path.abspath(_WORKDIR.value), "--workdir")  # noqa: E731
+    status = cli.run(check, traceback=_TRACEBACK.value)
+    if status:
+        sys.exit(status)
     from smartvlm_jax import console  # light: tqdm and logging; JAX must not load before this
 
     lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
