@@ -33,6 +33,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def prog(module: str) -> str:
+    """The program name a usage line shows: the console script's name when run as one
+    (``smartvlm-predict``), else ``python -m <module>``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name.startswith("smartvlm-"):
+        return name
+    return f"python -m {module}"
+
+
+def puzzle_ids_flag(values: Sequence[str] | str | None, flag: str) -> str | list[int]:
+    """A ``--puzzles`` value as every command takes it: "all" (also for None), or ids separated by commas
+    (or given as several arguments: ``1,2,3`` = ``1 2 3``). ValueError naming ``flag`` otherwise."""
+    if values is None:
+        return "all"
+    text = ",".join([values] if isinstance(values, str) else values)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["all"]:
+        return "all"
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{flag} takes all or puzzle ids separated by commas (1,2,3), not {text!r}")
+    return [int(p) for p in parts]
+
+
 def run(
     fn: Callable[[], object],
     traceback: bool = False,

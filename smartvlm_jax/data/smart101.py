@@ -387,11 +387,16 @@ def check_image(row: Row) -> None:
 
 
 def drop_bad_images(
-    rows: Sequence[Row], skip_bad_rows: bool, progress: Callable[[], None] | None = None
+    rows: Sequence[Row],
+    skip_bad_rows: bool,
+    progress: Callable[[], None] | None = None,
+    level: int = logging.WARNING,
 ) -> tuple[list[Row], list[str]]:
     """Rows whose images decode; a bad image raises, or with `skip_bad_rows` is skipped, counted, logged.
 
-    `progress`, if given, is called after each row's image is checked (a progress bar's update).
+    `progress`, if given, is called after each row's image is checked (a progress bar's update). `level`:
+    the log level of the skipped rows' lines (the dataset builder logs them at DEBUG: its caller reports
+    them, so that each is shown once).
     """
     good, skipped = [], []
     for row in rows:
@@ -400,7 +405,7 @@ def drop_bad_images(
         except BadImageError as e:
             if not skip_bad_rows:
                 raise
-            log.warning("skipping bad row: %s", e)
+            log.log(level, "skipping bad row: %s", e)
             skipped.append(str(e))
             continue
         finally:
@@ -408,7 +413,7 @@ def drop_bad_images(
                 progress()
         good.append(row)
     if skipped:
-        log.warning("skipped %d of %d rows with bad images", len(skipped), len(rows))
+        log.log(level, "skipped %d of %d rows with bad images", len(skipped), len(rows))
     return good, skipped
 
 
@@ -472,9 +477,12 @@ def read_puzzle_info(root: str | os.PathLike | None = None) -> dict[int, PuzzleI
     return info
 
 
-def write_puzzle_info(root: str | os.PathLike, info: Mapping[int, PuzzleInfo]) -> pathlib.Path:
-    """Writes `<root>/puzzle_info.csv` (id, type, name; sorted by id), which `read_puzzle_info` prefers."""
-    path = pathlib.Path(root, PUZZLE_INFO_CSV)
+def write_puzzle_info(
+    root: str | os.PathLike, info: Mapping[int, PuzzleInfo], suffix: str = ""
+) -> pathlib.Path:
+    """Writes `<root>/puzzle_info.csv` (id, type, name; sorted by id), which `read_puzzle_info` prefers;
+    `suffix` is added to the file name (a temporary name to rename into place). Returns the path."""
+    path = pathlib.Path(root, PUZZLE_INFO_CSV + suffix)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(PUZZLE_INFO_COLUMNS)
