@@ -17,7 +17,7 @@ from smartvlm_jax import cli, workdir
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-evaluate the best checkpoint of a training workdir on a split; update results.json and plots."""
-    parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.evaluate", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=cli.prog("smartvlm_jax.evaluate"), description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)

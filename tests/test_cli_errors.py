@@ -108,3 +108,33 @@ def test_a_relative_config_from_another_folder_names_the_checkout_file(tmp_path)
         f"error: --config configs/smoke.py: no such file (relative to the working directory {tmp_path}); "
         f"did you mean --config {REPO / 'configs' / 'smoke.py'}?"
     ), out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "script, module, argv",
+    [
+        ("smartvlm-predict", "smartvlm_jax.predict", ["--help"]),
+        ("smartvlm-evaluate", "smartvlm_jax.evaluate", ["--help"]),
+        ("smartvlm-build-data", "smartvlm_jax.data.build", ["--help"]),
+        ("smartvlm-convert", "smartvlm_jax.convert.__main__", ["--help"]),
+        ("smartvlm-convert", "smartvlm_jax.convert.reference", ["--help"]),
+    ],
+)
+def test_console_scripts_name_themselves_in_their_usage(script, module, argv, monkeypatch, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{script}", *argv])
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {script}") and "python -m" not in out.split("\n\n")[0], out[:300]
+    monkeypatch.setattr(sys, "argv", [f"/x/{module.replace('.', '/')}.py", *argv])  # python -m
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    command = module.removesuffix(".__main__").replace("convert.reference", "convert reference")
+    assert capsys.readouterr().out.startswith(f"usage: python -m {command}")
