@@ -45,6 +45,13 @@ def run_job(job: str, argv: list[str]) -> None:
     # run.log in it.
     check = lambda: workdir.check_path(os.path.abspath(_WORKDIR.value), "--workdir")  # noqa: E731
     status = cli.run(check, traceback=_TRACEBACK.value)
+    if not status and "model" in config:  # the head's choices named by their flags, before any work
+        from smartvlm_jax import variants
+
+        flags_of = ("--config.model.features", "--config.model.head")
+        model = config.model
+        status = cli.run(lambda: variants.check(model.features, model.get("head", "smarter"), flags_of),
+                         traceback=_TRACEBACK.value)  # fmt: skip
     if status:
         sys.exit(status)
     from smartvlm_jax import console  # light: tqdm and logging; JAX must not load before this

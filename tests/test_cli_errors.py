@@ -84,6 +84,8 @@ def test_predict_counts_are_checked_by_flag():
          "run smartvlm-sweep --config configs/paper.py:smoke"),
         ("smartvlm_jax.main", ["--config", "configs/smoke.py", "--config.num_epochs=abc"],
          "error: flag --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'"),
+        ("smartvlm_jax.main", ["--config", "configs/smoke.py", "--config.model.features=bogus"],
+         "error: --config.model.features='bogus' is not one of ['dinov2', 'fused', 'resnet', 'siglip']"),
         ("smartvlm_jax.sweep", ["--config", "configs/paper.py:smoke", "--config.grid.lrr=0.1"],
          "error: --config.grid.lrr: configs/paper.py has no field grid.lrr; did you mean --config.grid.lr?"),
         ("smartvlm_jax.sweep", ["--config", "configs/smoke.py"],
@@ -138,3 +140,12 @@ def test_console_scripts_name_themselves_in_their_usage(script, module, argv, mo
         pass
     command = module.removesuffix(".__main__").replace("convert.reference", "convert reference")
     assert capsys.readouterr().out.startswith(f"usage: python -m {command}")
+
+
+def test_variant_errors_from_python_name_the_head_config_fields_not_flags():
+    from smartvlm_jax import variants
+
+    with pytest.raises(ValueError, match=r"^features='bogus' is not one of \['dinov2'"):
+        variants.get("bogus")
+    with pytest.raises(ValueError, match=r"^features='fused' feeds the 'smarter' head, but head='baseline'"):
+        variants.check("fused", "baseline")
