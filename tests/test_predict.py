@@ -165,13 +165,28 @@ def test_real_inputs_rgba_odd_sizes_long_questions_word_options(predictor, tmp_p
         predictor.predict([str(rgba)], ["q"], [["1", "banana", "3", "4", "5"]], 7)
 
 
-def test_bad_puzzle_id_and_bad_image(predictor, tmp_path):
+def test_bad_puzzle_id_and_bad_image(predictor, tmp_path, workdir, run_config, capsys, monkeypatch):
     with pytest.raises(ValueError, match=r"no decoder for puzzle ids \[50\]; it has \[1, 3, 7"):
         predictor.predict([np.zeros((300, 300, 3), np.uint8)], ["q"], None, [50])
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(smart101.BadImageError, match="broken.png"):
         predictor.predict([str(bad)], ["q"], None, 7)
+    # An image over the pixel limit (a decompression bomb) is a bad image naming its pixel count, in the
+    # API and in the CLI (one line), under $SMARTVLM_JAX_MAX_IMAGE_PIXELS (issue 28, item 8).
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(big)
+    monkeypatch.setenv("SMARTVLM_JAX_MAX_IMAGE_PIXELS", "50000")
+    over = r"the image has 60,000 pixels \(300 x 200\), over the limit of 50,000"
+    with pytest.raises(smart101.BadImageError, match=rf"image 0 \({big}\) cannot be read: {over}"):
+        predictor.predict([str(big)], ["q"], None, 7)
+    argv = ["--checkpoint", str(workdir), "--image", str(big), "--question", "q", "--puzzle-id", "7"]
+    assert predict.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"error: image 0 ({big}) cannot be read: the image has 60,000 pixels")
+        and "\n" not in err
+    )
 
 
 def test_bad_towers_name_both_sides(workdir, run_config, tmp_path):
