@@ -10,7 +10,7 @@ Usage: launch/tpu.sh [options] COMMAND... [-- MAIN_ARGS...]
 Commands (several run in the order given, e.g. `create setup run logs delete`):
   create   request the TPU as a queued resource and wait until it is ACTIVE
   setup    copy this checkout (git archive of HEAD) or clone --repo to every worker and install it
-  run      start `python -m smartvlm_jax.main MAIN_ARGS` on --worker=all, detached (log: ~/smartvlm_jax.log)
+  run      start `python -m smartvlm_jax.main MAIN_ARGS` on --worker=all, detached (log: ~/smartvlm_jax/run.log)
   logs     stream worker --log-worker's log until its trainer exits
   stop     send SIGTERM to the trainers (they save a checkpoint and stop)
   status   print the queued resource's state

@@ -8,9 +8,13 @@ Errors outside these kinds (bugs, a NaN loss, a dead peer) keep their traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.util
 import os
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 # ValueError covers MalformedRowError and config checks; OSError covers FileNotFoundError, FileExistsError,
 # NotADirectoryError and BadImageError; KeyError a missing checkpoint entry.
@@ -27,6 +31,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1")
     return value
+
+
+def prog(module: str) -> str:
+    """The program name a usage line shows: the console script's name when run as one
+    (``smartvlm-predict``), else ``python -m <module>``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name.startswith("smartvlm-"):
+        return name
+    return f"python -m {module}"
+
+
+def puzzle_ids_flag(values: Sequence[str] | str | None, flag: str) -> str | list[int]:
+    """A ``--puzzles`` value as every command takes it: "all" (also for None), or ids separated by commas
+    (or given as several arguments: ``1,2,3`` = ``1 2 3``). ValueError naming ``flag`` otherwise."""
+    if values is None:
+        return "all"
+    text = ",".join([values] if isinstance(values, str) else values)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["all"]:
+        return "all"
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{flag} takes all or puzzle ids separated by commas (1,2,3), not {text!r}")
+    return [int(p) for p in parts]
 
 
 def run(
@@ -77,3 +104,137 @@ def make_configs_importable(argv: Sequence[str]) -> None:
     root = config_import_root(config_file) if config_file else None
     if root and root not in sys.path:
         sys.path.insert(0, root)
+
+
+# ------------------------------------------------------------------------------ --config and its fields
+
+
+def config_flag_of(argv: Sequence[str]) -> str | None:
+    """The value of ``--config FILE[:ARG]`` / ``--config=FILE[:ARG]`` in ``argv``, as given."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=")
+    return None
+
+
+def config_overrides(argv: Sequence[str]) -> list[str]:
+    """The field paths of every ``--config.FIELD[=VALUE]`` / ``--noconfig.FIELD`` in ``argv``, in order."""
+    out = []
+    for arg in argv:
+        for prefix in ("--config.", "--noconfig."):
+            if arg.startswith(prefix):
+                out.append(arg.removeprefix(prefix).split("=", 1)[0])
+    return out
+
+
+def missing_config_file(path: str) -> str:
+    """The one line for a ``--config`` file that does not exist, with the likeliest file meant: a sibling
+    of a similar name, or the same relative path from the checkout this package runs from."""
+    where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
+    message = f"--config {path}: no such file{where}"
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(folder):
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and n != "__init__.py")
+        close = difflib.get_close_matches(os.path.basename(path), names, n=1)
+        if close:
+            return f"{message}; did you mean --config {os.path.join(os.path.dirname(path), close[0])}?"
+    checkout = pathlib.Path(__file__).resolve().parents[1] / path
+    if not os.path.isabs(path) and checkout.is_file():
+        return f"{message}; did you mean --config {checkout}?"
+    return message
+
+
+def load_config(spec: str) -> Any:
+    """``get_config([ARG])`` of ``FILE[:ARG]``, loaded as config_flags loads it; errors (one line) name
+    ``--config``: FileNotFoundError for a missing file, ValueError for what the config's code refused."""
+    path, colon, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(missing_config_file(path))
+    module_spec = importlib.util.spec_from_file_location("smartvlm_jax_checked_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if colon else module.get_config()
+    except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not message.startswith(path):
+            message = f"{spec}: {message}"
+        raise ValueError(f"--config {message}") from e
+
+
+def check_field(config: Any, field: str, label: str) -> None:
+    """ValueError naming ``--config.FIELD`` and the likeliest field meant when ``config`` has no ``field``
+    (a dotted path); ``label`` names the config in the message."""
+    node, done = config, []
+    for part in field.split("."):
+        key = part.split("[", 1)[0]
+        if not hasattr(node, "keys"):  # a leaf's own structure (a tuple's index...): config_flags checks it
+            return
+        if key not in node:
+            where = ".".join(done)
+            known = sorted(node.keys())
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = (
+                f"did you mean --config.{'.'.join([*done, close[0]])}?"
+                if close
+                else f"{'its fields under ' + where if where else 'its fields'}: {', '.join(known)}"
+            )
+            raise ValueError(f"--config.{field}: {label} has no field {'.'.join([*done, key])}; {hint}")
+        node, done = node[key], [*done, key]
+
+
+def check_config_flags(
+    argv: Sequence[str],
+    other: tuple[Sequence[str], str] | None = None,
+    needs: tuple[Sequence[str], str] | None = None,
+) -> None:
+    """Before absl parses ``argv``: the ``--config`` file loads, and every ``--config.FIELD`` names a field
+    it has. ``other`` is (fields, command): fields of another command's configs that this one refuses, in
+    a config or as a flag, pointing at that command (the sweep's own fields, given to the training
+    command). ``needs`` is (fields, advice): fields the config must have (a sweep's). Raises
+    FileNotFoundError or ValueError, one line naming the flag and the likeliest fix."""
+    spec = config_flag_of(argv)
+    if spec is None:
+        return  # absl reports the missing required flag
+    config = load_config(spec)
+    needed, advice = needs or ((), "")
+    missing = [f for f in needed if not (hasattr(config, "keys") and f in config)]
+    if missing:
+        raise ValueError(f"--config {spec} has no {', '.join(missing)}: {advice}")
+    fields, command = other or ((), "")
+    present = [f for f in fields if hasattr(config, "keys") and f in config]
+    if present:
+        raise ValueError(
+            f"--config {spec} is a config of {command} (it has {', '.join(present)}): "
+            f"run {command} --config {spec}"
+        )
+    for field in config_overrides(argv):
+        if field.split(".", 1)[0].split("[", 1)[0] in fields:
+            raise ValueError(
+                f"--config.{field} is a field of {command}'s configs, not of this command's: run {command}"
+            )
+        check_field(config, field, spec.partition(":")[0])
+
+
+def parse_absl_flags(
+    argv: Sequence[str],
+    other: tuple[Sequence[str], str] | None = None,
+    needs: tuple[Sequence[str], str] | None = None,
+) -> list[str]:
+    """absl ``flags_parser`` for the config-file commands (``app.run(..., flags_parser=...)``): checks
+    ``--config`` and its fields first (:func:`check_config_flags`), then parses; a mistake in a flag
+    prints one ``error: ...`` line and exits with status 1 (with ``--traceback``: Python's traceback).
+    ``other``, ``needs``: as :func:`check_config_flags` takes them."""
+    from absl import flags
+
+    try:
+        check_config_flags(argv, other, needs)
+        return flags.FLAGS(list(argv))
+    except (flags.Error, *INPUT_ERRORS) as e:
+        if "--traceback" in argv or "--traceback=true" in argv:
+            raise
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+        sys.exit(1)

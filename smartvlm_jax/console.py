@@ -202,6 +202,49 @@ def configure(
     return Console(None if workdir is None else Workdir(workdir), verbosity, bars, console, pending)
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerRouting:
+    """This process's routing, for a data-loader worker process to install (grain's ``worker_init_fn``):
+    the console's rule on stderr (plain lines, no bars) and every line appended to the run's log file.
+    Holds only numbers and a path, so it pickles into spawned workers."""
+
+    verbosity: int
+    lead: bool
+    run_log: str | None
+
+    def __call__(self, worker_index: int = 0, worker_count: int = 1) -> None:
+        """Install the routing in this (worker) process; grain passes the worker's index and count."""
+        del worker_index, worker_count  # the same routing for every worker
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        console = _ConsoleHandler(sys.stderr, bars=False)
+        rule = _ConsoleFilter(self.verbosity, bars=False)
+        rule.lead = self.lead
+        console.addFilter(rule)
+        console.setFormatter(_ConsoleFormatter("%(message)s"))
+        root.addHandler(console)
+        if self.run_log is not None:
+            log_file = logging.FileHandler(self.run_log, mode="a", encoding="utf-8")
+            log_file.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
+            root.addHandler(log_file)
+        root.setLevel(logging.DEBUG if self.verbosity >= 2 else logging.INFO)
+        logging.getLogger(PROJECT).setLevel(logging.DEBUG)
+        logging.captureWarnings(True)
+
+
+def worker_routing() -> WorkerRouting | None:
+    """The routing :func:`configure` installed in this process, for its worker processes; None when it
+    installed none (a library user's own logging, which their workers' set-up is theirs to choose)."""
+    root = logging.getLogger()
+    console = next((h for h in root.handlers if isinstance(h, _ConsoleHandler)), None)
+    if console is None:
+        return None
+    rule = next(f for f in console.filters if isinstance(f, _ConsoleFilter))
+    log_file = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+    return WorkerRouting(rule.verbosity, rule.lead, getattr(log_file, "baseFilename", None))
+
+
 def _route_transformers() -> None:
     """transformers prints through its own stderr handler and does not propagate: send its records to
     the root's handlers instead (imported here, if installed: the text towers import it anyway)."""

@@ -9,25 +9,28 @@ Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``result
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 
-from smartvlm_jax import cli
+from smartvlm_jax import cli, workdir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-evaluate the best model of a training workdir on a split; write the split's results.json and
     plots to WORKDIR/evaluations/SPLIT/ (or --out), leaving the training's own files as they are."""
-    parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.evaluate", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=cli.prog("smartvlm_jax.evaluate"), description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
     parser.add_argument("--out", help="folder for results.json and plots (default WORKDIR/evaluations/SPLIT)")
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
-    from smartvlm_jax import train  # heavy (JAX, orbax, grain): after the arguments are checked
 
     def evaluate() -> None:
+        workdir.check_path(os.path.abspath(args.workdir), "--workdir")
+        from smartvlm_jax import train  # heavy (JAX, orbax, grain): after the arguments are checked
+
         result = train.evaluate_workdir(args.workdir, args.split, args.out)
         if "stopped" in result:
             return  # the stop's one line is logged

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import math
 import os
 import pathlib
@@ -34,7 +33,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import features, metrics, puzzles, variants
+from smartvlm_jax import features, images, metrics, puzzles, variants
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import checkpoint
@@ -223,9 +222,7 @@ class Predictor:
         try:
             if isinstance(image, (Image.Image, np.ndarray)):  # any mode, shape or bit depth images.py takes
                 return smart101.resize_shorter_side(image, self.image_side)
-            source = io.BytesIO(image) if isinstance(image, bytes) else image
-            with Image.open(source) as im:
-                return smart101.resize_shorter_side(im, self.image_side)
+            return smart101.resize_shorter_side(images.open_image(image), self.image_side)
         except (OSError, ValueError, TypeError) as e:
             name = image if isinstance(image, (str, os.PathLike)) else type(image).__name__
             raise smart101.BadImageError(f"image {index} ({name}) cannot be read: {e}") from None
@@ -293,16 +290,17 @@ class Predictor:
         self._check_puzzles(pids.tolist())
         if options is not None and len(options) != n:
             raise ValueError(f"{len(options)} option lists for {n} questions")
-        option_values = (
-            None
-            if options is None
-            else np.stack(
-                [
-                    self.option_values(int(p), o, f"example {i}: ")
-                    for i, (p, o) in enumerate(zip(pids, options, strict=True))
-                ]
-            )
-        )
+        # One example's options may be None on their own (values only): its row of option values is a
+        # placeholder that `given` keeps out of the choice.
+        given = np.array([options is not None and options[i] is not None for i in range(n)], bool)
+        option_values = None
+        if given.any():
+            rows = {
+                i: self.option_values(int(pids[i]), options[i], f"example {i}: ")
+                for i in np.flatnonzero(given)
+            }
+            placeholder = np.zeros_like(next(iter(rows.values())))
+            option_values = np.stack([rows.get(i, placeholder) for i in range(n)])
         batch = self.prepare(images, questions)
         batch["puzzle_ids"] = pids.astype(np.int32)
         preds, top_v, top_p = [], [], []
@@ -312,10 +310,9 @@ class Predictor:
             top_v.append(out[1][:size])
             top_p.append(out[2][:size])
         values = np.concatenate(preds).astype(np.int64)
-        if option_values is None:
-            chosen = np.full(n, -1, np.int64)
-        else:
-            chosen = metrics.select_options(values, pids, option_values)
+        chosen = np.full(n, -1, np.int64)
+        if option_values is not None:
+            chosen = np.where(given, metrics.select_options(values, pids, option_values), -1)
         return Predictions(
             puzzle_ids=pids.astype(np.int64),
             values=values,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# The sweep's own fields (configs/paper.py; smartvlm_jax.sweep), which a single run refuses. Here, not in
+# sweep.py: importing that under python -m smartvlm_jax.main would define this module's flags twice.
+SWEEP_FIELDS = ("seeds", "rows", "baseline", "row_overrides", "grid", "member_plots", "parallel_rows")
+
 log = logging.getLogger("smartvlm_jax.main")  # (__name__ is "__main__" under python -m)
 
 
@@ -34,6 +39,23 @@ def run_job(job: str, argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    from smartvlm_jax import workdir
+
+    # The workdir's path is checked (no glob characters: workdir.check_path) before the console opens
+    # run.log in it.
+    check = lambda: workdir.check_path(os.path.abspath(_WORKDIR.value), "--workdir")
+    status = cli.run(check, traceback=_TRACEBACK.value)
+    if not status and "model" in config:  # the head's choices named by their flags, before any work
+        from smartvlm_jax import variants
+
+        flags_of = ("--config.model.features", "--config.model.head")
+        model = config.model
+        status = cli.run(
+            lambda: variants.check(model.features, model.get("head", "smarter"), flags_of),
+            traceback=_TRACEBACK.value,
+        )
+    if status:
+        sys.exit(status)
     from smartvlm_jax import console  # light: tqdm and logging; JAX must not load before this
 
     lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
@@ -58,12 +80,22 @@ def main(argv: list[str]) -> None:
     run_job("smartvlm_jax.train:train_and_evaluate", argv)
 
 
-def run(argv: Sequence[str] | None = None, job: Callable[[list[str]], None] = main) -> None:
+def run(
+    argv: Sequence[str] | None = None,
+    job: Callable[[list[str]], None] = main,
+    other: tuple[Sequence[str], str] | None = (SWEEP_FIELDS, "smartvlm-sweep"),
+    needs: tuple[Sequence[str], str] | None = None,
+) -> None:
     """``smartvlm-train`` (and ``python -m smartvlm_jax.main``): makes the config's package importable,
-    then parses the flags and runs ``job`` (the training job; ``smartvlm_jax.sweep`` passes its own)."""
+    then parses the flags and runs ``job`` (the training job; ``smartvlm_jax.sweep`` passes its own).
+
+    A mistake in ``--config`` or a ``--config.FIELD`` (a missing file, a misspelt field, a field of
+    ``other``'s (fields, command): by default the sweep's; a config without the fields ``needs``) is one
+    ``error:`` line naming the flag and the likeliest fix (``cli.parse_absl_flags``), before anything runs.
+    """
     argv = list(sys.argv if argv is None else argv)
     cli.make_configs_importable(argv)
-    app.run(job, argv=argv)
+    app.run(job, argv=argv, flags_parser=lambda a: cli.parse_absl_flags(a, other, needs))
 
 
 if __name__ == "__main__":

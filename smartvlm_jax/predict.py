@@ -57,7 +57,7 @@ CSV_FIELDS = (
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m smartvlm_jax.predict", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=cli.prog("smartvlm_jax.predict"), description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir or reasoner model dir")
     p.add_argument(
         "--towers", nargs="+", default=None, help="tower dirs (HF or converted); default: the run's"
@@ -98,9 +98,19 @@ def split_options(text: str | None) -> list[str] | None:
     return options
 
 
-def format_record(record: dict[str, Any]) -> str:
-    """Human-readable answer: value, option, and per position the top values with probabilities."""
-    lines = [f"puzzle {record['puzzle_id']}: answer {record['answer']}, option {record['option'] or '-'}"]
+def format_record(record: dict[str, Any], options: Sequence[str] | None = None) -> str:
+    """Human-readable answer: the chosen option's letter and text (the value the head predicted beside it:
+    an icon index or a number, as SPEC section 2 encodes answers), and per position the top values with
+    their probabilities."""
+    letter = record["option"]
+    if letter is not None and options is not None:
+        text = options[smart101.OPTION_LETTERS.index(letter)]
+        head = f"option {letter}: {text!r} (predicted value {record['answer']})"
+    elif options is not None:
+        head = f"no option matches the predicted value {record['answer']}"
+    else:
+        head = f"predicted value {record['answer']} (no --options given)"
+    lines = [f"puzzle {record['puzzle_id']}: {head}"]
     for pos, top in enumerate(record["top"]):
         where = f"position {pos}" if len(record["top"]) > 1 else "top"
         lines.append(f"  {where}: " + ", ".join(f"{t['value']} ({t['prob']:.3f})" for t in top))
@@ -115,7 +125,14 @@ def run_one(predictor: Predictor, args: argparse.Namespace) -> None:
         [args.image], [args.question], None if options is None else [options], args.puzzle_id
     )
     record = out.record(0)
-    print(json.dumps(reports.to_json_safe(record), allow_nan=False) if args.json else format_record(record))
+    if options is not None:
+        record["option_text"] = (
+            options[smart101.OPTION_LETTERS.index(record["option"])] if record["option"] else None
+        )
+    if args.json:
+        print(json.dumps(reports.to_json_safe(record), allow_nan=False))
+    else:
+        print(format_record(record, options))
 
 
 # ---------------------------------------------------------------------------------------- a split
@@ -285,11 +302,23 @@ def run_benchmark(predictor: Predictor, args: argparse.Namespace) -> dict[str, A
 # ---------------------------------------------------------------------------------------- entry
 
 
+def check_out(path: str | None) -> None:
+    """Refuse ``--out`` before any work when its folder is missing or it names a folder."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--out {path} is a folder; give a CSV file name")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a message on bad input)."""
     args = parse_args(argv)
 
     def run() -> None:
+        check_out(args.out)
         start = time.perf_counter()
         predictor = Predictor.load(
             args.checkpoint,

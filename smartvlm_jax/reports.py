@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -310,8 +311,9 @@ def plot_curves(
 
 def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], split: str = "test") -> str:
     """The lines that end a run: the best epoch and the split's accuracies, then the path of each output
-    the workdir holds (results.json, plots, curves, best model, TensorBoard's command, run.log) and what
-    XLA compiled or loaded from the compilation cache (``results["xla"]``)."""
+    the workdir holds (results.json, plots, curves, best model, TensorBoard's command, run.log; each
+    quoted for a POSIX shell where it needs it: ``shlex.quote``) and what XLA compiled or loaded from the
+    compilation cache (``results["xla"]``)."""
     wd = Workdir(workdir)
     m = results.get(split) or {}
     best, epochs = results.get("best_epoch", 0), results.get("epochs")
@@ -335,7 +337,7 @@ def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], 
     for label, paths in outputs:
         present = [p for p in paths if p.exists()]
         if present:
-            shown = ", ".join(str(p) for p in present)
+            shown = ", ".join(shlex.quote(str(p)) for p in present)  # a path with a space copies whole
             command = "tensorboard --logdir " if label == "TensorBoard" else ""
             lines.append(f"  {label + ':':13}{command}{shown}")
     xla = results.get("xla")

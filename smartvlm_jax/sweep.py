@@ -45,7 +45,7 @@ from smartvlm_jax.workdir import Workdir
 log = logging.getLogger("smartvlm_jax.sweep")  # (__name__ is "__main__" under python -m)
 
 # The sweep's own fields of configs/paper.py; the rest is the run config every row starts from.
-SWEEP_FIELDS = ("seeds", "rows", "baseline", "row_overrides", "grid", "member_plots", "parallel_rows")
+SWEEP_FIELDS = main_lib.SWEEP_FIELDS
 # Head hyperparameters a grid may vary (same shapes, so members of one jitted step), and their run field.
 GRID_FIELDS = {"lr": "optim.lr", "weight_decay": "optim.weight_decay", "pdrop": "model.pdrop"}
 TABLE_FILES = ("table.md", "table.csv", "table.png")
@@ -449,7 +449,8 @@ def main(argv: list[str]) -> None:
 
 def run(argv: Sequence[str] | None = None) -> None:
     """``smartvlm-sweep`` (and ``python -m smartvlm_jax.sweep``): the flags of ``smartvlm-train``."""
-    main_lib.run(argv, job=main)
+    advice = "it is a run config, not a sweep config: pass configs/paper.py, or train it with smartvlm-train"
+    main_lib.run(argv, job=main, other=None, needs=(SWEEP_FIELDS, advice))
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def get(name: str, field: str = "--config.model.features") -> Variant:
-    """The variant called ``name``; ``ValueError`` naming ``field`` and the known variants otherwise."""
+def get(name: str, field: str = "features") -> Variant:
+    """The variant called ``name``; ``ValueError`` naming ``field`` and the known variants otherwise.
+
+    ``field`` names the value as the caller knows it: the head config's ``features`` by default, from
+    Python; the command-line layer passes its flag (``--config.model.features``)."""
     if name not in VARIANTS:
         raise ValueError(f"{field}={name!r} is not one of {sorted(VARIANTS)}")
     return VARIANTS[name]
@@ -70,16 +73,17 @@ def for_head(head: str) -> list[str]:
     return sorted(v.name for v in VARIANTS.values() if v.head == head)
 
 
-def check(name: str, head: str | None = None) -> Variant:
-    """The variant, checked against the head it will feed; ``ValueError`` naming both config fields.
+def check(name: str, head: str | None = None, fields: tuple[str, str] = ("features", "head")) -> Variant:
+    """The variant, checked against the head it will feed; ``ValueError`` naming both ``fields`` (the head
+    config's names from Python; the command line passes its flags).
 
     The SMARTER head takes pooled text [B, D], the baseline head token states [B, L, D]: a mismatch would
     otherwise surface as a shape error deep inside the first step.
     """
-    variant = get(name)
+    variant = get(name, fields[0])
     if head is not None and head != variant.head:
         raise ValueError(
-            f"--config.model.features={name!r} feeds the {variant.head!r} head, but --config.model.head="
+            f"{fields[0]}={name!r} feeds the {variant.head!r} head, but {fields[1]}="
             f"{head!r} (features for that head: {for_head(head)})"
         )
     return variant

@@ -19,20 +19,49 @@
     ``<member>/``              a group's member (``train.train_members``): a complete run workdir of its own
                                (config, best_model, results, logs); the group's checkpoints stay at the root
 
-Pure path arithmetic (plus reading the run config): nothing here creates files. :func:`user_cache_dir` names
-the per-user cache that runs share (the XLA compilation cache, the feature store).
+    ``.lock``                  who runs here now (:meth:`Workdir.lock`): pid and host
+
+Path arithmetic (plus reading the run config): nothing here creates files but :meth:`Workdir.lock`.
+:func:`user_cache_dir` names the per-user cache that runs share (the XLA compilation cache, the feature
+store).
+
+A workdir's path may hold spaces and any Unicode, but none of ``[ ] * ?``: Orbax, which writes the
+checkpoints (and the tiny towers), finds its files again with a glob pattern built from the path, so
+``runs/exp[1]`` wrote checkpoints it could not read back, and ``a*b`` would match a neighbour ``axyb``.
+:class:`Workdir` refuses such a path when it is made, before any work (ValueError, one line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 CONFIG_FILE = "config.json"  # a run's resolved config, and a model dir's head config alike
 BEST_MODEL_DIR = "best_model"
+LOCK_FILE = ".lock"
+GLOB_CHARACTERS = "[]*?"
+
+
+class WorkdirLockedError(OSError):
+    """Another live process holds the workdir's lock; the message names its pid and host."""
+
+
+def check_path(path: str | os.PathLike, what: str = "workdir") -> None:
+    """ValueError (one line, naming ``what`` and the characters) if ``path`` holds a glob character."""
+    found = sorted({c for c in os.fspath(path) if c in GLOB_CHARACTERS})
+    if found:
+        raise ValueError(
+            f"{what} {os.fspath(path)!r} holds {' '.join(found)}: Orbax finds checkpoint files by a glob "
+            "pattern over the path, so no path here may hold [ ] * or ?; choose another folder name"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +71,9 @@ class Workdir:
     root: pathlib.Path
 
     def __init__(self, root: str | os.PathLike) -> None:
-        object.__setattr__(self, "root", pathlib.Path(root).absolute())
+        root = pathlib.Path(root).absolute()
+        check_path(root)
+        object.__setattr__(self, "root", root)
 
     def __fspath__(self) -> str:
         return str(self.root)
@@ -125,6 +156,42 @@ class Workdir:
         """``<root>/<name>``: the workdir of a member of the group trained here (``train.train_members``)."""
         return Workdir(self.root / name)
 
+    @property
+    def lock_file(self) -> pathlib.Path:
+        """``.lock``: the pid and host of the process running here (:meth:`lock`)."""
+        return self.root / LOCK_FILE
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[dict[str, Any]]:
+        """Hold this workdir for one run: an exclusive ``fcntl.flock`` on ``.lock``, which then records
+        {"pid", "host", "since"} (yielded). Creates the workdir.
+
+        A second holder, in this process or another, raises :class:`WorkdirLockedError` at once, one line
+        naming the holder's pid and host. The kernel drops a process's lock when it dies however it died
+        (SIGKILL included), so a lock file left by a dead process is simply taken over. The lock is
+        released on exit; the file stays (removing it would race with the next holder). Local
+        filesystems and NFSv4 honour flock across hosts; a multi-process job takes it on process 0.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(self.lock_file)
+                raise WorkdirLockedError(
+                    f"{self.root} is in use by {holder}; wait for that run to end, or choose another workdir"
+                ) from None
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            try:
+                yield me
+            finally:
+                os.ftruncate(fd, 0)  # no holder named once released
+        finally:
+            os.close(fd)  # (releases the flock)
+
     def run_config(self) -> dict[str, Any] | None:
         """The resolved run config (a dict), or None when this is not a training workdir.
 
@@ -135,6 +202,19 @@ class Workdir:
             return None
         run = json.loads(self.config_file.read_text())
         return run if isinstance(run, dict) and "towers" in run else None
+
+
+def _holder(lock_file: pathlib.Path) -> str:
+    """ "pid 123 on host h (since 2026-01-01 10:00:00)" from a held lock file; what of it is readable."""
+    try:
+        held = json.loads(lock_file.read_text() or "{}")
+    except (OSError, ValueError):
+        held = {}
+    if not isinstance(held, dict) or "pid" not in held:
+        return "another run (its pid is not written yet)"
+    since = held.get("since")
+    when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else ""
+    return f"another run: pid {held['pid']} on host {held.get('host', '?')}{when}"
 
 
 def user_cache_dir(*parts: str) -> pathlib.Path:

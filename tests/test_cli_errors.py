@@ -79,3 +79,124 @@ def test_convert_help_lists_its_commands():
 def test_predict_counts_are_checked_by_flag():
     out = _run("smartvlm_jax.predict", "--checkpoint", "/no/such/dir", "--batch-size", "0")
     assert out.returncode == 2 and "argument --batch-size: 0 is not >= 1" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "module, args, line",
+    [
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smoke.py", "--config.num_epoch=3"],
+            "error: --config.num_epoch: configs/smoke.py has no field num_epoch; "
+            "did you mean --config.num_epochs?",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smoke.py", "--config.optim.lrr", "3"],
+            "error: --config.optim.lrr: configs/smoke.py has no field optim.lrr; "
+            "did you mean --config.optim.lr?",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smok.py"],
+            f"error: --config configs/smok.py: no such file (relative to the working directory {REPO}); "
+            "did you mean --config configs/smoke.py?",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config=configs/paper.py:bogus"],
+            "error: --config configs/paper.py:bogus: the argument is 'smoke' or nothing",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smoke.py", "--config.seeds=3"],
+            "error: --config.seeds is a field of smartvlm-sweep's configs, not of this command's: "
+            "run smartvlm-sweep",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/paper.py:smoke"],
+            "error: --config configs/paper.py:smoke is a config of smartvlm-sweep (it has seeds, rows, "
+            "baseline, row_overrides, grid, member_plots, parallel_rows): "
+            "run smartvlm-sweep --config configs/paper.py:smoke",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smoke.py", "--config.num_epochs=abc"],
+            "error: flag --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smoke.py", "--config.model.features=bogus"],
+            "error: --config.model.features='bogus' is not one of ['dinov2', 'fused', 'resnet', 'siglip']",
+        ),
+        (
+            "smartvlm_jax.sweep",
+            ["--config", "configs/paper.py:smoke", "--config.grid.lrr=0.1"],
+            "error: --config.grid.lrr: configs/paper.py has no field grid.lrr; "
+            "did you mean --config.grid.lr?",
+        ),
+        (
+            "smartvlm_jax.sweep",
+            ["--config", "configs/smoke.py"],
+            "error: --config configs/smoke.py has no seeds, rows, baseline, row_overrides, grid, "
+            "member_plots, parallel_rows: it is a run config, not a sweep config: pass configs/paper.py, "
+            "or train it with smartvlm-train",
+        ),
+    ],
+)
+def test_config_mistakes_are_one_line_naming_the_flag_and_the_fix(module, args, line, tmp_path):
+    workdir = tmp_path / "workdir"
+    out = _run(module, *args, "--workdir", str(workdir))
+    assert out.returncode == 1 and out.stderr.strip() == line, out.stderr[-3000:]
+    assert not workdir.exists()  # refused before any work
+
+
+def test_a_relative_config_from_another_folder_names_the_checkout_file(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "smartvlm_jax.main", "--config", "configs/smoke.py", "--workdir", "w"]
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"error: --config configs/smoke.py: no such file (relative to the working directory {tmp_path}); "
+        f"did you mean --config {REPO / 'configs' / 'smoke.py'}?"
+    ), out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "script, module, argv",
+    [
+        ("smartvlm-predict", "smartvlm_jax.predict", ["--help"]),
+        ("smartvlm-evaluate", "smartvlm_jax.evaluate", ["--help"]),
+        ("smartvlm-build-data", "smartvlm_jax.data.build", ["--help"]),
+        ("smartvlm-convert", "smartvlm_jax.convert.__main__", ["--help"]),
+        ("smartvlm-convert", "smartvlm_jax.convert.reference", ["--help"]),
+    ],
+)
+def test_console_scripts_name_themselves_in_their_usage(script, module, argv, monkeypatch, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{script}", *argv])
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {script}") and "python -m" not in out.split("\n\n")[0], out[:300]
+    monkeypatch.setattr(sys, "argv", [f"/x/{module.replace('.', '/')}.py", *argv])  # python -m
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    command = module.removesuffix(".__main__").replace("convert.reference", "convert reference")
+    assert capsys.readouterr().out.startswith(f"usage: python -m {command}")
+
+
+def test_variant_errors_from_python_name_the_head_config_fields_not_flags():
+    from smartvlm_jax import variants
+
+    with pytest.raises(ValueError, match=r"^features='bogus' is not one of \['dinov2'"):
+        variants.get("bogus")
+    with pytest.raises(ValueError, match=r"^features='fused' feeds the 'smarter' head, but head='baseline'"):
+        variants.check("fused", "baseline")

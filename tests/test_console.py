@@ -158,3 +158,34 @@ def test_transient_and_disabled_stages(restore_logging, tmp_path):
 )
 def test_format_seconds(seconds, text):
     assert console.format_seconds(seconds) == text
+
+
+def _log_from_a_worker(routing):  # runs in a spawned process: nothing of the parent's logging set-up
+    routing(1, 2)
+    logging.getLogger("smartvlm_jax.data.pipeline").info("decoded in a worker")
+    logging.getLogger("smartvlm_jax.data.pipeline").debug("a worker's detail")
+    logging.getLogger("grain").warning("a library's warning in a worker")
+
+
+def test_worker_processes_inherit_the_log_routing(tmp_path, capfd):
+    import multiprocessing
+
+    stream = io.StringIO()
+    lines = console.configure(tmp_path, 0, stream=stream, bars=False)
+    try:
+        lines.set_process(0)
+        routing = console.worker_routing()
+        assert routing == console.WorkerRouting(0, True, str(tmp_path / "run.log"))
+        worker = multiprocessing.get_context("spawn").Process(target=_log_from_a_worker, args=(routing,))
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+    finally:
+        lines.log_file.close()
+        logging.getLogger().removeHandler(lines.log_file)
+    run_log = (tmp_path / "run.log").read_text()
+    for text in ("decoded in a worker", "a worker's detail", "a library's warning in a worker"):
+        assert text in run_log
+    printed = capfd.readouterr().err.splitlines()  # the worker's console: the console's rule
+    assert "decoded in a worker" in printed and "warning: [grain] a library's warning in a worker" in printed
+    assert not any("detail" in line for line in printed)

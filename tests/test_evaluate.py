@@ -3,6 +3,7 @@
 import json
 import math
 import pathlib
+import shlex
 
 import numpy as np
 import pytest
@@ -325,5 +326,15 @@ def summary_paths(summary: str) -> list[pathlib.Path]:
     for line in summary.splitlines()[1:]:
         label, value = summary_line(line)
         if label != "XLA":
-            paths += [pathlib.Path(p.removeprefix("tensorboard --logdir ")) for p in value.split(", ")]
+            paths += [pathlib.Path(shlex.split(p)[-1]) for p in value.split(", ")]
     return paths
+
+
+def test_summary_paths_with_spaces_copy_into_a_shell(tmp_path):
+    wd = Workdir(tmp_path / "my runs" / "exp 1")
+    wd.tensorboard.mkdir(parents=True)
+    wd.results.write_text("x")
+    lines = reports.format_summary({"test": _metrics()}, wd).splitlines()
+    shown = dict(summary_line(line) for line in lines[1:])
+    assert shlex.split(shown["TensorBoard"]) == ["tensorboard", "--logdir", str(wd.tensorboard)]
+    assert shlex.split(shown["results"]) == [str(wd.results)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -114,3 +116,112 @@ def test_entry_points_share_the_rule(tmp_path):
         assert len(np.unique(np.asarray(smart101.resize_shorter_side(image, 32)))) > 16
     with pytest.raises(ValueError, match=r"shape \(24, 40, 2\) and dtype uint8"):
         resizer(np.zeros((H, W, 2), np.uint8))
+
+
+# ----------------------------------------------------------------------- EXIF orientation (issue 28, item 9)
+
+
+def _sideways_jpeg(tmp_path, orientation: int = 6):
+    """A JPEG whose stored pixels are a left-dark / right-light 32 x 64 picture, tagged to be shown turned
+    90 degrees clockwise (Orientation 6, a phone held upright); returns (path, the upright picture)."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, 32:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(stored).save(path, "JPEG", quality=95, exif=exif)
+    return path, np.rot90(stored, k=-1)  # clockwise: [64, 32], dark on top
+
+
+def _assert_upright(out, upright):
+    arr = np.asarray(out.convert("RGB") if isinstance(out, Image.Image) else out, np.int32)
+    assert arr.shape[:2] == upright.shape[:2], arr.shape
+    assert np.abs(arr - upright).mean() < 8  # JPEG noise only; a sideways image differs by ~128
+
+
+def test_exif_orientation_is_applied_on_every_decode_path(tmp_path):
+    path, upright = _sideways_jpeg(tmp_path)
+    _assert_upright(images.open_image(path), upright)  # files: the reader, the build, the predictor
+    _assert_upright(images.open_image(path.read_bytes()), upright)  # bytes: the grain pipeline, --image bytes
+    with Image.open(path) as im:  # a PIL image the caller decoded (Predictor, towers' preprocess)
+        _assert_upright(images.to_rgb8(im), upright)
+        _assert_upright(preprocess.to_rgb(im), upright)
+    loaded = smart101.load_image(path)  # shorter side 224: [448, 224], still dark on top
+    assert loaded.size == (224, 448)
+    arr = np.asarray(loaded, np.int32)
+    assert arr[:200].mean() < 10 and arr[-200:].mean() > 245
+    # applied once: what open_image returns carries no orientation left to apply again
+    _assert_upright(images.to_rgb8(images.open_image(path)), upright)
+
+
+def test_images_without_orientation_are_unchanged_bit_for_bit(tmp_path):
+    from smartvlm_jax.data import synthetic
+
+    root = tmp_path / "smart"
+    synthetic.write_dataset(str(root), per_puzzle=2, seed=0, puzzle_ids=[1, 16])
+    pngs = sorted(root.rglob("*.png"))
+    assert pngs
+    exif = Image.Exif()
+    exif[0x0112] = 1  # "upright" said explicitly
+    tagged = tmp_path / "tagged.png"
+    with Image.open(pngs[0]) as im:
+        im.save(tagged, exif=exif)
+    for path in [*pngs, tagged]:
+        with Image.open(path) as im:
+            im.load()
+            raw, mode = np.asarray(im).copy(), im.mode
+        out = images.open_image(path)
+        assert out.mode == mode and out.size == (raw.shape[1], raw.shape[0])
+        np.testing.assert_array_equal(np.asarray(out), raw)
+        with Image.open(path) as im:
+            np.testing.assert_array_equal(np.asarray(images.to_rgb8(im)), np.asarray(im.convert("RGB")))
+
+
+# -------------------------------------------------------------------- decompression bombs (issue 28, item 8)
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    """A 15000 x 12000 1-bit PNG (180,000,000 pixels, past Pillow's own hard stop of 178,956,970): a few
+    kilobytes on disk."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (15000, 12000)).save(path)
+    return path
+
+
+def test_decompression_bombs_are_bad_images_named_with_their_pixel_count(bomb, tmp_path, monkeypatch):
+    assert not issubclass(Image.DecompressionBombError, OSError)  # why open_image translates it
+    with pytest.raises(
+        images.ImageTooLargeError,
+        match=r"180,000,000 pixels, over the limit of 89,478,485 "
+        r"\(\$SMARTVLM_JAX_MAX_IMAGE_PIXELS",
+    ):
+        images.open_image(bomb)
+    # Our own limit, checked on the header before decoding: 600 pixels allow 20 x 30, refuse 30 x 30.
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "600")
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    Image.new("RGB", (20, 30)).save(small)
+    Image.new("RGB", (30, 30)).save(big)
+    assert images.open_image(small).size == (20, 30)
+    with pytest.raises(OSError, match=r"^the image has 900 pixels \(30 x 30\), over the limit of 600 "):
+        images.open_image(big.read_bytes())
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "0")  # no limit of ours
+    assert images.open_image(big).size == (30, 30)
+    monkeypatch.setenv(images.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match=r"\$SMARTVLM_JAX_MAX_IMAGE_PIXELS='lots' is not an integer"):
+        images.open_image(small)
+
+
+def test_a_bomb_in_the_data_is_a_bad_row(bomb, tmp_path):
+    from smartvlm_jax.data import synthetic
+
+    root = tmp_path / "smart"
+    synthetic.write_dataset(str(root), per_puzzle=3, seed=0, puzzle_ids=[7])
+    rows = smart101.read_rows(str(root), [7])
+    bad = rows[1]
+    pathlib.Path(bad.image_path).write_bytes(bomb.read_bytes())
+    where = rf"CSV row {bad.row_index} .*{bad.image_path}: the image has 180,000,000 pixels"
+    with pytest.raises(smart101.BadImageError, match=where):
+        smart101.drop_bad_images(rows, skip_bad_rows=False)
+    good, skipped = smart101.drop_bad_images(rows, skip_bad_rows=True)
+    assert [r.row_index for r in good] == [rows[0].row_index, rows[2].row_index] and len(skipped) == 1

@@ -247,6 +247,10 @@ def test_scripts_pass_shellcheck_and_help(script):
     assert check.returncode == 0, check.stdout + check.stderr
     helped = subprocess.run([str(path), "-h"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 0 and "--dry-run" in helped.stdout
+    if script == "tpu.sh":  # the log the help names is the one `logs` tails
+        named = re.search(r"\(log: ~/(\S+)\)", helped.stdout).group(1)
+        tail = _dry_run(["launch/tpu.sh", "-z", "z", "logs"]).stdout
+        assert tail.rstrip().endswith(f" {named}'"), (named, tail)
     bad = subprocess.run([str(path), "--no-such-flag"], capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0 and "--no-such-flag" in bad.stderr
 
@@ -281,7 +285,12 @@ def _dry_run(argv: list[str], expect_rc: int = 0) -> subprocess.CompletedProcess
 def test_docs_show_what_the_dry_runs_print(name):
     """The documented invocation and every command its dry run prints appear in docs/launch.md verbatim."""
     readme = (ROOT / "docs" / "launch.md").read_text()
-    assert DOCUMENTED_DRY_RUNS[name] in readme
+    script, rest = DOCUMENTED_DRY_RUNS[name].split(" ", 1)
+    # shown with --dry-run, so a line copied from the page prints rather than calls gcloud or sbatch
+    assert f"$ {script} --dry-run {rest}" in readme.splitlines()
+    assert not [
+        line for line in readme.splitlines() if line.startswith("$ launch/") and "--dry-run" not in line
+    ]
     printed = _dry_run(shlex.split(DOCUMENTED_DRY_RUNS[name])).stdout.splitlines()
     assert printed
     missing = [line for line in printed if line not in readme.splitlines()]

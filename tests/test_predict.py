@@ -162,17 +162,36 @@ def test_real_inputs_rgba_odd_sizes_long_questions_word_options(predictor, tmp_p
     out = predictor.predict([str(rgba)] * 2, [long_q] * 2, [opts7, opts1], [7, 1])
     assert out.letters == ["D", "C"]
     np.testing.assert_array_equal(out.values, bare.values)
+    # One example's options None on their own: that example answers values only (issue 28, item 5).
+    mixed = predictor.predict([str(rgba)] * 2, [long_q] * 2, [opts7, None], [7, 1])
+    assert mixed.letters == ["D", None] and mixed.option_index.tolist() == [3, -1]
+    np.testing.assert_array_equal(mixed.values, bare.values)
     with pytest.raises(ValueError, match="option B 'banana' of puzzle 7"):
         predictor.predict([str(rgba)], ["q"], [["1", "banana", "3", "4", "5"]], 7)
 
 
-def test_bad_puzzle_id_and_bad_image(predictor, tmp_path):
+def test_bad_puzzle_id_and_bad_image(predictor, tmp_path, workdir, run_config, capsys, monkeypatch):
     with pytest.raises(ValueError, match=r"no decoder for puzzle ids \[50\]; it has \[1, 3, 7"):
         predictor.predict([np.zeros((300, 300, 3), np.uint8)], ["q"], None, [50])
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(smart101.BadImageError, match="broken.png"):
         predictor.predict([str(bad)], ["q"], None, 7)
+    # An image over the pixel limit (a decompression bomb) is a bad image naming its pixel count, in the
+    # API and in the CLI (one line), under $SMARTVLM_JAX_MAX_IMAGE_PIXELS (issue 28, item 8).
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(big)
+    monkeypatch.setenv("SMARTVLM_JAX_MAX_IMAGE_PIXELS", "50000")
+    over = r"the image has 60,000 pixels \(300 x 200\), over the limit of 50,000"
+    with pytest.raises(smart101.BadImageError, match=rf"image 0 \({big}\) cannot be read: {over}"):
+        predictor.predict([str(big)], ["q"], None, 7)
+    argv = ["--checkpoint", str(workdir), "--image", str(big), "--question", "q", "--puzzle-id", "7"]
+    assert predict.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"error: image 0 ({big}) cannot be read: the image has 60,000 pixels")
+        and "\n" not in err
+    )
 
 
 def test_bad_towers_name_both_sides(workdir, run_config, tmp_path):
@@ -206,8 +225,21 @@ def test_cli_one_puzzle_json_and_errors(workdir, run_config, capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["puzzle_id"] == row.puzzle_id and record["option"] in list("ABCDE")
     assert len(record["top"]) in (1, 10) and len(record["top"][0]) == 3
+    # The text names the chosen option by its letter and text, not by the head's internal value.
+    text = record["option"]
+    assert record["option_text"] == row.options["ABCDE".index(text)]
     assert predict.main(argv) == 0
-    assert f"puzzle {row.puzzle_id}: answer" in capsys.readouterr().out
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert first.startswith(
+        f"puzzle {row.puzzle_id}: option {text}: {record['option_text']!r} (predicted value"
+    )
+    assert predict.main(argv[:-2]) == 0
+    assert "(no --options given)" in capsys.readouterr().out
+    # --out into a missing folder is refused before any work, naming the folder (not a .tmp file).
+    missing = pathlib.Path(workdir) / "no_such_folder"
+    assert predict.main([*argv[:2], "--split", "test", "--out", str(missing / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: --out {missing / 'p.csv'}: the folder {missing} does not exist", err
     assert predict.main([*argv[:-2], "--options", "1|2|3"]) == 1
     assert "5 options" in capsys.readouterr().err
     assert predict.main([*argv[:6], "--puzzle-id", "99"]) == 1

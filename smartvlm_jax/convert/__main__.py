@@ -11,13 +11,17 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from smartvlm_jax import cli
+
 COMMANDS = {"hf": "smartvlm_jax.convert.hf", "reference": "smartvlm_jax.convert.reference"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``COMMAND ARGS...``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = f"usage: python -m smartvlm_jax.convert {{{','.join(COMMANDS)}}} ... (COMMAND --help: its flags)"
+    usage = (
+        f"usage: {cli.prog('smartvlm_jax.convert')} {{{','.join(COMMANDS)}}} ... (COMMAND --help: its flags)"
+    )
     if argv and argv[0] in ("-h", "--help"):
         print(f"{usage}\n\n{__doc__.split(chr(10) + chr(10))[1]}")
         return 0

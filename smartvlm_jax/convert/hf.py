@@ -38,7 +38,7 @@ def convert(src: str, out: str, parts: Sequence[str] | None = None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``convert hf`` entry point; returns the exit status (1 with a message on bad input)."""
     parser = argparse.ArgumentParser(
-        prog="python -m smartvlm_jax.convert hf", description=__doc__.split("\n")[0]
+        prog=cli.prog("smartvlm_jax.convert") + " hf", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--src", required=True, help="HF directory (config.json + weights)")
     parser.add_argument("--out", required=True, help="output directory; must not exist or be empty")

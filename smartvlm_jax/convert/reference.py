@@ -380,7 +380,9 @@ def _parse_puzzles(text: str) -> list[int]:
 
 def main(argv: list[str]) -> int:
     """CLI: `reference --ckpt X.pth --puzzles all|ID,ID --out DIR [--features fused|dinov2|siglip|resnet]`."""
-    parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.convert reference", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=cli.prog("smartvlm_jax.convert") + " reference", description=__doc__
+    )
     parser.add_argument("--ckpt", required=True, help="reference checkpoint {'net': state_dict, ...}")
     parser.add_argument("--puzzles", required=True, help="'all' or the run's puzzle ids, comma separated")
     parser.add_argument("--out", required=True, help="model dir to write (must not exist or be empty)")

@@ -4,13 +4,16 @@
 
 The `tfds` command line needs apache_beam, so the build runs from Python. A dataset already built in
 `data_dir` from the same folder and puzzles is reused while the folder's rows and images are unchanged
-(`smart101.rows_fingerprint`, recorded in the dataset's metadata) and rebuilt when they changed; one of
-another folder or other puzzles is an error unless `--overwrite`.
+(`smart101.rows_fingerprint`, recorded in the dataset's metadata) and the built files are those the build
+wrote (their digest, `smartvlm_build.json` beside them); it is rebuilt when either changed. One of another
+folder or other puzzles is an error unless `--overwrite`. TFDS writes a build under a temporary name
+(`incomplete.*`) and renames it into place, so an interrupted build leaves nothing that is reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -19,11 +22,14 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
-from smartvlm_jax import cli
+from smartvlm_jax import cli, console, hashing, workdir
 from smartvlm_jax.data import smart101
 from smartvlm_jax.data.tfds_smart101 import SPLIT, Smart101, dataset_path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("smartvlm_jax.data.build")  # (__name__ is "__main__" under python -m)
+
+# Beside the built files: the digest of the files as this build wrote them.
+BUILD_RECORD = "smartvlm_build.json"
 
 
 def build(
@@ -58,6 +64,11 @@ def build(
         elif existing.get("fingerprint") != smart101.rows_fingerprint(smart101.read_rows(data_root, ids)):
             log.info("rebuilding %s: the rows or images of %s changed since it was built", path, data_root)
             shutil.rmtree(path)
+        elif recorded_digest(path) != files_digest(path):
+            log.info(
+                "rebuilding %s: its files changed since it was built (or its build was not finished)", path
+            )
+            shutil.rmtree(path)
         else:
             log.info("reusing %s", path)
             return tfds.builder_from_directory(path)
@@ -73,37 +84,66 @@ def build(
         )
     finally:
         tfds.display_progress_bar(True)
+    record = {"files_digest": files_digest(path)}
+    tmp = os.path.join(path, f"{BUILD_RECORD}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    os.replace(tmp, os.path.join(path, BUILD_RECORD))
     skipped = builder.info.metadata["skipped"]
     if skipped:
         log.warning("built %s without %d bad rows", path, len(skipped))
     return tfds.builder_from_directory(path)
 
 
+def files_digest(path: str | os.PathLike) -> str:
+    """SHA-256 over the built dataset's files (names and contents; the build record left out). Large
+    files' digests are remembered per file identity in the per-user cache (``hashing.file_digest``)."""
+    return hashing.directory_digest(
+        path, workdir.user_cache_dir("digests"), skip=lambda name: name.name.startswith(BUILD_RECORD)
+    )
+
+
+def recorded_digest(path: str | os.PathLike) -> str | None:
+    """The files' digest the build recorded, or None (no record: an older build, or a damaged one)."""
+    try:
+        with open(os.path.join(path, BUILD_RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record.get("files_digest") if isinstance(record, dict) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=cli.prog("smartvlm_jax.data.build"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data-root", required=True, help="SMART-101 layout folder (release or synthetic)")
     parser.add_argument("--data-dir", required=True, help="TFDS data dir to write into")
     parser.add_argument(
-        "--puzzles", type=int, nargs="*", default=None, help="puzzle ids (default: all found)"
+        "--puzzles", nargs="+", default=None, help="all (the default: every folder found) or ids: 1,2,3"
     )
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip rows with bad images (logged)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset in --data-dir")
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    # The console's rule: the project's lines and warnings, not the libraries' INFO lines (absl's).
+    console.configure(None, 0).set_process(0)
 
     def run() -> None:
+        puzzles = cli.puzzle_ids_flag(args.puzzles, "--puzzles")
         builder = build(
             args.data_root,
             args.data_dir,
-            args.puzzles if args.puzzles else "all",
+            puzzles,
             skip_bad_rows=args.skip_bad_rows,
             overwrite=args.overwrite,
         )
         meta = builder.info.metadata
         count = builder.info.splits[SPLIT].num_examples
+        for line in meta["skipped"]:  # each bad row named once
+            print(f"skipped {line}")
         skipped = len(meta["skipped"])
         print(f"{builder.data_dir}: {count} rows of puzzles {meta['puzzle_ids']}, {skipped} skipped")
 

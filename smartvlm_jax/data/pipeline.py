@@ -16,7 +16,6 @@ sees exactly the next batch.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from smartvlm_jax import console, images
 from smartvlm_jax.data import smart101
 from smartvlm_jax.data.tfds_smart101 import SPLIT, dataset_path
 
@@ -170,8 +170,7 @@ class _Decode:
     def __call__(self, planned: tuple[int, bool]) -> Batch:
         record_number, mask = planned
         record = self._source[record_number]
-        with Image.open(io.BytesIO(record["image"])) as im:
-            image = smart101.resize_shorter_side(im, self._side)
+        image = smart101.resize_shorter_side(images.open_image(bytes(record["image"])), self._side)
         question = record["question"]
         question = question.decode("utf-8") if isinstance(question, bytes) else str(question)
         example = {
@@ -271,14 +270,27 @@ def make_pipeline(
     local_batch = global_batch_size // process_count
     ds = ds[start_batch * local_batch :]
     ds = ds.map(_Decode(source, preprocessors, tokenizer, data_cfg.get("image_side", smart101.IMAGE_SIDE)))
+    if worker_count > 0:
+        # Worker processes take every worker_count-th element of what they are given, and mp_prefetch
+        # interleaves their outputs in turn: given whole batches, batch k comes from worker k % n and
+        # the order is that of worker_count=0. (Given examples batched later, each worker batched its
+        # own every-n-th examples: batch 0 held rows 0, 2, 4, ...) Each worker decodes its batch's
+        # examples in its own threads.
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags: their defaults, outside an app
+            flags.FLAGS.mark_as_parsed()
+        batched = ds.batch(local_batch, drop_remainder=True)
+        read = grain.ReadOptions(num_threads=max(1, read_threads // worker_count), prefetch_buffer_size=2)
+        return batched.to_iter_dataset(read).mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count),
+            worker_init_fn=console.worker_routing(),  # workers log where this process does
+        )
     # Threads decode single examples ahead of the batcher; a batch then needs no more than a copy.
     read = grain.ReadOptions(
         num_threads=read_threads, prefetch_buffer_size=max(2 * local_batch, read_threads)
     )
-    iter_ds = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
-    if worker_count > 0:
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter_ds
+    return ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
 
 
 def global_batch(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

@@ -387,8 +387,7 @@ def rows_fingerprint(rows: Iterable[Row]) -> str:
 def check_image(row: Row) -> None:
     """Raise BadImageError naming the file and the CSV row if the row's image is missing or undecodable."""
     try:
-        with Image.open(row.image_path) as im:
-            im.load()
+        images.open_image(row.image_path)
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(
             f"puzzle {row.puzzle_id} CSV row {row.row_index} (id {row.instance_id}): "
@@ -397,11 +396,16 @@ def check_image(row: Row) -> None:
 
 
 def drop_bad_images(
-    rows: Sequence[Row], skip_bad_rows: bool, progress: Callable[[], None] | None = None
+    rows: Sequence[Row],
+    skip_bad_rows: bool,
+    progress: Callable[[], None] | None = None,
+    level: int = logging.WARNING,
 ) -> tuple[list[Row], list[str]]:
     """Rows whose images decode; a bad image raises, or with `skip_bad_rows` is skipped, counted, logged.
 
-    `progress`, if given, is called after each row's image is checked (a progress bar's update).
+    `progress`, if given, is called after each row's image is checked (a progress bar's update). `level`:
+    the log level of the skipped rows' lines (the dataset builder logs them at DEBUG: its caller reports
+    them, so that each is shown once).
     """
     good, skipped = [], []
     for row in rows:
@@ -410,7 +414,7 @@ def drop_bad_images(
         except BadImageError as e:
             if not skip_bad_rows:
                 raise
-            log.warning("skipping bad row: %s", e)
+            log.log(level, "skipping bad row: %s", e)
             skipped.append(str(e))
             continue
         finally:
@@ -418,7 +422,7 @@ def drop_bad_images(
                 progress()
         good.append(row)
     if skipped:
-        log.warning("skipped %d of %d rows with bad images", len(skipped), len(rows))
+        log.log(level, "skipped %d of %d rows with bad images", len(skipped), len(rows))
     return good, skipped
 
 
@@ -442,9 +446,9 @@ def resize_shorter_side(image: Image.Image | np.ndarray, side: int = IMAGE_SIDE)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """The reference's image: open, convert to RGB, shorter side 224 (bilinear, antialiased)."""
-    with Image.open(path) as im:
-        return resize_shorter_side(im)
+    """The reference's image: open (EXIF orientation applied, the pixel limit checked: `images.open_image`),
+    convert to RGB, shorter side 224 (bilinear, antialiased)."""
+    return resize_shorter_side(images.open_image(path))
 
 
 # A data root's own description of its puzzles (`synthetic.write_dataset` writes one): id, type, name.
@@ -482,9 +486,12 @@ def read_puzzle_info(root: str | os.PathLike | None = None) -> dict[int, PuzzleI
     return info
 
 
-def write_puzzle_info(root: str | os.PathLike, info: Mapping[int, PuzzleInfo]) -> pathlib.Path:
-    """Writes `<root>/puzzle_info.csv` (id, type, name; sorted by id), which `read_puzzle_info` prefers."""
-    path = pathlib.Path(root, PUZZLE_INFO_CSV)
+def write_puzzle_info(
+    root: str | os.PathLike, info: Mapping[int, PuzzleInfo], suffix: str = ""
+) -> pathlib.Path:
+    """Writes `<root>/puzzle_info.csv` (id, type, name; sorted by id), which `read_puzzle_info` prefers;
+    `suffix` is added to the file name (a temporary name to rename into place). Returns the path."""
+    path = pathlib.Path(root, PUZZLE_INFO_CSV + suffix)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(PUZZLE_INFO_COLUMNS)

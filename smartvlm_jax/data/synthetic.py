@@ -29,13 +29,16 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smartvlm_jax import assets, puzzles
+from smartvlm_jax import assets, cli, puzzles
 from smartvlm_jax.data import smart101
 
 LETTERS = ("A", "B", "C", "D", "E")
@@ -544,21 +547,40 @@ def write_puzzle(out_dir: str, puzzle_id: int, per_puzzle: int, seed: int) -> No
 
     The CSV is `puzzle_<pid>.csv`, except the release's misnamed `62/puzzle_63.csv`. Nothing written has
     surrounding whitespace in `Answer` or an option (SPEC section 1: the reference does not strip them).
-    The random stream depends on (seed, puzzle_id) only.
+    The random stream depends on (seed, puzzle_id) only. The folder is written under a temporary name
+    in `out_dir` and renamed into place whole (replacing an older one), so a reader, or a writer
+    interrupted or racing another, never leaves or sees a CSV without its images or the reverse.
     """
     make = generator(puzzle_id)
     rng = np.random.default_rng([seed, puzzle_id])
-    folder = os.path.join(out_dir, str(puzzle_id))
-    os.makedirs(os.path.join(folder, "img"), exist_ok=True)
-    csv_name = smart101.MISNAMED_CSV.get(puzzle_id, f"puzzle_{puzzle_id}.csv")
-    with open(os.path.join(folder, csv_name), "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)  # QUOTE_MINIMAL: questions with commas are quoted, as in the release
-        writer.writerow(CSV_HEADER)
-        for k in range(1, per_puzzle + 1):
-            question, im, options, index = make(rng)
-            image = f"puzzle_{puzzle_id}_e_{k}.png"
-            _save_png(im, os.path.join(folder, "img", image), rgba=bool(rng.random() < 0.3))
-            writer.writerow([k, question, image, *options, LETTERS[index], "synthetic"])
+    final = os.path.join(out_dir, str(puzzle_id))
+    folder = tempfile.mkdtemp(prefix=f".{puzzle_id}.tmp-", dir=out_dir)
+    try:
+        os.makedirs(os.path.join(folder, "img"))
+        csv_name = smart101.MISNAMED_CSV.get(puzzle_id, f"puzzle_{puzzle_id}.csv")
+        with open(os.path.join(folder, csv_name), "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)  # QUOTE_MINIMAL: questions with commas are quoted, as in the release
+            writer.writerow(CSV_HEADER)
+            for k in range(1, per_puzzle + 1):
+                question, im, options, index = make(rng)
+                image = f"puzzle_{puzzle_id}_e_{k}.png"
+                _save_png(im, os.path.join(folder, "img", image), rgba=bool(rng.random() < 0.3))
+                writer.writerow([k, question, image, *options, LETTERS[index], "synthetic"])
+        os.chmod(folder, 0o755)  # (mkdtemp's 0o700)
+        _swap_into_place(folder, final)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # only what an error left
+
+
+def _swap_into_place(new: str, final: str) -> None:
+    """Rename folder `new` to `final`; an existing `final` is renamed aside first and removed after."""
+    old = None
+    if os.path.lexists(final):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-", dir=os.path.dirname(final))
+        os.rename(final, os.path.join(old, "x"))
+    os.rename(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_ids(puzzle_ids: str | Sequence[int] | None) -> list[int]:
@@ -597,7 +619,10 @@ def write_dataset(
     """
     ids = resolve_ids(puzzle_ids)
     os.makedirs(out_dir, exist_ok=True)
-    smart101.write_puzzle_info(out_dir, {pid: puzzle_info(pid) for pid in ids})
+    info = smart101.write_puzzle_info(
+        out_dir, {pid: puzzle_info(pid) for pid in ids}, suffix=f".{os.getpid()}.tmp"
+    )
+    os.replace(info, os.path.join(out_dir, smart101.PUZZLE_INFO_CSV))
     done = progress or (lambda pid: None)
     if workers <= 1 or len(ids) == 1:
         for pid in ids:
@@ -615,38 +640,43 @@ def write_dataset(
     return ids
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=cli.prog("smartvlm_jax.data.synthetic"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="output folder (the SMART-101 root layout)")
     parser.add_argument("--per-puzzle", type=int, default=40, help="instances per puzzle")
     parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal files")
     parser.add_argument(
         "--puzzles",
-        nargs="*",
+        nargs="+",
         default=None,
-        help='"all" (ids 1..101) or puzzle ids (default: the 11 families)',
+        help="all (ids 1..101) or puzzle ids: 1,2,3 (default: the 11 families)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="writer processes (default: CPU count)"
     )
+    parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
-    puzzle_ids = args.puzzles
-    if puzzle_ids == ["all"]:
-        puzzle_ids = "all"
-    elif puzzle_ids is not None:
-        if not all(p.isdigit() for p in puzzle_ids):
-            parser.error(f'--puzzles takes "all" alone or puzzle ids, not {puzzle_ids}')
-        puzzle_ids = [int(p) for p in puzzle_ids]
-    start = time.perf_counter()
-    ids = write_dataset(args.out, args.per_puzzle, args.seed, puzzle_ids, workers=args.workers)
-    shown = "1..101" if len(ids) == len(puzzles.ALL_PUZZLE_IDS) else ids
-    print(
-        f"wrote {args.per_puzzle} instances of puzzles {shown} to {args.out} "
-        f"in {time.perf_counter() - start:.1f} s ({args.workers} workers)"
-    )
+
+    def run() -> None:
+        puzzle_ids = None if args.puzzles is None else cli.puzzle_ids_flag(args.puzzles, "--puzzles")
+        try:
+            ids = resolve_ids(puzzle_ids)
+        except ValueError as e:
+            raise ValueError(f"--puzzles: {e}") from None
+        start = time.perf_counter()
+        write_dataset(args.out, args.per_puzzle, args.seed, ids, workers=args.workers)
+        shown = "1..101" if len(ids) == len(puzzles.ALL_PUZZLE_IDS) else ids
+        print(
+            f"wrote {args.per_puzzle} instances of puzzles {shown} to {args.out} "
+            f"in {time.perf_counter() - start:.1f} s ({args.workers} workers)"
+        )
+
+    return cli.run(run, traceback=args.traceback)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

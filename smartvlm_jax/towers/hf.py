@@ -54,9 +54,15 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 def _load_safetensors(file: str) -> dict[str, np.ndarray]:
+    """The tensors of ``file``; ValueError naming the file for one that is not whole safetensors (a
+    truncated download, an interrupted copy)."""
+    import safetensors
     from safetensors.numpy import load_file
 
-    return dict(load_file(file))
+    try:
+        return dict(load_file(file))
+    except safetensors.SafetensorError as e:
+        raise ValueError(f"{file} is not a readable safetensors file (truncated?): {e}") from None
 
 
 def _load_bin(file: str) -> dict[str, np.ndarray]:

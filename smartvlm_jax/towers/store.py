@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from smartvlm_jax import fileio, hashing
+from smartvlm_jax import fileio, hashing, workdir
 from smartvlm_jax.towers import hf, preprocess
 from smartvlm_jax.towers.params import check_tree, flatten, random_init, to_device, unflatten
 from smartvlm_jax.towers.registry import (
@@ -157,6 +157,7 @@ def load(
 
 
 def _load_converted(path: str, part: str, dtype: str) -> Tower:
+    workdir.check_path(os.path.abspath(path), "tower")  # Orbax reads it back by a glob over the path
     meta = read_meta(path)
     if part not in meta["parts"]:
         raise ValueError(f"{path} has no {part!r} part; it has {sorted(meta['parts'])}")
@@ -199,6 +200,7 @@ def write_converted(
     tokenizer: TextTokenizer | None = None,
 ) -> str:
     """Writes flat float32 weights of ``parts`` in the converted format (atomically); returns the path."""
+    workdir.check_path(os.path.abspath(out_dir), "tower")  # before any work: Orbax globs over the path
     model_type = str(top_config["model_type"])
     entry = model_type_entry(model_type)
     meta_parts: dict[str, Any] = {}

@@ -54,7 +54,8 @@ class TextTokenizer:
     ``hf``: a ``transformers`` tokenizer (``SiglipTokenizer`` / ``BertTokenizer``). Each text becomes
     its special-token-framed ids (SigLIP ``... </s>``; BERT ``[CLS] ... [SEP]``), truncated to
     ``max_length`` and padded with the pad id. Picklable (for grain workers): transformers' tokenizers
-    pickle, SigLIP's by the path of its ``spiece.model``, which must still exist where it is unpickled.
+    pickle, SigLIP's by the absolute path of its ``spiece.model``, which must still exist where it is
+    unpickled (a relative path given is resolved first: a worker may start in another directory).
     """
 
     kind: str
@@ -72,7 +73,7 @@ class TextTokenizer:
         Raises ``KeyError`` for a kind without a text tokenizer.
         """
         spec = KINDS[kind]
-        path = os.fspath(path)
+        path = os.path.abspath(path)  # SigLIP's pickles by its file's path: valid from any directory
         if not any(os.path.isfile(os.path.join(path, f)) for f in spec.files):
             return None
         hf = _hf_class(kind).from_pretrained(path)
@@ -87,7 +88,7 @@ class TextTokenizer:
         """A tokenizer from one vocabulary file (SigLIP: ``spiece.model``; BERT: ``vocab.txt``) and the
         transformers constructor's settings (``do_lower_case``, special tokens, ``max_length``): what random
         towers are given, and what version-1 converted directories recorded in ``towers.json``."""
-        file = os.fspath(file)
+        file = os.path.abspath(file)  # SigLIP's pickles by this path: valid from any directory
         max_length = int(settings.pop("max_length", KINDS[kind].max_length))
         settings.pop("max_input_chars_per_word", None)  # WordPiece's default (100); not a constructor arg
         if kind == "siglip":

@@ -172,3 +172,17 @@ def test_global_batch_on_a_mesh(built_dir):
 def test_too_small_split_is_an_error(built_dir):
     with pytest.raises(ValueError, match="fewer than one global batch"):
         _pipe(built_dir, "val", global_batch_size=64)
+
+
+@pytest.mark.slow  # two spawned worker processes start: ~15 s
+def test_worker_processes_give_the_rows_of_no_workers_in_the_same_order(built_dir):
+    """grain's worker processes each take every n-th element: of whole batches, not of examples, so that
+    batch k is the one worker_count=0 yields (issue 28, item 6: batch 0 held rows 0, 2, 4, ... before)."""
+
+    def ids(worker_count):
+        pipe = _pipe(built_dir, "train", global_batch_size=8, worker_count=worker_count)
+        return [(b["puzzle_ids"].tolist(), b["instance_ids"].tolist(), b["image/tiny"].sum()) for b in pipe]
+
+    plain = ids(0)
+    assert len(plain) >= 4
+    assert ids(2) == plain

@@ -149,5 +149,17 @@ def test_cli(tmp_path, capsys):
     synthetic.main(["--out", str(tmp_path), "--per-puzzle", "1", "--puzzles", "2", "62", "--workers", "1"])
     assert smart101.found_puzzle_ids(str(tmp_path)) == [2, 62]
     assert "puzzles [2, 62]" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        synthetic.main(["--out", str(tmp_path), "--puzzles", "all", "3"])
+    # Errors are one line naming the flag (issue 28): "all" with ids, an id outside 1..101.
+    assert synthetic.main(["--out", str(tmp_path), "--puzzles", "all", "3"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --puzzles takes all or puzzle ids separated by commas (1,2,3), not 'all,3'"
+    )
+    assert synthetic.main(["--out", str(tmp_path / "x"), "--puzzles", "2", "200"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: --puzzles: no synthetic puzzle for ids [200]: ids are 1..101 (families: "
+        f"{sorted(synthetic.FAMILIES)})"
+    )
+    assert not (tmp_path / "x").exists()
+    # The separator of the other commands' --puzzles: commas.
+    assert synthetic.main(["--out", str(tmp_path / "y"), "--per-puzzle", "1", "--puzzles", "3,7"]) == 0
+    assert smart101.found_puzzle_ids(str(tmp_path / "y")) == [3, 7]

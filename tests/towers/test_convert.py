@@ -260,3 +260,35 @@ def test_siglip_so400m_shapes_match_transformers():
     family, vision_cfg = part_config(SO400M, "vision")
     n_vision = sum(int(np.prod(s.shape)) for s in family.specs(vision_cfg).values())
     assert 4.2e8 < n_vision < 4.4e8  # "so400m": ~428M vision parameters
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path, hf_tiny, capsys):
+    src = tmp_path / "truncated"
+    shutil.copytree(hf_tiny["dinov2"], src)
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted download
+    with pytest.raises(ValueError, match=rf"^{weights} is not a readable safetensors file \(truncated\?\)"):
+        towers.load(str(src), "vision")
+    assert cli.main(["hf", "--src", str(src), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"error: converting {src}: {weights} is not a readable safetensors file (truncated?)"
+    )
+    assert "\n" not in err
+
+
+def test_converted_towers_refuse_glob_characters_in_their_path(tmp_path, hf_tiny, capsys):
+    out = tmp_path / "towers[1]"
+    assert cli.main(["hf", "--src", hf_tiny["dinov2"], "--out", str(out)]) == 1
+    assert "holds [ ]: Orbax finds checkpoint files by a glob pattern" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_relative_tokenizer_path_pickles_from_any_directory(tmp_path, hf_tiny, monkeypatch):
+    parent, name = os.path.split(hf_tiny["siglip"])
+    monkeypatch.chdir(parent)
+    text = towers.load(name, "text")  # relative
+    assert os.path.isabs(text.tokenizer.hf.vocab_file)
+    payload = pickle.dumps(text.tokenizer)
+    monkeypatch.chdir(tmp_path)  # a worker that starts elsewhere
+    np.testing.assert_array_equal(pickle.loads(payload)(["how many?"]), text.tokenizer(["how many?"]))

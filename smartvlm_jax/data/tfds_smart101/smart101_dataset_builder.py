@@ -92,7 +92,10 @@ class Smart101(tfds.core.GeneratorBasedBuilder):
         for row in rows:
             num_rows[row.puzzle_id] = num_rows.get(row.puzzle_id, 0) + 1
         with console.Progress("dataset: images checked", len(rows), "images", leave=False) as progress:
-            good, skipped = smart101.drop_bad_images(rows, self._skip_bad_rows, progress.update)
+            # DEBUG: build() and its callers name the skipped rows (the metadata's "skipped") once
+            good, skipped = smart101.drop_bad_images(
+                rows, self._skip_bad_rows, progress.update, logging.DEBUG
+            )
         self.info.metadata.update(
             {
                 "source": os.path.abspath(root),

@@ -1,0 +1,115 @@
+"""The workdir: paths Orbax can read back (no glob characters; spaces and any Unicode welcome), and one run
+at a time (Workdir.lock)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+import pytest
+
+from smartvlm_jax.workdir import Workdir, WorkdirLockedError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", ["exp[1]", "exp]", "a*b", "what?"])
+def test_glob_characters_are_refused_in_one_line(tmp_path, name):
+    with pytest.raises(ValueError, match=r"holds .*: Orbax finds checkpoint files by a glob pattern"):
+        Workdir(tmp_path / name)
+    with pytest.raises(ValueError):  # anywhere in the path, not only the last folder
+        Workdir(tmp_path / name / "run")
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("module", ["smartvlm_jax.main", "smartvlm_jax.sweep", "smartvlm_jax.evaluate"])
+def test_every_entry_point_refuses_them_before_any_work(tmp_path, module):
+    workdir = tmp_path / "runs" / "exp[1]"
+    config = ["--config", "configs/paper.py:smoke" if module.endswith("sweep") else "configs/smoke.py"]
+    args = ["--workdir", str(workdir), *(config if not module.endswith("evaluate") else [])]
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert out.returncode == 1 and out.stderr.strip() == (
+        f"error: --workdir {str(workdir)!r} holds [ ]: Orbax finds checkpoint files by a glob pattern over "
+        "the path, so no path here may hold [ ] * or ?; choose another folder name"
+    ), out.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["with space", "ünïcødé 実験", "tab\tand 'quote'"])
+def test_spaces_and_unicode_hold_a_checkpoint_orbax_reads_back(tmp_path, name):
+    wd = Workdir(tmp_path / name)
+    manager = ocp.CheckpointManager(wd.checkpoints)
+    manager.save(3, args=ocp.args.StandardSave({"w": jnp.arange(4.0)}))
+    manager.wait_until_finished()
+    again = ocp.CheckpointManager(wd.checkpoints)
+    restored = again.restore(again.latest_step(), args=ocp.args.StandardRestore({"w": jnp.zeros(4)}))
+    assert again.latest_step() == 3 and restored["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def _hold(root, ready, release):  # another process holding the lock
+    with Workdir(root).lock():
+        ready.set()
+        release.wait(60)
+
+
+def test_a_second_holder_is_refused_naming_the_first(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path / "w"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(WorkdirLockedError) as refused:
+            with Workdir(tmp_path / "w").lock():
+                pass
+        message = str(refused.value)
+        assert "\n" not in message
+        holder_named = f"pid {holder.pid} on host {socket.gethostname()} since "
+        assert message.startswith(f"{tmp_path / 'w'} is in use by another run: {holder_named}"), message
+        assert message.endswith("; wait for that run to end, or choose another workdir")
+    finally:
+        release.set()
+        holder.join(60)
+    with Workdir(tmp_path / "w").lock() as me:  # released when the holder left
+        assert me["pid"] == os.getpid()
+
+
+def test_the_same_process_cannot_hold_it_twice_and_release_frees_it(tmp_path):
+    wd = Workdir(tmp_path)
+    with wd.lock() as me:
+        assert json.loads(wd.lock_file.read_text()) == me
+        with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()} on host"):
+            with wd.lock():
+                pass
+    assert wd.lock_file.read_text() == ""  # released: no holder named
+    with wd.lock():
+        pass
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
+    holder.start()
+    assert ready.wait(60)
+    os.kill(holder.pid, signal.SIGKILL)  # no cleanup of any kind
+    holder.join(60)
+    left = json.loads(Workdir(tmp_path).lock_file.read_text())
+    assert left["pid"] == holder.pid  # its record is still there
+    with Workdir(tmp_path).lock() as me:
+        assert me["pid"] == os.getpid()
+        assert json.loads(Workdir(tmp_path).lock_file.read_text())["pid"] == os.getpid()
