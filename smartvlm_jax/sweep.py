@@ -305,6 +305,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     for row in rows:  # every member against every row's config, before any work
         train.check_members(row_config(config, row, {}), [m for _, m in members])
     check_same_sweep(config, root / "config.json")
+    with train.lock(Workdir(root)):  # one sweep per workdir
+        return sweep_rows(config, root, rows, members, start)
+
+
+def sweep_rows(
+    config: ml_collections.ConfigDict,
+    root: pathlib.Path,
+    rows: Sequence[str],
+    members: Sequence[tuple[dict[str, float], Any]],
+    start: float,
+) -> dict:
+    """:func:`run_sweep` once its checks passed, holding the sweep's workdir: the shared inputs, the rows
+    not done before, the table."""
+    from smartvlm_jax import train
+
     with train.StopSignal() as stop:
         try:
             shared = shared_inputs(config, rows, root, stop)

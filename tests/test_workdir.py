@@ -113,3 +113,24 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     with Workdir(tmp_path).lock() as me:
         assert me["pid"] == os.getpid()
         assert json.loads(Workdir(tmp_path).lock_file.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("module", ["smartvlm_jax.main", "smartvlm_jax.sweep"])
+def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module):
+    """Two runs (or sweeps) on one workdir: the second stops before any work, naming the first."""
+    workdir = tmp_path / "busy"
+    config = "configs/paper.py:smoke" if module.endswith("sweep") else "configs/smoke.py"
+    with Workdir(workdir).lock() as holder:
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--config", config, "--workdir", str(workdir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            timeout=300,
+        )
+    assert out.returncode == 1, out.stderr[-2000:]
+    line = f"error: {workdir} is in use by another run: pid {holder['pid']} on host {holder['host']} since "
+    errors = [text for text in out.stderr.splitlines() if text.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(line) and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (workdir / "synthetic").exists() and not (workdir / "config.json").exists()

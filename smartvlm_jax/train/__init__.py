@@ -30,7 +30,7 @@ from smartvlm_jax.train.checks import (
 from smartvlm_jax.train.evaluation import Evaluator, evaluate_workdir
 from smartvlm_jax.train.group import RESERVED_NAMES, Group, Member, check_members, member_config
 from smartvlm_jax.train.inputs import GatherCached, Inputs, cached_batches, prepare_inputs
-from smartvlm_jax.train.loop import train_and_evaluate, train_group, train_members
+from smartvlm_jax.train.loop import lock, train_and_evaluate, train_group, train_members
 from smartvlm_jax.train.setup import (
     SPLITS,
     Run,
@@ -66,6 +66,7 @@ __all__ = [
     "data_seed",
     "evaluate_workdir",
     "id_ranges",
+    "lock",
     "member_config",
     "member_step",
     "predict_step",

@@ -8,6 +8,7 @@ validation record :class:`~smartvlm_jax.train.monitor.History`', the saves and e
 :class:`~smartvlm_jax.train.checkpointer.Checkpointer`'s.
 """
 
+import contextlib
 import logging
 import math
 import pathlib
@@ -92,18 +93,25 @@ def train_group(
     stop: threading.Event | None = None,
     features_ready: threading.Event | None = None,
 ) -> list[dict]:
-    """:func:`run_group` under a :class:`StopSignal` (``stop``: the caller's event instead of handlers):
+    """:func:`run_group` holding the workdir's lock (:func:`lock`), under a :class:`StopSignal` (``stop``:
+    the caller's event instead of handlers):
     SIGTERM or a first Ctrl-C stops the run where it is safe, keeping what it finished (a checkpoint in
     the loop; the store's shards while extracting), and it returns ``{"stopped_at_step": n}`` per member
     (n: the latest checkpoint's step). The same command then resumes."""
     workdir.root.mkdir(parents=True, exist_ok=True)
-    with StopSignal(stop) as stop_signal:
+    with StopSignal(stop) as stop_signal, lock(workdir):
         try:
             return run_group(config, workdir, compiles, members, stop_signal, plots, label, features_ready)
         except Stopped as e:
             log.info("%s%s: stopped; the same command resumes", f"{label}: " if label else "", e)
             step = latest_step(workdir)
             return [{"stopped_at_step": step} for _ in members or [None]]
+
+
+def lock(workdir: Workdir) -> contextlib.AbstractContextManager:
+    """One run per workdir: ``Workdir.lock`` on process 0 (WorkdirLockedError naming the holder's pid and
+    host when another live run has it); the other processes of a job share process 0's."""
+    return workdir.lock() if jax.process_index() == 0 else contextlib.nullcontext()
 
 
 def latest_step(workdir: Workdir) -> int:
