@@ -113,7 +113,7 @@ class ReferenceDesign:
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         self.cfg = head_cfg
-        self.names = TOWER_VARIANTS[head_cfg.features]
+        self.names = TOWER_VARIANTS[head_cfg.variant]
         self.towers: dict[str, Callable] = {}
         self.processors: dict[str, Any] = {}
         siglip = transformers.SiglipModel.from_pretrained(tower_dirs["siglip"]).eval()

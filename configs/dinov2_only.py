@@ -9,5 +9,5 @@ from configs import smarter
 
 def get_config():
     c = smarter.get_config()
-    c.model.features = "dinov2"
+    c.model.variant = "dinov2"
     return c

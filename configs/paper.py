@@ -7,7 +7,7 @@
 
 The config is a run config (configs/smarter.py, or configs/smoke.py with ``:smoke``) that every row starts
 from, plus the sweep's fields below. A row is one of this folder's configs applied as its difference from
-configs/smarter.py (``no_qf``: ``model.use_qf=False``; ``dinov2_only``: ``model.features="dinov2"``; ...),
+configs/smarter.py (``no_qf``: ``model.use_qf=False``; ``dinov2_only``: ``model.variant="dinov2"``; ...),
 so the table always trains what those configs train. ``seeds`` members per row (seeds ``seed``,
 ``seed + 1``, ...) train at once in one jitted step; ``grid`` adds head hyperparameters as more members.
 docs/sweep.md has the layout, the cost and the numbers.

@@ -9,5 +9,5 @@ from configs import smarter
 
 def get_config():
     c = smarter.get_config()
-    c.model.features = "siglip"
+    c.model.variant = "siglip"
     return c

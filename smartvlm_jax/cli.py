@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from smartvlm_jax import variants
+
 # ValueError covers MalformedRowError and config checks; OSError covers FileNotFoundError, FileExistsError,
 # NotADirectoryError and BadImageError; KeyError a missing checkpoint entry.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
@@ -176,6 +178,8 @@ def check_field(config: Any, field: str, label: str) -> None:
             where = ".".join(done)
             known = sorted(node.keys())
             close = difflib.get_close_matches(key, known, n=1)
+            if done == ["model"] and variants.RENAMED_FIELDS.get(key) in known:
+                close = [variants.RENAMED_FIELDS[key]]  # an older name of the head's field
             hint = (
                 f"did you mean --config.{'.'.join([*done, close[0]])}?"
                 if close

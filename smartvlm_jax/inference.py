@@ -7,7 +7,7 @@
 DIR is a training workdir (its ``best_model``, and its ``config.json`` naming the towers and the data
 settings) or a reasoner model dir (e.g. converted from a reference checkpoint), which names no towers: then
 ``towers`` must give them. Both heads are served: the SMARTER head and its ablations, and the SMART
-baseline (ResNet-50 + BERT); which towers a head needs comes from its ``features`` variant
+baseline (ResNet-50 + BERT); which towers a head needs comes from its ``variant``
 (:mod:`smartvlm_jax.variants`). Inputs take exactly the path of training and evaluation: the reference's
 first resize (RGB, shorter side 224, ``smart101.resize_shorter_side``), each vision tower's resizer, the
 text tower's tokenizer, ``features.FrozenTowers.features`` and the head; option values follow
@@ -144,15 +144,15 @@ class Predictor:
         towers_cfg = run.get("towers", {}) if run else {}
         dtype = dtype or towers_cfg.get("dtype", "float32")
         if towers is None:
-            needed = variants.get(cfg.features, "features").towers
+            needed = variants.get(cfg.variant).towers
             if not towers_cfg:
                 raise ValueError(
                     f"{path} is a model dir without a training run's config.json: pass the towers "
-                    f"(--towers DIR ...) its features={cfg.features!r} need: {', '.join(needed)}"
+                    f"(--towers DIR ...) its variant={cfg.variant!r} need: {', '.join(needed)}"
                 )
             towers = {name: towers_cfg.get(name, "") for name in needed}
         frozen = resolve_towers(
-            towers, cfg.features, dtype, str(path), cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
+            towers, cfg.variant, dtype, str(path), cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
         )
         image_side = (run or {}).get("data", {}).get("image_side", smart101.IMAGE_SIDE)
         return cls(
@@ -361,7 +361,7 @@ def resolve_towers(
     of one kind, a directory of an unused kind or a missing part is an error naming the directories and
     what the checkpoint needs.
     """
-    spec = variants.get(variant, "features")
+    spec = variants.get(variant)
     needed = spec.towers
     if isinstance(towers, Mapping):
         dirs = [os.fspath(d) for d in towers.values() if d]
@@ -375,13 +375,13 @@ def resolve_towers(
     extra = sorted(set(by_kind) - set(needed))
     if extra:
         raise ValueError(
-            f"{checkpoint_name} has features={variant!r}, which needs towers {list(needed)}; "
+            f"{checkpoint_name} has variant={variant!r}, which needs towers {list(needed)}; "
             f"towers of kind {extra} do not belong to it (given: {given})"
         )
     missing = [k for k in needed if k not in by_kind]
     if missing:
         raise ValueError(
-            f"{checkpoint_name} has features={variant!r}, which needs towers {list(needed)}; "
+            f"{checkpoint_name} has variant={variant!r}, which needs towers {list(needed)}; "
             f"missing {missing} (given: {given})"
         )
     load = functools.partial(towers_lib.load, dtype=dtype, cpu_onednn=cpu_onednn)
@@ -404,10 +404,10 @@ def resolve_towers(
 def check_towers(frozen: features.FrozenTowers, cfg: ml_collections.ConfigDict, source: str = "") -> None:
     """The towers' kinds and feature widths must be those the head was trained on; errors name both."""
     name = source or "the checkpoint"
-    spec = variants.get(cfg.features, "features")
+    spec = variants.get(cfg.variant)
     if tuple(frozen.vision) != spec.vision or any(t.kind != k for k, t in frozen.vision.items()):
         raise ValueError(
-            f"{name} has features={cfg.features!r} (vision towers {list(spec.vision)}), but the towers are "
+            f"{name} has variant={cfg.variant!r} (vision towers {list(spec.vision)}), but the towers are "
             f"{[t.kind for t in frozen.vision.values()]}"
         )
     if frozen.text.kind != spec.text or frozen.text.part != "text" or frozen.text_output != spec.text_output:
@@ -419,7 +419,7 @@ def check_towers(frozen: features.FrozenTowers, cfg: ml_collections.ConfigDict, 
     if frozen.vision_dim != config_lib.vision_dim(cfg):
         raise ValueError(
             f"vision towers give {frozen.vision_dim}-d features ({widths}), but {name} expects "
-            f"vision_dim {config_lib.vision_dim(cfg)} (features={cfg.features!r})"
+            f"vision_dim {config_lib.vision_dim(cfg)} (variant={cfg.variant!r})"
         )
     if frozen.text_dim != int(cfg.text_dim):
         raise ValueError(

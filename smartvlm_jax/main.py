@@ -48,10 +48,10 @@ def run_job(job: str, argv: list[str]) -> None:
     if not status and "model" in config:  # the head's choices named by their flags, before any work
         from smartvlm_jax import variants
 
-        flags_of = ("--config.model.features", "--config.model.head")
+        flags_of = ("--config.model.variant", "--config.model.head")
         model = config.model
         status = cli.run(
-            lambda: variants.check(model.features, model.get("head", "smarter"), flags_of),
+            lambda: variants.check(model.variant, model.head, flags_of),
             traceback=_TRACEBACK.value,
         )
     if status:

@@ -40,6 +40,7 @@ import ml_collections
 
 from smartvlm_jax import fileio, variants
 from smartvlm_jax import main as main_lib  # its flags: --config, --workdir, --traceback
+from smartvlm_jax.reasoner import config as head_config
 from smartvlm_jax.workdir import Workdir
 
 log = logging.getLogger("smartvlm_jax.sweep")  # (__name__ is "__main__" under python -m)
@@ -146,11 +147,11 @@ def shared_inputs(
     if config.towers.tiny:
         shared["towers.tiny"] = False
         for row, row_cfg in configs.items():
-            family = variants.get(row_cfg.model.features).head  # "smarter" or "baseline" towers
+            family = variants.get(row_cfg.model.variant).head  # "smarter" or "baseline" towers
             towers = train.prepare_towers(
                 row_cfg, Workdir(inputs.root / family), (r.question for r in data_rows)
             )
-            for name in variants.get(row_cfg.model.features).towers:
+            for name in variants.get(row_cfg.model.variant).towers:
                 shared[f"towers.{name}"] = towers[name]
             log.debug("row %s: tiny towers of %s", row, inputs.root / family)
     return shared
@@ -176,7 +177,10 @@ def check_same_sweep(config: ml_collections.ConfigDict, config_file) -> None:
     path = pathlib.Path(config_file)
     if not path.is_file():
         return
-    saved = _flatten(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+    if "model" in saved:  # written before a head field was renamed
+        saved["model"] = head_config.upgrade(saved["model"])
+    saved = _flatten(saved)
     now = _flatten(json.loads(config.to_json_best_effort()))
     changed = sorted(
         k for k in {*saved, *now} if saved.get(k) != now.get(k) and k.split(".")[0] not in SELECTION_FIELDS

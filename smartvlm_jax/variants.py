@@ -1,6 +1,6 @@
 """The feature variants: which frozen towers feed which head, in one table every stage reads.
 
-A variant is the value of ``config.model.features`` (and of a saved head's ``features``). It fixes the
+A variant is the value of ``config.model.variant`` (and of a saved head's ``variant``). It fixes the
 vision towers whose mean-pooled features are concatenated (in this order), the text tower and what it
 gives the head, the head that takes those features, and the widths of the base towers' features:
 
@@ -58,11 +58,16 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def get(name: str, field: str = "features") -> Variant:
+# Back-compat, and only that: head-config fields renamed since some model dirs and run configs were written
+# (old name -> new name; reasoner.config.upgrade reads old files, the CLI names the new flag).
+RENAMED_FIELDS = {"features": "variant"}
+
+
+def get(name: str, field: str = "variant") -> Variant:
     """The variant called ``name``; ``ValueError`` naming ``field`` and the known variants otherwise.
 
-    ``field`` names the value as the caller knows it: the head config's ``features`` by default, from
-    Python; the command-line layer passes its flag (``--config.model.features``)."""
+    ``field`` names the value as the caller knows it: the head config's ``variant`` by default, from
+    Python; the command-line layer passes its flag (``--config.model.variant``)."""
     if name not in VARIANTS:
         raise ValueError(f"{field}={name!r} is not one of {sorted(VARIANTS)}")
     return VARIANTS[name]
@@ -73,7 +78,7 @@ def for_head(head: str) -> list[str]:
     return sorted(v.name for v in VARIANTS.values() if v.head == head)
 
 
-def check(name: str, head: str | None = None, fields: tuple[str, str] = ("features", "head")) -> Variant:
+def check(name: str, head: str | None = None, fields: tuple[str, str] = ("variant", "head")) -> Variant:
     """The variant, checked against the head it will feed; ``ValueError`` naming both ``fields`` (the head
     config's names from Python; the command line passes its flags).
 
@@ -84,6 +89,6 @@ def check(name: str, head: str | None = None, fields: tuple[str, str] = ("featur
     if head is not None and head != variant.head:
         raise ValueError(
             f"{fields[0]}={name!r} feeds the {variant.head!r} head, but {fields[1]}="
-            f"{head!r} (features for that head: {for_head(head)})"
+            f"{head!r} (variants for that head: {for_head(head)})"
         )
     return variant

@@ -127,8 +127,8 @@ def test_predict_counts_are_checked_by_flag():
         ),
         (
             "smartvlm_jax.main",
-            ["--config", "configs/smoke.py", "--config.model.features=bogus"],
-            "error: --config.model.features='bogus' is not one of ['dinov2', 'fused', 'resnet', 'siglip']",
+            ["--config", "configs/smoke.py", "--config.model.variant=bogus"],
+            "error: --config.model.variant='bogus' is not one of ['dinov2', 'fused', 'resnet', 'siglip']",
         ),
         (
             "smartvlm_jax.sweep",
@@ -196,7 +196,7 @@ def test_console_scripts_name_themselves_in_their_usage(script, module, argv, mo
 def test_variant_errors_from_python_name_the_head_config_fields_not_flags():
     from smartvlm_jax import variants
 
-    with pytest.raises(ValueError, match=r"^features='bogus' is not one of \['dinov2'"):
+    with pytest.raises(ValueError, match=r"^variant='bogus' is not one of \['dinov2'"):
         variants.get("bogus")
-    with pytest.raises(ValueError, match=r"^features='fused' feeds the 'smarter' head, but head='baseline'"):
+    with pytest.raises(ValueError, match=r"^variant='fused' feeds the 'smarter' head, but head='baseline'"):
         variants.check("fused", "baseline")

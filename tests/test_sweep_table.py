@@ -37,8 +37,8 @@ def test_rows_are_the_configs_differences_from_smarter():
     rows = paper.get_config().row_overrides
     assert rows.smarter.to_dict() == {}
     assert rows.no_qf.to_dict() == {"model": {"use_qf": False}}
-    assert rows.dinov2_only.to_dict() == {"model": {"features": "dinov2"}}
-    assert rows.siglip_only.to_dict() == {"model": {"features": "siglip"}}
+    assert rows.dinov2_only.to_dict() == {"model": {"variant": "dinov2"}}
+    assert rows.siglip_only.to_dict() == {"model": {"variant": "siglip"}}
     assert rows.single_image_head.to_dict() == {"model": {"use_single_image_head": True}}
     assert rows.baseline.model.head == "baseline" and rows.baseline.optim.name == "adam"
     assert "cache_features" not in rows.baseline  # the sweep trains every row on the feature store

@@ -132,5 +132,6 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     assert out.returncode == 1, out.stderr[-2000:]
     line = f"error: {workdir} is in use by another run: pid {holder['pid']} on host {holder['host']} since "
     errors = [text for text in out.stderr.splitlines() if text.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(line) and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(line), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
     assert not (workdir / "synthetic").exists() and not (workdir / "config.json").exists()

@@ -13,7 +13,7 @@ it. Parameters that exist in the reference but take no part in its forward pass 
 layer, the dummy index-0 encoder and decoder) are checked for presence and ignored; o_encoder is ignored.
 
 A checkpoint of the SMART baseline (``run_baseline``: ResNet-50 + BERT, recognised by its ``q_lstm`` GRU)
-converts the same way into the baseline head (reasoner/baseline.py, ``features="resnet"``), through the
+converts the same way into the baseline head (reasoner/baseline.py, ``variant="resnet"``), through the
 rename table of ``convert/baseline_table.py``.
 """
 
@@ -256,7 +256,7 @@ def _fill_answer_decoders(params: dict, sd: Mapping[str, np.ndarray], cfg: ml_co
 
 
 def config_from_reference(
-    state_dict: Mapping[str, np.ndarray], puzzle_ids: list[int], features: str | None = None
+    state_dict: Mapping[str, np.ndarray], puzzle_ids: list[int], variant: str | None = None
 ) -> ml_collections.ConfigDict:
     """Infer the head's config (quirks on) from weight shapes: sizes, variant and each C_p."""
     shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
@@ -267,20 +267,20 @@ def config_from_reference(
         return shapes[key]
 
     if is_baseline(state_dict):
-        return _baseline_config(shapes, need, puzzle_ids, features)
+        return _baseline_config(shapes, need, puzzle_ids, variant)
     cfg = config_lib.default_config()
     cfg.reference_quirks = True
     cfg.use_single_image_head = "im_encoder.0.weight" in shapes
     first = "im_encoder.0.weight" if cfg.use_single_image_head else "im_encoder.1.0.weight"
     cfg.repr_size, vision_dim = need(first)
-    if features is None:
+    if variant is None:
         matches = [f for f in variants.for_head("smarter") if variants.get(f).vision_dim == vision_dim]
         if len(matches) != 1:
             raise ConversionError(
-                f"{first} has input width {vision_dim}: pass --features {'|'.join(matches)}"
+                f"{first} has input width {vision_dim}: pass --variant {'|'.join(matches)}"
             )
-        features = matches[0]
-    cfg.features = features
+        variant = matches[0]
+    cfg.variant = variant
     cfg.use_qf = "qf.intermediate.dense.weight" in shapes
     if cfg.use_qf:
         cfg.h_sz, cfg.text_dim = need("qf.intermediate.dense.weight")
@@ -316,14 +316,14 @@ def _decoder_classes(
     return ids, classes
 
 
-def _baseline_config(shapes, need, puzzle_ids: list[int], features: str | None) -> ml_collections.ConfigDict:
+def _baseline_config(shapes, need, puzzle_ids: list[int], variant: str | None) -> ml_collections.ConfigDict:
     """The baseline head's config (quirks on) from SMART baseline weights: R, H, widths and each C_p.
 
     The question length L is not in the weights (the GRU runs over any length); it stays BERT's 110.
     """
-    if features not in (None, "resnet"):
+    if variant not in (None, "resnet"):
         raise ConversionError(
-            f"--features {features}: a SMART baseline checkpoint (q_lstm) takes ResNet-50 features (resnet)"
+            f"--variant {variant}: a SMART baseline checkpoint (q_lstm) takes ResNet-50 features (resnet)"
         )
     cfg = config_lib.baseline_config()
     cfg.reference_quirks = True
@@ -356,10 +356,10 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def convert(
-    state_dict: Mapping[str, np.ndarray], puzzle_ids: list[int], out_dir: str | pathlib.Path, features=None
+    state_dict: Mapping[str, np.ndarray], puzzle_ids: list[int], out_dir: str | pathlib.Path, variant=None
 ) -> pathlib.Path:
     """Convert reference arrays to a model dir; writes nothing unless the whole conversion succeeds."""
-    cfg = config_from_reference(state_dict, puzzle_ids, features)
+    cfg = config_from_reference(state_dict, puzzle_ids, variant)
     params = params_from_reference(state_dict, cfg)
     out = pathlib.Path(out_dir).absolute()
     if out.exists() and any(out.iterdir()):
@@ -379,19 +379,20 @@ def _parse_puzzles(text: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    """CLI: `reference --ckpt X.pth --puzzles all|ID,ID --out DIR [--features fused|dinov2|siglip|resnet]`."""
+    """CLI: `reference --ckpt X.pth --puzzles all|ID,ID --out DIR [--variant fused|dinov2|siglip|resnet]`
+    (``--features``: the older name of ``--variant``)."""
     parser = argparse.ArgumentParser(
         prog=cli.prog("smartvlm_jax.convert") + " reference", description=__doc__
     )
     parser.add_argument("--ckpt", required=True, help="reference checkpoint {'net': state_dict, ...}")
     parser.add_argument("--puzzles", required=True, help="'all' or the run's puzzle ids, comma separated")
     parser.add_argument("--out", required=True, help="model dir to write (must not exist or be empty)")
-    parser.add_argument("--features", choices=sorted(variants.VARIANTS), default=None)
+    parser.add_argument("--variant", "--features", choices=sorted(variants.VARIANTS), default=None)
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args = parser.parse_args(argv)
 
     def run() -> None:
-        out = convert(read_checkpoint(args.ckpt), _parse_puzzles(args.puzzles), args.out, args.features)
+        out = convert(read_checkpoint(args.ckpt), _parse_puzzles(args.puzzles), args.out, args.variant)
         _, variables, _ = checkpoint.load(out)
         print(f"wrote {out}\n{checkpoint.param_summary(variables)}")
 

@@ -1,6 +1,6 @@
 """Frozen-tower features: computed once per split's rows and towers, kept in a store runs share.
 
-Which towers a run uses is a variant (``config.model.features``): its vision towers (mean-pooled and
+Which towers a run uses is a variant (``config.model.variant``): its vision towers (mean-pooled and
 concatenated) and its text tower, whose output is either pooled (SMARTER: the mean over all positions,
 [B, D]) or the token states (the SMART baseline: BERT states zeroed beyond the question, [B, L, D]).
 

@@ -99,7 +99,7 @@ def load(path: str | pathlib.Path) -> tuple[nn.Module, dict, ml_collections.Conf
     mdir = _model_dir(pathlib.Path(path).absolute())
     cfg = config_lib.default_config()
     try:
-        cfg.update(json.loads((mdir / CONFIG_FILE).read_text()))
+        cfg.update(config_lib.upgrade(json.loads((mdir / CONFIG_FILE).read_text())))
     except json.JSONDecodeError as e:
         raise ValueError(f"{mdir / CONFIG_FILE} is not valid JSON: {e}") from None
     model = build(cfg)

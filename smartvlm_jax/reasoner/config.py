@@ -7,6 +7,8 @@ next to the parameters, and `load` rebuilds the same module from the saved copy.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -33,8 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.head = "smarter"  # "smarter" (this paper's head) or "baseline" (SMART's ResNet-50 + BERT head)
     c.puzzle_ids = []  # sorted puzzle ids of the run (1..101); decoders are indexed by rank among them
     c.num_classes = []  # C_p of each puzzle in puzzle_ids, same order
-    c.features = "fused"  # the feature variant (smartvlm_jax/variants.py): towers, text output, widths
-    c.vision_dim = 0  # width of the vision features; 0: that of `features` (base towers); set for other sizes
+    c.variant = "fused"  # the feature variant (smartvlm_jax/variants.py): towers, text output, widths
+    c.vision_dim = 0  # width of the vision features; 0: that of `variant` (base towers); set for other sizes
     c.text_dim = 768  # width of the pooled question features from the text tower
     c.use_qf = True  # QF layer (self- and cross-attention + intermediate); False: q_MLP variant
     c.use_single_image_head = False  # one image encoder shared by all puzzles instead of 101
@@ -56,7 +58,7 @@ def baseline_config() -> ml_collections.ConfigDict:
     cfg = default_config()
     variant = variants.get("resnet")
     cfg.head = variant.head
-    cfg.features = variant.name
+    cfg.variant = variant.name
     cfg.vision_dim = variant.vision_dim
     cfg.text_dim = variant.text_dim
     cfg.use_qf = False
@@ -94,6 +96,17 @@ class PuzzleTables:
         return max(self.sequence_classes, default=1)
 
 
+def upgrade(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A head config as written by an older version (a model dir's config.json, a run config's "model")
+    with its renamed fields (``variants.RENAMED_FIELDS``) under their current names; a current one comes
+    back equal."""
+    out = dict(saved)
+    for old, new in variants.RENAMED_FIELDS.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the field when the config is unknown or inconsistent."""
     ids = [int(i) for i in cfg.puzzle_ids]
@@ -107,8 +120,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"num_classes: {len(cfg.num_classes)} entries for {len(ids)} puzzle_ids")
     if any(int(c) < 1 for c in cfg.num_classes):
         raise ValueError(f"num_classes: every C_p must be >= 1, got {list(cfg.num_classes)}")
-    if cfg.features not in variants.VARIANTS:
-        raise ValueError(f"features: unknown {cfg.features!r}; expected one of {sorted(variants.VARIANTS)}")
+    if cfg.variant not in variants.VARIANTS:
+        raise ValueError(f"variant: unknown {cfg.variant!r}; expected one of {sorted(variants.VARIANTS)}")
     if cfg.get("head", "smarter") not in variants.HEADS:
         raise ValueError(f"head: unknown {cfg.head!r}; expected one of {list(variants.HEADS)}")
     if cfg.head_impl not in HEAD_IMPLS:
@@ -126,7 +139,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 def vision_dim(cfg: ml_collections.ConfigDict) -> int:
     """Width of the vision features the head expects."""
-    return int(cfg.get("vision_dim", 0)) or variants.get(cfg.features, "features").vision_dim
+    return int(cfg.get("vision_dim", 0)) or variants.get(cfg.variant).vision_dim
 
 
 def tables(cfg: ml_collections.ConfigDict) -> PuzzleTables:

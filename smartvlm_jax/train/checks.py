@@ -13,6 +13,7 @@ import ml_collections
 
 from smartvlm_jax import features, optim, variants
 from smartvlm_jax.data import smart101
+from smartvlm_jax.reasoner import config as head_config
 from smartvlm_jax.workdir import Workdir
 
 # Back-compat, and only that: fields added to the run config after some runs were written, with the value
@@ -28,8 +29,13 @@ ADDED_FIELDS: Mapping[str, Any] = {
 
 
 def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config`` with every field in :data:`ADDED_FIELDS` that it lacks filled in (a copy when one is
-    missing; ``config`` itself otherwise). Run configs of the current version are returned unchanged."""
+    """``config`` with every field in :data:`ADDED_FIELDS` that it lacks filled in and the head's renamed
+    fields (``variants.RENAMED_FIELDS``: ``model.features`` is ``model.variant``) under their new
+    names: a copy when anything changed, ``config`` itself otherwise (a run config of this version)."""
+    renamed = head_config.upgrade(config.model.to_dict()) if "model" in config else None
+    if renamed is not None and set(renamed) != set(config.model.keys()):
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model = ml_collections.ConfigDict(renamed)
     missing = {}
     for dotted, value in ADDED_FIELDS.items():
         *parents, name = dotted.split(".")
@@ -53,11 +59,11 @@ def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on a field that cannot be right, naming it."""
     optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
-    variants.check(config.model.features, config.model.head)
+    variants.check(config.model.variant, config.model.head)
     if config.towers.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
     if not config.towers.tiny:
-        for name in variants.get(config.model.features).towers:
+        for name in variants.get(config.model.variant).towers:
             path = config.towers.get(name, "")
             if not path or not pathlib.Path(path).is_dir():
                 raise FileNotFoundError(f"--config.towers.{name}={path!r} is not a directory")
@@ -92,7 +98,7 @@ def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> No
     (the run's own tiny towers under ``<workdir>/towers``, recorded by an earlier run, are fine)."""
     if not config.towers.tiny:
         return
-    for name in variants.get(config.model.features).towers:
+    for name in variants.get(config.model.variant).towers:
         path = config.towers.get(name, "")
         if path and pathlib.Path(path).absolute() != workdir.towers / name:
             raise ValueError(

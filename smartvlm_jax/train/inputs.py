@@ -141,7 +141,7 @@ def prepare_inputs(run: Run, stop: StopSignal | None = None, record: bool = True
     ``record``: write ``<workdir>/features.json`` (what the run read and extracted)."""
     if not run.config.cache_features:
         with run.timing("towers"):
-            frozen = features.load_towers(run.towers_cfg, run.config.model.features)
+            frozen = features.load_towers(run.towers_cfg, run.config.model.variant)
             return Inputs(run, towers=frozen, tower_params=place_towers(run, frozen))
     missing = {split: features.missing_everywhere(plan) for split, plan in run.feature_plans.items()}
     needed = list({c.name: c for columns in missing.values() for c in columns}.values())
@@ -192,7 +192,7 @@ class Extractor:
     ) -> "Extractor":
         vision = [c.tower for c in columns if c.field != features.TEXT_FIELD]
         text = any(c.field == features.TEXT_FIELD for c in columns)
-        frozen = features.load_towers(run.towers_cfg, run.config.model.features, vision=vision, text=text)
+        frozen = features.load_towers(run.towers_cfg, run.config.model.variant, vision=vision, text=text)
         return cls(run, frozen, place_towers(run, frozen), stop)
 
     def __call__(self, split: str, columns: list[features.Column], work_dir: pathlib.Path) -> None:

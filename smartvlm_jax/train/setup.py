@@ -109,7 +109,7 @@ def setup(
     model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
     model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
     # the towers' widths from their config files: a run on stored features loads no weights
-    model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.features)
+    model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.variant)
     store, plans = None, {}
     if config.cache_features:
         with timing("features/fingerprint"):
@@ -226,7 +226,7 @@ def prepare_towers(
     if not towers_cfg.tiny:
         return towers_cfg
     base = workdir.towers
-    baseline = variants.get(config.model.features).head == "baseline"
+    baseline = variants.get(config.model.variant).head == "baseline"
     if jax.process_index() == 0 and not base.exists():
         with fileio.staged_dir(base) as staging:
             write_tiny_towers(staging, baseline, questions, config.seed)
@@ -285,7 +285,7 @@ def plan_features(
     (keyed by the towers' contents, dtypes and preprocessing); reads no weights."""
     columns = features.variant_columns(
         towers_cfg,
-        config.model.features,
+        config.model.variant,
         storage_dtype=config.feature_dtype,
         image_side=int(data_cfg.get("image_side", smart101.IMAGE_SIDE)),
         memo_dir=store / "digests",

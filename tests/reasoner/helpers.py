@@ -16,7 +16,7 @@ def small_config(quirks: bool = False, **overrides) -> ml_collections.ConfigDict
     cfg.repr_size = 16
     cfg.h_sz = 32
     cfg.text_dim = 24
-    cfg.features = "siglip"
+    cfg.variant = "siglip"
     cfg.max_qlen = 7
     cfg.reference_quirks = quirks
     for k, v in overrides.items():
@@ -25,7 +25,7 @@ def small_config(quirks: bool = False, **overrides) -> ml_collections.ConfigDict
 
 
 def random_batch(cfg, pids: list[int], seed: int = 0):
-    """Features (vision width per cfg.features), puzzle ids and in-range labels as numpy arrays."""
+    """Features (vision width per cfg.variant), puzzle ids and in-range labels as numpy arrays."""
     rng = np.random.default_rng(seed)
     b = len(pids)
     vision = rng.normal(size=(b, reasoner.config.vision_dim(cfg))).astype(np.float32)

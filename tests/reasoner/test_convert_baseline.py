@@ -37,7 +37,7 @@ def test_cli_converts_and_reproduces_port_logits(checkpoint, tmp_path):
     ids = ",".join(str(p) for p in cfg.puzzle_ids)
     assert convert_main(["reference", "--ckpt", str(path), "--puzzles", ids, "--out", str(out)]) == 0
     model, variables, got_cfg = reasoner.load(out)
-    assert (got_cfg.head, got_cfg.features, got_cfg.reference_quirks) == ("baseline", "resnet", True)
+    assert (got_cfg.head, got_cfg.variant, got_cfg.reference_quirks) == ("baseline", "resnet", True)
     assert got_cfg.use_single_image_head == cfg.use_single_image_head
     assert (got_cfg.repr_size, got_cfg.h_sz, got_cfg.vision_dim, got_cfg.text_dim) == (16, 8, 20, 12)
     assert list(got_cfg.num_classes) == list(cfg.num_classes)

@@ -30,7 +30,7 @@ def test_cli_converts_and_reproduces_port_logits(checkpoint, tmp_path):
     cfg, port, path = checkpoint
     ids = ",".join(str(p) for p in cfg.puzzle_ids)
     out = tmp_path / "model"
-    argv = ["reference", "--ckpt", str(path), "--puzzles", ids, "--out", str(out), "--features", "siglip"]
+    argv = ["reference", "--ckpt", str(path), "--puzzles", ids, "--out", str(out), "--variant", "siglip"]
     assert convert_main(argv) == 0
     model, variables, cfg2 = reasoner.load(out)
     assert cfg2.reference_quirks and list(cfg2.num_classes) == list(cfg.num_classes)
@@ -63,7 +63,7 @@ def test_bad_checkpoints_fail_without_output(checkpoint, tmp_path, capsys, edit,
     out = tmp_path / "model"
     ids = ",".join(str(p) for p in cfg.puzzle_ids)
     assert (
-        reference.main(["--ckpt", str(path), "--puzzles", ids, "--out", str(out), "--features", "siglip"])
+        reference.main(["--ckpt", str(path), "--puzzles", ids, "--out", str(out), "--variant", "siglip"])
         != 0
     )
     assert message in capsys.readouterr().err
@@ -74,7 +74,7 @@ def test_wrong_puzzle_list_is_rejected(checkpoint, tmp_path, capsys):
     _, _, path = checkpoint
     out = tmp_path / "model"
     assert (
-        reference.main(["--ckpt", str(path), "--puzzles", "3,7", "--out", str(out), "--features", "siglip"])
+        reference.main(["--ckpt", str(path), "--puzzles", "3,7", "--out", str(out), "--variant", "siglip"])
         != 0
     )
     assert "unexpected key ans_decoder.3." in capsys.readouterr().err

@@ -175,7 +175,7 @@ def test_dropout_changes_training_outputs_only():
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("features", "clip"),
+        ("variant", "clip"),
         ("head_impl", "loop"),
         ("puzzle_ids", [5, 3]),
         ("puzzle_ids", [0, 3]),

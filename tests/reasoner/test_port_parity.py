@@ -61,7 +61,7 @@ def _compare(cfg):
         dict(head_impl="ragged"),
         dict(use_qf=False),
         dict(use_single_image_head=True),
-        dict(features="fused"),
+        dict(variant="fused"),
     ],
     ids=["qf", "ragged", "no_qf", "single_head", "fused"],
 )

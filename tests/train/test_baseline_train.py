@@ -48,7 +48,7 @@ def losses(workdir: pathlib.Path) -> list[float]:
 
 def test_recipe_is_the_smart_baselines():
     c = baseline_config.get_config()
-    assert (c.model.head, c.model.features, c.model.use_qf) == ("baseline", "resnet", False)
+    assert (c.model.head, c.model.variant, c.model.use_qf) == ("baseline", "resnet", False)
     assert (c.model.repr_size, c.model.h_sz, c.model.max_qlen) == (128, 256, 110)
     assert (c.optim.name, c.optim.b1, c.optim.b2, c.optim.grad_clip, c.optim.schedule) == (
         "adam",
@@ -58,7 +58,7 @@ def test_recipe_is_the_smart_baselines():
         "constant",
     )
     assert not c.cache_features
-    assert variants.get(c.model.features).towers == ("resnet", "bert")
+    assert variants.get(c.model.variant).towers == ("resnet", "bert")
     # Plain Adam at a constant lr, unclipped: the same updates as optax.adam over steps of varied gradients.
     tx, plain = optim.make_optimizer(c.optim, total_steps=100), optax.adam(c.optim.lr, b1=0.9, b2=0.99)
     params = {"w": np.zeros(3, np.float32)}
@@ -126,7 +126,7 @@ def test_cached_token_states_train_the_same(uncached, tmp_path):
 @pytest.mark.parametrize(
     "extra, field",
     [
-        ({"model.features": "fused"}, "config.model.features"),  # SMARTER features for the baseline head
+        ({"model.variant": "fused"}, "config.model.variant"),  # SMARTER features for the baseline head
         ({"towers.tiny": False, "towers.resnet": "/no/such/dir"}, "config.towers.resnet"),
     ],
 )

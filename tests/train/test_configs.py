@@ -9,8 +9,8 @@ from smartvlm_jax import reasoner
 
 ABLATIONS = {
     "no_qf": {"model.use_qf": False},
-    "dinov2_only": {"model.features": "dinov2"},
-    "siglip_only": {"model.features": "siglip"},
+    "dinov2_only": {"model.variant": "dinov2"},
+    "siglip_only": {"model.variant": "siglip"},
     "single_image_head": {"model.use_single_image_head": True},
     # not an ablation: the paper recipe on 101 synthetic puzzles with tiny towers (the scale rehearsal)
     "smart101_tiny": {
@@ -38,7 +38,7 @@ def test_paper_recipe():
     assert (c.batch_size, c.num_epochs, c.seed, c.data.data_tot) == (128, 3, 0, 1000)
     assert (c.optim.name, c.optim.lr, c.optim.b1, c.optim.b2, c.optim.eps) == ("adamw", 3e-4, 0.9, 0.98, 1e-8)
     assert (c.optim.weight_decay, c.optim.grad_clip, c.optim.warmup_steps) == (0.2, 1.0, 10)
-    assert (c.model.features, c.model.use_qf, c.model.reference_quirks) == ("fused", True, False)
+    assert (c.model.variant, c.model.use_qf, c.model.reference_quirks) == ("fused", True, False)
     assert c.early_stop_patience == 3 and c.cache_features
 
 

@@ -42,7 +42,7 @@ def test_another_variant_reads_the_columns_and_loads_no_tower(fused, tmp_path, m
     monkeypatch.setattr(towers, "load", no_tower)
     monkeypatch.setattr(features, "load_towers", no_tower)
     config = run_config(**reusing(workdir), **QUICK, feature_store=str(store))
-    config.model.features = "dinov2"
+    config.model.variant = "dinov2"
     train.train_and_evaluate(config, tmp_path)
     for split, info in record(tmp_path).items():
         assert info["extracted"] == [] and info["entry"] == fused_record[split]["entry"]

@@ -381,7 +381,7 @@ def test_evaluate_a_read_only_workdir(reference, tmp_path):
     [
         ({"towers.tiny": False, "towers.dinov2": "/no/such/dir"}, "config.towers.dinov2"),
         ({"batch_size": 12}, "config.batch_size"),
-        ({"model.features": "clip"}, "config.model.features"),
+        ({"model.variant": "clip"}, "config.model.variant"),
         ({"optim.name": "sgd"}, "config.optim.name"),
         ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
         ({"synthetic.puzzles": "1,102"}, "config.synthetic.puzzles"),
