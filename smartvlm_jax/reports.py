@@ -297,7 +297,8 @@ def plot_curves(
 
 def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], split: str = "test") -> str:
     """The lines that end a run: the best epoch and the split's accuracies, then the path of each output
-    the workdir holds (results.json, plots, curves, best model, TensorBoard's command, run.log) and what
+    the workdir holds (results.json, plots, curves, report page, best model, TensorBoard's command, run.log)
+    and what
     XLA compiled or loaded from the compilation cache (``results["xla"]``)."""
     wd = Workdir(workdir)
     m = results.get(split) or {}
@@ -314,6 +315,7 @@ def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], 
         ("results", [wd.results]),
         ("plots", plots),
         ("curves", [wd.curves]),
+        ("report", [wd.report]),
         ("best model", [wd.best_model]),
         ("TensorBoard", [wd.tensorboard]),
         ("run log", [wd.run_log()]),

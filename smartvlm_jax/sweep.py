@@ -372,12 +372,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
     record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start  # over every invocation
     record["extraction_s"] = sum(r["extraction_s"] for r in record["rows"].values())
     (root / "sweep.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    from smartvlm_jax import report  # the sweep's page and every member's (their test answers, no towers)
+
+    page = report.write_sweep_page(root)
     print(reports.format_sweep_table(table, title))
     share = record["extraction_s"] / record["total_s"] if record["total_s"] else math.nan
     print(f"{len(rows)} rows x {len(members)} members in {record['total_s']:.1f} s "
           f"(feature extraction {record['extraction_s']:.1f} s, {100 * share:.0f} %)")  # fmt: skip
     for name in TABLE_FILES:
         print(f"  {name + ':':11}{root / name}")
+    print(f"  {'report:':11}{page} (and each member's report.html)")
     print(f"  {'members:':11}{root}/<row>/<member>/results.json")
     return record
 

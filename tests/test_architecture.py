@@ -87,7 +87,7 @@ LAYERS = {
     2: ("data.smart101", "data.synthetic", "towers", "metrics"),
     3: ("reasoner", "features", "reports", "data.pipeline", "data.build", "data.tfds_smart101", "summaries",
         "console", "parallel", "optim", "convert.baseline_table"),
-    4: ("train", "inference"),
+    4: ("train", "inference", "report"),
     5: ("main", "evaluate", "predict", "convert", "sweep"),
 }
 

@@ -352,7 +352,7 @@ def write_run_page(workdir: str | os.PathLike, *, split: str = "test", max_cards
     Raises FileNotFoundError when ``workdir`` is not a finished training workdir.
     """
     context = run_context(workdir, split=split, max_cards=max_cards, thumbs=thumbs, links=links)
-    return _write(Workdir(workdir).root / PAGE, "run.html.j2", context)
+    return _write(Workdir(workdir).report, "run.html.j2", context)
 
 
 def _write(path: pathlib.Path, template: str, context: Mapping[str, Any]) -> pathlib.Path:

@@ -77,7 +77,7 @@ def _source(workdir: Workdir, split: str) -> dict:
 
 def path(workdir: str | os.PathLike, split: str = "test") -> pathlib.Path:
     """``<workdir>/<split>_predictions.npz``."""
-    return Workdir(workdir).root / f"{split}_predictions.npz"
+    return Workdir(workdir).predictions(split)
 
 
 def load(file: str | os.PathLike) -> dict[str, np.ndarray]:
