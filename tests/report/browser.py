@@ -66,9 +66,11 @@ def console_errors(driver) -> list[dict]:
 
 
 def screenshot(driver, path: str | os.PathLike, full_height: bool = True, max_height: int = 6000) -> None:
-    """A PNG of the page; ``full_height``: the window first grows to the page's height (up to max_height)."""
+    """A PNG of the page from its top; ``full_height``: the window first grows to the page's height (up to
+    ``max_height`` pixels)."""
     if full_height:
         height = driver.execute_script("return document.documentElement.scrollHeight")
         width = driver.get_window_size()["width"]
         driver.set_window_size(width, min(int(height) + 120, max_height))
+    driver.execute_script("window.scrollTo(0, 0)")  # a click scrolls its element into view
     driver.save_screenshot(str(path))
