@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,10 +54,9 @@ def _png_uri(path: pathlib.Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
 
 
-def _figure_uri(draw) -> str:
-    """A plot drawn by ``draw(path)`` (the reports module's functions write files) as a PNG data URI."""
-    import tempfile
-
+def _figure_uri(draw) -> str | None:
+    """A plot drawn by ``draw(folder) -> path`` (the reports module's functions write files) as a PNG data
+    URI."""
     with tempfile.TemporaryDirectory() as tmp:
         return _png_uri(pathlib.Path(draw(pathlib.Path(tmp))))
 
@@ -273,11 +273,10 @@ def run_context(workdir: str | os.PathLike, *, split: str = "test", max_cards: i
         series = summaries.read_log(wd.log)
         best = int(results.get("best_epoch", 0))
         curves = _figure_uri(lambda d: reports.plot_curves(series, steps_per_epoch, best, d / "curves.png"))
-    per_puzzle_png = _png_uri(wd.plot(split, "puzzle"))
-    per_skill_png = _png_uri(wd.plot(split, "skill"))
-    if per_puzzle_png is None and metrics:
-        paths = _figure_uri(lambda d: reports.plot_results(metrics, d, prefix=split)[0])
-        per_puzzle_png = paths
+    per_puzzle_png, per_skill_png = _png_uri(wd.plot(split, "puzzle")), _png_uri(wd.plot(split, "skill"))
+    if (per_puzzle_png is None or per_skill_png is None) and metrics:  # a sweep member drew none
+        with tempfile.TemporaryDirectory() as tmp:
+            per_puzzle_png, per_skill_png = map(_png_uri, reports.plot_results(metrics, tmp, prefix=split))
     base, difference = config_difference(config)
     towers = config.get("towers", {})
     split_sizes = {}
@@ -287,7 +286,8 @@ def run_context(workdir: str | os.PathLike, *, split: str = "test", max_cards: i
         split_sizes = {s: v.get("rows") for s, v in splits.items()}
     skills = sorted({c["s"] for c in cards})
     return {
-        "title": f"{wd.root.name}: {split} report",
+        # a sweep member is named by its row too ("smarter/seed_0")
+        "title": f"{wd.root.parent.name + '/' if links else ''}{wd.root.name}: {split} report",
         "workdir": str(wd.root),
         "split": split,
         "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
