@@ -205,7 +205,7 @@ def _steps_per_epoch(results: Mapping[str, Any]) -> int | None:
 
 def run_context(workdir: str | os.PathLike, *, split: str = "test", max_cards: int = MAX_CARDS,
                 thumbs: thumbnails.Cache | None = None, links: Mapping[str, str] | None = None,
-                ) -> dict[str, Any]:  # fmt: skip
+                draw_plots: bool = True) -> dict[str, Any]:  # fmt: skip
     """Everything ``run.html.j2`` shows, from the workdir alone (see :func:`write_run_page`)."""
     wd = Workdir(workdir)
     config = wd.run_config()
@@ -269,12 +269,12 @@ def run_context(workdir: str | os.PathLike, *, split: str = "test", max_cards: i
     ]  # fmt: skip
     curves = _png_uri(wd.curves)
     steps_per_epoch = _steps_per_epoch(results)
-    if curves is None and wd.log.is_file() and steps_per_epoch:  # a sweep member drew none (member_plots)
+    if curves is None and draw_plots and wd.log.is_file() and steps_per_epoch:  # a sweep member drew none
         series = summaries.read_log(wd.log)
         best = int(results.get("best_epoch", 0))
         curves = _figure_uri(lambda d: reports.plot_curves(series, steps_per_epoch, best, d / "curves.png"))
     per_puzzle_png, per_skill_png = _png_uri(wd.plot(split, "puzzle")), _png_uri(wd.plot(split, "skill"))
-    if (per_puzzle_png is None or per_skill_png is None) and metrics:  # a sweep member drew none
+    if (per_puzzle_png is None or per_skill_png is None) and draw_plots and metrics:
         with tempfile.TemporaryDirectory() as tmp:
             per_puzzle_png, per_skill_png = map(_png_uri, reports.plot_results(metrics, tmp, prefix=split))
     base, difference = config_difference(config)
@@ -339,7 +339,7 @@ def run_context(workdir: str | os.PathLike, *, split: str = "test", max_cards: i
 
 def write_run_page(workdir: str | os.PathLike, *, split: str = "test", max_cards: int = MAX_CARDS,
                    thumbs: thumbnails.Cache | None = None, links: Mapping[str, str] | None = None,
-                   ) -> pathlib.Path:  # fmt: skip
+                   draw_plots: bool = True) -> pathlib.Path:  # fmt: skip
     """Writes ``<workdir>/report.html`` for a finished run (or an evaluated one) and returns its path.
 
     The page shows ``split``'s results (results.json), the curves, per-skill and per-puzzle accuracy, the
@@ -348,10 +348,12 @@ def write_run_page(workdir: str | os.PathLike, *, split: str = "test", max_cards
     the best model's head on the stored features, no towers). A run without stored features gets a page
     without a gallery that says so. At most ``max_cards`` cards (a per-puzzle sample beyond). ``thumbs``
     shares thumbnails between pages; ``links``: label -> href shown at the top (a sweep's page).
+    ``draw_plots``: draw the plots the run did not (a sweep member's, ~1 s each), else leave them out.
 
     Raises FileNotFoundError when ``workdir`` is not a finished training workdir.
     """
-    context = run_context(workdir, split=split, max_cards=max_cards, thumbs=thumbs, links=links)
+    context = run_context(workdir, split=split, max_cards=max_cards, thumbs=thumbs, links=links,
+                          draw_plots=draw_plots)  # fmt: skip
     return _write(Workdir(workdir).report, "run.html.j2", context)
 
 
@@ -405,6 +407,9 @@ def write_sweep_page(workdir: str | os.PathLike, *, members: bool = True, max_ca
         raise FileNotFoundError(f"{root} is not a finished sweep workdir (it needs sweep.json and table.csv)")
     record = json.loads((root / "sweep.json").read_text())
     member_names = list(record.get("members", []))
+    # The sweep's choice of cost: without member_plots, member pages show tables but draw no plot.
+    config = json.loads((root / "config.json").read_text()) if (root / "config.json").is_file() else {}
+    draw_plots = bool(config.get("member_plots", True))
     groups, table = _read_table(table_csv)
     thumbs = thumbnails.Cache()
     per_row: dict[str, dict[str, dict[str, float]]] = {}
@@ -424,7 +429,7 @@ def write_sweep_page(workdir: str | os.PathLike, *, members: bool = True, max_ca
                 accs.setdefault(int(pid), []).append((m["S_acc"], m["O_acc"]))
             page = None
             if members:
-                page = write_run_page(member, max_cards=max_cards, thumbs=thumbs,
+                page = write_run_page(member, max_cards=max_cards, thumbs=thumbs, draw_plots=draw_plots,
                                       links={"sweep": os.path.relpath(root / PAGE, member)})  # fmt: skip
             member_rows.append({
                 "row": row, "member": name, "S_acc": test.get("S_acc"), "O_acc": test.get("O_acc"),
