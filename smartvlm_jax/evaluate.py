@@ -1,6 +1,7 @@
 """``python -m smartvlm_jax.evaluate --workdir DIR [--split val|test] [--out DIR]``: re-evaluate a training
 run's best model on a split, from its workdir alone; write the split's ``results.json`` and plots to
-``DIR/evaluations/<split>/`` (or ``--out``), never over the training's own record.
+``DIR/evaluations/<split>/`` (or ``--out``), never over the training's own record, and rewrite the run's
+page ``report.html`` (:mod:`smartvlm_jax.report`) when the workdir is writable.
 
 Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``results.json`` in
 :mod:`smartvlm_jax.reports`, the evaluation itself in :func:`smartvlm_jax.train.evaluate_workdir`.
@@ -29,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def evaluate() -> None:
         workdir.check_path(os.path.abspath(args.workdir), "--workdir")
-        from smartvlm_jax import train  # heavy (JAX, orbax, grain): after the arguments are checked
+        from smartvlm_jax import report, train  # heavy (JAX, orbax, grain): after the arguments are checked
 
         result = train.evaluate_workdir(args.workdir, args.split, args.out)
         if "stopped" in result:
@@ -37,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result["table"])
         print()
         print("written: " + ", ".join(shlex.quote(str(p)) for p in result["written"]))
+        if os.access(args.workdir, os.W_OK):  # the page is derived from the record: a read-only one keeps its
+            print(f"report:  {shlex.quote(str(report.write_run_page(args.workdir)))}")
 
     return cli.run(evaluate, args.traceback)
 

@@ -311,9 +311,9 @@ def plot_curves(
 
 def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], split: str = "test") -> str:
     """The lines that end a run: the best epoch and the split's accuracies, then the path of each output
-    the workdir holds (results.json, plots, curves, best model, TensorBoard's command, run.log; each
-    quoted for a POSIX shell where it needs it: ``shlex.quote``) and what XLA compiled or loaded from the
-    compilation cache (``results["xla"]``)."""
+    the workdir holds (results.json, plots, curves, report page, best model, TensorBoard's command, run.log;
+    each quoted for a POSIX shell where it needs it: ``shlex.quote``) and what XLA compiled or loaded from
+    the compilation cache (``results["xla"]``)."""
     wd = Workdir(workdir)
     m = results.get(split) or {}
     best, epochs = results.get("best_epoch", 0), results.get("epochs")
@@ -329,6 +329,7 @@ def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], 
         ("results", [wd.results]),
         ("plots", plots),
         ("curves", [wd.curves]),
+        ("report", [wd.report]),
         ("best model", [wd.best_model]),
         ("TensorBoard", [wd.tensorboard]),
         ("run log", [wd.run_log()]),

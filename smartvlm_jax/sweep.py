@@ -352,7 +352,10 @@ def sweep_rows(
     record["total_s"] = previous.get("total_s", 0.0) + time.perf_counter() - start  # over every invocation
     record["extraction_s"] = sum(r["extraction_s"] for r in record["rows"].values())
     fileio.write_json(root / "sweep.json", record, indent=2, allow_nan=False)
-    print_summary(table, title, root, record, len(rows), len(members))
+    from smartvlm_jax import report  # the sweep's page and every member's (their test answers, no towers)
+
+    page = report.write_sweep_page(root)
+    print_summary(table, title, root, record, len(rows), len(members), page)
     return record
 
 
@@ -449,8 +452,11 @@ def write_table(
     return table, title
 
 
-def print_summary(table: list, title: str, root: pathlib.Path, record: dict, num_rows: int, num_members: int):
-    """The table, the sweep's time and extraction's share of it, and where the files are (stdout)."""
+def print_summary(
+    table: list, title: str, root: pathlib.Path, record: dict, num_rows: int, num_members: int, page
+) -> None:
+    """The table, the sweep's time and extraction's share of it, and where the files are (stdout);
+    ``page``: the sweep's report page."""
     from smartvlm_jax import reports
 
     print(reports.format_sweep_table(table, title))
@@ -459,6 +465,7 @@ def print_summary(table: list, title: str, root: pathlib.Path, record: dict, num
     print(f"{num_rows} rows x {num_members} members in {record['total_s']:.1f} s ({extracted})")
     for name in TABLE_FILES:
         print(f"  {name + ':':11}{root / name}")
+    print(f"  {'report:':11}{page} (and each member's report.html)")
     print(f"  {'members:':11}{root}/<row>/<member>/results.json")
 
 

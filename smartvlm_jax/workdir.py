@@ -13,6 +13,9 @@
     ``<split>_per_<group>.png`` per-puzzle and per-skill accuracy plots
     ``evaluations/<split>/``   ``evaluate``'s own results.json and plots (the run's record stays as trained)
     ``curves.png``             train loss by step, val S_acc/O_acc by epoch, the best epoch marked
+    ``report.html``            the run's page: results, curves, tables, a gallery of test answers
+                               (``smartvlm_jax.report``; docs/report.md)
+    ``<split>_predictions.npz`` each instance's answer and top-k probabilities, which the page shows
     ``log.jsonl``, ``tensorboard/``  the logged scalars
     ``run.log``                every log line of the run, libraries' included (``run.<k>.log``: process k)
     ``synthetic/``, ``tfds/``, ``towers/``  generated puzzles, the built dataset and tiny towers, when asked
@@ -119,6 +122,15 @@ class Workdir:
         """``evaluations/``: what ``evaluate`` writes, one folder per split; the run's own record (config,
         results, features.json, plots) is never rewritten by a re-evaluation."""
         return self.root / "evaluations"
+
+    @property
+    def report(self) -> pathlib.Path:
+        """``report.html``: the page of the run or sweep (``smartvlm_jax.report``)."""
+        return self.root / "report.html"
+
+    def predictions(self, split: str) -> pathlib.Path:
+        """``<split>_predictions.npz``: per-instance answers and top-k probabilities (the report's)."""
+        return self.root / f"{split}_predictions.npz"
 
     @property
     def log(self) -> pathlib.Path:

@@ -98,7 +98,7 @@ LAYERS = {
         "optim",
         "convert.baseline_table",
     ),
-    4: ("train", "inference"),
+    4: ("train", "inference", "report"),
     5: ("main", "evaluate", "predict", "convert", "sweep"),
 }
 

@@ -276,9 +276,7 @@ def config_from_reference(
     if variant is None:
         matches = [f for f in variants.for_head("smarter") if variants.get(f).vision_dim == vision_dim]
         if len(matches) != 1:
-            raise ConversionError(
-                f"{first} has input width {vision_dim}: pass --variant {'|'.join(matches)}"
-            )
+            raise ConversionError(f"{first} has input width {vision_dim}: pass --variant {'|'.join(matches)}")
         variant = matches[0]
     cfg.variant = variant
     cfg.use_qf = "qf.intermediate.dense.weight" in shapes

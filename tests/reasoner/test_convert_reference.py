@@ -63,8 +63,7 @@ def test_bad_checkpoints_fail_without_output(checkpoint, tmp_path, capsys, edit,
     out = tmp_path / "model"
     ids = ",".join(str(p) for p in cfg.puzzle_ids)
     assert (
-        reference.main(["--ckpt", str(path), "--puzzles", ids, "--out", str(out), "--variant", "siglip"])
-        != 0
+        reference.main(["--ckpt", str(path), "--puzzles", ids, "--out", str(out), "--variant", "siglip"]) != 0
     )
     assert message in capsys.readouterr().err
     assert not out.exists()
