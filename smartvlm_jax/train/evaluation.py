@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import console, features, metrics, parallel, reasoner, reports
+from smartvlm_jax import console, features, metrics, parallel, reasoner, report, reports
 from smartvlm_jax.train import setup as setup_lib
 from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.inputs import Inputs, prepare_inputs
@@ -78,8 +78,9 @@ class Evaluator:
         self, records: Sequence[dict], steps: Sequence[int], plots: bool, stop: StopSignal | None = None
     ) -> list[dict]:
         """Evaluate each member's ``<workdir>/best_model`` on the test split (one pass); write each
-        results.json (and with ``plots`` the test plots). A single run prints the table and the summary of
-        where everything went (``reports.format_summary``); a group one line per member."""
+        results.json (and with ``plots`` the test plots, and a single run's ``report.html``). A single run
+        prints the table and the summary of where everything went (``reports.format_summary``); a group one
+        line per member."""
         group, run = self.group, self.group.run
         with run.timing("eval"):
             params = group.stack([best_params(r) for r in group.runs])
@@ -96,7 +97,10 @@ class Evaluator:
                 results["xla"] = {**r.compiles.record(), "cache_dir": cache_dir}
             if r.is_lead:
                 reports.write_results(r.workdir, results)
-                if not group.stacked:
+                if not group.stacked:  # (a sweep writes its members' pages with its own)
+                    if plots:
+                        with r.timing("plots"):
+                            report.write_run_page(r.workdir)
                     print(reports.format_table(test, r.skills, r.names))
                     print()
                     print(reports.format_summary(results, r.workdir))
