@@ -94,7 +94,7 @@ def build_workdir(
     }
     (workdir / "features.json").write_text(json.dumps(record))
     arrays = fake_predictions(rows, np.random.default_rng(0))
-    arrays["source"] = predictions_lib._source(predictions_lib.Workdir(workdir), "test")
+    arrays["source"] = predictions_lib.source_of(workdir, "test")
     predictions_lib.save(arrays, predictions_lib.path(workdir, "test"))
     num_classes = {int(p): 1000 for p in arrays["puzzle_ids"]}
     test = metrics.compute_metrics(

@@ -20,19 +20,27 @@ from smartvlm_jax import cli, workdir
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-evaluate the best model of a training workdir on a split; write the split's results.json and
-    plots to WORKDIR/evaluations/SPLIT/ (or --out), leaving the training's own files as they are."""
+    plots to WORKDIR/evaluations/SPLIT/ (or --out), leaving the training's own files as they are. A path the
+    run recorded outside the workdir that has moved since is given as --config.FIELD=PATH (e.g.
+    --config.towers.dinov2=/models/dinov2-base)."""
     parser = argparse.ArgumentParser(prog=cli.prog("smartvlm_jax.evaluate"), description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
     parser.add_argument("--out", help="folder for results.json and plots (default WORKDIR/evaluations/SPLIT)")
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    paths = {}
+    for arg in rest:  # --config.FIELD=PATH: a path the run config records, moved since
+        field, sep, value = arg.removeprefix("--config.").partition("=")
+        if not arg.startswith("--config.") or not sep:
+            parser.error(f"unrecognized arguments: {arg}")
+        paths[field] = value
 
     def evaluate() -> None:
         workdir.check_path(os.path.abspath(args.workdir), "--workdir")
         from smartvlm_jax import report, train  # heavy (JAX, orbax, grain): after the arguments are checked
 
-        result = train.evaluate_workdir(args.workdir, args.split, args.out)
+        result = train.evaluate_workdir(args.workdir, args.split, args.out, paths)
         if "stopped" in result:
             return  # the stop's one line is logged
         print(result["table"])

@@ -41,9 +41,8 @@ def run_job(job: str, argv: list[str]) -> None:
     config = _CONFIG.value
     from smartvlm_jax import workdir
 
-    # The workdir's path is checked (no glob characters: workdir.check_path) before the console opens
-    # run.log in it.
-    check = lambda: workdir.check_path(os.path.abspath(_WORKDIR.value), "--workdir")
+    # The workdir is checked (no glob characters, a writable folder) before the console opens run.log in it.
+    check = lambda: workdir.check_writable(os.path.abspath(_WORKDIR.value), "--workdir")
     status = cli.run(check, traceback=_TRACEBACK.value)
     if not status and "model" in config:  # the head's choices named by their flags, before any work
         from smartvlm_jax import variants

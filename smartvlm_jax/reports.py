@@ -29,7 +29,7 @@ from smartvlm_jax.workdir import Workdir
 _PUZZLE_KEYED = ("per_puzzle", "greedy_per_puzzle")
 
 
-def _pct(x: Any) -> str:
+def pct(x: Any) -> str:
     """A fraction as a percentage with one decimal; "-" when absent or NaN."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -65,13 +65,13 @@ def format_table(
     err = metrics.get("err")
     err_text = "-" if err is None or math.isnan(err) else f"{err:.3f}"
     lines.append(
-        f"| **all** | {metrics.get('n', '-')} | {_pct(metrics.get('S_acc'))} | "
-        f"{_pct(metrics.get('O_acc'))} | "
-        f"{_pct(metrics.get('greedy_S_acc'))} | {_pct(metrics.get('greedy_O_acc'))} | {err_text} |"
+        f"| **all** | {metrics.get('n', '-')} | {pct(metrics.get('S_acc'))} | "
+        f"{pct(metrics.get('O_acc'))} | "
+        f"{pct(metrics.get('greedy_S_acc'))} | {pct(metrics.get('greedy_O_acc'))} | {err_text} |"
     )
     if "chance_S_acc" in metrics:
         lines.append(
-            f"| uniform chance | | {_pct(metrics['chance_S_acc'])} | {_pct(metrics['chance_O_acc'])} | | | |"
+            f"| uniform chance | | {pct(metrics['chance_S_acc'])} | {pct(metrics['chance_O_acc'])} | | | |"
         )
     groups = [
         (f"{skill} ({_count(row['num_puzzles'], 'puzzle')})", skill, row)
@@ -84,15 +84,15 @@ def format_table(
     for label, key, row in groups:
         g = greedy_ps.get(key, {})
         lines.append(
-            f"| {label} | | {_pct(row['S_acc'])} | {_pct(row['O_acc'])} | "
-            f"{_pct(g.get('S_acc'))} | {_pct(g.get('O_acc'))} | |"
+            f"| {label} | | {pct(row['S_acc'])} | {pct(row['O_acc'])} | "
+            f"{pct(g.get('S_acc'))} | {pct(g.get('O_acc'))} | |"
         )
     for pid in sorted(per_puzzle):
         row, g = per_puzzle[pid], greedy_pp.get(pid, {})
         about = "; ".join(x for x in (names.get(pid, ""), skills.get(pid, "?")) if x)
         lines.append(
-            f"| puzzle {pid} ({about}) | {row['n']} | {_pct(row['S_acc'])} | "
-            f"{_pct(row['O_acc'])} | {_pct(g.get('S_acc'))} | {_pct(g.get('O_acc'))} | |"
+            f"| puzzle {pid} ({about}) | {row['n']} | {pct(row['S_acc'])} | "
+            f"{pct(row['O_acc'])} | {pct(g.get('S_acc'))} | {pct(g.get('O_acc'))} | |"
         )
     return "\n".join(lines)
 
@@ -225,7 +225,7 @@ def plot_results(
     ax.set_xlabel("puzzle id")
     fig.suptitle(
         f"{prefix}: per-puzzle accuracy "
-        f"(all: S_acc {_pct(metrics.get('S_acc'))}%, O_acc {_pct(metrics.get('O_acc'))}%)"
+        f"(all: S_acc {pct(metrics.get('S_acc'))}%, O_acc {pct(metrics.get('O_acc'))}%)"
     )
     paths.append(out.plot(prefix, "puzzle"))
     fig.savefig(paths[-1], dpi=100)
@@ -298,7 +298,7 @@ def plot_curves(
                 marker="*",
                 color="tab:red",
                 zorder=3,
-                label=f"best: epoch {best_epoch}, S_acc {_pct(best_s)} %",
+                label=f"best: epoch {best_epoch}, S_acc {pct(best_s)} %",
             )
     loss_ax.legend(fontsize=8)
     if acc_ax.lines:
@@ -320,10 +320,10 @@ def format_summary(results: Mapping[str, Any], workdir: str | os.PathLike[str], 
     val = results.get("val") or {}
     head = f"best epoch {best}" + (f" of {epochs}" if epochs else "")
     if val.get("S_acc") is not None:
-        head += f" (val S_acc {_pct(val['S_acc'])} %)"
-    head += f"; {split} S_acc {_pct(m.get('S_acc'))} %, O_acc {_pct(m.get('O_acc'))} %"
+        head += f" (val S_acc {pct(val['S_acc'])} %)"
+    head += f"; {split} S_acc {pct(m.get('S_acc'))} %, O_acc {pct(m.get('O_acc'))} %"
     if m.get("greedy_S_acc") is not None:
-        head += f" (greedy {_pct(m['greedy_S_acc'])} %, {_pct(m.get('greedy_O_acc'))} %)"
+        head += f" (greedy {pct(m['greedy_S_acc'])} %, {pct(m.get('greedy_O_acc'))} %)"
     plots = [wd.plot(split, g) for g in ("puzzle", "skill")]
     outputs = [
         ("results", [wd.results]),
@@ -425,7 +425,7 @@ def format_cell(value: tuple[float, float] | None) -> str:
     if value is None:
         return "-"
     mean, std = value
-    return _pct(mean) if math.isnan(std) else f"{_pct(mean)} ± {_pct(std)}"
+    return pct(mean) if math.isnan(std) else f"{pct(mean)} ± {pct(std)}"
 
 
 def format_sweep_table(rows: Sequence[TableRow], title: str = "") -> str:

@@ -67,6 +67,20 @@ def check_path(path: str | os.PathLike, what: str = "workdir") -> None:
         )
 
 
+def check_writable(path: str | os.PathLike, what: str = "--workdir", hint: str = "") -> None:
+    """One-line errors, before anything is created, for a workdir a run cannot write: a glob character
+    (:func:`check_path`), a file (NotADirectoryError), or a folder (or its first existing parent) this
+    user may not write (PermissionError); ``hint`` ends the latter's message."""
+    check_path(path, what)
+    existing = pathlib.Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {os.fspath(path)!r}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {os.fspath(path)!r}: {existing} is not writable{hint}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
     """A training run's directory (absolute); see the module docstring for the layout."""
@@ -212,8 +226,57 @@ class Workdir:
         """
         if not (self.best_model.is_dir() and self.config_file.is_file()):
             return None
-        run = json.loads(self.config_file.read_text())
-        return run if isinstance(run, dict) and "towers" in run else None
+        run = self.read_config()
+        return run if "towers" in run else None
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json`` as a dict, its :data:`PATH_FIELDS` inside the workdir (stored relative to it,
+        so the workdir can move) made absolute again. ValueError naming the file when it is no JSON
+        object."""
+        try:
+            run = json.loads(self.config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.config_file} is not valid JSON: {e}") from None
+        if not isinstance(run, dict):
+            raise ValueError(f"{self.config_file} holds no JSON object")
+        return _map_paths(run, lambda p: p if os.path.isabs(p) else os.path.join(self.root, p))
+
+    def portable(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A run config (dict) with its :data:`PATH_FIELDS` under this workdir made relative to it, as
+        ``config.json`` stores them; paths elsewhere stay absolute."""
+
+        def relative(path: str) -> str:
+            absolute = pathlib.Path(path).absolute()
+            inside = absolute.is_relative_to(self.root)
+            return str(absolute.relative_to(self.root)) if inside else str(absolute)
+
+        return _map_paths(config, relative)
+
+
+# The run-config fields that hold paths: config.json stores those inside the workdir relative to it.
+PATH_FIELDS = (
+    "data.root",
+    "data.data_dir",
+    "towers.dinov2",
+    "towers.siglip",
+    "towers.resnet",
+    "towers.bert",
+    "feature_store",
+    "compile_cache_dir",
+)
+
+
+def _map_paths(config: dict[str, Any], fn) -> dict[str, Any]:
+    """A copy of ``config`` with ``fn`` applied to each non-empty :data:`PATH_FIELDS` string."""
+    out = json.loads(json.dumps(config))
+    for dotted in PATH_FIELDS:
+        *parents, name = dotted.split(".")
+        section = out
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and isinstance(section.get(name), str) and section[name]:
+            section[name] = fn(section[name])
+    return out
 
 
 def _holder(lock_file: pathlib.Path) -> str:

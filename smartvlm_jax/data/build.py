@@ -43,8 +43,9 @@ def build(
     """Write the rows of `puzzle_ids` under `data_root` as the TFDS dataset `smart101` in `data_dir`.
 
     Returns the read-only builder of the written dataset (its `.data_dir` is `dataset_path(data_dir)`).
-    A dataset of the same folder and puzzles built before is reused if the folder's rows and images have
-    the fingerprint it was built from (`smart101.rows_fingerprint`), else rebuilt. Bad images raise
+    A dataset of the same puzzles built before is reused if the folder's rows and images have the
+    fingerprint it was built from (`smart101.rows_fingerprint`, which a moved folder keeps), else rebuilt
+    when it was built from the same folder and refused (FileExistsError) when from another. Bad images raise
     smart101.BadImageError (file and CSV row named) unless `skip_bad_rows`.
     """
     ids = smart101.resolve_puzzle_ids(data_root, puzzle_ids)
@@ -53,15 +54,17 @@ def build(
     path = dataset_path(data_dir)
     if os.path.exists(os.path.join(path, "dataset_info.json")):
         existing = tfds.builder_from_directory(path).info.metadata
-        same = existing.get("source") == os.path.abspath(data_root) and existing.get("puzzle_ids") == ids
-        if overwrite or not same:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{path} holds puzzles {existing.get('puzzle_ids')} of {existing.get('source')}, not "
-                    f"{ids} of {os.path.abspath(data_root)}; use another data dir or replace it (--overwrite)"
-                )
+        fingerprint = smart101.rows_fingerprint(smart101.read_rows(data_root, ids))
+        same_ids = existing.get("puzzle_ids") == ids
+        same_rows = same_ids and existing.get("fingerprint") == fingerprint  # wherever the folder is now
+        if overwrite:
             shutil.rmtree(path)
-        elif existing.get("fingerprint") != smart101.rows_fingerprint(smart101.read_rows(data_root, ids)):
+        elif not same_rows and not (same_ids and existing.get("source") == os.path.abspath(data_root)):
+            raise FileExistsError(
+                f"{path} holds puzzles {existing.get('puzzle_ids')} of {existing.get('source')}, not "
+                f"{ids} of {os.path.abspath(data_root)}; use another data dir or replace it (--overwrite)"
+            )
+        elif not same_rows:
             log.info("rebuilding %s: the rows or images of %s changed since it was built", path, data_root)
             shutil.rmtree(path)
         elif recorded_digest(path) != files_digest(path):

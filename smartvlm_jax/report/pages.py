@@ -23,8 +23,9 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from smartvlm_jax import puzzles, reports, summaries
+from smartvlm_jax import features, fileio, puzzles, reports, summaries
 from smartvlm_jax.data import smart101
+from smartvlm_jax.reasoner import config as head_config
 from smartvlm_jax.report import predictions as predictions_lib
 from smartvlm_jax.report import thumbnails
 from smartvlm_jax.workdir import Workdir
@@ -46,7 +47,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["pct"] = reports._pct
+    env.filters["pct"] = reports.pct
     return env
 
 
@@ -94,8 +95,9 @@ def config_difference(run_config: Mapping[str, Any]) -> tuple[str, list[tuple[st
 
 
 def _answer_text(pid: int, values: np.ndarray, options: Sequence[str], option_values: np.ndarray) -> str:
-    """An answer value as the puzzle's options write it: a sequence's values up to its padding, an option's
-    text where the value is an option's, else the number."""
+    """An answer as the puzzle's options write it: a sequence's values up to its padding, an option's
+    text where the value is an option's, else the number. ``values``: int [K] (a sequence) or [>= 1] (its
+    first entry is the value); ``option_values``: int [5, K], encoded like the labels."""
     if puzzles.is_sequence(pid):
         pad = int(option_values[0, -1]) if option_values.size else None
         shown = [int(v) for v in values]
@@ -109,9 +111,10 @@ def _answer_text(pid: int, values: np.ndarray, options: Sequence[str], option_va
     return str(value)
 
 
-def _sample(pids: np.ndarray, max_cards: int) -> np.ndarray:
-    """Indices of the gallery's instances, in split order: all of them, or (more than ``max_cards``) the
-    same number drawn at random from every puzzle (seeded: the same cards on every rewrite)."""
+def gallery_sample(pids: np.ndarray, max_cards: int) -> np.ndarray:
+    """Indices into ``pids`` (int [N], the split's puzzle ids) of the gallery's instances, int64 [M],
+    ascending (split order): all N, or (N > ``max_cards``) the same number drawn at random from every
+    puzzle, max(1, max_cards // puzzles) each (seeded: the same cards on every rewrite)."""
     if len(pids) <= max_cards:
         return np.arange(len(pids))
     rng = np.random.default_rng(SAMPLE_SEED)
@@ -176,9 +179,13 @@ def _cards(
 
 
 def sequence_errors(pred: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Per sequence puzzle present: n, exact-match accuracy, the accuracy of each decode position (over
-    the positions that hold the answer's values, padding excluded) and, over the wrong answers, how many
-    first go wrong at each position."""
+    """Per sequence puzzle present, by id: n, exact-match accuracy, the accuracy of each decode position
+    (over the positions that hold the answer's values, padding excluded; None where none does) and, over
+    the wrong answers, how many first go wrong at each position. Accuracies are fractions in [0, 1].
+
+    ``pred``: "puzzle_ids" int [N], "labels" and "preds" int [N, K], "option_values" int [N, 5, K] (the
+    predictions file's fields, :mod:`smartvlm_jax.report.predictions`).
+    """
     out = []
     for pid in sorted({int(p) for p in pred["puzzle_ids"]} & puzzles.SEQUENCE_PUZZLES):
         at = pred["puzzle_ids"] == pid
@@ -219,6 +226,164 @@ def _steps_per_epoch(results: Mapping[str, Any]) -> int | None:
     return int(steps) // int(epochs) if steps and epochs else None
 
 
+def _now() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _gallery(
+    wd: Workdir,
+    split: str,
+    root: str,
+    info: Mapping[int, smart101.PuzzleInfo],
+    metrics: Mapping[str, Any],
+    max_cards: int,
+    thumbs: thumbnails.Cache,
+) -> dict[str, Any]:
+    """The page's keys that come from the predictions file: "cards", "sequences", "n_split", "skills",
+    "predictions_file" and "notes" (what the gallery lacks, and why). Without stored features: no cards,
+    and a note that says so."""
+    try:
+        pred = predictions_lib.ensure(wd, split)
+    except predictions_lib.NoFeaturesError as e:
+        note = (
+            f"no gallery: {e}. The page shows only what results.json holds; the towers are not run "
+            "for a report (train with --config.cache_features=True to have one)"
+        )
+        empty = {"cards": [], "sequences": [], "skills": [], "predictions_file": ""}
+        return {**empty, "n_split": int(metrics.get("n", 0)), "notes": [note]}
+    notes: list[str] = []
+    n_split = len(pred["puzzle_ids"])
+    s_acc = float(np.mean(pred["s_correct"])) if n_split else math.nan
+    if metrics.get("S_acc") is not None and abs(s_acc - metrics["S_acc"]) > 1e-9:
+        notes.append(
+            f"the predictions give S_acc {reports.pct(s_acc)} %, results.json "
+            f"{reports.pct(metrics['S_acc'])} %: it is another model's"
+        )
+    pids_present = sorted({int(p) for p in pred["puzzle_ids"]})
+    rows: dict[tuple[int, int], smart101.Row] = {}
+    if root and os.path.isdir(root):
+        rows = {(r.puzzle_id, r.instance_id): r for r in smart101.read_rows(root, pids_present)}
+    else:
+        notes.append(f"the data root {root!r} is not here: cards show no image, question or options")
+    chosen = gallery_sample(pred["puzzle_ids"], max_cards)
+    cards = _cards(pred, rows, info, chosen, thumbs)
+    if len(chosen) < n_split:
+        quota = len(chosen) // len(pids_present)
+        notes.append(
+            f"the gallery shows {len(chosen):,} of the {n_split:,} {split} instances: a random "
+            f"sample of {quota} per puzzle (the tables cover all)"
+        )
+    missing = sum(c["img"] is None for c in cards)
+    if missing and rows:
+        example = next(iter(thumbs.errors.values()), "")
+        notes.append(f"{missing} images could not be read (e.g. {example})")
+    return {
+        "cards": cards,
+        "sequences": sequence_errors(pred),
+        "n_split": n_split,
+        "skills": sorted({c["s"] for c in cards}),
+        "predictions_file": str(predictions_lib.path(wd, split)),
+        "notes": notes,
+    }
+
+
+def _puzzle_rows(metrics: Mapping[str, Any], info: Mapping[int, smart101.PuzzleInfo]) -> list[dict[str, Any]]:
+    """The per-puzzle table: a row per puzzle in the split's results, by puzzle id; accuracies are
+    fractions (None where the greedy baseline was not computed)."""
+    greedy = metrics.get("greedy_per_puzzle", {})
+    return [
+        {
+            "puzzle": pid,
+            "name": info[pid].name if pid in info else "",
+            "skill": info[pid].type if pid in info else "?",
+            "n": row["n"],
+            "S_acc": row["S_acc"],
+            "O_acc": row["O_acc"],
+            "greedy_S_acc": greedy.get(pid, {}).get("S_acc"),
+        }
+        for pid, row in sorted(metrics.get("per_puzzle", {}).items())
+    ]
+
+
+def _skill_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-skill table: the skill classes, then the other puzzle types (``"other": True``)."""
+    greedy = {**metrics.get("greedy_per_skill", {}), **metrics.get("greedy_per_other_type", {})}
+    groups = ((False, metrics.get("per_skill", {})), (True, metrics.get("per_other_type", {})))
+    return [
+        {
+            "skill": skill,
+            "other": other,
+            "num_puzzles": row["num_puzzles"],
+            "S_acc": row["S_acc"],
+            "O_acc": row["O_acc"],
+            "greedy_S_acc": greedy.get(skill, {}).get("S_acc"),
+        }
+        for other, group in groups
+        for skill, row in group.items()
+    ]
+
+
+def _plots(
+    wd: Workdir, results: Mapping[str, Any], metrics: Mapping[str, Any], split: str, draw_plots: bool
+) -> dict[str, str | None]:
+    """The plots as PNG data URIs (keys "curves", "per_puzzle_png", "per_skill_png"): the run's own
+    files, else (with ``draw_plots``) drawn now from its log and results, else None."""
+    curves = _png_uri(wd.curves)
+    steps_per_epoch = _steps_per_epoch(results)
+    if curves is None and draw_plots and wd.log.is_file() and steps_per_epoch:  # a sweep member drew none
+        series = summaries.read_log(wd.log)
+        best = int(results.get("best_epoch", 0))
+        curves = _figure_uri(lambda d: reports.plot_curves(series, steps_per_epoch, best, d / "curves.png"))
+    per_puzzle, per_skill = _png_uri(wd.plot(split, "puzzle")), _png_uri(wd.plot(split, "skill"))
+    if (per_puzzle is None or per_skill is None) and draw_plots and metrics:
+        with tempfile.TemporaryDirectory() as tmp:
+            per_puzzle, per_skill = map(_png_uri, reports.plot_results(metrics, tmp, prefix=split))
+    return {"curves": curves, "per_puzzle_png": per_puzzle, "per_skill_png": per_skill}
+
+
+def _headline(metrics: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
+    """The page's first lines: the split's accuracies (fractions), their baselines, n and the epochs."""
+    keys = ("S_acc", "O_acc", "greedy_S_acc", "greedy_O_acc", "chance_S_acc", "chance_O_acc", "err", "n")
+    return {
+        **{key: metrics.get(key) for key in keys},
+        "best_epoch": results.get("best_epoch"),
+        "epochs": results.get("epochs"),
+        "val_S_acc": (results.get("val") or {}).get("S_acc"),
+    }
+
+
+def _data_section(wd: Workdir, config: Mapping[str, Any], num_puzzles: int) -> dict[str, Any]:
+    """The data the run read: root, split type and ratio, and each split's rows as its features record
+    counts them (none without stored features)."""
+    data = config.get("data", {})
+    sizes = {}
+    record = predictions_lib.record_dir(wd)
+    if record is not None:
+        splits = json.loads((record / features.RECORD_FILE).read_text()).get("splits", {})
+        sizes = {s: v.get("rows") for s, v in splits.items()}
+    return {
+        "root": data.get("root", "") or "(none)",
+        "split_type": data.get("split_type", "?"),
+        "ratio": data.get("ratio"),
+        "puzzles": num_puzzles,
+        "sizes": sizes,
+        "synthetic": bool(config.get("synthetic", {}).get("enabled")),
+    }
+
+
+def _towers_section(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The feature variant and the towers that made the features. Older run configs name the variant
+    ``model.features``; :func:`head_config.upgrade` reads them under the current name."""
+    towers = config.get("towers", {})
+    return {
+        "variant": head_config.upgrade(config.get("model", {})).get("variant", "?"),
+        "tiny": bool(towers.get("tiny")),
+        "dinov2": towers.get("dinov2", ""),
+        "siglip": towers.get("siglip", ""),
+        "dtype": towers.get("dtype", "?"),
+    }
+
+
 def run_context(
     workdir: str | os.PathLike,
     *,
@@ -228,7 +393,11 @@ def run_context(
     links: Mapping[str, str] | None = None,
     draw_plots: bool = True,
 ) -> dict[str, Any]:
-    """Everything ``run.html.j2`` shows, from the workdir alone (see :func:`write_run_page`)."""
+    """Everything ``run.html.j2`` shows, from the workdir alone (arguments: :func:`write_run_page`).
+
+    Accuracies are fractions in [0, 1] (the template shows percentages); images are ``data:`` URIs or
+    None. Raises FileNotFoundError when ``workdir`` is not a finished training workdir.
+    """
     wd = Workdir(workdir)
     config = wd.run_config()
     if config is None or not wd.results.is_file():
@@ -237,143 +406,28 @@ def run_context(
         )
     results = reports.load_results(wd)
     metrics = results.get(split) or {}
-    data_cfg = config.get("data", {})
-    root = data_cfg.get("root", "")
+    root = config.get("data", {}).get("root", "")
     info = _puzzle_info(root)
-    notes: list[str] = []
-    cards: list[dict[str, Any]] = []
-    sequences: list[dict[str, Any]] = []
-    n_split = int(metrics.get("n", 0))
-    pred_file = None
-    thumbs = thumbs or thumbnails.Cache()
-    try:
-        pred = predictions_lib.ensure(wd, split)
-        pred_file = predictions_lib.path(wd, split)
-        n_split = len(pred["puzzle_ids"])
-        s_acc = float(np.mean(pred["s_correct"])) if n_split else math.nan
-        if metrics.get("S_acc") is not None and abs(s_acc - metrics["S_acc"]) > 1e-9:
-            notes.append(
-                f"the predictions give S_acc {reports._pct(s_acc)} %, results.json "
-                f"{reports._pct(metrics['S_acc'])} %: it is another model's"
-            )
-        rows: dict[tuple[int, int], smart101.Row] = {}
-        pids_present = sorted({int(p) for p in pred["puzzle_ids"]})
-        if root and os.path.isdir(root):
-            rows = {(r.puzzle_id, r.instance_id): r for r in smart101.read_rows(root, pids_present)}
-        else:
-            notes.append(f"the data root {root!r} is not here: cards show no image, question or options")
-        chosen = _sample(pred["puzzle_ids"], max_cards)
-        cards = _cards(pred, rows, info, chosen, thumbs)
-        if len(chosen) < n_split:
-            quota = len(chosen) // len(pids_present)
-            notes.append(
-                f"the gallery shows {len(chosen):,} of the {n_split:,} {split} instances: a random "
-                f"sample of {quota} per puzzle (the tables cover all)"
-            )
-        missing = sum(c["img"] is None for c in cards)
-        if missing and rows:
-            example = next(iter(thumbs.errors.values()), "")
-            notes.append(f"{missing} images could not be read (e.g. {example})")
-        sequences = sequence_errors(pred)
-    except predictions_lib.NoFeaturesError as e:
-        notes.append(
-            f"no gallery: {e}. The page shows only what results.json holds; the towers are not run "
-            "for a report (train with --config.cache_features=True to have one)"
-        )
-    per_puzzle = metrics.get("per_puzzle", {})
-    greedy_pp = metrics.get("greedy_per_puzzle", {})
-    puzzle_rows = [
-        {
-            "puzzle": pid,
-            "name": info[pid].name if pid in info else "",
-            "skill": info[pid].type if pid in info else "?",
-            "n": row["n"],
-            "S_acc": row["S_acc"],
-            "O_acc": row["O_acc"],
-            "greedy_S_acc": greedy_pp.get(pid, {}).get("S_acc"),
-        }
-        for pid, row in sorted(per_puzzle.items())
-    ]
-    greedy_ps = {**metrics.get("greedy_per_skill", {}), **metrics.get("greedy_per_other_type", {})}
-    skill_rows = [
-        {
-            "skill": skill,
-            "other": other,
-            "num_puzzles": row["num_puzzles"],
-            "S_acc": row["S_acc"],
-            "O_acc": row["O_acc"],
-            "greedy_S_acc": greedy_ps.get(skill, {}).get("S_acc"),
-        }
-        for other, group in ((False, metrics.get("per_skill", {})), (True, metrics.get("per_other_type", {})))
-        for skill, row in group.items()
-    ]
-    curves = _png_uri(wd.curves)
-    steps_per_epoch = _steps_per_epoch(results)
-    if curves is None and draw_plots and wd.log.is_file() and steps_per_epoch:  # a sweep member drew none
-        series = summaries.read_log(wd.log)
-        best = int(results.get("best_epoch", 0))
-        curves = _figure_uri(lambda d: reports.plot_curves(series, steps_per_epoch, best, d / "curves.png"))
-    per_puzzle_png, per_skill_png = _png_uri(wd.plot(split, "puzzle")), _png_uri(wd.plot(split, "skill"))
-    if (per_puzzle_png is None or per_skill_png is None) and draw_plots and metrics:
-        with tempfile.TemporaryDirectory() as tmp:
-            per_puzzle_png, per_skill_png = map(_png_uri, reports.plot_results(metrics, tmp, prefix=split))
+    gallery = _gallery(wd, split, root, info, metrics, max_cards, thumbs or thumbnails.Cache())
+    puzzle_rows = _puzzle_rows(metrics, info)
     base, difference = config_difference(config)
-    towers = config.get("towers", {})
-    split_sizes = {}
-    record = predictions_lib.record_dir(wd)
-    if record is not None:
-        splits = json.loads((record / "features.json").read_text()).get("splits", {})
-        split_sizes = {s: v.get("rows") for s, v in splits.items()}
-    skills = sorted({c["s"] for c in cards})
     return {
         # a sweep member is named by its row too ("smarter/seed_0")
         "title": f"{wd.root.parent.name + '/' if links else ''}{wd.root.name}: {split} report",
         "workdir": str(wd.root),
         "split": split,
-        "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "headline": {
-            "S_acc": metrics.get("S_acc"),
-            "O_acc": metrics.get("O_acc"),
-            "greedy_S_acc": metrics.get("greedy_S_acc"),
-            "greedy_O_acc": metrics.get("greedy_O_acc"),
-            "chance_S_acc": metrics.get("chance_S_acc"),
-            "chance_O_acc": metrics.get("chance_O_acc"),
-            "err": metrics.get("err"),
-            "n": metrics.get("n"),
-            "best_epoch": results.get("best_epoch"),
-            "epochs": results.get("epochs"),
-            "val_S_acc": (results.get("val") or {}).get("S_acc"),
-        },
-        "data": {
-            "root": root or "(none)",
-            "split_type": data_cfg.get("split_type", "?"),
-            "ratio": data_cfg.get("ratio"),
-            "puzzles": len(per_puzzle),
-            "sizes": split_sizes,
-            "synthetic": bool(config.get("synthetic", {}).get("enabled")),
-        },
-        "towers": {
-            "features": config.get("model", {}).get("features", "?"),
-            "tiny": bool(towers.get("tiny")),
-            "dinov2": towers.get("dinov2", ""),
-            "siglip": towers.get("siglip", ""),
-            "dtype": towers.get("dtype", "?"),
-        },
+        "generated": _now(),
+        "headline": _headline(metrics, results),
+        "data": _data_section(wd, config, len(puzzle_rows)),
+        "towers": _towers_section(config),
         "base_config": base,
         "difference": difference,
-        "curves": curves,
-        "per_puzzle_png": per_puzzle_png,
-        "per_skill_png": per_skill_png,
-        "skill_rows": skill_rows,
+        **_plots(wd, results, metrics, split, draw_plots),
+        "skill_rows": _skill_rows(metrics),
         "puzzle_rows": puzzle_rows,
-        "sequences": sequences,
-        "cards": cards,
-        "n_split": n_split,
-        "skills": skills,
         "puzzle_names": {str(p["puzzle"]): p["name"] for p in puzzle_rows},
-        "predictions_file": str(pred_file) if pred_file else "",
-        "notes": notes,
         "links": dict(links or {}),
+        **gallery,
     }
 
 
@@ -405,10 +459,7 @@ def write_run_page(
 
 
 def _write(path: pathlib.Path, template: str, context: Mapping[str, Any]) -> pathlib.Path:
-    html = _environment().get_template(template).render(**context)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a page
+    fileio.write_text(path, _environment().get_template(template).render(**context))
     return path
 
 
@@ -440,6 +491,57 @@ def _read_table(path: pathlib.Path) -> tuple[list[str], list[dict[str, Any]]]:
     return present + [g for g in groups if g not in present], list(rows.values())
 
 
+def _member_row(
+    row: str, name: str, results: Mapping[str, Any], page: pathlib.Path, root: pathlib.Path
+) -> dict[str, Any]:
+    """A member's line in the sweep page's list: its test accuracies (fractions) and its page's href,
+    relative to the sweep's root."""
+    test = results.get("test") or {}
+    return {
+        "row": row,
+        "member": name,
+        "S_acc": test.get("S_acc"),
+        "O_acc": test.get("O_acc"),
+        "best_epoch": results.get("best_epoch"),
+        "href": os.path.relpath(page, root),
+    }
+
+
+def _sweep_members(
+    root: pathlib.Path, record: Mapping[str, Any], *, members: bool, max_cards: int, draw_plots: bool
+) -> tuple[dict[str, dict[str, dict[str, float]]], list[dict[str, Any]], dict[int, smart101.PuzzleInfo]]:
+    """(per row: {puzzle id as str: {"S", "O": the members' mean accuracy, a fraction}}, the members'
+    lines (:func:`_member_row`), the puzzles' names and skills), over the members that finished; with
+    ``members``, each one's page is written on the way (one thumbnail cache for all)."""
+    thumbs = thumbnails.Cache()
+    per_row: dict[str, dict[str, dict[str, float]]] = {}
+    member_rows = []
+    info: dict[int, smart101.PuzzleInfo] = {}
+    for row in record.get("rows", {}):
+        accs: dict[int, list[tuple[float, float]]] = {}
+        for name in record.get("members", []):
+            member = root / row / name
+            if not (member / "results.json").is_file():
+                continue
+            results = reports.load_results(member)
+            if not info:
+                info = _puzzle_info((Workdir(member).run_config() or {}).get("data", {}).get("root", ""))
+            for pid, m in (results.get("test") or {}).get("per_puzzle", {}).items():
+                accs.setdefault(int(pid), []).append((m["S_acc"], m["O_acc"]))
+            page = member / PAGE
+            if members:
+                links = {"sweep": os.path.relpath(root / PAGE, member)}
+                page = write_run_page(
+                    member, max_cards=max_cards, thumbs=thumbs, draw_plots=draw_plots, links=links
+                )
+            member_rows.append(_member_row(row, name, results, page, root))
+        per_row[row] = {
+            str(p): {"S": float(np.mean([a[0] for a in v])), "O": float(np.mean([a[1] for a in v]))}
+            for p, v in sorted(accs.items())
+        }
+    return per_row, member_rows, info
+
+
 def write_sweep_page(
     workdir: str | os.PathLike,
     *,
@@ -458,55 +560,18 @@ def write_sweep_page(
     if not (is_sweep(root) and table_csv.is_file()):
         raise FileNotFoundError(f"{root} is not a finished sweep workdir (it needs sweep.json and table.csv)")
     record = json.loads((root / "sweep.json").read_text())
-    member_names = list(record.get("members", []))
     # The sweep's choice of cost: without member_plots, member pages show tables but draw no plot.
     config = json.loads((root / "config.json").read_text()) if (root / "config.json").is_file() else {}
     draw_plots = bool(config.get("member_plots", True))
     groups, table = _read_table(table_csv)
-    thumbs = thumbnails.Cache()
-    per_row: dict[str, dict[str, dict[str, float]]] = {}
-    member_rows = []
-    info: dict[int, smart101.PuzzleInfo] = {}
-    for row in record.get("rows", {}):
-        accs: dict[int, list[tuple[float, float]]] = {}
-        for name in member_names:
-            member = root / row / name
-            if not (member / "results.json").is_file():
-                continue
-            results = reports.load_results(member)
-            test = results.get("test") or {}
-            if not info:
-                info = _puzzle_info((Workdir(member).run_config() or {}).get("data", {}).get("root", ""))
-            for pid, m in test.get("per_puzzle", {}).items():
-                accs.setdefault(int(pid), []).append((m["S_acc"], m["O_acc"]))
-            page = None
-            if members:
-                page = write_run_page(
-                    member,
-                    max_cards=max_cards,
-                    thumbs=thumbs,
-                    draw_plots=draw_plots,
-                    links={"sweep": os.path.relpath(root / PAGE, member)},
-                )
-            member_rows.append(
-                {
-                    "row": row,
-                    "member": name,
-                    "S_acc": test.get("S_acc"),
-                    "O_acc": test.get("O_acc"),
-                    "best_epoch": results.get("best_epoch"),
-                    "href": os.path.relpath(page or member / PAGE, root),
-                }
-            )
-        per_row[row] = {
-            str(p): {"S": float(np.mean([a[0] for a in v])), "O": float(np.mean([a[1] for a in v]))}
-            for p, v in sorted(accs.items())
-        }
+    per_row, member_rows, info = _sweep_members(
+        root, record, members=members, max_cards=max_cards, draw_plots=draw_plots
+    )
     rows = list(per_row)
     context = {
         "title": f"{root.name}: sweep report",
         "workdir": str(root),
-        "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "generated": _now(),
         "groups": groups,
         "skill_set": [*puzzles.SKILL_CLASSES, "all"],
         "table": table,
@@ -527,5 +592,6 @@ def write_sweep_page(
 
 def write_page(workdir: str | os.PathLike, **kwargs: Any) -> pathlib.Path:
     """The page of a sweep workdir (:func:`write_sweep_page`) or of a run workdir (:func:`write_run_page`),
-    told apart by the sweep's ``sweep.json``."""
+    told apart by the sweep's ``sweep.json``; returns its path. FileNotFoundError when ``workdir`` is
+    neither a finished run nor a finished sweep."""
     return (write_sweep_page if is_sweep(workdir) else write_run_page)(workdir, **kwargs)

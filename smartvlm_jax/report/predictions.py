@@ -37,7 +37,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from smartvlm_jax import features, metrics, puzzles
+from smartvlm_jax import features, fileio, metrics, puzzles
 from smartvlm_jax.workdir import Workdir
 
 TOP_K = 3
@@ -70,8 +70,11 @@ def record_dir(workdir: Workdir) -> pathlib.Path | None:
     return None
 
 
-def _source(workdir: Workdir, split: str) -> dict:
-    """What the predictions depend on: the split, the best model's params file and the features' entry."""
+def source_of(workdir: str | os.PathLike, split: str) -> dict:
+    """What the predictions of ``split`` depend on, as a predictions file's ``source`` holds it: the split,
+    the best model's params files (name -> [bytes, mtime in ns]), the features' store entry and the
+    folder of their record. Raises NoFeaturesError when the run stored no features for ``split``."""
+    workdir = Workdir(workdir)
     folder = record_dir(workdir)
     if folder is None:
         raise NoFeaturesError(f"{workdir.root} has no {features.RECORD_FILE}: the run stored no features")
@@ -111,7 +114,7 @@ def compute(workdir: str | os.PathLike, split: str = "test", batch_size: int = 2
     from smartvlm_jax import reasoner
 
     wd = Workdir(workdir)
-    source = _source(wd, split)
+    source = source_of(wd, split)
     try:
         cache = features.read_recorded(source["record"], split)
     except FileNotFoundError as e:
@@ -164,12 +167,14 @@ def compute(workdir: str | os.PathLike, split: str = "test", batch_size: int = 2
 
 
 def save(arrays: Mapping[str, np.ndarray], file: str | os.PathLike) -> pathlib.Path:
-    """Writes a predictions file (through a temporary file and a rename)."""
+    """Writes ``arrays`` (the fields of the module docstring; ``source`` a JSON-able dict) to ``file``
+    atomically and returns its path. KeyError naming a missing field, before anything is written."""
     file = pathlib.Path(file)
-    tmp = file.with_name(file.name + ".tmp.npz")
     payload = {k: np.asarray(arrays[k]) for k in FIELDS}
-    np.savez_compressed(tmp, **payload, source=np.asarray(json.dumps(arrays["source"], sort_keys=True)))
-    os.replace(tmp, file)
+    source = np.asarray(json.dumps(arrays["source"], sort_keys=True))
+    # A file object, not a name: given a name, numpy would append ".npz" to the temporary one.
+    with fileio.atomic_open(file, "wb") as f:
+        np.savez_compressed(f, **payload, source=source)
     return file
 
 
@@ -181,7 +186,7 @@ def ensure(workdir: str | os.PathLike, split: str = "test") -> dict[str, np.ndar
     """
     wd = Workdir(workdir)
     file = path(wd, split)
-    source = _source(wd, split)
+    source = source_of(wd, split)
     if file.is_file():
         try:
             stored = load(file)

@@ -37,6 +37,8 @@ class Cache:
         self.errors: dict[str, str] = {}
 
     def get(self, path: str | os.PathLike) -> str | None:
+        """The thumbnail of the image at ``path`` as a WebP data URI (:func:`data_uri`); None when it
+        could not be read (the reason in ``errors[path]``)."""
         key = os.fspath(path)
         if key not in self._uris:
             try:

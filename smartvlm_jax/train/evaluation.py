@@ -2,12 +2,11 @@
 (results.json, the table, the plots), and the re-evaluation of a finished workdir.
 """
 
-import json
 import logging
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
@@ -19,7 +18,7 @@ from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.inputs import Inputs, prepare_inputs
 from smartvlm_jax.train.setup import Run
 from smartvlm_jax.train.signals import Stopped, StopSignal
-from smartvlm_jax.workdir import Workdir
+from smartvlm_jax.workdir import PATH_FIELDS, Workdir, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,10 @@ def run_results(run: Run, test: dict, record: dict, steps: int) -> dict:
 
 
 def evaluate_workdir(
-    workdir: str | pathlib.Path, split: str = "test", out: str | pathlib.Path | None = None
+    workdir: str | pathlib.Path,
+    split: str = "test",
+    out: str | pathlib.Path | None = None,
+    paths: Mapping[str, str] | None = None,
 ) -> dict:
     """Re-evaluate a finished (or interrupted) run's best model on a split, from its workdir alone.
 
@@ -136,22 +138,27 @@ def evaluate_workdir(
     "written". SIGTERM or Ctrl-C stops it between batches, writing nothing: then it returns
     ``{"stopped": stage, "table": "", "written": []}``.
 
-    FileNotFoundError or ValueError when the directory is not a training workdir; PermissionError naming
-    the folder when ``out`` cannot be written.
+    ``paths``: new places of paths the run config records outside the workdir (``Workdir.PATH_FIELDS``:
+    "towers.dinov2" -> a directory), for a run whose data or towers moved.
+
+    FileNotFoundError or ValueError when the directory is not a training workdir, or naming the recorded
+    path that is missing and the flag that gives its new place; PermissionError naming the folder when
+    ``out`` cannot be written.
     """
     workdir = Workdir(workdir)
     if not workdir.config_file.is_file():
         raise FileNotFoundError(
             f"{workdir.config_file} does not exist: is {workdir.root} a training workdir?"
         )
-    saved = json.loads(workdir.config_file.read_text())
-    if not (isinstance(saved, dict) and "towers" in saved and "optim" in saved):
+    saved = workdir.read_config()
+    if not ("towers" in saved and "optim" in saved):
         raise ValueError(
             f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
             "training run's directory, or answer with predict --checkpoint"
         )
+    saved = with_paths(saved, paths or {}, workdir)
     out = pathlib.Path(out) if out is not None else workdir.evaluations / split
-    check_writable(out)
+    check_writable(out, "evaluate's output folder", hint=": choose another folder with --out")
     with StopSignal() as stop:
         try:
             run = setup_lib.setup(ml_collections.ConfigDict(saved), workdir, stop=stop, record=False)
@@ -170,13 +177,26 @@ def evaluate_workdir(
     return {**result, "table": table, "written": written}
 
 
-def check_writable(folder: pathlib.Path) -> None:
-    """PermissionError naming ``folder`` (or its first existing parent) when it cannot be written;
-    NotADirectoryError when it is a file."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(f"{existing} is a file, not a folder to write {folder} in")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{existing} is not writable: choose another folder with --out")
+def with_paths(saved: dict, paths: Mapping[str, str], workdir: Workdir) -> dict:
+    """The run config ``saved`` with ``paths`` (field -> new place) applied; FileNotFoundError naming the
+    first data or tower path it records that is missing, and the flag that gives its new place."""
+    unknown = sorted(set(paths) - set(PATH_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"--config.{unknown[0]}: not a path of the run config (paths: {', '.join(PATH_FIELDS)})"
+        )
+    for dotted in PATH_FIELDS:
+        *parents, name = dotted.split(".")
+        section = saved
+        for parent in parents:
+            section = section.get(parent, {})
+        if dotted in paths:
+            section[name] = os.path.abspath(paths[dotted])
+        value = section.get(name)
+        needed = dotted.startswith(("data.", "towers.")) and not (dotted == "data.data_dir" and not value)
+        if needed and value and not os.path.exists(value):
+            raise FileNotFoundError(
+                f"{workdir.config_file} records {dotted}={value!r}, which is missing: give its new place "
+                f"with --config.{dotted}=PATH"
+            )
+    return saved

@@ -297,13 +297,14 @@ def plan_features(
 
 
 def write_run_config(run: Run) -> None:
-    """``<workdir>/config.json``: the resolved run config; a workdir describes itself (predict, evaluate)."""
+    """``<workdir>/config.json``: the resolved run config; a workdir describes itself (predict, evaluate).
+    Paths inside the workdir are stored relative to it (``Workdir.portable``), so the workdir can move."""
     if not run.is_lead:
         return
     resolved = ml_collections.ConfigDict(run.config)
     resolved.data = run.data_cfg
     resolved.towers = run.towers_cfg
     resolved.model = run.model_cfg
-    text = resolved.to_json_best_effort(indent=2) + "\n"
-    checks.check_same_head(run.workdir, json.loads(text)["model"])
-    fileio.write_text(run.workdir.config_file, text)
+    portable = run.workdir.portable(json.loads(resolved.to_json_best_effort()))
+    checks.check_same_head(run.workdir, portable["model"])
+    fileio.write_json(run.workdir.config_file, portable, indent=2)

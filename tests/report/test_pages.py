@@ -37,10 +37,10 @@ def test_sequence_errors_name_each_positions_accuracy_and_the_first_wrong_one():
 
 def test_the_gallery_samples_every_puzzle_alike_beyond_its_size():
     pids = np.repeat([1, 2, 3], [50, 10, 40])
-    assert np.array_equal(pages._sample(pids, 100), np.arange(100))
-    chosen = pages._sample(pids, 30)
+    assert np.array_equal(pages.gallery_sample(pids, 100), np.arange(100))
+    chosen = pages.gallery_sample(pids, 30)
     assert np.array_equal(np.bincount(pids[chosen])[1:], [10, 10, 10])
-    assert np.array_equal(chosen, np.sort(chosen)) and np.array_equal(chosen, pages._sample(pids, 30))
+    assert np.array_equal(chosen, np.sort(chosen)) and np.array_equal(chosen, pages.gallery_sample(pids, 30))
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_a_run_without_stored_features_gets_a_page_without_gallery(smoke_run, tm
     html = pages.write_run_page(bare).read_text()
     assert "no gallery" in html and 'id="no-gallery"' in html and 'id="cards-data"' not in html
     assert not (bare / "test_predictions.npz").exists()
-    s_acc = reports._pct(json.loads((bare / "results.json").read_text())["test"]["S_acc"])
+    s_acc = reports.pct(json.loads((bare / "results.json").read_text())["test"]["S_acc"])
     assert f'id="s-acc">{s_acc}<' in html
 
 

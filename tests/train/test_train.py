@@ -356,24 +356,38 @@ def test_evaluate_cli_reproduces_the_test_metrics(reference):
     assert {name: (workdir / name).read_bytes() for name in record} == before
 
 
-def test_evaluate_a_read_only_workdir(reference, tmp_path):
+def test_evaluate_a_read_only_workdir(reference, tmp_path, monkeypatch):
+    """A workdir this user may not write (simulated: the tests run as root, whom no mode bit stops) is
+    refused in one line naming --out, and evaluated with --out elsewhere, its files untouched."""
     workdir, results = reference
     frozen = tmp_path / "frozen"
-    shutil.copytree(workdir, frozen, ignore=shutil.ignore_patterns("checkpoints", "evaluations"))
-    for path in [frozen, *frozen.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~0o222)
-    try:
-        cmd = [sys.executable, "-m", "smartvlm_jax.evaluate", "--workdir", str(frozen)]
-        refused = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert refused.returncode == 1 and "Traceback" not in refused.stderr
-        assert refused.stderr.strip() == f"error: {frozen} is not writable: choose another folder with --out"
-        cmd = [*cmd, "--out", str(tmp_path / "out")]
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert reports.load_results(tmp_path / "out")["test"]["S_acc"] == results["test"]["S_acc"]
-    finally:
-        for path in [frozen, *frozen.rglob("*")]:
-            path.chmod(path.stat().st_mode | 0o200)
+    shutil.copytree(workdir, frozen, ignore=shutil.ignore_patterns("checkpoints", "evaluations", ".lock"))
+    before = {p: p.read_bytes() for p in frozen.rglob("*") if p.is_file()}
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode) and not str(p).startswith(str(frozen)))
+    with pytest.raises(PermissionError) as refused:
+        train.evaluate_workdir(frozen)
+    assert str(refused.value) == (
+        f"evaluate's output folder {str(frozen / 'evaluations' / 'test')!r}: {frozen} is not writable: "
+        "choose another folder with --out"
+    )
+    done = train.evaluate_workdir(frozen, out=tmp_path / "out")
+    assert done["S_acc"] == results["test"]["S_acc"]
+    assert reports.load_results(tmp_path / "out")["test"]["S_acc"] == results["test"]["S_acc"]
+    assert {p: p.read_bytes() for p in frozen.rglob("*") if p.is_file()} == before
+
+
+def test_a_file_as_workdir_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for module, config in (
+        ("smartvlm_jax.main", "configs/smoke.py"),
+        ("smartvlm_jax.sweep", "configs/paper.py:smoke"),
+    ):
+        cmd = [sys.executable, "-m", module, "--config", config, "--workdir", str(tmp_path / "file")]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 1 and out.stderr.strip() == (
+            f"error: --workdir {str(tmp_path / 'file')!r}: {tmp_path / 'file'} is a file, not a folder"
+        ), out.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -484,3 +498,35 @@ def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
     assert ref.keys() == low.keys()
     np.testing.assert_allclose(list(low.values()), list(ref.values()), atol=2e-3, rtol=0)
     assert abs(half["test"]["S_acc"] - results["test"]["S_acc"]) <= 2 / 66
+
+
+def test_a_moved_workdir_is_evaluated_resumed_and_answers(reference, tmp_path):
+    """config.json stores the paths inside the workdir relative to it: a copy elsewhere (mtimes kept, as
+    mv and cp -a keep them) evaluates, predicts and resumes on its own files; a path recorded outside
+    that has moved is named with the flag that gives its new place."""
+    workdir, results = reference
+    moved = tmp_path / "moved run"
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns("evaluations", ".lock"))
+    recorded = json.loads((moved / "config.json").read_text())
+    assert (recorded["data"]["root"], recorded["towers"]["dinov2"]) == ("synthetic", "towers/dinov2")
+    assert str(workdir) not in (moved / "config.json").read_text()
+    evaluated = train.evaluate_workdir(moved)
+    assert evaluated["S_acc"] == results["test"]["S_acc"]
+    assert all(str(p).startswith(str(moved)) for p in evaluated["written"])
+    resumed = train.train_and_evaluate(run_config(), moved)  # the last checkpoint: only the test runs
+    assert resumed["test"]["S_acc"] == results["test"]["S_acc"] and resumed["steps"] == results["steps"]
+
+    outside = tmp_path / "towers elsewhere"
+    shutil.copytree(workdir / "towers", outside, copy_function=shutil.copy2)
+    recorded = json.loads((moved / "config.json").read_text())
+    recorded["towers"].update(tiny=False, dinov2=str(outside / "dinov2"), siglip=str(outside / "siglip"))
+    (moved / "config.json").write_text(json.dumps(recorded))
+    outside.rename(tmp_path / "towers moved again")
+    with pytest.raises(FileNotFoundError) as missing:
+        train.evaluate_workdir(moved)
+    assert str(missing.value) == (
+        f"{moved / 'config.json'} records towers.dinov2={str(outside / 'dinov2')!r}, which is missing: "
+        "give its new place with --config.towers.dinov2=PATH"
+    )
+    new = {f"towers.{n}": str(tmp_path / "towers moved again" / n) for n in ("dinov2", "siglip")}
+    assert train.evaluate_workdir(moved, paths=new)["S_acc"] == results["test"]["S_acc"]
