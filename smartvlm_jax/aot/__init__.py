@@ -1,0 +1,61 @@
+"""Compile a run for the TPU slice or GPU hosts it will run on, before renting them.
+
+``python -m smartvlm_jax.main --config C --workdir W --compile_only=tpu:v5e:2x4`` (and the sweep's flag)
+compiles every program the run would run (each tower's forward at the extraction batch, the train step or
+a group's vmapped member step, the eval/predict step) for the target's devices, at the run's shapes and
+shardings, on this machine: no accelerator, nothing extracted or trained. It reports what each program
+needs per chip against the chip's HBM, its FLOPs and roofline time, the largest batch that fits, and the
+run's estimated time (docs/tpu.md and docs/gpu.md, "Will it fit, and what will it cost?").
+
+``targets``  the targets (``tpu:<chip>:<topology>``, ``gpu:<chip>:<hosts>x<gpus>``, ``cpu``) and chip figures
+``programs`` the run's programs, built abstractly for the target's mesh
+``report``   compiles, figures, the largest batch, the run's estimate, the refusal of what does not fit
+``output``   the table, ``compile_report.json`` and ``.md``
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import ml_collections
+
+from smartvlm_jax.aot import output, programs, report, targets
+from smartvlm_jax.aot.report import DoesNotFit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DoesNotFit", "compile_run", "output", "programs", "report", "targets"]
+
+
+def compile_run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    target: str,
+    *,
+    members: int = 0,
+    search_budget: int = 6,
+    print_table: bool = True,
+) -> dict:
+    """Compile the run of ``config`` for ``target`` (a ``--compile_only`` value), write
+    ``<workdir>/compile_report.json`` and ``.md``, print the table, and return the report.
+
+    ``members`` > 0 compiles a group's vmapped member step of that many members instead of the train step.
+    ``search_budget``: compiles per program spent finding its largest fitting batch (<= 1: no search).
+    Raises :class:`DoesNotFit` (a ValueError) naming each program that does not fit, its bytes per chip,
+    the HBM and the largest batch that fits, after the report is written; ValueError or RuntimeError
+    naming the flag or the missing extra for a bad target."""
+    spec = targets.parse(target)
+    targets.compile_only_environment()
+    plan = programs.plan(config, spec, workdir, members=members)
+    log.info("compile-only for %s: %d programs on %d devices", spec.text, len(plan.programs), plan.mesh.size)
+    reports = report.analyse(plan, search_budget)
+    refused = report.refusal(plan, reports)
+    result = output.to_json(plan, reports, report.run_estimate(plan, reports), refused)
+    js, md = output.write(workdir, result)
+    if print_table:
+        print(output.table(result))
+        print(f"\nreport: {js}\n        {md}")
+    if refused:
+        raise DoesNotFit(refused)
+    return result
