@@ -55,13 +55,14 @@ def table(report: dict[str, Any]) -> str:
         f"mesh {report['mesh']}, attention {report['attention']!r}; towers {report['towers']}; "
         f"C_p from {report['classes_from']}",
         "",
-        f"| program | batch/chip | args GiB | out GiB | temp GiB | peak GiB | HBM GiB | fits | GFLOP | "
-        f"GB accessed | roofline ms | compile s | max batch/chip |",
+        "| program | batch/chip | args GiB | out GiB | temp GiB | peak GiB | HBM GiB | fits | GFLOP | "
+        "GB accessed | roofline ms | compile s | max batch/chip |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for p in report["programs"]:
         lines.append(
-            f"| {p['name']} | {p['per_device_batch']} | {_gib(p['argument_bytes'])} | {_gib(p['output_bytes'])} "
+            f"| {p['name']} | {p['per_device_batch']} | {_gib(p['argument_bytes'])} "
+            f"| {_gib(p['output_bytes'])} "
             f"| {_gib(p['temp_bytes'])} | {_gib(p['peak_bytes'])} | {_gib(hbm) if hbm else '-'} "
             f"| {'yes' if p['fits'] else 'NO'} | {p['flops'] / 1e9:.2f} | {p['bytes_accessed'] / 1e9:.3f} "
             f"| {1e3 * p['roofline_s']:.3f} | {p['compile_s']:.1f} | {p['max_per_device_batch']} |"

@@ -228,7 +228,9 @@ def image_batch(frozen: features.FrozenTowers, batch: int, sharding, labels: boo
 
 def feature_batch(frozen: features.FrozenTowers, batch: int, sharding) -> dict:
     """An abstract batch of stored features (``train.GatherCached``'s keys: float32 features)."""
-    text = (question_length(frozen), frozen.text_dim) if frozen.text_output == "tokens" else (frozen.text_dim,)
+    text = (
+        (question_length(frozen), frozen.text_dim) if frozen.text_output == "tokens" else (frozen.text_dim,)
+    )
     out = {"vision": ((frozen.vision_dim,), jnp.float32), "text": (text, jnp.float32), **LABEL_SHAPES}
     return {k: jax.ShapeDtypeStruct((batch, *s), d, sharding=sharding) for k, (s, d) in out.items()}
 
@@ -403,5 +405,7 @@ def step_programs(run, frozen, tower_params, rows: Mapping[str, int], members: i
         )
     else:
         train_prog = Program("train_step", f"train step on {where}", config.batch_size // n, lower_train)
-    predict = Program("eval_step", f"eval/predict step on {where}", config.eval_batch_size // n, lower_predict)
+    predict = Program(
+        "eval_step", f"eval/predict step on {where}", config.eval_batch_size // n, lower_predict
+    )
     return [train_prog, predict]

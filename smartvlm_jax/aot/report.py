@@ -126,7 +126,7 @@ def fits(c: Compiled, chip: Chip) -> bool:
 
 
 def roofline_s(c: Compiled, chip: Chip) -> float:
-    """max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth), seconds per call per device (0: no figure)."""
+    """max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth): seconds per call per device (0: none)."""
     if chip.peak_flops <= 0 or chip.hbm_bandwidth <= 0 or not c.ok:
         return 0.0
     return max(c.flops / chip.peak_flops, c.bytes_accessed / chip.hbm_bandwidth)
@@ -215,7 +215,9 @@ def analyse(plan: Plan, search_budget: int = 6, keep_hlo: bool = False) -> list[
         first = compile_at(program, program.batch, n, keep_hlo)
         max_batch, search = -1, [first]
         if search_budget > 1:
-            max_batch, found = largest_batch(lambda b, p=program: compile_at(p, b, n), first, chip, search_budget)
+            max_batch, found = largest_batch(
+                lambda b, p=program: compile_at(p, b, n), first, chip, search_budget
+            )
             search = [found[b] for b in sorted(found)]
         out.append(
             ProgramReport(
@@ -277,7 +279,9 @@ def refusal(plan: Plan, reports: list[ProgramReport]) -> str:
         c = r.at_batch
         hbm = c.available_bytes or chip.hbm_bytes
         needs = f"needs {c.peak_bytes / GIB:.2f} GiB per chip" if c.peak_bytes else "does not fit"
-        field = "--config.batch_size" if r.name in ("train_step", "member_step") else "--config.eval_batch_size"
+        field = (
+            "--config.batch_size" if r.name in ("train_step", "member_step") else "--config.eval_batch_size"
+        )
         if r.max_batch > 0:
             largest = f"the largest {field} that fits is {r.max_batch * n} ({r.max_batch} per chip)"
         elif r.max_batch == 0:

@@ -22,7 +22,6 @@ from typing import Any
 from smartvlm_jax.towers import vit
 from smartvlm_jax.towers.backends import onednn, xla
 
-
 # A tower config key (set by the compile-only path, never saved): the attention formulation of the platform
 # the program is compiled for, when that is not this process's default backend (``xla.impl_for``).
 IMPL_KEY = "_smartvlm_attention_impl"
