@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import pathlib
 
+import jax
 import ml_collections
 
 from smartvlm_jax.aot import output, programs, report, targets
@@ -49,7 +50,14 @@ def compile_run(
     targets.compile_only_environment()
     plan = programs.plan(config, spec, workdir, members=members)
     log.info("compile-only for %s: %d programs on %d devices", spec.text, len(plan.programs), plan.mesh.size)
-    reports = report.analyse(plan, search_budget)
+    # Not through XLA's persistent cache: a TPU or GPU executable has no place in this host's CPU cache
+    # (and the compile-only clients cannot load one back).
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        reports = report.analyse(plan, search_budget)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
     refused = report.refusal(plan, reports)
     result = output.to_json(plan, reports, report.run_estimate(plan, reports), refused)
     js, md = output.write(workdir, result)
