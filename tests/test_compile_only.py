@@ -19,7 +19,9 @@ def test_targets_parse_and_refuse_with_the_flag():
     assert targets.parse("gpu:h100:2x8").num_devices == 16
     for bad, says in [
         ("tpu:v9:2x4", "unknown tpu chip 'v9'"),
-        ("tpu:v5e", "expected tpu:<chip>:<topology>"),
+        ("tpu:v5e", "unknown TPU accelerator type"),
+        ("tpu:v4-33", "not a power-of-two slice"),
+        ("v5e:2x4", "expected tpu:<chip>:<topology>"),
         ("gpu:h100:8", "bad shape"),
     ]:
         with pytest.raises(ValueError, match=re.escape(says)) as e:
@@ -108,3 +110,10 @@ def test_a_batch_too_large_is_refused_naming_the_hbm(tmp_path):
     assert found and 0 < int(found.group(1)) < cfg.eval_batch_size, message
     written = json.loads((tmp_path / "compile_report.json").read_text())
     assert written["refused"] == message
+
+
+def test_cloud_tpu_accelerator_types_name_their_topology():
+    assert targets.parse("tpu:v5litepod-8").text == "tpu:v5e:2x4"
+    assert targets.parse("tpu:v4-32").chip.name == "v4" and targets.parse("tpu:v4-32").shape == "2x2x4"
+    assert targets.accelerator_topology("v5p-64") == "v5p:2x4x4"
+    assert targets.accelerator_topology("v4-8") == "v4:2x2x1"

@@ -138,6 +138,10 @@ def tower_config(towers_cfg: ml_collections.ConfigDict, name: str) -> tuple[dict
     value = towers_cfg.get(name, "") or DEFAULT_RELEASE[name]
     if value in RELEASED:
         return dict(RELEASED[value]), None, value
+    by_basename = {key.rsplit("/", 1)[-1]: key for key in RELEASED}
+    base = os.path.basename(os.path.normpath(value))
+    if not os.path.isdir(value) and base in by_basename:  # a path on the cluster, named after its release
+        return dict(RELEASED[by_basename[base]]), None, f"{by_basename[base]} (for {value}, absent here)"
     if not os.path.isdir(value):
         raise FileNotFoundError(
             f"--config.towers.{name}={value!r} is neither a directory nor a released tower {sorted(RELEASED)}"
@@ -325,7 +329,11 @@ def plan(
     from smartvlm_jax import train
 
     config = train.upgrade_config(config)
-    train.check_config(config)
+    # The trainer's checks, less the two that need the run's files: tower fields are checked (directory or
+    # released id) by tower_config, and no data need be at hand (head_data estimates it).
+    checked = ml_collections.ConfigDict(config.to_dict())
+    checked.towers.tiny, checked.synthetic.enabled = True, True
+    train.check_config(checked)
     mesh = parallel.make_mesh(config.mesh.fsdp, target.devices())
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")

@@ -106,6 +106,8 @@ def parse(text: str) -> Target:
     e.g. "tpu:v5e:16x16", "tpu:v4:2x2x2"), "gpu:<chip>:<hosts>x<gpus>" (h100, h200, a100; e.g.
     "gpu:h100:2x8") or "cpu". ValueError naming the flag and what is wrong."""
     parts = text.split(":")
+    if len(parts) == 2 and parts[0] == "tpu":  # a Cloud TPU accelerator type, as launch/tpu.sh names it
+        return parse(f"tpu:{accelerator_topology(parts[1], text)}")
     if parts == ["cpu"]:
         return Target(text, Chip("cpu", "cpu", 0.0, 0.0, 0.0, description="this machine's CPU devices"))
     if len(parts) != 3 or parts[0] not in ("tpu", "gpu"):
@@ -141,3 +143,29 @@ def compile_only_environment() -> None:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_WORKER_ID", "0")
     jax.config.update("jax_platforms", "cpu")
+
+
+# Cloud TPU accelerator types -> (chip, TensorCores per chip in the type's count, 2D or 3D torus)
+_ACCELERATORS = {"v5litepod": ("v5e", 1, 2), "v6e": ("v6e", 1, 2), "v4": ("v4", 2, 3), "v5p": ("v5p", 2, 3)}
+
+
+def accelerator_topology(accelerator: str, text: str = "") -> str:
+    """ "<chip>:<topology>" of a Cloud TPU accelerator type (``v5litepod-8`` -> ``v5e:2x4``, ``v4-32`` ->
+    ``v4:2x2x4``: v4 and v5p count TensorCores, two per chip). ValueError naming the flag otherwise."""
+    kind, _, count = accelerator.rpartition("-")
+    if kind not in _ACCELERATORS or not count.isdigit():
+        raise ValueError(
+            f"--compile_only={text or accelerator!r}: unknown TPU accelerator type {accelerator!r}"
+        )
+    chip, cores, dims = _ACCELERATORS[kind]
+    chips = int(count) // cores
+    if chips < 1 or chips & (chips - 1) or int(count) % cores:
+        raise ValueError(f"--compile_only={text or accelerator!r}: {accelerator} is not a power-of-two slice")
+    shape = [1] * dims
+    i = 0
+    while chips > 1:  # the smallest torus of that many chips: double the axes in turn
+        shape[i % dims] *= 2
+        chips //= 2
+        i += 1
+    shape = sorted(d for d in shape if d > 1) + [d for d in shape if d == 1]  # libtpu's: 2x2x4, 2x2x1
+    return f"{chip}:{'x'.join(str(d) for d in shape)}"
