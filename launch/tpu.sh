@@ -26,6 +26,9 @@ Options:
       --repo URL           clone this git URL on the workers instead of copying the local checkout
       --branch NAME        branch or tag for --repo (default main)
       --log-worker W       worker whose log `logs` streams: a number or all (default 0)
+      --no-preflight       skip the local check before `create` and `run`: MAIN_ARGS compiled for the
+                           accelerator on this machine (--compile_only=tpu:TYPE; needs the package and
+                           its [tpu-compile] extra here), refusing a run whose programs do not fit
       --dry-run            print the commands instead of running them
   -h, --help               this help
 
@@ -57,6 +60,7 @@ repo_url=""
 branch="main"
 log_worker="0"
 dry_run=0
+preflight=1
 commands=()
 while (($#)); do
   case "$1" in
@@ -70,6 +74,7 @@ while (($#)); do
     --branch) branch="${2:?$1 needs a value}"; shift 2 ;;
     --log-worker) log_worker="${2:?$1 needs a value}"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
+    --no-preflight) preflight=0; shift ;;
     -h | --help) usage; exit 0 ;;
     create | setup | run | logs | stop | status | delete) commands+=("$1"); shift ;;
     --) shift; break ;;
@@ -188,7 +193,18 @@ do_delete() {
   step gcloud compute tpus queued-resources delete "$name" "${gcloud_scope[@]}" --force --quiet
 }
 
+# Compile the run for the accelerator here before a TPU is created or a run started: a run that cannot fit
+# never costs an hour of a slice. The report goes to a local directory, not the (remote) workdir.
+do_preflight() {
+  local report_dir="${TMPDIR:-/tmp}/smartvlm-preflight-$name"
+  step "${PYTHON:-python3}" -m smartvlm_jax.main "${main_args[@]}" --workdir="$report_dir" \
+    "--compile_only=tpu:$accelerator" --compile_only_search=2
+}
+
 cd "$repo_root" # git archive packs this checkout
+if ((preflight)) && ((${#main_args[@]})) && [[ " ${commands[*]} " =~ \ (create|run)\  ]]; then
+  do_preflight
+fi
 for c in "${commands[@]}"; do
   "do_$c"
 done

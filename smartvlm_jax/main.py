@@ -23,6 +23,15 @@ from smartvlm_jax import cli
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:ARG]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of the run (or sweep).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
+_COMPILE_ONLY = flags.DEFINE_string(
+    "compile_only",
+    "",
+    "Compile every program of the run for TARGET (tpu:v5e:2x4, tpu:v4:2x2x2, gpu:h100:1x8, cpu) on this "
+    "machine and report what fits and what it costs; nothing is extracted or trained (docs/tpu.md).",
+)
+_COMPILE_SEARCH = flags.DEFINE_integer(
+    "compile_only_search", 6, "With --compile_only: compiles per program spent finding its largest batch."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # The sweep's own fields (configs/paper.py; smartvlm_jax.sweep), which a single run refuses. Here, not in
@@ -59,6 +68,9 @@ def run_job(job: str, argv: list[str]) -> None:
 
     lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
     log.debug("command: %s", " ".join(sys.argv))
+    if _COMPILE_ONLY.value:  # one local process compiling for devices it does not have
+        run_compile_only(job, config)
+        return
     from smartvlm_jax import parallel  # JAX is touched only after the flags are known
 
     parallel.initialize_distributed(config)
@@ -71,6 +83,28 @@ def run_job(job: str, argv: list[str]) -> None:
     module, function = job.split(":")
     fn = getattr(importlib.import_module(module), function)
     status = cli.run(lambda: fn(config, _WORKDIR.value), traceback=_TRACEBACK.value)
+    if status:
+        sys.exit(status)
+
+
+def run_compile_only(job: str, config) -> None:
+    """``--compile_only``: the run's (or, for the sweep's ``job``, every row's) programs compiled for the
+    target, the report written; a program that does not fit is one error line and exit status 1."""
+    from smartvlm_jax.aot import targets
+
+    status = cli.run(lambda: targets.parse(_COMPILE_ONLY.value), traceback=_TRACEBACK.value)
+    if status:
+        sys.exit(status)
+    targets.compile_only_environment()  # before JAX's first backend call: an installed libtpu stays idle
+    from smartvlm_jax import aot
+
+    compile_job = aot.compile_sweep if job.startswith("smartvlm_jax.sweep") else aot.compile_run
+    options = dict(search_budget=_COMPILE_SEARCH.value)
+    status = cli.run(
+        lambda: compile_job(config, _WORKDIR.value, _COMPILE_ONLY.value, **options),
+        traceback=_TRACEBACK.value,
+        also=(RuntimeError,),  # a compiler plugin missing: the line names the extra to install
+    )
     if status:
         sys.exit(status)
 

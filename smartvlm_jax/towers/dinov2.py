@@ -162,7 +162,7 @@ def forward(params: dict[str, Any], pixels: jax.Array, config: dict[str, Any], d
     """
     patch = _int(config["patch_size"])
     tokens = 1 + (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
-    ops = backends.ops_for(params["encoder"]["layer"])
+    ops = backends.ops_for(params["encoder"]["layer"], config.get(backends.IMPL_KEY))
     return ops.in_groups(lambda px: _forward(params, px, config, dtype, ops), pixels, tokens)
 
 

@@ -134,7 +134,7 @@ def vision_forward(
     :func:`backends.ops_for` picks (on CPU: in groups of a few images)."""
     patch = _int(config["patch_size"])
     tokens = (pixels.shape[1] // patch) * (pixels.shape[2] // patch)
-    ops = backends.ops_for(params["encoder"]["layers"])
+    ops = backends.ops_for(params["encoder"]["layers"], config.get(backends.IMPL_KEY))
     return ops.in_groups(lambda px: _vision_forward(params, px, config, dtype, ops), pixels, tokens)
 
 
@@ -182,7 +182,7 @@ def text_forward(params: dict[str, Any], ids: jax.Array, config: dict[str, Any],
     n_pos = params["embeddings"]["position_embedding"]["embedding"].shape[0]
     if t > n_pos:
         raise ValueError(f"sequence length {t} exceeds max_position_embeddings {n_pos}")
-    ops = backends.ops_for(params["encoder"]["layers"])
+    ops = backends.ops_for(params["encoder"]["layers"], config.get(backends.IMPL_KEY))
     return ops.in_groups(lambda i: _text_forward(params, i, config, dtype, ops), ids, t)
 
 

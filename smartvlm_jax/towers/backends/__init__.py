@@ -22,6 +22,10 @@ from typing import Any
 from smartvlm_jax.towers import vit
 from smartvlm_jax.towers.backends import onednn, xla
 
+# A tower config key (set by the compile-only path, never saved): the attention formulation of the platform
+# the program is compiled for, when that is not this process's default backend (``xla.impl_for``).
+IMPL_KEY = "_smartvlm_attention_impl"
+
 
 def ops_for(layers: vit.Params, impl: str | None = None) -> vit.Ops:
     """The ops for encoder ``layers`` ({"0": block, ...}): the oneDNN kernels where :func:`prepare_layers`

@@ -24,8 +24,9 @@ F32 = jnp.float32
 
 # Attention formulations, picked at trace time from the backend (see :func:`default_impl`):
 # "cpu": :func:`attend_heads_major`; "fused": :func:`fused_attention` (cuDNN flash attention on NVIDIA
-# GPUs in bf16/fp16, XLA's ``dot_product_attention`` otherwise).
-ATTENTION_IMPLS = ("cpu", "fused")
+# GPUs in bf16/fp16, XLA's ``dot_product_attention`` otherwise); "cudnn": cuDNN's flash attention asked
+# for outright, unprobed (a program compiled for a GPU that is not this process's backend: impl_for).
+ATTENTION_IMPLS = ("cpu", "fused", "cudnn")
 # jax.nn.dot_product_attention's own default is XLA's formulation on every backend: cuDNN must be asked for.
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
@@ -33,6 +34,17 @@ CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 def default_impl() -> str:
     """The attention formulation for the default backend: "fused" on GPU/TPU, "cpu" otherwise."""
     return "fused" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
+
+
+def impl_for(platform: str, dtype: Any) -> str:
+    """The attention formulation of a program compiled for ``platform`` ("cpu", "tpu", "gpu"/"cuda") in
+    compute ``dtype``, whatever this process's default backend: "cpu" on CPU, "cudnn" on NVIDIA GPUs in
+    bf16/fp16 (what a GPU run asks for), "fused" (XLA's formulation) otherwise."""
+    if platform == "cpu":
+        return "cpu"
+    if platform in ("gpu", "cuda") and jnp.dtype(dtype) in CUDNN_DTYPES:
+        return "cudnn"
+    return "fused"
 
 
 def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -160,6 +172,11 @@ class XlaOps:
         y = vit.linear(qkv, x)
         scale = jnp.concatenate([jnp.full((d,), head_dim**-0.5, F32), jnp.ones((2 * d,), F32)])
         y = (y * scale).astype(dtype).reshape(b, t, 3, num_heads, head_dim)
+        if self.impl == "cudnn":
+            ctx = jax.nn.dot_product_attention(
+                y[:, :, 0], y[:, :, 1], y[:, :, 2], scale=1.0, implementation="cudnn"
+            )
+            return ctx.astype(F32).reshape(b, t, d)
         if self.impl == "fused":
             return fused_attention(y[:, :, 0], y[:, :, 1], y[:, :, 2]).astype(F32).reshape(b, t, d)
         y = jnp.transpose(y, (2, 0, 3, 1, 4))  # [3, B, H, T, Dh]

@@ -1,0 +1,96 @@
+"""Compile a run for the TPU slice or GPU hosts it will run on, before renting them.
+
+``python -m smartvlm_jax.main --config C --workdir W --compile_only=tpu:v5e:2x4`` (and the sweep's flag)
+compiles every program the run would run (each tower's forward at the extraction batch, the train step or
+a group's vmapped member step, the eval/predict step) for the target's devices, at the run's shapes and
+shardings, on this machine: no accelerator, nothing extracted or trained. It reports what each program
+needs per chip against the chip's HBM, its FLOPs and roofline time, the largest batch that fits, and the
+run's estimated time (docs/tpu.md and docs/gpu.md, "Will it fit, and what will it cost?").
+
+``targets``  the targets (``tpu:<chip>:<topology>``, ``gpu:<chip>:<hosts>x<gpus>``, ``cpu``) and chip figures
+``programs`` the run's programs, built abstractly for the target's mesh
+``report``   compiles, figures, the largest batch, the run's estimate, the refusal of what does not fit
+``output``   the table, ``compile_report.json`` and ``.md``
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import jax
+import ml_collections
+
+from smartvlm_jax.aot import output, programs, report, targets
+from smartvlm_jax.aot.report import DoesNotFit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DoesNotFit", "compile_run", "compile_sweep", "output", "programs", "report", "targets"]
+
+
+def compile_run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    target: str,
+    *,
+    members: int = 0,
+    search_budget: int = 6,
+    print_table: bool = True,
+) -> dict:
+    """Compile the run of ``config`` for ``target`` (a ``--compile_only`` value), write
+    ``<workdir>/compile_report.json`` and ``.md``, print the table, and return the report.
+
+    ``members`` > 0 compiles a group's vmapped member step of that many members instead of the train step.
+    ``search_budget``: compiles per program spent finding its largest fitting batch (<= 1: no search).
+    Raises :class:`DoesNotFit` (a ValueError) naming each program that does not fit, its bytes per chip,
+    the HBM and the largest batch that fits, after the report is written; ValueError or RuntimeError
+    naming the flag or the missing extra for a bad target."""
+    spec = targets.parse(target)
+    targets.compile_only_environment()
+    plan = programs.plan(config, spec, workdir, members=members)
+    log.info("compile-only for %s: %d programs on %d devices", spec.text, len(plan.programs), plan.mesh.size)
+    # Not through XLA's persistent cache: a TPU or GPU executable has no place in this host's CPU cache
+    # (and the compile-only clients cannot load one back).
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        reports = report.analyse(plan, search_budget)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
+    refused = report.refusal(plan, reports)
+    result = output.to_json(plan, reports, report.run_estimate(plan, reports), refused)
+    js, md = output.write(workdir, result)
+    if print_table:
+        print(output.table(result))
+        print(f"\nreport: {js}\n        {md}")
+    if refused:
+        raise DoesNotFit(refused)
+    return result
+
+
+def compile_sweep(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, target: str, *, search_budget: int = 6
+) -> dict[str, dict]:
+    """:func:`compile_run` for each row of a sweep config (``smartvlm_jax.sweep``): the row's config, its
+    members' vmapped step (one member per seed and grid point); reports in ``<workdir>/<row>/``. Raises
+    :class:`DoesNotFit` naming every row with a program that does not fit, after all rows are reported."""
+    from smartvlm_jax import sweep
+
+    members = len(sweep.members_of(config))
+    results, refused = {}, []
+    for row in sweep.row_names(config):
+        print(f"\n== row {row}: {members} members")
+        try:
+            results[row] = compile_run(
+                sweep.row_config(config, row, {}),
+                pathlib.Path(workdir) / row,
+                target,
+                members=members,
+                search_budget=search_budget,
+            )
+        except DoesNotFit as e:
+            refused.append(f"row {row}: {e}")
+    if refused:
+        raise DoesNotFit("\n".join(refused))
+    return results

@@ -1,0 +1,119 @@
+"""--compile_only: a run compiled for a TPU slice that is not here (libtpu's compile-only topologies).
+
+The TPU tests need the ``[tpu-compile]`` extra (libtpu); CI installs it.
+"""
+
+import json
+import re
+
+import pytest
+
+from configs import smoke
+from smartvlm_jax.aot import report, targets
+from smartvlm_jax.towers.backends import onednn, xla
+
+
+def test_targets_parse_and_refuse_with_the_flag():
+    t = targets.parse("tpu:v4:2x2x2")
+    assert (t.platform, t.chip.name, t.num_devices) == ("tpu", "v4", 8)
+    assert targets.parse("gpu:h100:2x8").num_devices == 16
+    for bad, says in [
+        ("tpu:v9:2x4", "unknown tpu chip 'v9'"),
+        ("tpu:v5e", "unknown TPU accelerator type"),
+        ("tpu:v4-33", "not a power-of-two slice"),
+        ("v5e:2x4", "expected tpu:<chip>:<topology>"),
+        ("gpu:h100:8", "bad shape"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(says)) as e:
+            targets.parse(bad)
+        assert "--compile_only=" in str(e.value)
+
+
+def test_attention_follows_the_target_platform():
+    import jax.numpy as jnp
+
+    assert xla.impl_for("cpu", jnp.float32) == "cpu"
+    assert xla.impl_for("tpu", jnp.bfloat16) == "fused"
+    assert xla.impl_for("gpu", jnp.bfloat16) == "cudnn"
+    assert xla.impl_for("gpu", jnp.float32) == "fused"
+
+
+def test_cpu_custom_call_pattern_catches_the_cpu_kernels():
+    for name in (onednn.LINEAR, onednn.ATTENTION, onednn.BLOCK, "__onednn$matmul", "xla_cpu_ynn_fusion"):
+        assert report.CPU_CUSTOM_CALL.search(name), name
+    for name in ("AllocateBuffer", "AssumeGatherIndicesInBound", "__cudnn$fmhaSoftmax", "tpu_custom_call"):
+        assert not report.CPU_CUSTOM_CALL.search(name), name
+
+
+def fake_compile(batch: int, fixed: int = 100, per: int = 10) -> report.Compiled:
+    return report.Compiled(batch, True, 0.0, peak_bytes=fixed + per * batch)
+
+
+def test_largest_batch_search_finds_the_hbm_edge_within_budget():
+    chip = targets.Chip("fake", "tpu", 1000.0, 1.0, 1.0)
+    calls = []
+
+    def compile_fn(b):
+        calls.append(b)
+        return fake_compile(b)
+
+    best, found = report.largest_batch(compile_fn, fake_compile(4), chip, budget=6)
+    assert best == 90  # 100 + 10 * 90 = 1000 bytes: the last batch within the HBM
+    assert len(found) <= 6 and report.fits(found[90], chip)
+    assert any(b > 90 and not report.fits(c, chip) for b, c in found.items())  # bracketed from above
+    # from a batch that does not fit, down
+    best, found = report.largest_batch(compile_fn, fake_compile(500), chip, budget=6)
+    assert best == 90 and len(found) <= 6
+
+
+def compile_smoke(tmp_path, target: str, **config):
+    pytest.importorskip("libtpu")
+    from smartvlm_jax import aot
+
+    cfg = smoke.get_config()
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    return aot.compile_run(cfg, tmp_path, target, search_budget=1, print_table=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["tpu:v5e:2x4", "tpu:v4:2x2x2"])
+def test_smoke_config_compiles_for_tpu(tmp_path, target):
+    result = compile_smoke(tmp_path, target)
+    assert result["devices"] == 8 and result["attention"] == "fused"
+    names = [p["name"] for p in result["programs"]]
+    assert names == ["towers", "train_step", "eval_step"]
+    for p in result["programs"]:
+        assert p["fits"], p
+        for field in ("argument_bytes", "peak_bytes", "flops", "bytes_accessed", "roofline_s", "compile_s"):
+            assert p[field] > 0, (p["name"], field)
+        assert p["cpu_custom_calls"] == [], p["custom_calls"]
+    assert result["estimate"]["seconds"]["total"] > 0
+    assert result["estimate"]["reference_tower_passes"] > result["estimate"]["tower_passes"]
+    written = json.loads((tmp_path / "compile_report.json").read_text())
+    assert written["target"] == target
+    assert "| towers |" in (tmp_path / "compile_report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_batch_too_large_is_refused_naming_the_hbm(tmp_path):
+    from smartvlm_jax import aot
+
+    pytest.importorskip("libtpu")
+    cfg = smoke.get_config()
+    cfg.eval_batch_size = 8 * (1 << 21)  # 2M tiny images per chip: ~200 GiB of activations
+    with pytest.raises(aot.DoesNotFit) as e:
+        aot.compile_run(cfg, tmp_path, "tpu:v5e:2x4", search_budget=2, print_table=False)
+    message = str(e.value)
+    assert re.search(r"towers needs [\d.]+ GiB per chip on tpu:v5e:2x4 \(HBM [\d.]+ GiB\)", message), message
+    found = re.search(r"the largest --config.eval_batch_size that fits is (\d+)", message)
+    assert found and 0 < int(found.group(1)) < cfg.eval_batch_size, message
+    written = json.loads((tmp_path / "compile_report.json").read_text())
+    assert written["refused"] == message
+
+
+def test_cloud_tpu_accelerator_types_name_their_topology():
+    assert targets.parse("tpu:v5litepod-8").text == "tpu:v5e:2x4"
+    assert targets.parse("tpu:v4-32").chip.name == "v4" and targets.parse("tpu:v4-32").shape == "2x2x4"
+    assert targets.accelerator_topology("v5p-64") == "v5p:2x4x4"
+    assert targets.accelerator_topology("v4-8") == "v4:2x2x1"
