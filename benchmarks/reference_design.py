@@ -31,7 +31,7 @@ from PIL import Image
 from smartvlm_jax import metrics
 from smartvlm_jax.data import smart101
 from smartvlm_jax.towers import preprocess
-from tests.torch_port import head as port_lib
+from tests.support.torch_port import head as port_lib
 
 TOWER_VARIANTS = {"fused": ("dinov2", "siglip"), "dinov2": ("dinov2",), "siglip": ("siglip",)}
 

@@ -2,13 +2,13 @@
 
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
 from smartvlm_jax import metrics, puzzles, reports
 from smartvlm_jax.workdir import Workdir
+from tests.support.summary import summary_line, summary_paths
 
 K = puzzles.NUM_DECODE_STEPS
 
@@ -303,19 +303,3 @@ def test_summary_names_every_output_present(tmp_path):
     assert shown["XLA"] == "1 program compiled in 0.9 s, 13 loaded from the compilation cache (/c/jax)"
     assert summary_paths("\n".join(lines)) == [wd.results, *(wd.plot("test", g) for g in ("puzzle", "skill")),
                                                wd.curves, wd.best_model, wd.run_log()]  # fmt: skip
-
-
-def summary_line(line: str) -> tuple[str, str]:
-    """("results", "/w/results.json") from a summary line "  results:     /w/results.json"."""
-    label, _, value = line.partition(":")
-    return label.strip(), value.strip()
-
-
-def summary_paths(summary: str) -> list[pathlib.Path]:
-    """Every path a run's closing summary names (TensorBoard's after its command)."""
-    paths = []
-    for line in summary.splitlines()[1:]:
-        label, value = summary_line(line)
-        if label != "XLA":
-            paths += [pathlib.Path(p.removeprefix("tensorboard --logdir ")) for p in value.split(", ")]
-    return paths

@@ -9,7 +9,7 @@ import pytest
 
 from smartvlm_jax import reasoner
 from smartvlm_jax.reasoner import presence, puzzle_heads
-from tests.reasoner.helpers import random_batch, small_config
+from tests.support.reasoner import random_batch, small_config
 
 PIDS = [16, 3, 16, 58, 39, 3, 94, 16, 18]  # repeated, absent (7, 25) and sequence puzzles
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from smartvlm_jax import towers
 from smartvlm_jax.convert import hf as convert_hf
 from smartvlm_jax.towers import resnet
-from tests.towers.conftest import sample_images
+from tests.support.hf import sample_images
 
 TOL = 1e-4
 RESNET50 = {"model_type": "resnet"}  # microsoft/resnet-50 == ResNetConfig defaults

@@ -10,7 +10,7 @@ import torch
 
 from smartvlm_jax import towers
 from smartvlm_jax.towers.backends import onednn
-from tests.towers.conftest import (
+from tests.support.hf import (
     DINOV2_BASE,
     SIGLIP_BASE_TEXT,
     SIGLIP_BASE_VISION,

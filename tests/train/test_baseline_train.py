@@ -19,26 +19,7 @@ from smartvlm_jax import features, inference, metrics, optim, predict, reasoner,
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import baseline, checkpoint
 from smartvlm_jax.reasoner import config as config_lib
-
-OVERRIDES = {
-    "synthetic.enabled": True,
-    "synthetic.per_puzzle": 10,
-    "towers.tiny": True,
-    "data.data_tot": 10,
-    "mesh.num_devices": 1,  # compiling for 8 simulated devices costs more than the run
-    "num_epochs": 1,
-    "batch_size": 16,
-    "eval_batch_size": 32,
-    "checkpoint_every_steps": 100,
-    "log_every_steps": 1,
-    "optim.lr": 1e-3,
-}
-
-
-def run_config(**extra):
-    config = baseline_config.get_config()
-    config.update_from_flattened_dict({**OVERRIDES, **extra})
-    return config
+from tests.support.runs import baseline_run_config as run_config
 
 
 def losses(workdir: pathlib.Path) -> list[float]:
@@ -174,8 +155,8 @@ def test_converted_baseline_checkpoint_answers_real_images(uncached, tmp_path):
     towers -> answers equal to the PyTorch port's on the same features, one example at a time (quirks)."""
     torch = pytest.importorskip("torch")
     from smartvlm_jax.convert.__main__ import main as convert_main
-    from tests.torch_port import baseline as port_lib
-    from tests.torch_port.head import padded_logits
+    from tests.support.torch_port import baseline as port_lib
+    from tests.support.torch_port.head import padded_logits
 
     workdir, _ = uncached
     _, _, run_cfg = reasoner.load(workdir)

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from smartvlm_jax import features, hashing, towers, train
 from smartvlm_jax.data import build, smart101
-from tests.train.test_train import reusing, run_config
+from tests.support.runs import reusing, run_config
 
 QUICK = {"num_epochs": 1, "max_steps": 2}  # enough to read every split's features and evaluate
 

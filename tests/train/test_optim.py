@@ -110,7 +110,7 @@ def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
     import functools
 
     from smartvlm_jax import reasoner, train
-    from tests.reasoner.helpers import random_batch, small_config
+    from tests.support.reasoner import random_batch, small_config
 
     cfg = small_config()
     config = smarter.get_config()

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -21,34 +20,16 @@ from configs import smoke
 from smartvlm_jax import features, parallel, reasoner, reports, train
 from smartvlm_jax.data import smart101
 from smartvlm_jax.workdir import Workdir
-from tests.test_evaluate import summary_paths
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-OVERRIDES = {
-    "synthetic.per_puzzle": 30,
-    "num_epochs": 3,
-    "batch_size": 16,
-    "eval_batch_size": 32,
-    "checkpoint_every_steps": 5,
-    "checkpoint_min_interval_secs": 0.0,  # every routine save: the resume tests stop runs between them
-    "log_every_steps": 1,
-}
-
-
-def run_config(**extra):
-    config = smoke.get_config()
-    config.update_from_flattened_dict({**OVERRIDES, **extra})
-    return config
-
-
-def losses(workdir: pathlib.Path) -> dict[int, float]:
-    """Training loss per step from the JSON-lines log (the last value wins where a resumed run repeats)."""
-    out = {}
-    for line in (workdir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
+from tests.support.runs import (
+    OVERRIDES,
+    REPO,
+    copy_features,
+    losses,
+    reusing,
+    run_config,
+    wait_for_checkpoint,
+)
+from tests.support.summary import summary_paths
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +38,6 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     results = train.train_and_evaluate(run_config(), workdir)
     return workdir, results
-
-
-def reusing(workdir: pathlib.Path) -> dict:
-    """Overrides that reuse the reference run's synthetic puzzles, built dataset and tiny towers."""
-    return {
-        "synthetic.enabled": False,
-        "data.root": str(workdir / "synthetic"),
-        "data.data_dir": str(workdir / "tfds"),
-        "towers.tiny": False,
-        "towers.dinov2": str(workdir / "towers" / "dinov2"),
-        "towers.siglip": str(workdir / "towers" / "siglip"),
-    }
 
 
 def test_end_to_end_run_writes_results_and_learns(reference):
@@ -156,13 +125,6 @@ def test_compile_cache_directory_and_opt_out(tmp_path):
         parallel.enable_compile_cache(default)
 
 
-def copy_features(workdir: pathlib.Path, to: pathlib.Path) -> None:
-    """Reuse the reference's features: they are in the session's feature store, keyed by the same data and
-    towers, so a run of them reads them (only the head run differs); this checks they are there."""
-    for split in train.SPLITS:
-        assert features.read_recorded(workdir, split)["labels"].shape[0] > 0
-
-
 def test_one_device_equals_eight(reference, tmp_path):
     workdir, results = reference
     copy_features(workdir, tmp_path)
@@ -181,21 +143,6 @@ def test_uncached_equals_cached(reference, tmp_path):
     np.testing.assert_allclose(list(losses(tmp_path).values()), list(losses(workdir).values()), atol=1e-5)
     assert uncached["test"]["S_acc"] == results["test"]["S_acc"]
     assert uncached["test"]["per_puzzle"] == results["test"]["per_puzzle"]
-
-
-def _wait_for_checkpoint(workdir: pathlib.Path, process: subprocess.Popen, after: int = 0) -> int:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        ckpt = workdir / "checkpoints"
-        steps = [int(d.name) for d in ckpt.iterdir() if d.name.isdigit()] if ckpt.exists() else []
-        if any(s > after for s in steps):
-            return max(steps)
-        if process.poll() is not None:
-            raise AssertionError(
-                f"run ended (rc {process.returncode}) before a checkpoint after step {after}"
-            )
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint within 180 s")
 
 
 def test_resumed_run_logs_the_windows_of_the_uninterrupted_one(reference, tmp_path):
@@ -291,7 +238,7 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     }
 
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_for_checkpoint(tmp_path, first)
+    wait_for_checkpoint(tmp_path, first)
     first.send_signal(signal.SIGTERM)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out.decode()[-3000:]
@@ -301,7 +248,7 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     assert stopped < 39 and not (tmp_path / "results.json").exists()
 
     second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_for_checkpoint(tmp_path, second, after=stopped)
+    wait_for_checkpoint(tmp_path, second, after=stopped)
     second.kill()
     second.communicate(timeout=60)
     assert second.returncode == -signal.SIGKILL
