@@ -24,6 +24,7 @@ def relative(a, b) -> float:
     "quirks,overrides",
     [(False, {}), (True, {}), (True, {"use_single_image_head": True, "head_impl": "ragged"})],
 )  # fmt: skip
+@pytest.mark.slow
 def test_port_parity_logits_loss_grads(quirks, overrides):
     cfg = small_config(quirks, **overrides)
     model = reasoner.build(cfg)

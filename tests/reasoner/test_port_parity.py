@@ -65,6 +65,7 @@ def _compare(cfg):
     ],
     ids=["qf", "ragged", "no_qf", "single_head", "fused"],
 )
+@pytest.mark.slow
 def test_forward_loss_and_gradients_match(quirks, overrides):
     logit_diff, loss_diff, grad_rel = _compare(small_config(quirks, **overrides))
     assert logit_diff <= 1e-5
@@ -106,6 +107,7 @@ def test_jax_to_port_transfer_roundtrip():
     )
 
 
+@pytest.mark.slow
 def test_dropout_statistics_match():
     """With dropout on, mean and variance over many draws of the outputs agree (within sampling error)."""
     cfg = small_config(pdrop=0.5)

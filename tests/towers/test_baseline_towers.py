@@ -162,6 +162,7 @@ def test_torchvision_key_names():
     assert resnet.torchvision_key("fc.weight") == "fc.weight"
 
 
+@pytest.mark.slow
 def test_resnet50_torchvision_layout_matches_transformers(tmp_path):
     """Base size: a torchvision-named ResNet-50 state dict converts (CLI) and equals transformers' model."""
     config = {**resnet.DEFAULTS, **RESNET50}
@@ -242,6 +243,7 @@ def test_tiny_bert_matches_transformers_with_padding(tmp_path, vocab_file):
     np.testing.assert_allclose(np.asarray(again.encode(ids)), ours, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_bert_base_matches_transformers(tmp_path):
     """Base size (bert-base-uncased config), BertForPreTraining-style "bert." prefix and cls.* heads."""
     model = hf_module(BERT_BASE, seed=2)

@@ -35,6 +35,7 @@ def group(tmp_path_factory):
     return workdir, train.train_members(run_config(early_stop_patience=0), workdir, MEMBERS, plots=False)
 
 
+@pytest.mark.slow
 def test_each_member_equals_its_single_run(group, tmp_path):
     workdir, results = group
     stopped = {name: r["epochs"] for name, r in results.items()}
@@ -62,6 +63,7 @@ def test_each_member_equals_its_single_run(group, tmp_path):
     assert losses(workdir / "seed0")[1] != losses(workdir / "seed1")[1]
 
 
+@pytest.mark.slow
 def test_a_member_is_a_workdir_for_evaluate_and_predict(group):
     workdir, results = group
     member = workdir / "seed1"
@@ -91,6 +93,7 @@ def test_bad_members_name_themselves(member, message, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_killed_group_resumes_to_the_same_members(group, tmp_path):
     """SIGTERM stops the group at a step (stacked state saved); a rerun resumes every member exactly."""
     workdir, results = group
@@ -123,6 +126,7 @@ def test_killed_group_resumes_to_the_same_members(group, tmp_path):
         train.train_members(run_config(**reusing(workdir)), tmp_path, MEMBERS[:2])
 
 
+@pytest.mark.slow
 def test_baseline_head_trains_as_members(tmp_path):
     config = baseline_run_config(num_epochs=1, max_steps=3)
     members = [train.Member("a", 0), train.Member("b", 1, lr=5e-4)]

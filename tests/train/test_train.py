@@ -40,6 +40,7 @@ def reference(tmp_path_factory):
     return workdir, results
 
 
+@pytest.mark.slow
 def test_end_to_end_run_writes_results_and_learns(reference):
     workdir, results = reference
     saved = reports.load_results(workdir)
@@ -59,6 +60,7 @@ def test_end_to_end_run_writes_results_and_learns(reference):
     assert json.loads((workdir / "config.json").read_text())["towers"]["dinov2"].endswith("towers/dinov2")
 
 
+@pytest.mark.slow
 def test_results_time_every_stage(reference):
     workdir, results = reference
     timing = reports.load_results(workdir)["timing"]
@@ -72,6 +74,7 @@ def test_results_time_every_stage(reference):
     assert timing["peak_rss_kib"] > 100 * 1024
 
 
+@pytest.mark.slow
 def test_curves_summary_and_the_families_own_names(reference):
     """curves.png, a closing summary whose paths all exist, the synthetic families' own names and
     stand-in skills in the table (every puzzle in one skill group), what XLA compiled."""
@@ -97,6 +100,7 @@ def test_curves_summary_and_the_families_own_names(reference):
     assert results["xla"]["cache_dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+@pytest.mark.slow
 def test_a_second_run_compiles_nothing_it_compiled_before(reference, tmp_path):
     """With the persistent compilation cache (on by default), a rerun of the reference's config loads
     every executable the first run compiled. (The features are copied: XLA:CPU cannot store the fp32
@@ -125,6 +129,7 @@ def test_compile_cache_directory_and_opt_out(tmp_path):
         parallel.enable_compile_cache(default)
 
 
+@pytest.mark.slow
 def test_one_device_equals_eight(reference, tmp_path):
     workdir, results = reference
     copy_features(workdir, tmp_path)
@@ -136,6 +141,7 @@ def test_one_device_equals_eight(reference, tmp_path):
     assert single["test"]["O_acc"] == results["test"]["O_acc"]
 
 
+@pytest.mark.slow
 def test_uncached_equals_cached(reference, tmp_path):
     workdir, results = reference
     uncached = train.train_and_evaluate(run_config(**reusing(workdir), cache_features=False), tmp_path)
@@ -145,6 +151,7 @@ def test_uncached_equals_cached(reference, tmp_path):
     assert uncached["test"]["per_puzzle"] == results["test"]["per_puzzle"]
 
 
+@pytest.mark.slow
 def test_resumed_run_logs_the_windows_of_the_uninterrupted_one(reference, tmp_path):
     """Logged train/loss averages fixed windows of log_every_steps: a run stopped at step 7 (its checkpoint
     holds the window's step 7) and resumed logs at steps 9 and 12 what an uninterrupted run logs."""
@@ -176,6 +183,7 @@ def _saved_encoder_rows(workdir: pathlib.Path, step: int) -> int:
     return jax.tree.leaves(tree["params"]["im_encoder"])[0].shape[0]
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference, tmp_path, monkeypatch):
     """With the row-sparse optimiser a checkpoint holds the run's 11 image-encoder rows, not 102, and its
     meta says so. A checkpoint of all 102 rows (what runs wrote before, and what the dense optimiser
@@ -199,6 +207,7 @@ def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference
         train.train_and_evaluate(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_routine_saves_wait_for_the_minimum_interval(reference, tmp_path):
     """checkpoint_min_interval_secs: no routine save (epoch ends, every 5 steps) within it of the last,
     but the last step still saves; 0 saves at every one."""
@@ -214,6 +223,7 @@ def test_routine_saves_wait_for_the_minimum_interval(reference, tmp_path):
         train.check_config(run_config(checkpoint_min_interval_secs=-1))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_path):
     """SIGTERM: save and exit 0. SIGKILL: the rerun resumes and ends exactly as a run never interrupted."""
     workdir, results = reference
@@ -280,6 +290,7 @@ def assert_plain_console(stdout: str, stderr: str, workdir: pathlib.Path) -> Non
     assert "Load dataset info" in Workdir(workdir).run_log().read_text()  # TFDS's lines: the log file's
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reproduces_the_test_metrics(reference):
     workdir, results = reference
     out = subprocess.run(
@@ -312,6 +323,7 @@ def test_bad_config_fails_before_any_work(tmp_path, extra, field):
     assert not any(tmp_path.iterdir())  # nothing written: no data, towers or checkpoints
 
 
+@pytest.mark.slow
 def test_absent_puzzle_id_names_the_field(reference, tmp_path):
     workdir, _ = reference
     config = run_config(**reusing(workdir))
@@ -321,6 +333,7 @@ def test_absent_puzzle_id_names_the_field(reference, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_checkpoint(reference, tmp_path):
     workdir, _ = reference
     copy_features(workdir, tmp_path)
@@ -335,6 +348,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(reference, tmp_path):
     """An extraction killed part-way is completed from its first missing shard: the pipeline is asked to
     start there, and the finished cache (one memmapped .npy per field) equals an uninterrupted one."""
@@ -380,6 +394,7 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
             np.testing.assert_array_equal(got, uninterrupted[key], err_msg=f"{split}/{key}")
 
 
+@pytest.mark.slow
 def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
     """float16 storage: the cached values are float16(the float32 cache's values), batches reach the step
     as float32, and the losses stay within 2e-3 of the float32 run's."""
