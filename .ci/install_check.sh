@@ -25,7 +25,7 @@ py=$work/venv/bin/python
 "$py" -m pip install -q "$work/src"
 echo "install_check: pip install . in $(($(date +%s) - start)) s"
 
-stray=$("$py" -m pip show -f smartvlm_jax | grep -E 'torch_port|towers/testing|(^|/)tests/' || true)
+stray=$("$py" -m pip show -f smartvlm_jax | grep -E 'torch_port|tiny_towers|(^|/)tests/' || true)
 [[ -z $stray ]] || { echo "install_check: the package ships test code:"$'\n'"$stray" >&2; exit 1; }
 for module in torch pytest; do
   if "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)"; then

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks import timing
 from smartvlm_jax import puzzles, reasoner
-from tests.torch_port import head as port_lib
+from tests.support.torch_port import head as port_lib
 
 
 def make_config(impl: str, quirks: bool):

@@ -7,7 +7,7 @@ What the published SMARTER code does every step, and what this module does the s
     processors (DINOv2: shorter side 256 bicubic + centre crop 224; SigLIP: 224x224 bicubic), the question
     through the SigLIP tokenizer; the frozen towers (``Dinov2Model``, ``SiglipModel``) run on every step,
     under ``no_grad``, and are mean-pooled;
-  * the head is the PyTorch port (``tests.torch_port.head``: the reference's module layout and its
+  * the head is the PyTorch port (``tests.support.torch_port.head``: the reference's module layout and its
     Python loops over the puzzles of the batch), trained with AdamW + global-norm clipping + warm-up/cosine.
 
 Nothing is cached: every epoch (and every validation) recomputes the towers, as the reference does.
@@ -31,7 +31,7 @@ from PIL import Image
 from smartvlm_jax import metrics
 from smartvlm_jax.data import smart101
 from smartvlm_jax.towers import preprocess
-from tests.torch_port import head as port_lib
+from tests.support.torch_port import head as port_lib
 
 TOWER_VARIANTS = {"fused": ("dinov2", "siglip"), "dinov2": ("dinov2",), "siglip": ("siglip",)}
 

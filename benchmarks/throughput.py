@@ -54,7 +54,7 @@ from smartvlm_jax import features as features_lib
 from smartvlm_jax import optim, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import build, pipeline, smart101, synthetic
-from tests.towers import testing as towers_testing
+from tests.support import tiny_towers
 
 # Released configs of the base towers (values differing from the transformers defaults spelled out).
 BASE_CONFIGS = {
@@ -151,7 +151,7 @@ def write_towers(out: pathlib.Path, size: str, questions: Sequence[str]) -> dict
         sig_cfg = {"vision_config": {}, "text_config": {}}
         vocab = 500  # a small BPE model is enough to tokenise; ids index the 32000-row embedding
     spiece = towers_lib.train_sentencepiece(
-        sorted({q.lower() for q in questions} | set(towers_testing.sentences())), out / "spm", vocab
+        sorted({q.lower() for q in questions} | set(tiny_towers.sentences())), out / "spm", vocab
     )
     dirs = {"dinov2": str(out / "dinov2"), "siglip": str(out / "siglip")}
     transformers.Dinov2Model(transformers.Dinov2Config(**dino_cfg)).save_pretrained(dirs["dinov2"])

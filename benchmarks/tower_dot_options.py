@@ -16,7 +16,7 @@ import numpy as np
 from benchmarks import timing
 from smartvlm_jax import towers
 from smartvlm_jax.towers.backends import xla
-from tests.towers.conftest import DINOV2_BASE
+from tests.support.hf import DINOV2_BASE
 
 
 def main() -> None:

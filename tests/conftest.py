@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,3 +21,14 @@ if "SMARTVLM_JAX_CACHE" not in os.environ:  # configs' feature_store default rea
     _user_cache = tempfile.mkdtemp(prefix="smartvlm_jax_tests_cache_")
     os.environ["SMARTVLM_JAX_CACHE"] = _user_cache
     atexit.register(shutil.rmtree, _user_cache, True)
+
+
+@pytest.fixture(scope="session")
+def spiece(tmp_path_factory) -> str:
+    """A 500-piece BPE sentencepiece model (pad 0, eos 1, unk 2), for the tower and input-check tests."""
+    from smartvlm_jax import towers  # imported here: the environment above must be set before jax loads
+    from tests.support import tiny_towers
+
+    return towers.train_sentencepiece(
+        tiny_towers.sentences(), tmp_path_factory.mktemp("spiece"), vocab_size=500
+    )

@@ -30,6 +30,7 @@ def test_timing_leaves_out_warm_up_calls_and_rotates_the_order():
         timing.time_call(lambda: None, repeats=0)
 
 
+@pytest.mark.slow
 def test_throughput_tiny_report(tmp_path, capfd):
     out = tmp_path / "results.json"
     rows = ["towers_forward", "inference", "input_pipeline"]
@@ -70,6 +71,7 @@ def test_throughput_tiny_report(tmp_path, capfd):
     assert "inference (images -> answers)" in table and "x |" in lines[2]
 
 
+@pytest.mark.slow
 def test_members_memory_grows_by_one_state_per_member():
     """benchmarks.members on the smoke head: the step's arguments are N states plus the shared batch,
     and the donated state is aliased to the output (the update is in place, per member)."""

@@ -40,6 +40,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         ),
     ],
 )
+@pytest.mark.slow
 def test_input_errors_are_one_line_unless_traceback(args, message):
     out = _run(*args)
     assert out.returncode == 1, out.stderr[-2000:]

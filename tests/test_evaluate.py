@@ -2,7 +2,6 @@
 
 import json
 import math
-import pathlib
 import shlex
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from smartvlm_jax import metrics, puzzles, reports
 from smartvlm_jax.workdir import Workdir
+from tests.support.summary import summary_line, summary_paths
 
 K = puzzles.NUM_DECODE_STEPS
 
@@ -312,22 +312,6 @@ def test_summary_names_every_output_present(tmp_path):
         wd.best_model,
         wd.run_log(),
     ]
-
-
-def summary_line(line: str) -> tuple[str, str]:
-    """("results", "/w/results.json") from a summary line "  results:     /w/results.json"."""
-    label, _, value = line.partition(":")
-    return label.strip(), value.strip()
-
-
-def summary_paths(summary: str) -> list[pathlib.Path]:
-    """Every path a run's closing summary names (TensorBoard's after its command)."""
-    paths = []
-    for line in summary.splitlines()[1:]:
-        label, value = summary_line(line)
-        if label != "XLA":
-            paths += [pathlib.Path(shlex.split(p)[-1]) for p in value.split(", ")]
-    return paths
 
 
 def test_summary_paths_with_spaces_copy_into_a_shell(tmp_path):

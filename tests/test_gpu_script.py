@@ -10,11 +10,14 @@ import sys
 import tarfile
 import zipfile
 
+import pytest
+
 from benchmarks.gpu import check_wheels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_run_sh_dry_run_leaves_every_part_result(tmp_path):
     """`run.sh --dry-run` (tiny sizes, JAX on CPU) runs all parts to exit 0 and leaves their JSON and logs
     in the archive, as the GPU run returns them through the device tool."""

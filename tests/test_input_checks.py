@@ -11,10 +11,10 @@ import pytest
 from configs import smoke
 from smartvlm_jax import features, towers, train
 from smartvlm_jax.workdir import Workdir
-from tests.towers.conftest import hf_model, save_hf, spiece  # noqa: F401 (a fixture)
+from tests.support.hf import hf_model, save_hf
 
 
-def test_a_tokenizer_larger_than_the_embedding_is_refused_when_loaded(tmp_path, spiece):  # noqa: F811
+def test_a_tokenizer_larger_than_the_embedding_is_refused_when_loaded(tmp_path, spiece):
     config = towers.tiny_config("siglip")
     config["text_config"]["vocab_size"] = 20  # the tokenizer has 382 ids: they would read past 20 rows
     path = save_hf(hf_model(config), str(tmp_path / "siglip"), spiece)

@@ -178,6 +178,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout_s: float, what: str) ->
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_resume_and_fail_fast(runs):
     """2 x 2 devices gives 1 x 4's losses, resumes on the next batch, and a dead peer ends the job."""
     ref, multi, base, k = runs["ref"], runs["multi"], runs["base"], runs["stopped_at"]

@@ -21,6 +21,8 @@ from smartvlm_jax import features, inference, metrics, predict, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 
+pytestmark = pytest.mark.slow  # every test here needs the module's trained run (a fixture)
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -14,6 +14,8 @@ import pytest
 
 from smartvlm_jax import reports
 
+pytestmark = pytest.mark.slow  # every test here needs the module's finished sweep (a fixture)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROWS = ("smarter", "no_qf", "dinov2_only", "siglip_only", "single_image_head")
 # The smoke sweep, smaller: 2 seeds, 11 puzzles x 30 instances, 3 epochs.

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.append("--config.towers.tiny=True")
     else:
         from benchmarks import throughput
-        from tests.towers import testing
+        from tests.support import tiny_towers
 
-        dirs = throughput.write_towers(work / "towers", "base", testing.sentences())
+        dirs = throughput.write_towers(work / "towers", "base", tiny_towers.sentences())
         overrides += [f"--config.towers.dinov2={dirs['dinov2']}", f"--config.towers.siglip={dirs['siglip']}"]
     summary["write_towers_s"] = time.perf_counter() - start
     cmd = [

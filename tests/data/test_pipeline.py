@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from smartvlm_jax.data import build, pipeline, smart101
-from tests.data.helpers import HashTokenizer, Resize32
+from tests.support.data import HashTokenizer, Resize32
 
 
 def _pipe(data_dir, split, cfg=None, **kw):

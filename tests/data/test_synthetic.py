@@ -9,7 +9,7 @@ from PIL import Image
 
 from smartvlm_jax import puzzles
 from smartvlm_jax.data import smart101, synthetic
-from tests.data.helpers import count_blobs, is_blue
+from tests.support.data import count_blobs, is_blue
 
 
 def test_layout_matches_release(synthetic_root):

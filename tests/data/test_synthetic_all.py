@@ -10,8 +10,8 @@ import pytest
 
 from smartvlm_jax import puzzles
 from smartvlm_jax.data import smart101, synthetic
-from tests.data import reference_reader as ref
-from tests.data.helpers import count_blobs, is_blue, is_red
+from tests.support import reference_reader as ref
+from tests.support.data import count_blobs, is_blue, is_red
 
 PER_PUZZLE = 6
 

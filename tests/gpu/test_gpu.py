@@ -15,7 +15,7 @@ import pytest
 
 from smartvlm_jax import features, parallel, towers
 from smartvlm_jax.towers.backends import xla
-from tests.towers import testing
+from tests.support import tiny_towers
 
 pytestmark = [
     pytest.mark.gpu,
@@ -73,7 +73,7 @@ def test_bf16_tower_attention_runs_through_cudnn_and_matches_cpu_formulation(bas
 def test_fsdp_sharded_towers_on_the_gpu_mesh_equal_replicated(tmp_path):
     """Tower parameters placed by the FSDP rules on the real devices' mesh give the features of
     replicated ones (the training path with ``config.towers.fsdp=True``)."""
-    dirs = testing.make_tiny_towers(tmp_path)
+    dirs = tiny_towers.make_tiny_towers(tmp_path)
     cfg = ml_collections.ConfigDict({"dinov2": dirs["dinov2"], "siglip": dirs["siglip"], "dtype": "bfloat16"})
     frozen = features.load_towers(cfg, "fused")
     mesh = parallel.make_mesh(fsdp=len(jax.devices()))

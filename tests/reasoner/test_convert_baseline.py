@@ -8,9 +8,9 @@ torch = pytest.importorskip("torch")
 
 from smartvlm_jax import reasoner  # noqa: E402
 from smartvlm_jax.convert import reference  # noqa: E402
-from tests.reasoner.test_baseline import PIDS, batch, small_config  # noqa: E402
-from tests.torch_port import baseline as port_lib  # noqa: E402
-from tests.torch_port.head import padded_logits  # noqa: E402
+from tests.support.baseline import PIDS, batch, small_config  # noqa: E402
+from tests.support.torch_port import baseline as port_lib  # noqa: E402
+from tests.support.torch_port.head import padded_logits  # noqa: E402
 
 
 def state_dict(port) -> dict:

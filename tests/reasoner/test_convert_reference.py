@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 
 from smartvlm_jax import reasoner  # noqa: E402
 from smartvlm_jax.convert import reference  # noqa: E402
-from tests.reasoner.helpers import random_batch, small_config  # noqa: E402
-from tests.torch_port import head as port_lib  # noqa: E402
+from tests.support.reasoner import random_batch, small_config  # noqa: E402
+from tests.support.torch_port import head as port_lib  # noqa: E402
 
 PIDS = [16, 3, 16, 58, 39, 3, 94, 16, 18]
 

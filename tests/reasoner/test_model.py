@@ -9,7 +9,7 @@ import pytest
 
 from smartvlm_jax import reasoner
 from smartvlm_jax.reasoner import presence, puzzle_heads
-from tests.reasoner.helpers import random_batch, small_config
+from tests.support.reasoner import random_batch, small_config
 
 PIDS = [16, 3, 16, 58, 39, 3, 94, 16, 18]  # repeated, absent (7, 25) and sequence puzzles
 
@@ -28,6 +28,7 @@ def _init(cfg, pids):
 
 
 @pytest.mark.parametrize("quirks", [False, True])
+@pytest.mark.slow
 def test_logits_shape_and_masking(quirks):
     cfg = small_config(quirks)
     model, variables, (vision, text, pid, _) = _init(cfg, PIDS)
@@ -47,6 +48,7 @@ def test_logits_shape_and_masking(quirks):
     assert all(preds[i, 0] < classes[p] for i, p in enumerate(PIDS))
 
 
+@pytest.mark.slow
 def test_samples_independent_without_quirks_and_coupled_with():
     """Without quirks a sample's logits do not depend on the rest of the batch; with them, a sequence
     sample depends on the earlier samples of its own puzzle only."""
@@ -122,6 +124,7 @@ def test_loss_matches_per_puzzle_definition_and_mask():
 
 
 @pytest.mark.parametrize("impl", ["ragged", "dense", "auto"])
+@pytest.mark.slow
 def test_head_impls_agree(impl):
     cfg = small_config(head_impl=impl)
     model, variables, (vision, text, pid, labels) = _init(cfg, PIDS)
@@ -196,6 +199,7 @@ def test_bad_config_names_field(field, value):
         reasoner.build(cfg)
 
 
+@pytest.mark.slow
 def test_variants_build_and_run():
     # (fused features and the single head with quirks off are covered by the port parity tests)
     for overrides in (

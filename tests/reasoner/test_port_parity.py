@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from smartvlm_jax import reasoner  # noqa: E402
 from smartvlm_jax.convert import reference  # noqa: E402
-from tests.reasoner.helpers import random_batch, small_config  # noqa: E402
-from tests.torch_port import head as port_lib  # noqa: E402
+from tests.support.reasoner import random_batch, small_config  # noqa: E402
+from tests.support.torch_port import head as port_lib  # noqa: E402
 
 PIDS = [16, 3, 16, 58, 39, 3, 94, 16, 18, 16, 39, 58]  # 7 and 25 absent; 16 four times
 
@@ -65,6 +65,7 @@ def _compare(cfg):
     ],
     ids=["qf", "ragged", "no_qf", "single_head", "fused"],
 )
+@pytest.mark.slow
 def test_forward_loss_and_gradients_match(quirks, overrides):
     logit_diff, loss_diff, grad_rel = _compare(small_config(quirks, **overrides))
     assert logit_diff <= 1e-5
@@ -106,6 +107,7 @@ def test_jax_to_port_transfer_roundtrip():
     )
 
 
+@pytest.mark.slow
 def test_dropout_statistics_match():
     """With dropout on, mean and variance over many draws of the outputs agree (within sampling error)."""
     cfg = small_config(pdrop=0.5)

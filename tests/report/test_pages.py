@@ -83,6 +83,20 @@ def test_a_run_without_stored_features_gets_a_page_without_gallery(smoke_run, tm
     assert f'id="s-acc">{s_acc}<' in html
 
 
+@pytest.mark.slow
+def test_the_towers_line_reads_the_variant_of_an_older_config(smoke_run, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(smoke_run / "results.json", old / "results.json")
+    shutil.copytree(smoke_run / "best_model", old / "best_model")
+    config = json.loads((smoke_run / "config.json").read_text())
+    variant = config["model"]["variant"]
+    config["model"]["features"] = config["model"].pop("variant")  # as written before the rename
+    (old / "config.json").write_text(json.dumps(config))
+    assert pages.run_context(old, draw_plots=False)["towers"]["variant"] == variant
+    assert pages.run_context(smoke_run, draw_plots=False)["towers"]["variant"] == variant
+
+
 def test_the_command_refuses_a_folder_that_is_no_workdir(tmp_path, capsys):
     assert cli.main(["--workdir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from smartvlm_jax import towers
 from smartvlm_jax.convert import hf as convert_hf
 from smartvlm_jax.towers import resnet
-from tests.towers.conftest import sample_images
+from tests.support.hf import sample_images
 
 TOL = 1e-4
 RESNET50 = {"model_type": "resnet"}  # microsoft/resnet-50 == ResNetConfig defaults
@@ -168,6 +168,7 @@ def test_torchvision_key_names():
     assert resnet.torchvision_key("fc.weight") == "fc.weight"
 
 
+@pytest.mark.slow
 def test_resnet50_torchvision_layout_matches_transformers(tmp_path):
     """Base size: a torchvision-named ResNet-50 state dict converts (CLI) and equals transformers' model."""
     config = {**resnet.DEFAULTS, **RESNET50}
@@ -251,6 +252,7 @@ def test_tiny_bert_matches_transformers_with_padding(tmp_path, vocab_file):
     np.testing.assert_allclose(np.asarray(again.encode(ids)), ours, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_bert_base_matches_transformers(tmp_path):
     """Base size (bert-base-uncased config), BertForPreTraining-style "bert." prefix and cls.* heads."""
     model = hf_module(BERT_BASE, seed=2)

@@ -20,7 +20,7 @@ from smartvlm_jax.convert import __main__ as cli
 from smartvlm_jax.towers import hf as towers_hf
 from smartvlm_jax.towers import params as tparams
 from smartvlm_jax.towers.registry import part_config
-from tests.towers.conftest import hf_config_objects, hf_model, save_hf
+from tests.support.hf import hf_config_objects, hf_model, save_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

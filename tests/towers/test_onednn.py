@@ -87,6 +87,7 @@ def _cases(hf_tiny, tmp_path):
     return cases + [(hf_tiny["siglip"], part, x) for part, x in (("vision", pixels), ("text", ids))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
 def test_packed_towers_match_xla_towers(hf_tiny, tmp_path, dtype, tol):
     """Every ViT tower part (and SwiGLU DINOv2 without q/k/v biases): the forward on packed params (oneDNN

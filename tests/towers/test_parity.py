@@ -10,7 +10,7 @@ import torch
 
 from smartvlm_jax import towers
 from smartvlm_jax.towers.backends import onednn
-from tests.towers.conftest import (
+from tests.support.hf import (
     DINOV2_BASE,
     SIGLIP_BASE_TEXT,
     SIGLIP_BASE_VISION,
@@ -117,6 +117,7 @@ def base_dirs(tmp_path_factory, spiece):
 
 
 @pytest.mark.parametrize("which", ["dinov2", "vision", "text"])
+@pytest.mark.slow
 def test_base_size_parity_and_bf16(base_dirs, which, spiece):
     """Real base configs: fp32 max |diff| <= 1e-4 vs PyTorch; bf16 mean-pooled relative error <= 2e-2; with
     XLA's dots and with the oneDNN kernels."""
@@ -147,6 +148,7 @@ def test_base_size_parity_and_bf16(base_dirs, which, spiece):
         assert _mean_rel_err(low, ours) <= 2e-2
 
 
+@pytest.mark.slow
 def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):
     """Running the batch in lax.map groups, and jax.nn.dot_product_attention (the GPU/TPU path, here its
     XLA fallback), give the same last_hidden_state as the CPU formulation on the whole batch."""
@@ -173,6 +175,7 @@ def test_cpu_groups_and_fused_attention_match(hf_tiny, monkeypatch):
         backends.ops_for(tower.params["encoder"]["layer"], impl="x")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ready_params_fuse_qkv_and_match_hf_named_params(hf_tiny, tmp_path, dtype):
     """``ready_params`` (q/k/v fused once, outside jit) give what the HF-named ``params`` give, for every

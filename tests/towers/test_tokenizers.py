@@ -22,12 +22,12 @@ import transformers
 
 from smartvlm_jax import towers
 from smartvlm_jax.convert import hf as convert_hf
-from tests.towers import testing
-from tests.towers.conftest import hf_model
+from tests.support import tiny_towers
+from tests.support.hf import hf_model
 
 N_STRINGS = 3000
 
-ASCII = testing.sentences(n=60, seed=3) + ["Hello", "WORLD", "x+y=10", "a_b-c", "don't", "it's 5:30pm"]
+ASCII = tiny_towers.sentences(n=60, seed=3) + ["Hello", "WORLD", "x+y=10", "a_b-c", "don't", "it's 5:30pm"]
 LATIN = ["café", "CAFÉ", "Résumé", "naïve", "Ñandú", "Straße", "ﬁne", "e\u0301", "Å", "øre", "Œuvre"]
 GREEK = ["ΟΔΟΣ", "οδος", "Σίσυφος", "ΣΣ", "αβγ", "Ωmega", "μ", "ς"]
 CJK = ["中国", "日本語", "한국어", "漢字テスト", "\u3000", "，", "。"]
@@ -75,7 +75,7 @@ def hf_text_dir(request, tmp_path_factory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp(request.param)
     path = str(root / "hf")
     if kind == "siglip":
-        corpus = testing.sentences() + [" ".join(c) for c in (LATIN, GREEK, CJK, EMOJI, PUNCT)] * 5
+        corpus = tiny_towers.sentences() + [" ".join(c) for c in (LATIN, GREEK, CJK, EMOJI, PUNCT)] * 5
         spiece = towers.train_sentencepiece(corpus, root / "spm", vocab_size=500)
         hf_model(towers.tiny_config("siglip_text_model")).save_pretrained(path)
         transformers.SiglipTokenizer(vocab_file=spiece, do_lower_case=lower).save_pretrained(path)

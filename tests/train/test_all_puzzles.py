@@ -51,6 +51,7 @@ def run_config(root, data_dir, split_type: str):
 
 
 @pytest.mark.parametrize("split_type", ["instance", "puzzle", "fewshot", "answer"])
+@pytest.mark.slow
 def test_main_job_on_all_101_puzzles(data, tmp_path, split_type):
     root, data_dir = data
     config = run_config(root, data_dir, split_type)

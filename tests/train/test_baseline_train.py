@@ -19,26 +19,7 @@ from smartvlm_jax import features, inference, metrics, optim, predict, reasoner,
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import baseline, checkpoint
 from smartvlm_jax.reasoner import config as config_lib
-
-OVERRIDES = {
-    "synthetic.enabled": True,
-    "synthetic.per_puzzle": 10,
-    "towers.tiny": True,
-    "data.data_tot": 10,
-    "mesh.num_devices": 1,  # compiling for 8 simulated devices costs more than the run
-    "num_epochs": 1,
-    "batch_size": 16,
-    "eval_batch_size": 32,
-    "checkpoint_every_steps": 100,
-    "log_every_steps": 1,
-    "optim.lr": 1e-3,
-}
-
-
-def run_config(**extra):
-    config = baseline_config.get_config()
-    config.update_from_flattened_dict({**OVERRIDES, **extra})
-    return config
+from tests.support.runs import baseline_run_config as run_config
 
 
 def losses(workdir: pathlib.Path) -> list[float]:
@@ -88,6 +69,7 @@ def uncached(tmp_path_factory):
     return workdir, train.train_and_evaluate(run_config(), workdir)
 
 
+@pytest.mark.slow
 def test_end_to_end_with_towers_in_the_step(uncached):
     workdir, results = uncached
     assert not (workdir / "features").exists()
@@ -102,6 +84,7 @@ def test_end_to_end_with_towers_in_the_step(uncached):
     assert saved["towers"]["bert"].endswith("towers/bert") and saved["optim"]["name"] == "adam"
 
 
+@pytest.mark.slow
 def test_cached_token_states_train_the_same(uncached, tmp_path):
     """Cached features ([N, 110, D] token states, zero beyond each question) give the same run."""
     workdir, results = uncached
@@ -136,6 +119,7 @@ def test_bad_config_fails_before_any_work(tmp_path, extra, field):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_frozen_towers_zero_text_beyond_the_question(uncached):
     workdir, _ = uncached
     cfg = run_config()
@@ -159,6 +143,7 @@ def test_frozen_towers_zero_text_beyond_the_question(uncached):
 # Inference with the baseline head (issue 16): the workdir, and a converted reference checkpoint.
 
 
+@pytest.mark.slow
 def test_predict_split_on_the_baseline_workdir_equals_results_json(uncached, capsys):
     workdir, _ = uncached
     assert predict.main(["--checkpoint", str(workdir), "--split", "test", "--json"]) == 0
@@ -169,13 +154,14 @@ def test_predict_split_on_the_baseline_workdir_equals_results_json(uncached, cap
     assert summary["O_acc"] == pytest.approx(saved["O_acc"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_converted_baseline_checkpoint_answers_real_images(uncached, tmp_path):
     """SMART baseline weights in the reference's layout -> convert reference -> predictor with ResNet + BERT
     towers -> answers equal to the PyTorch port's on the same features, one example at a time (quirks)."""
     torch = pytest.importorskip("torch")
     from smartvlm_jax.convert.__main__ import main as convert_main
-    from tests.torch_port import baseline as port_lib
-    from tests.torch_port.head import padded_logits
+    from tests.support.torch_port import baseline as port_lib
+    from tests.support.torch_port.head import padded_logits
 
     workdir, _ = uncached
     _, _, run_cfg = reasoner.load(workdir)

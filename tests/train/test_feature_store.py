@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from smartvlm_jax import features, hashing, towers, train
 from smartvlm_jax.data import build, smart101
-from tests.train.test_train import reusing, run_config
+from tests.support.runs import reusing, run_config
 
 QUICK = {"num_epochs": 1, "max_steps": 2}  # enough to read every split's features and evaluate
 
@@ -31,6 +31,7 @@ def record(workdir: pathlib.Path) -> dict:
     return json.loads((workdir / "features.json").read_text())["splits"]
 
 
+@pytest.mark.slow
 def test_another_variant_reads_the_columns_and_loads_no_tower(fused, tmp_path, monkeypatch):
     workdir, store = fused
     fused_record = record(workdir)
@@ -54,6 +55,7 @@ def test_another_variant_reads_the_columns_and_loads_no_tower(fused, tmp_path, m
         np.testing.assert_array_equal(ours["text"], theirs["text"])
 
 
+@pytest.mark.slow
 def test_a_changed_tower_file_gives_a_new_column(fused, tmp_path):
     """A tower directory with other weights (same config) keys a new column, extracted fresh; the other
     tower's columns are reused."""
@@ -97,6 +99,7 @@ def copy_root(workdir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
     return to
 
 
+@pytest.mark.slow
 def test_a_changed_data_file_gives_a_new_entry_and_a_rebuilt_dataset(fused, tmp_path):
     """A copy that keeps mtimes keeps the fingerprint; a changed CSV row or image changes it; the built
     dataset of the old contents is rebuilt, and the run extracts fresh features into a new entry."""
@@ -125,6 +128,7 @@ def test_a_changed_data_file_gives_a_new_entry_and_a_rebuilt_dataset(fused, tmp_
     assert info["vision"] == before["vision"] and info["text"] == before["text"]  # same towers
 
 
+@pytest.mark.slow
 def test_opt_out_keeps_the_features_in_the_workdir(fused, tmp_path):
     workdir, _ = fused
     train.train_and_evaluate(run_config(**reusing(workdir), **QUICK, feature_store=""), tmp_path)
@@ -136,6 +140,7 @@ def test_opt_out_keeps_the_features_in_the_workdir(fused, tmp_path):
         assert (entry / f"{info[split]['text']}.npy").is_file()
 
 
+@pytest.mark.slow
 def test_a_second_writer_waits_for_the_entry_lock_then_extracts_nothing(fused, tmp_path):
     workdir, store = fused
     run = train.setup(run_config(**reusing(workdir), feature_store=str(store)), tmp_path)

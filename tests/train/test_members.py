@@ -17,12 +17,15 @@ import pytest
 
 from smartvlm_jax import train
 from smartvlm_jax.workdir import Workdir
-from tests.train.test_train import REPO, _wait_for_checkpoint, copy_features, losses, reusing, run_config
-
-MEMBERS = (
-    train.Member("seed0", 0),
-    train.Member("seed1", 1),
-    train.Member("slow", 2, lr=1e-7, weight_decay=0.05, pdrop=0.1),
+from tests.support.runs import (
+    MEMBERS,
+    REPO,
+    baseline_run_config,
+    copy_features,
+    losses,
+    reusing,
+    run_config,
+    wait_for_checkpoint,
 )
 
 
@@ -32,6 +35,7 @@ def group(tmp_path_factory):
     return workdir, train.train_members(run_config(early_stop_patience=0), workdir, MEMBERS, plots=False)
 
 
+@pytest.mark.slow
 def test_each_member_equals_its_single_run(group, tmp_path):
     workdir, results = group
     stopped = {name: r["epochs"] for name, r in results.items()}
@@ -59,6 +63,7 @@ def test_each_member_equals_its_single_run(group, tmp_path):
     assert losses(workdir / "seed0")[1] != losses(workdir / "seed1")[1]
 
 
+@pytest.mark.slow
 def test_a_member_is_a_workdir_for_evaluate_and_predict(group):
     workdir, results = group
     member = workdir / "seed1"
@@ -91,13 +96,14 @@ def test_bad_members_name_themselves(member, message, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_killed_group_resumes_to_the_same_members(group, tmp_path):
     """SIGTERM stops the group at a step (stacked state saved); a rerun resumes every member exactly."""
     workdir, results = group
     copy_features(workdir, tmp_path)
     script = (
-        "import json, sys; from tests.train.test_train import run_config; from tests.train.test_members "
-        "import MEMBERS; from smartvlm_jax import train; "
+        "import json, sys; from tests.support.runs import MEMBERS, run_config; "
+        "from smartvlm_jax import train; "
         "r = train.train_members(run_config(early_stop_patience=0, **json.loads(sys.argv[2])), sys.argv[1], "
         "MEMBERS, plots=False); print('RESULT', json.dumps(r['seed0']))"
     )
@@ -105,7 +111,7 @@ def test_killed_group_resumes_to_the_same_members(group, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(tmp_path), extra], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
-    step = _wait_for_checkpoint(tmp_path, proc, after=5)
+    step = wait_for_checkpoint(tmp_path, proc, after=5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
     stopped = json.loads(out.split("RESULT", 1)[1])["stopped_at_step"]
@@ -123,9 +129,8 @@ def test_killed_group_resumes_to_the_same_members(group, tmp_path):
         train.train_members(run_config(**reusing(workdir)), tmp_path, MEMBERS[:2])
 
 
+@pytest.mark.slow
 def test_baseline_head_trains_as_members(tmp_path):
-    from tests.train.test_baseline_train import run_config as baseline_run_config
-
     config = baseline_run_config(num_epochs=1, max_steps=3)
     members = [train.Member("a", 0), train.Member("b", 1, lr=5e-4)]
     results = train.train_members(config, tmp_path, members, plots=False)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import torch
 
 from configs import smarter
@@ -104,6 +105,7 @@ def test_row_sparse_adamw_matches_torch_modules_without_gradients():
     np.testing.assert_array_equal(np.asarray(state[1].count["stack"]), [2, 1, 2])
 
 
+@pytest.mark.slow
 def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
     """With the row-sparse optimiser the step updates only the run's image-encoder rows (the others can
     never change); three steps of that equal three steps on the whole [102, ...] stack."""
@@ -111,7 +113,7 @@ def test_train_step_on_the_run_rows_equals_the_full_step(monkeypatch):
 
     from smartvlm_jax import reasoner, train
     from smartvlm_jax.reasoner import presence
-    from tests.reasoner.helpers import random_batch, small_config
+    from tests.support.reasoner import random_batch, small_config
 
     cfg = small_config()
     config = smarter.get_config()

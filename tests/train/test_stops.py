@@ -20,7 +20,7 @@ from smartvlm_jax import reports, summaries, train
 from smartvlm_jax.train import evaluation
 from smartvlm_jax.train import inputs as inputs_lib
 from smartvlm_jax.workdir import Workdir
-from tests.train.test_train import OVERRIDES, REPO, reusing, run_config
+from tests.support.runs import OVERRIDES, REPO, reusing, run_config
 
 
 def train_until_stopped(config, workdir, stop: threading.Event) -> dict:
@@ -43,6 +43,7 @@ def test_a_stop_while_writing_synthetic_puzzles_leaves_none_half_written(tmp_pat
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_a_stop_during_extraction_keeps_its_shards_and_the_rerun_resumes(reference, tmp_path, monkeypatch):
     workdir, results = reference
     config = run_config(**reusing(workdir), feature_shard_batches=1, feature_store=str(tmp_path / "store"))
@@ -65,6 +66,7 @@ def test_a_stop_during_extraction_keeps_its_shards_and_the_rerun_resumes(referen
     assert_resumes_to_the_reference(config, tmp_path / "run", results)
 
 
+@pytest.mark.slow
 def test_a_stop_during_the_test_evaluation_writes_no_results_and_the_rerun_tests(
     reference, tmp_path, monkeypatch
 ):
@@ -86,6 +88,7 @@ def test_a_stop_during_the_test_evaluation_writes_no_results_and_the_rerun_tests
     assert_resumes_to_the_reference(config, tmp_path, results)
 
 
+@pytest.mark.slow
 def test_evaluate_stopped_writes_nothing(reference, monkeypatch):
     workdir, _ = reference
     before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}

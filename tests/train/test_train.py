@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -23,56 +22,19 @@ from smartvlm_jax import features, parallel, reasoner, reports, train
 from smartvlm_jax.data import smart101
 from smartvlm_jax.train import inputs as inputs_lib
 from smartvlm_jax.workdir import Workdir
-from tests.test_evaluate import summary_paths
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-OVERRIDES = {
-    "synthetic.per_puzzle": 30,
-    "num_epochs": 3,
-    "batch_size": 16,
-    "eval_batch_size": 32,
-    "checkpoint_every_steps": 5,
-    "checkpoint_min_interval_secs": 0.0,  # every routine save: the resume tests stop runs between them
-    "log_every_steps": 1,
-}
+from tests.support.runs import (
+    OVERRIDES,
+    REPO,
+    copy_features,
+    losses,
+    reusing,
+    run_config,
+    wait_for_checkpoint,
+)
+from tests.support.summary import summary_paths
 
 
-def run_config(**extra):
-    config = smoke.get_config()
-    config.update_from_flattened_dict({**OVERRIDES, **extra})
-    return config
-
-
-def losses(workdir: pathlib.Path) -> dict[int, float]:
-    """Training loss per step from the JSON-lines log (the last value wins where a resumed run repeats)."""
-    out = {}
-    for line in (workdir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run on all 8 simulated devices with cached features."""
-    workdir = tmp_path_factory.mktemp("reference")
-    results = train.train_and_evaluate(run_config(), workdir)
-    return workdir, results
-
-
-def reusing(workdir: pathlib.Path) -> dict:
-    """Overrides that reuse the reference run's synthetic puzzles, built dataset and tiny towers."""
-    return {
-        "synthetic.enabled": False,
-        "data.root": str(workdir / "synthetic"),
-        "data.data_dir": str(workdir / "tfds"),
-        "towers.tiny": False,
-        "towers.dinov2": str(workdir / "towers" / "dinov2"),
-        "towers.siglip": str(workdir / "towers" / "siglip"),
-    }
-
-
+@pytest.mark.slow
 def test_end_to_end_run_writes_results_and_learns(reference):
     workdir, results = reference
     saved = reports.load_results(workdir)
@@ -92,6 +54,7 @@ def test_end_to_end_run_writes_results_and_learns(reference):
     assert json.loads((workdir / "config.json").read_text())["towers"]["dinov2"].endswith("towers/dinov2")
 
 
+@pytest.mark.slow
 def test_results_time_every_stage(reference):
     workdir, results = reference
     timing = reports.load_results(workdir)["timing"]
@@ -105,6 +68,7 @@ def test_results_time_every_stage(reference):
     assert timing["peak_rss_kib"] > 100 * 1024
 
 
+@pytest.mark.slow
 def test_curves_summary_and_the_families_own_names(reference):
     """curves.png, a closing summary whose paths all exist, the synthetic families' own names and
     stand-in skills in the table (every puzzle in one skill group), what XLA compiled."""
@@ -130,6 +94,7 @@ def test_curves_summary_and_the_families_own_names(reference):
     assert results["xla"]["cache_dir"] == os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+@pytest.mark.slow
 def test_a_second_run_compiles_nothing_it_compiled_before(reference, tmp_path):
     """With the persistent compilation cache (on by default), a rerun of the reference's config loads
     every executable the first run compiled. (The features are copied: XLA:CPU cannot store the fp32
@@ -158,13 +123,7 @@ def test_compile_cache_directory_and_opt_out(tmp_path):
         parallel.enable_compile_cache(default)
 
 
-def copy_features(workdir: pathlib.Path, to: pathlib.Path) -> None:
-    """Reuse the reference's features: they are in the session's feature store, keyed by the same data and
-    towers, so a run of them reads them (only the head run differs); this checks they are there."""
-    for split in train.SPLITS:
-        assert features.read_recorded(workdir, split)["labels"].shape[0] > 0
-
-
+@pytest.mark.slow
 def test_one_device_equals_eight(reference, tmp_path):
     workdir, results = reference
     copy_features(workdir, tmp_path)
@@ -176,6 +135,7 @@ def test_one_device_equals_eight(reference, tmp_path):
     assert single["test"]["O_acc"] == results["test"]["O_acc"]
 
 
+@pytest.mark.slow
 def test_uncached_equals_cached(reference, tmp_path):
     workdir, results = reference
     uncached = train.train_and_evaluate(run_config(**reusing(workdir), cache_features=False), tmp_path)
@@ -185,21 +145,7 @@ def test_uncached_equals_cached(reference, tmp_path):
     assert uncached["test"]["per_puzzle"] == results["test"]["per_puzzle"]
 
 
-def _wait_for_checkpoint(workdir: pathlib.Path, process: subprocess.Popen, after: int = 0) -> int:
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        ckpt = workdir / "checkpoints"
-        steps = [int(d.name) for d in ckpt.iterdir() if d.name.isdigit()] if ckpt.exists() else []
-        if any(s > after for s in steps):
-            return max(steps)
-        if process.poll() is not None:
-            raise AssertionError(
-                f"run ended (rc {process.returncode}) before a checkpoint after step {after}"
-            )
-        time.sleep(0.05)
-    raise AssertionError("no checkpoint within 180 s")
-
-
+@pytest.mark.slow
 def test_resumed_run_logs_the_windows_of_the_uninterrupted_one(reference, tmp_path):
     """Logged train/loss averages fixed windows of log_every_steps: a run stopped at step 7 (its checkpoint
     holds the window's step 7) and resumed logs at steps 9 and 12 what an uninterrupted run logs."""
@@ -231,6 +177,7 @@ def _saved_encoder_rows(workdir: pathlib.Path, step: int) -> int:
     return jax.tree.leaves(tree["params"]["im_encoder"])[0].shape[0]
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference, tmp_path, monkeypatch):
     """With the row-sparse optimiser a checkpoint holds the run's 11 image-encoder rows, not 102, and its
     meta says so. A checkpoint of all 102 rows (what runs wrote before, and what the dense optimiser
@@ -254,6 +201,7 @@ def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference
         train.train_and_evaluate(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_routine_saves_wait_for_the_minimum_interval(reference, tmp_path):
     """checkpoint_min_interval_secs: no routine save (epoch ends, every 5 steps) within it of the last,
     but the last step still saves; 0 saves at every one."""
@@ -269,6 +217,7 @@ def test_routine_saves_wait_for_the_minimum_interval(reference, tmp_path):
         train.check_config(run_config(checkpoint_min_interval_secs=-1))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_path):
     """SIGTERM: save and exit 0. SIGKILL: the rerun resumes and ends exactly as a run never interrupted."""
     workdir, results = reference
@@ -293,7 +242,7 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     }
 
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_for_checkpoint(tmp_path, first)
+    wait_for_checkpoint(tmp_path, first)
     first.send_signal(signal.SIGTERM)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 0, out.decode()[-3000:]
@@ -303,7 +252,7 @@ def test_sigterm_saves_and_sigkill_resumes_to_the_same_result(reference, tmp_pat
     assert stopped < 39 and not (tmp_path / "results.json").exists()
 
     second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_for_checkpoint(tmp_path, second, after=stopped)
+    wait_for_checkpoint(tmp_path, second, after=stopped)
     second.kill()
     second.communicate(timeout=60)
     assert second.returncode == -signal.SIGKILL
@@ -335,6 +284,7 @@ def assert_plain_console(stdout: str, stderr: str, workdir: pathlib.Path) -> Non
     assert "Load dataset info" in Workdir(workdir).run_log().read_text()  # TFDS's lines: the log file's
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reproduces_the_test_metrics(reference):
     """evaluate writes its own results and plots under evaluations/<split>/ and never the training's."""
     workdir, results = reference
@@ -356,6 +306,7 @@ def test_evaluate_cli_reproduces_the_test_metrics(reference):
     assert {name: (workdir / name).read_bytes() for name in record} == before
 
 
+@pytest.mark.slow
 def test_evaluate_a_read_only_workdir(reference, tmp_path, monkeypatch):
     """A workdir this user may not write (simulated: the tests run as root, whom no mode bit stops) is
     refused in one line naming --out, and evaluated with --out elsewhere, its files untouched."""
@@ -408,6 +359,7 @@ def test_bad_config_fails_before_any_work(tmp_path, extra, field):
     assert not any(tmp_path.iterdir())  # nothing written: no data, towers or checkpoints
 
 
+@pytest.mark.slow
 def test_absent_puzzle_id_names_the_field(reference, tmp_path):
     workdir, _ = reference
     config = run_config(**reusing(workdir))
@@ -417,6 +369,7 @@ def test_absent_puzzle_id_names_the_field(reference, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_checkpoint(reference, tmp_path):
     workdir, _ = reference
     copy_features(workdir, tmp_path)
@@ -431,6 +384,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(reference, tmp_path, monkeypatch):
     """An extraction killed part-way is completed from its first missing shard: the pipeline is asked to
     start there, and the finished cache (one memmapped .npy per field) equals an uninterrupted one."""
@@ -478,6 +432,7 @@ def test_killed_feature_extraction_resumes_without_decoding_what_it_holds(refere
             np.testing.assert_array_equal(got, uninterrupted[key], err_msg=f"{split}/{key}")
 
 
+@pytest.mark.slow
 def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
     """float16 storage: the cached values are float16(the float32 cache's values), batches reach the step
     as float32, and the losses stay within 2e-3 of the float32 run's."""
@@ -500,6 +455,7 @@ def test_float16_feature_cache_trains_like_float32(reference, tmp_path):
     assert abs(half["test"]["S_acc"] - results["test"]["S_acc"]) <= 2 / 66
 
 
+@pytest.mark.slow
 def test_a_moved_workdir_is_evaluated_resumed_and_answers(reference, tmp_path):
     """config.json stores the paths inside the workdir relative to it: a copy elsewhere (mtimes kept, as
     mv and cp -a keep them) evaluates, predicts and resumes on its own files; a path recorded outside

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from smartvlm_jax.convert.baseline_table import params_from_state, state_from_params
-from tests.torch_port.head import PuzzleHeadPort, copy_state, state_arrays
+from tests.support.torch_port.head import PuzzleHeadPort, copy_state, state_arrays
 
 
 class TorchBaselineHead(PuzzleHeadPort):
     """The baseline head of ``cfg`` in PyTorch; forward gives {pid: logits or [K x logits]}.
 
-    The per-puzzle ends are :class:`~tests.torch_port.head.PuzzleHeadPort`'s, with ReLU, decoders
+    The per-puzzle ends are :class:`~tests.support.torch_port.head.PuzzleHeadPort`'s, with ReLU, decoders
     ``nn.Sequential`` (keys 0, 2, 4) and LSTMs.
     """
 
