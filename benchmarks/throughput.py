@@ -54,21 +54,13 @@ from smartvlm_jax import features as features_lib
 from smartvlm_jax import optim, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import build, pipeline, smart101, synthetic
+from smartvlm_jax.towers.released import RELEASED
 from tests.support import tiny_towers
 
-# Released configs of the base towers (values differing from the transformers defaults spelled out).
+# The base towers' released configs.
 BASE_CONFIGS = {
-    "dinov2": {
-        "model_type": "dinov2",
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "patch_size": 14,
-        "image_size": 518,
-        "layerscale_value": 1.0,
-        "mlp_ratio": 4,
-    },
-    "siglip": {"model_type": "siglip", "vision_config": {}, "text_config": {}},  # siglip-base-patch16-224
+    "dinov2": RELEASED["facebook/dinov2-base"],
+    "siglip": RELEASED["google/siglip-base-patch16-224"],
 }
 
 

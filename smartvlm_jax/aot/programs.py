@@ -32,54 +32,9 @@ from smartvlm_jax.towers import backends, bert, hf, registry
 from smartvlm_jax.towers import params as params_lib
 from smartvlm_jax.towers.backends import xla
 from smartvlm_jax.towers.preprocess import default_processor, from_processor_config
+from smartvlm_jax.towers.released import RELEASED
 from smartvlm_jax.towers.tokenizer import SIGLIP_MAX_LENGTH
 
-# Released configs (values differing from the transformers defaults), by Hugging Face repository id; a
-# config.towers.<name> field may name one instead of a directory. Empty fields take DEFAULT_RELEASE's.
-RELEASED: dict[str, dict[str, Any]] = {
-    "facebook/dinov2-base": {
-        "model_type": "dinov2",
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "patch_size": 14,
-        "image_size": 518,
-        "layerscale_value": 1.0,
-        "mlp_ratio": 4,
-    },
-    "facebook/dinov2-large": {
-        "model_type": "dinov2",
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "patch_size": 14,
-        "image_size": 518,
-        "layerscale_value": 1.0,
-        "mlp_ratio": 4,
-    },
-    "google/siglip-base-patch16-224": {"model_type": "siglip", "vision_config": {}, "text_config": {}},
-    "google/siglip-so400m-patch14-384": {
-        "model_type": "siglip",
-        "vision_config": {
-            "hidden_size": 1152,
-            "intermediate_size": 4304,
-            "num_hidden_layers": 27,
-            "num_attention_heads": 16,
-            "patch_size": 14,
-            "image_size": 384,
-        },
-        "text_config": {
-            "hidden_size": 1152,
-            "intermediate_size": 4304,
-            "num_hidden_layers": 27,
-            "num_attention_heads": 16,
-            "vocab_size": 32000,
-            "max_position_embeddings": 64,
-        },
-    },
-    "microsoft/resnet-50": {"model_type": "resnet"},
-    "bert-base-uncased": {"model_type": "bert"},
-}
 DEFAULT_RELEASE = {
     "dinov2": "facebook/dinov2-base",
     "siglip": "google/siglip-base-patch16-224",

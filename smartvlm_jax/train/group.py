@@ -5,7 +5,7 @@ A :class:`Member` is one head of a group: its name, seed, and optimiser and drop
 group (states stacked on a leading member axis, ``member_step`` under ``jax.vmap``): how the state is
 initialised, the jitted steps and their arguments, a member's slice of a stacked tree, the checkpoint
 meta's layout and the console lines. A single run stays unstacked rather than being a group of one: its
-results stay bitwise those of the reference layout, and its step is the faster one (docs/performance.md).
+results stay bitwise those of earlier versions, and its step is the faster one (docs/training.md).
 """
 
 import dataclasses

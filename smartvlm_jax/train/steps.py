@@ -99,7 +99,8 @@ def member_step(
 
     With the row-sparse optimiser (``optim.skip_absent_rows``) a frozen member's rows are masked out of the
     update itself and only the scalar counters are selected; selecting whole states instead (the dense
-    optimiser's way) keeps two copies of the state alive and made the step ~3x slower on CPU."""
+    optimiser's way) keeps two copies of the state alive, which made the step much slower
+    (docs/training.md)."""
     sparse = optim.skips_absent_rows(state.opt_state)
     new_state, step_metrics = train_step(
         state,

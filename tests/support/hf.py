@@ -11,17 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Released configs (values that differ from the transformers defaults are spelled out).
-DINOV2_BASE = {
-    "model_type": "dinov2",
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "patch_size": 14,
-    "image_size": 518,
-    "layerscale_value": 1.0,
-    "mlp_ratio": 4,
-}
+from smartvlm_jax.towers.released import RELEASED
+
+DINOV2_BASE = RELEASED["facebook/dinov2-base"]
 SIGLIP_BASE_VISION: dict[str, Any] = {}  # siglip-base-patch16-224 == SiglipVisionConfig defaults
 SIGLIP_BASE_TEXT: dict[str, Any] = {}  # == SiglipTextConfig defaults
 
