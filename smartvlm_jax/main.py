@@ -98,7 +98,9 @@ def run_compile_only(job: str, config) -> None:
     targets.compile_only_environment()  # before JAX's first backend call: an installed libtpu stays idle
     from smartvlm_jax import aot
 
-    compile_job = aot.compile_sweep if job.startswith("smartvlm_jax.sweep") else aot.compile_run
+    compile_job = aot.compile_run
+    if job.startswith("smartvlm_jax.sweep"):  # by name: the sweep imports this module
+        compile_job = importlib.import_module("smartvlm_jax.sweep").compile_only
     options = dict(search_budget=_COMPILE_SEARCH.value)
     status = cli.run(
         lambda: compile_job(config, _WORKDIR.value, _COMPILE_ONLY.value, **options),

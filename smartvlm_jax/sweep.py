@@ -469,6 +469,33 @@ def print_summary(
     print(f"  {'members:':11}{root}/<row>/<member>/results.json")
 
 
+def compile_only(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, target: str, *, search_budget: int = 6
+) -> dict[str, dict]:
+    """``--compile_only``: ``aot.compile_run`` for each row of the sweep: the row's config, its members'
+    vmapped step (one member per seed and grid point); reports in ``<workdir>/<row>/``. Raises
+    ``aot.DoesNotFit`` naming every row with a program that does not fit, after all rows are reported."""
+    from smartvlm_jax import aot
+
+    members = len(members_of(config))
+    results, refused = {}, []
+    for row in row_names(config):
+        print(f"\n== row {row}: {members} members")
+        try:
+            results[row] = aot.compile_run(
+                row_config(config, row, {}),
+                pathlib.Path(workdir) / row,
+                target,
+                members=members,
+                search_budget=search_budget,
+            )
+        except aot.DoesNotFit as e:
+            refused.append(f"row {row}: {e}")
+    if refused:
+        raise aot.DoesNotFit("\n".join(refused))
+    return results
+
+
 def main(argv: list[str]) -> None:
     main_lib.run_job("smartvlm_jax.sweep:run_sweep", argv)
 

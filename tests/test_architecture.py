@@ -99,7 +99,7 @@ LAYERS = {
         "convert.baseline_table",
     ),
     4: ("train", "inference", "report"),
-    5: ("main", "evaluate", "predict", "convert", "sweep"),
+    5: ("main", "evaluate", "predict", "convert", "sweep", "aot"),
 }
 
 

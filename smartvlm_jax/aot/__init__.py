@@ -26,7 +26,7 @@ from smartvlm_jax.aot.report import DoesNotFit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DoesNotFit", "compile_run", "compile_sweep", "output", "programs", "report", "targets"]
+__all__ = ["DoesNotFit", "compile_run", "output", "programs", "report", "targets"]
 
 
 def compile_run(
@@ -67,30 +67,3 @@ def compile_run(
     if refused:
         raise DoesNotFit(refused)
     return result
-
-
-def compile_sweep(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, target: str, *, search_budget: int = 6
-) -> dict[str, dict]:
-    """:func:`compile_run` for each row of a sweep config (``smartvlm_jax.sweep``): the row's config, its
-    members' vmapped step (one member per seed and grid point); reports in ``<workdir>/<row>/``. Raises
-    :class:`DoesNotFit` naming every row with a program that does not fit, after all rows are reported."""
-    from smartvlm_jax import sweep
-
-    members = len(sweep.members_of(config))
-    results, refused = {}, []
-    for row in sweep.row_names(config):
-        print(f"\n== row {row}: {members} members")
-        try:
-            results[row] = compile_run(
-                sweep.row_config(config, row, {}),
-                pathlib.Path(workdir) / row,
-                target,
-                members=members,
-                search_budget=search_budget,
-            )
-        except DoesNotFit as e:
-            refused.append(f"row {row}: {e}")
-    if refused:
-        raise DoesNotFit("\n".join(refused))
-    return results

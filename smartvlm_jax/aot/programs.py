@@ -293,7 +293,7 @@ def plan(
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
     towers_cfg = ml_collections.ConfigDict(config.towers)
-    frozen, tower_tree, sources = abstract_towers(towers_cfg, config.model.features, target.platform)
+    frozen, tower_tree, sources = abstract_towers(towers_cfg, config.model.variant, target.platform)
     ids, classes, rows, classes_from = head_data(config)
     run = make_run(config, workdir, mesh, towers_cfg, ids, classes, frozen)
     rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES

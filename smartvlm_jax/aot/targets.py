@@ -84,6 +84,9 @@ class Target:
 
         if self.platform == "tpu":
             require_libtpu()
+            # No TPU is claimed, so compile-only processes need not exclude each other (libtpu's lockfile
+            # would refuse a second one); read when libtpu loads, on the first topology asked for.
+            os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
             name = f"{self.chip.name}:{self.shape}"
             topology = topologies.get_topology_desc(
                 platform="tpu", topology_name=name, chip_config_name=self.chip.chip_config

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -190,7 +191,7 @@ def ensure(workdir: str | os.PathLike, split: str = "test") -> dict[str, np.ndar
     if file.is_file():
         try:
             stored = load(file)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             stored = None  # unreadable (a killed write): computed again below
         if stored is not None and stored["source"] == source and all(k in stored for k in FIELDS):
             return stored
