@@ -59,7 +59,7 @@ def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on a field that cannot be right, naming it."""
     optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
-    variants.check(config.model.variant, config.model.head)
+    variants.check(config.model.variant, config.model.head, ("--config.model.variant", "--config.model.head"))
     if config.towers.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
     if not config.towers.tiny:

@@ -22,6 +22,7 @@ import numpy as np
 
 from smartvlm_jax import optim, reports, summaries
 from smartvlm_jax.train import monitor
+from smartvlm_jax.train import setup as setup_lib
 from smartvlm_jax.train.checkpointer import Checkpointer, export_best, host_params
 from smartvlm_jax.train.evaluation import Evaluator
 from smartvlm_jax.train.group import Group, Member, check_members
@@ -98,6 +99,7 @@ def train_group(
     SIGTERM or a first Ctrl-C stops the run where it is safe, keeping what it finished (a checkpoint in
     the loop; the store's shards while extracting), and it returns ``{"stopped_at_step": n}`` per member
     (n: the latest checkpoint's step). The same command then resumes."""
+    setup_lib.checked(config, workdir)  # before the workdir holds anything, even its lock file
     workdir.root.mkdir(parents=True, exist_ok=True)
     with StopSignal(stop) as stop_signal, lock(workdir):
         try:

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from smartvlm_jax import console, features, fileio, parallel, reasoner, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
@@ -78,6 +79,19 @@ def data_seed(config: ml_collections.ConfigDict) -> int:
     return int(config.seed) if seed < 0 else seed
 
 
+def checked(config: ml_collections.ConfigDict, workdir: Workdir) -> tuple[ml_collections.ConfigDict, Mesh]:
+    """(``config`` upgraded (``checks.upgrade_config``), its device mesh) once every check that needs no
+    data has passed: the config's fields, the tiny-tower flag, the batch sizes against the mesh. Writes
+    nothing; ValueError or FileNotFoundError naming the flag at fault."""
+    config = checks.upgrade_config(config)
+    checks.check_config(config)
+    checks.check_tiny_towers(config, workdir)
+    mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
+    return config, mesh
+
+
 def setup(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path | Workdir,
@@ -92,15 +106,10 @@ def setup(
     Raises ValueError or FileNotFoundError naming the flag at fault, before any work; ``Stopped`` when
     ``stop`` was requested while the data was being written or built."""
     workdir = Workdir(workdir)
-    config = checks.upgrade_config(config)
-    checks.check_config(config)
-    checks.check_tiny_towers(config, workdir)
+    config, mesh = checked(config, workdir)
     compile_cache = parallel.enable_compile_cache(config.compile_cache_dir)
     log.info("XLA compilation cache: %s", compile_cache or "off (--config.compile_cache_dir='')")
     timing = summaries.StageTimes()
-    mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
     with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
         data_cfg, rows, splits, num_classes = prepare_data(config, workdir, stop)
     with timing("towers"):  # tiny towers built, if asked
