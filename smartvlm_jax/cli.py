@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import glob
 import importlib.util
 import os
 import pathlib
@@ -22,6 +23,22 @@ from smartvlm_jax import variants
 # NotADirectoryError and BadImageError; KeyError a missing checkpoint entry.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
 TRACEBACK_HELP = "show Python's traceback for input errors instead of one line"
+
+
+def keep_jax_off_an_absent_tpu() -> None:
+    """Where libtpu is installed (the ``[tpu-compile]`` extra) on a machine with no TPU, JAX would still start
+    libtpu's TPU client at its first use, which writes errors to stderr that no log routing catches: leave
+    the TPU out of ``JAX_PLATFORMS`` there (a CUDA plugin, when installed, stays in). Nothing changes where
+    ``JAX_PLATFORMS`` is set, libtpu is absent, or a TPU is attached (``/dev/accel*``, ``/dev/vfio``).
+    Call before JAX is first used."""
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    cuda = importlib.util.find_spec("jax_cuda12_plugin") is not None
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+    if "jax" in sys.modules:  # JAX read the variable when imported; its backends start at first use
+        sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
 
 
 def positive_int(text: str) -> int:

@@ -1,7 +1,7 @@
 """``python -m smartvlm_jax.evaluate --workdir DIR [--split val|test] [--out DIR]``: re-evaluate a training
 run's best model on a split, from its workdir alone; write the split's ``results.json`` and plots to
 ``DIR/evaluations/<split>/`` (or ``--out``), never over the training's own record, and rewrite the run's
-page ``report.html`` (:mod:`smartvlm_jax.report`) when the workdir is writable.
+page ``report.html`` (:mod:`smartvlm_jax.report`) when the workdir is writable and no ``--out`` was given.
 
 Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``results.json`` in
 :mod:`smartvlm_jax.reports`, the evaluation itself in :func:`smartvlm_jax.train.evaluate_workdir`.
@@ -36,18 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {arg}")
         paths[field] = value
 
+    cli.keep_jax_off_an_absent_tpu()
+
     def evaluate() -> None:
         workdir.check_path(os.path.abspath(args.workdir), "--workdir")
         from smartvlm_jax import report, train  # heavy (JAX, orbax, grain): after the arguments are checked
 
         result = train.evaluate_workdir(args.workdir, args.split, args.out, paths)
         if "stopped" in result:
-            return  # the stop's one line is logged
+            print(result["message"], file=sys.stderr)
+            return
         print(result["table"])
         print()
         print("written: " + ", ".join(shlex.quote(str(p)) for p in result["written"]))
-        if os.access(args.workdir, os.W_OK):  # the page is derived from the record: a read-only one keeps its
-            print(f"report:  {shlex.quote(str(report.write_run_page(args.workdir)))}")
+        if args.out is None and os.access(args.workdir, os.W_OK):  # --out: the workdir is left alone
+            try:
+                print(f"report:  {shlex.quote(str(report.write_run_page(args.workdir)))}")
+            except KeyboardInterrupt:  # the page is derived from the run: a stop here loses nothing
+                print("Ctrl-C: report.html was not rewritten", file=sys.stderr)
 
     return cli.run(evaluate, args.traceback)
 

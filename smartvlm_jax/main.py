@@ -48,10 +48,12 @@ def run_job(job: str, argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    if not _COMPILE_ONLY.value:  # (compile-only targets use libtpu's topologies, not a TPU client)
+        cli.keep_jax_off_an_absent_tpu()
     from smartvlm_jax import workdir
 
     # The workdir is checked (no glob characters, a writable folder) before the console opens run.log in it.
-    check = lambda: workdir.check_writable(os.path.abspath(_WORKDIR.value), "--workdir")
+    check = lambda: workdir.check_writable(_WORKDIR.value and os.path.abspath(_WORKDIR.value), "--workdir")
     status = cli.run(check, traceback=_TRACEBACK.value)
     if not status and "model" in config:  # the head's choices named by their flags, before any work
         from smartvlm_jax import variants

@@ -86,6 +86,8 @@ def check(name: str, head: str | None = None, fields: tuple[str, str] = ("varian
     otherwise surface as a shape error deep inside the first step.
     """
     variant = get(name, fields[0])
+    if head is not None and head not in HEADS:
+        raise ValueError(f"{fields[1]}={head!r} is not one of {list(HEADS)}")
     if head is not None and head != variant.head:
         raise ValueError(
             f"{fields[0]}={name!r} feeds the {variant.head!r} head, but {fields[1]}="

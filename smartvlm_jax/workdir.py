@@ -71,6 +71,8 @@ def check_writable(path: str | os.PathLike, what: str = "--workdir", hint: str =
     """One-line errors, before anything is created, for a workdir a run cannot write: a glob character
     (:func:`check_path`), a file (NotADirectoryError), or a folder (or its first existing parent) this
     user may not write (PermissionError); ``hint`` ends the latter's message."""
+    if not os.fspath(path):
+        raise ValueError(f"{what} is empty: name the folder of the run")
     check_path(path, what)
     existing = pathlib.Path(path).absolute()
     while not existing.exists() and existing != existing.parent:

@@ -135,3 +135,34 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     assert len(errors) == 1 and errors[0].startswith(line), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (workdir / "synthetic").exists() and not (workdir / "config.json").exists()
+
+
+def test_an_empty_workdir_is_one_line(tmp_path):
+    config = os.path.join(REPO, "configs", "smoke.py")
+    cmd = [sys.executable, "-m", "smartvlm_jax.main", "--config", config, "--workdir", ""]
+    out = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO}
+    )  # (run elsewhere: nothing may land in the working directory)
+    assert out.returncode == 1 and out.stderr.strip().endswith(
+        "error: --workdir is empty: name the folder of the run"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_installed_libtpu_stays_idle_without_a_tpu():
+    """The [tpu-compile] extra's libtpu on a machine without a TPU: JAX is kept off it (its client would
+    print errors at every start); with JAX_PLATFORMS set, the user's choice stands."""
+    import glob
+    import importlib.util
+
+    script = (
+        "import os; from smartvlm_jax import cli; cli.keep_jax_off_an_absent_tpu(); "
+        "print(os.environ.get('JAX_PLATFORMS'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
+    idle = importlib.util.find_spec("libtpu") is not None and not glob.glob("/dev/accel*")
+    assert out.stdout.strip() == ("cpu" if idle else "None"), out.stderr
+    env["JAX_PLATFORMS"] = "cpu,tpu"
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "cpu,tpu"

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from smartvlm_jax import cli
+from smartvlm_jax import cli, workdir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_cards < 1:
         parser.error(f"--max-cards={args.max_cards} must be >= 1")
-    return cli.run(lambda: print(pages.write_page(args.workdir, max_cards=args.max_cards)), args.traceback)
+    cli.keep_jax_off_an_absent_tpu()
+
+    def write() -> None:
+        workdir.check_writable(args.workdir, "--workdir")
+        print(pages.write_page(args.workdir, max_cards=args.max_cards))
+
+    return cli.run(write, args.traceback)
 
 
 if __name__ == "__main__":

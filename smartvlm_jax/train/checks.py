@@ -5,6 +5,7 @@ named tower directories, and a workdir that holds another head. Each error names
 """
 
 import json
+import math
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -76,6 +77,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             synthetic.resolve_ids(config.synthetic.puzzles or None)
         except ValueError as e:
             raise ValueError(f"--config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
+    if not (math.isfinite(float(config.optim.lr)) and float(config.optim.lr) > 0):
+        raise ValueError(f"--config.optim.lr={config.optim.lr} must be a finite number > 0")
+    ratio = tuple(config.data.ratio)
+    if len(ratio) != 3 or min(ratio) < 0 or sum(ratio) <= 0:
+        raise ValueError(f"--config.data.ratio={ratio} must be three percentages train,val,test (60,20,20)")
     if config.data.split_type not in smart101.SPLIT_TYPES:
         raise ValueError(
             f"--config.data.split_type={config.data.split_type!r} is not one of {smart101.SPLIT_TYPES}"

@@ -2,7 +2,6 @@
 (results.json, the table, the plots), and the re-evaluation of a finished workdir.
 """
 
-import logging
 import math
 import os
 import pathlib
@@ -19,8 +18,6 @@ from smartvlm_jax.train.inputs import Inputs, prepare_inputs
 from smartvlm_jax.train.setup import Run
 from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.workdir import PATH_FIELDS, Workdir, check_writable
-
-log = logging.getLogger(__name__)
 
 # What evaluation keeps of each batch besides the predictions.
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
@@ -136,7 +133,7 @@ def evaluate_workdir(
     features.json, its plots) is never changed, so a read-only workdir can be evaluated with ``out``
     elsewhere. Returns the metrics, the console table under "table" and the files written under
     "written". SIGTERM or Ctrl-C stops it between batches, writing nothing: then it returns
-    ``{"stopped": stage, "table": "", "written": []}``.
+    ``{"stopped": stage, "message": one line, "table": "", "written": []}``.
 
     ``paths``: new places of paths the run config records outside the workdir (``Workdir.PATH_FIELDS``:
     "towers.dinov2" -> a directory), for a run whose data or towers moved.
@@ -167,8 +164,8 @@ def evaluate_workdir(
             evaluator = Evaluator(group, inputs, group.predict_fn(inputs.towers))
             result = evaluator.evaluate(best_params(run), split, stop=stop)[0]
         except Stopped as e:
-            log.info("%s: stopped, nothing written", e)
-            return {"stopped": e.stage, "table": "", "written": []}
+            message = f"{e}: stopped, nothing written"
+            return {"stopped": e.stage, "message": message, "table": "", "written": []}
     table, written = "", []
     if run.is_lead:
         out.mkdir(parents=True, exist_ok=True)

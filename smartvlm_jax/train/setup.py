@@ -203,7 +203,11 @@ def log_splits(splits: Mapping[str, list[smart101.Row]], data_cfg: ml_collection
     split_ids = {}
     for name, split_rows in splits.items():
         if not split_rows:
-            raise ValueError(f"the {name} split is empty under --config.data={data_cfg.to_dict()}")
+            raise ValueError(
+                f"the {name} split is empty: --config.data.split_type={data_cfg.split_type!r}, "
+                f"--config.data.ratio={tuple(data_cfg.ratio)}, --config.data.data_tot={data_cfg.data_tot} "
+                "leave it no row (more instances per puzzle, or another ratio)"
+            )
         split_ids[name] = sorted({r.puzzle_id for r in split_rows})
     sizes = ", ".join(f"{name} {len(split_rows)}" for name, split_rows in splits.items())
     ids = split_ids["train"]

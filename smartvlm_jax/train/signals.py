@@ -3,7 +3,6 @@ stop, which the loop honours after a save and the other stages at their next saf
 aborts at once.
 """
 
-import logging
 import os
 import signal
 import sys
@@ -12,8 +11,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from smartvlm_jax import parallel
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -61,7 +58,9 @@ class StopSignal:
             print("\nCtrl-C again: aborted, nothing saved", file=sys.stderr, flush=True)
             os._exit(130)  # at once: no cleanup that could hang (the first Ctrl-C asked for a clean stop)
         self.reason = "Ctrl-C"
-        log.warning("Ctrl-C: stopping at the next safe point after a save (Ctrl-C again aborts at once)")
+        # printed, not logged: it must show whether or not the command routed its log lines to the console
+        message = "Ctrl-C: stopping at the next safe point (Ctrl-C again aborts at once)"
+        print(f"\n{message}", file=sys.stderr, flush=True)
         self.event.set()
 
     def requested(self) -> bool:

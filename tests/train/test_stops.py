@@ -100,7 +100,8 @@ def test_evaluate_stopped_writes_nothing(reference, monkeypatch):
     original = train.StopSignal.guard
     monkeypatch.setattr(train.StopSignal, "guard", interrupted)
     out = train.evaluate_workdir(workdir, out=workdir / "stopped_evaluation")
-    assert out == {"stopped": "the test evaluation", "table": "", "written": []}
+    message = "SIGTERM during the test evaluation: stopped, nothing written"
+    assert out == {"stopped": "the test evaluation", "message": message, "table": "", "written": []}
     assert not (workdir / "stopped_evaluation").exists()
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
 

@@ -351,10 +351,13 @@ def test_a_file_as_workdir_is_one_line(tmp_path):
         ({"mesh.fsdp": 3}, "config.mesh.fsdp"),
         ({"synthetic.puzzles": "1,102"}, "config.synthetic.puzzles"),
         ({"data.split_type": "puzle"}, "config.data.split_type"),
+        ({"model.head": "foo"}, "config.model.head='foo' is not one of"),
+        ({"optim.lr": float("nan")}, "config.optim.lr=nan must be a finite number"),
+        ({"data.ratio": (60, 20)}, "config.data.ratio=(60, 20) must be three percentages"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, extra, field):
-    with pytest.raises((ValueError, FileNotFoundError), match=field.replace(".", r"\.")):
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(field)):
         train.train_and_evaluate(run_config(**extra), tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written: no data, towers or checkpoints
 
