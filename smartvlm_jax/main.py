@@ -68,6 +68,7 @@ def run_job(job: str, argv: list[str]) -> None:
         sys.exit(status)
     from smartvlm_jax import console  # light: tqdm and logging; JAX must not load before this
 
+    created = not os.path.exists(_WORKDIR.value)  # by this command (the console's run.log comes first)
     lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
     log.debug("command: %s", " ".join(sys.argv))
     if _COMPILE_ONLY.value:  # one local process compiling for devices it does not have
@@ -86,7 +87,19 @@ def run_job(job: str, argv: list[str]) -> None:
     fn = getattr(importlib.import_module(module), function)
     status = cli.run(lambda: fn(config, _WORKDIR.value), traceback=_TRACEBACK.value)
     if status:
+        if created:
+            remove_if_only_logs(_WORKDIR.value)
         sys.exit(status)
+
+
+def remove_if_only_logs(folder: str) -> None:
+    """Remove ``folder`` when it holds nothing but run logs: a refused command leaves no workdir behind."""
+    names = os.listdir(folder) if os.path.isdir(folder) else None
+    if names is not None and all(n.startswith("run.") and n.endswith(".log") for n in names):
+        logging.shutdown()  # (closes run.log)
+        for name in names:
+            os.remove(os.path.join(folder, name))
+        os.rmdir(folder)
 
 
 def run_compile_only(job: str, config) -> None:

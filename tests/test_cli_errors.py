@@ -201,3 +201,22 @@ def test_variant_errors_from_python_name_the_head_config_fields_not_flags():
         variants.get("bogus")
     with pytest.raises(ValueError, match=r"^variant='fused' feeds the 'smarter' head, but head='baseline'"):
         variants.check("fused", "baseline")
+
+
+def test_a_value_refused_by_the_trainer_leaves_no_workdir(tmp_path):
+    """Checks that run after the console opened run.log (the trainer's): the refused command removes the
+    workdir it created, which holds nothing but that log."""
+    workdir = tmp_path / "workdir"
+    out = _run(
+        "smartvlm_jax.main",
+        "--config",
+        "configs/smoke.py",
+        "--config.batch_size=0",
+        "--workdir",
+        str(workdir),
+    )
+    assert (
+        out.returncode == 1
+        and out.stderr.strip().splitlines()[-1] == "error: --config.batch_size=0 must be >= 1"
+    )
+    assert not workdir.exists()
