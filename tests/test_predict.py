@@ -20,6 +20,7 @@ from configs import smoke
 from smartvlm_jax import features, inference, metrics, predict, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
+from smartvlm_jax.workdir import Workdir
 
 pytestmark = pytest.mark.slow  # every test here needs the module's trained run (a fixture)
 
@@ -37,7 +38,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_config(workdir):
-    return json.loads((workdir / "config.json").read_text())
+    return Workdir(
+        workdir
+    ).read_config()  # (paths inside the workdir resolved: config.json keeps them relative)
 
 
 @pytest.fixture(scope="module")

@@ -100,14 +100,23 @@ def train_group(
     the loop; the store's shards while extracting), and it returns ``{"stopped_at_step": n}`` per member
     (n: the latest checkpoint's step). The same command then resumes."""
     setup_lib.checked(config, workdir)  # before the workdir holds anything, even its lock file
+    created = not workdir.root.exists()
     workdir.root.mkdir(parents=True, exist_ok=True)
-    with StopSignal(stop) as stop_signal, lock(workdir):
-        try:
-            return run_group(config, workdir, compiles, members, stop_signal, plots, label, features_ready)
-        except Stopped as e:
-            log.info("%s%s: stopped; the same command resumes", f"{label}: " if label else "", e)
-            step = latest_step(workdir)
-            return [{"stopped_at_step": step} for _ in members or [None]]
+    options = (plots, label, features_ready)
+    try:
+        with StopSignal(stop) as stop_signal, lock(workdir):
+            try:
+                return run_group(config, workdir, compiles, members, stop_signal, *options)
+            except Stopped as e:
+                log.info("%s%s: stopped; the same command resumes", f"{label}: " if label else "", e)
+                step = latest_step(workdir)
+                return [{"stopped_at_step": step} for _ in members or [None]]
+    except Exception:
+        if {p.name for p in workdir.root.iterdir()} <= {workdir.lock_file.name}:  # refused before writing
+            workdir.lock_file.unlink(missing_ok=True)
+            if created:
+                workdir.root.rmdir()
+        raise
 
 
 def lock(workdir: Workdir) -> contextlib.AbstractContextManager:

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from smartvlm_jax import console, features, fileio, parallel, reasoner, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
 from smartvlm_jax.train import checks
-from smartvlm_jax.train.signals import StopSignal
+from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.workdir import Workdir, user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -160,20 +160,25 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir, stop: Stop
 
             def written(_) -> None:
                 progress.update(1)
-                if stop is not None:
-                    stop.check("the synthetic puzzles")
+                if stop is not None and stop.event.is_set():  # this process alone writes: no collective
+                    raise Stopped(stop.reason, "the synthetic puzzles")
 
-            with console.Progress("synthetic puzzles", len(ids), "puzzles") as progress:
-                with fileio.staged_dir(workdir.synthetic) as staging:  # a stop or a kill leaves no half
-                    synthetic.write_dataset(
-                        str(staging),
-                        per_puzzle=config.synthetic.per_puzzle,
-                        seed=config.synthetic.seed,
-                        puzzle_ids=ids,
-                        workers=config.synthetic.workers,
-                        progress=written,
-                    )
+            try:
+                with console.Progress("synthetic puzzles", len(ids), "puzzles") as progress:
+                    with fileio.staged_dir(workdir.synthetic) as staging:  # a stop or a kill leaves no half
+                        synthetic.write_dataset(
+                            str(staging),
+                            per_puzzle=config.synthetic.per_puzzle,
+                            seed=config.synthetic.seed,
+                            puzzle_ids=ids,
+                            workers=config.synthetic.workers,
+                            progress=written,
+                        )
+            except Stopped:
+                pass  # every process learns of it together, below
         multihost_utils.sync_global_devices("synthetic data")
+        if stop is not None:
+            stop.check("the synthetic puzzles")
     root = pathlib.Path(data_cfg.root)
     available = smart101.found_puzzle_ids(root)
     puzzle_ids = smart101.resolve_puzzle_ids(root, data_cfg.puzzle_ids)

@@ -19,6 +19,7 @@ from smartvlm_jax import features, inference, metrics, optim, predict, reasoner,
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import baseline, checkpoint
 from smartvlm_jax.reasoner import config as config_lib
+from smartvlm_jax.workdir import Workdir
 from tests.support.runs import baseline_run_config as run_config
 
 
@@ -177,11 +178,11 @@ def test_converted_baseline_checkpoint_answers_real_images(uncached, tmp_path):
     assert convert_main(["reference", "--ckpt", str(ckpt), "--puzzles", ids, "--out", str(model_dir)]) == 0
     with pytest.raises(ValueError, match=r"--towers DIR .*resnet, bert"):
         inference.Predictor.load(model_dir)
-    towers_cfg = json.loads((workdir / "config.json").read_text())["towers"]
+    towers_cfg = Workdir(workdir).read_config()["towers"]
     predictor = inference.Predictor.load(model_dir, towers=[towers_cfg["bert"], towers_cfg["resnet"]])
 
     # Real inputs: the run's PNGs, plus an RGBA image of odd size and a palette image, one per puzzle.
-    data_cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["data"])
+    data_cfg = ml_collections.ConfigDict(Workdir(workdir).read_config()["data"])
     rows = smart101.read_rows(data_cfg.root, data_cfg.puzzle_ids)
     rows = [next(r for r in rows if r.puzzle_id == p) for p in cfg.puzzle_ids]
     rng = np.random.default_rng(0)

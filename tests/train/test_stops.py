@@ -51,9 +51,11 @@ def test_a_stop_during_extraction_keeps_its_shards_and_the_rerun_resumes(referen
     image_batches = inputs_lib.image_batches
 
     def stopping_after_two(run, towers, split, **kwargs):
+        # The stop comes as the 4th batch is read: 3 pass, and the extraction, which writes a batch once the
+        # next is launched, has written 2 when it stops (each its own shard: feature_shard_batches=1).
         for batch in image_batches(run, towers, split, **kwargs):
             seen.append(split)
-            if len(seen) == 2:
+            if len(seen) == 4:
                 stop.set()
             yield batch
 

@@ -20,6 +20,7 @@ import pytest
 from configs import smoke
 from smartvlm_jax import features, parallel, reasoner, reports, train
 from smartvlm_jax.data import smart101
+from smartvlm_jax.train import checkpointer as checkpointer_lib
 from smartvlm_jax.train import inputs as inputs_lib
 from smartvlm_jax.workdir import Workdir
 from tests.support.runs import (
@@ -187,7 +188,7 @@ def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference
     copy_features(workdir, tmp_path)
     config = run_config(**reusing(workdir))
     with monkeypatch.context() as patched:  # the run of an older version: checkpoints of every row
-        patched.setattr(train, "checkpoint_rows", lambda cfg, opt_state: None)
+        patched.setattr(checkpointer_lib, "checkpoint_rows", lambda cfg, opt_state: None)
         train.train_and_evaluate(run_config(**reusing(workdir), max_steps=7), tmp_path)
     assert _saved_encoder_rows(tmp_path, 7) == 102
     resumed = train.train_and_evaluate(config, tmp_path)
@@ -197,7 +198,7 @@ def test_checkpoints_hold_the_run_rows_and_resume_from_the_full_layout(reference
     )
     assert resumed["test"] == results["test"]
     with monkeypatch.context() as patched, pytest.raises(ValueError, match=r"image-encoder rows \[1, 3, 7"):
-        patched.setattr(train, "checkpoint_rows", lambda cfg, opt_state: None)
+        patched.setattr(checkpointer_lib, "checkpoint_rows", lambda cfg, opt_state: None)
         train.train_and_evaluate(config, tmp_path)
 
 
