@@ -48,6 +48,7 @@ def test_requirement_pins_lie_in_the_declared_ranges(file, declared):
             assert pin.marker == ranges[name].marker, (str(pin), str(ranges[name]))
 
 
+@pytest.mark.slow
 def test_dev_requirements_take_torchs_cpu_build_on_every_platform(tmp_path):
     """Linux: 2.13.0+cpu from PyTorch's CPU index (PyPI's plain Linux 2.13.0 is the CUDA build, several GB
     of nvidia-* wheels); elsewhere the plain version, a CPU build. And pip resolves it on this machine."""

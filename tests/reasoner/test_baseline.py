@@ -59,6 +59,7 @@ def test_port_parity_logits_loss_grads(quirks, overrides):
     assert relative(jax.tree.map(np.asarray, grads), t_grads) < 1e-5
 
 
+@pytest.mark.slow
 def test_quirks_couple_sequence_samples_only():
     """Quirks change sequence-puzzle logits (hidden flows across a puzzle's samples), nothing else."""
     vision, text, pids, _ = batch(small_config())
