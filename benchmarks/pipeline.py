@@ -17,7 +17,6 @@ import argparse
 import os
 import tempfile
 import time
-import zlib
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from absl import flags
 from PIL import Image
 
 from smartvlm_jax.data import build, pipeline, smart101, synthetic
+from tests.support.data import HashTokenizer
 
 
 class SquareBicubic:
@@ -43,17 +43,6 @@ class ShortSideCrop:
         im = image.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BICUBIC)
         left, top = (im.width - 224) // 2, (im.height - 224) // 2
         return np.asarray(im.crop((left, top, left + 224, top + 224)), np.uint8)
-
-
-class HashTokenizer:
-    """Tokenizer stand-in: lower-cased words -> ids, padded to 64."""
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 64), np.int32)
-        for i, text in enumerate(texts):
-            ids = [1 + zlib.crc32(w.encode()) % 999 for w in text.lower().split()][:64]
-            out[i, : len(ids)] = ids
-        return out
 
 
 class ReferenceDataset(torch.utils.data.Dataset):

@@ -13,23 +13,12 @@ import time
 import pytest
 
 from smartvlm_jax import reports
+from tests.support.runs import SMALL_SWEEP
 
 pytestmark = pytest.mark.slow  # every test here needs the module's finished sweep (a fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROWS = ("smarter", "no_qf", "dinov2_only", "siglip_only", "single_image_head")
-# The smoke sweep, smaller: 2 seeds, 11 puzzles x 30 instances, 3 epochs.
-SMALL = [
-    "--config.seeds=2",
-    "--config.synthetic.per_puzzle=30",
-    "--config.data.data_tot=30",
-    "--config.num_epochs=3",
-    "--config.batch_size=16",
-    "--config.eval_batch_size=32",
-    "--config.log_every_steps=2",
-    "--config.checkpoint_every_steps=4",
-    "--config.checkpoint_min_interval_secs=0",
-]
 
 
 def command(workdir: pathlib.Path, store: pathlib.Path, *extra: str) -> list[str]:
@@ -42,7 +31,7 @@ def command(workdir: pathlib.Path, store: pathlib.Path, *extra: str) -> list[str
         "--workdir",
         str(workdir),
         f"--config.feature_store={store}",
-        *SMALL,
+        *SMALL_SWEEP,
         *extra,
     ]
 

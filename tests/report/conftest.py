@@ -10,20 +10,10 @@ import pytest
 
 from smartvlm_jax import report
 from tests.report import browser
+from tests.support import runs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SMALL_SWEEP = [
-    "--config.rows=smarter,no_qf",
-    "--config.seeds=2",
-    "--config.synthetic.per_puzzle=30",
-    "--config.data.data_tot=30",
-    "--config.num_epochs=3",
-    "--config.batch_size=16",
-    "--config.eval_batch_size=32",
-    "--config.log_every_steps=2",
-    "--config.checkpoint_every_steps=4",
-    "--config.checkpoint_min_interval_secs=0",
-]
+SMALL_SWEEP = ["--config.rows=smarter,no_qf", *runs.SMALL_SWEEP]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -108,3 +108,17 @@ def baseline_run_config(**extra):
     config = baseline_config.get_config()
     config.update_from_flattened_dict({**BASELINE_OVERRIDES, **extra})
     return config
+
+
+# The smoke sweep (configs/paper.py:smoke), smaller: 2 seeds, 11 puzzles x 30 instances, 3 epochs.
+SMALL_SWEEP = [
+    "--config.seeds=2",
+    "--config.synthetic.per_puzzle=30",
+    "--config.data.data_tot=30",
+    "--config.num_epochs=3",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=32",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=4",
+    "--config.checkpoint_min_interval_secs=0",
+]

@@ -20,6 +20,7 @@ from smartvlm_jax.convert import __main__ as cli
 from smartvlm_jax.towers import hf as towers_hf
 from smartvlm_jax.towers import params as tparams
 from smartvlm_jax.towers.registry import part_config
+from smartvlm_jax.towers.released import RELEASED
 from tests.support.hf import hf_config_objects, hf_model, save_hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -206,26 +207,8 @@ DINOV2_SIZES = {  # released facebook/dinov2-* configs
         "use_swiglu_ffn": True,
     },
 }
-SO400M = {
-    "model_type": "siglip",
-    "vision_config": {
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_hidden_layers": 27,
-        "num_attention_heads": 16,
-        "image_size": 384,
-        "patch_size": 14,
-    },
-    "text_config": {
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_hidden_layers": 27,
-        "num_attention_heads": 16,
-        "vocab_size": 32000,
-        "max_position_embeddings": 64,
-        "projection_size": 1152,
-    },
-}
+_RELEASED_SO400M = RELEASED["google/siglip-so400m-patch14-384"]
+SO400M = {**_RELEASED_SO400M, "text_config": {**_RELEASED_SO400M["text_config"], "projection_size": 1152}}
 
 
 def _meta_shapes(config):
