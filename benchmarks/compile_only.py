@@ -6,12 +6,19 @@
 Runs ``aot.compile_run`` on the config (default: the paper's, fused base towers in bf16, batch 128) for each
 ``--target`` and prints one summary line per target: peak bytes per chip per program, the largest batch,
 estimated extraction instances/s, train steps/s and the run's time, and the wall time of the compiles.
+
+  PYTHONPATH=. python -m benchmarks.compile_only --calibrate [--calibrate-batch 4] [--repeats 3]
+
+compiles the towers' program for this CPU instead (``aot.calibrate``), times that executable in rounds
+interleaved with a bf16 matmul and a copy (this host's peak FLOP/s and bandwidth, measured under the same
+load), and prints the roofline time, the measured time, their ratio and the load average.
 """
 
 import argparse
 import ast
 import importlib.util
 import json
+import os
 import pathlib
 import time
 
@@ -48,16 +55,79 @@ def summary(target: str, result: dict, wall: float) -> str:
     )
 
 
+def calibrate(args) -> dict:
+    """The estimator's roofline time of the towers' program on this CPU against its measured time."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import timing
+    from smartvlm_jax.aot import calibrate as cal
+    from smartvlm_jax.aot import programs, targets
+
+    targets.compile_only_environment()
+    cfg = load_config(args.config, args.set)
+    cfg.batch_size = cfg.eval_batch_size = args.calibrate_batch
+    towers = programs.plan(cfg, targets.parse("cpu"), args.workdir).programs[0]
+    start = time.perf_counter()
+    figures, executable = cal.compile_program(towers, towers.batch)
+    compile_s = time.perf_counter() - start
+    tower_args = cal.random_args(executable)
+    n, copy_mib = args.matmul_size, args.copy_mib
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.bfloat16)
+    matmul = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    big = jnp.ones((copy_mib << 18,), jnp.float32)
+    copy = jax.jit(lambda x: x + 1)  # reads and writes every byte once
+    load_before = os.getloadavg()
+    t = timing.time_rounds(
+        {"towers": lambda: executable(*tower_args), "matmul": lambda: matmul(a), "copy": lambda: copy(big)},
+        args.repeats,
+    )
+    chip = cal.host_chip(
+        2 * n**3 / t["matmul"].median,
+        2 * big.nbytes / t["copy"].median,
+        f"measured: {n}x{n} bf16 matmul (f32 accumulation) and {copy_mib} MiB float32 copy, medians",
+    )
+    result = cal.calibration(figures, chip, t["towers"].median, "towers").to_json()
+    result.update(
+        compile_s=compile_s,
+        dtype=str(cfg.towers.dtype),
+        towers_spread=t["towers"].spread,
+        load_average=[load_before, os.getloadavg()],
+        cpus=os.cpu_count(),
+    )
+    print(
+        f"calibration on this CPU ({os.cpu_count()} cores, load {load_before[0]:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}): towers at batch {result['batch']} ({result['dtype']}): "
+        f"{result['flops'] / 1e9:.0f} GFLOP, {result['bytes_accessed'] / 1e9:.2f} GB accessed; peaks "
+        f"{chip.peak_flops / 1e12:.3f} TFLOP/s, {chip.hbm_bandwidth / 1e9:.1f} GB/s (measured); roofline "
+        f"{result['roofline_s']:.2f} s ({result['bound']}-bound), measured {result['measured_s']:.2f} s "
+        f"(spread {result['towers_spread']:.2f}): ratio {result['ratio']:.2f}; compile {compile_s:.0f} s"
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--target", action="append", required=True)
+    parser.add_argument("--target", action="append", default=[])
+    parser.add_argument("--calibrate", action="store_true", help="the roofline against this CPU's time")
+    parser.add_argument("--calibrate-batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--copy-mib", type=int, default=1024)
     parser.add_argument("--config", default="configs/smarter.py")
     parser.add_argument("--set", action="append", default=[], help="FIELD=PYTHON_LITERAL")
     parser.add_argument("--search", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/compile_only")
     args = parser.parse_args()
+    if args.calibrate:
+        result = calibrate(args)
+        out = pathlib.Path(args.workdir) / "calibration.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     lines = []
     for target in args.target:
         cfg = load_config(args.config, args.set)

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.towers.cpu_onednn = True  # CPU, one device: ViT blocks through the oneDNN kernels (README: CPU kernels)
     c.towers.tiny = False  # build tiny random towers (and a tokenizer) into <workdir>/towers instead
     c.towers.fsdp = False  # shard the towers' large matrices over the mesh's fsdp axis
+    # "xla": XLA's attention (the platform's formulation); "flash": the Pallas TPU flash kernel, TPU
+    # programs of --compile_only only so far (docs/tpu.md, "Will it fit")
+    c.towers.attention = "xla"
 
     c.model = head_config.default_config()  # head architecture; puzzle ids and C_p come from the data
 

@@ -117,3 +117,99 @@ def test_cloud_tpu_accelerator_types_name_their_topology():
     assert targets.parse("tpu:v4-32").chip.name == "v4" and targets.parse("tpu:v4-32").shape == "2x2x4"
     assert targets.accelerator_topology("v5p-64") == "v5p:2x4x4"
     assert targets.accelerator_topology("v4-8") == "v4:2x2x1"
+
+
+def test_flash_attention_is_a_tpu_choice_named_by_its_field():
+    import jax.numpy as jnp
+    import ml_collections
+
+    from smartvlm_jax import features
+    from smartvlm_jax.train import checks
+
+    assert xla.impl_for("tpu", jnp.bfloat16, "flash") == "flash"
+    assert xla.impl_for("tpu", jnp.bfloat16, "xla") == "fused"
+    for platform in ("cpu", "gpu"):
+        with pytest.raises(ValueError, match=r"--config.towers.attention='flash' is a TPU kernel"):
+            xla.impl_for(platform, jnp.bfloat16, "flash")
+    with pytest.raises(ValueError, match=r"--config.towers.attention='splash' is not one of"):
+        xla.impl_for("tpu", jnp.bfloat16, "splash")
+    cfg = smoke.get_config()
+    assert cfg.towers.attention == "xla"
+    with pytest.raises(ValueError, match=r"--config.towers.attention='splash' is not 'xla' or 'flash'"):
+        checks.check_tower_kernels(ml_collections.ConfigDict({**cfg.towers.to_dict(), "attention": "splash"}))
+    with pytest.raises(ValueError, match=r"compile-only so far"):
+        features.load_towers(
+            ml_collections.ConfigDict({**cfg.towers.to_dict(), "attention": "flash"}), "smarter"
+        )
+
+
+def test_flash_attention_matches_xla_attention_with_padded_tokens():
+    """The Pallas kernel (in Pallas's TPU interpret mode, on this CPU) against XLA's attention, at a T that
+    is not a multiple of the kernel's block: the padded keys must not be attended to."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental.pallas import tpu as pltpu
+
+    from smartvlm_jax.towers.backends import tpu_flash
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 130, 2, 64)), jnp.float32) for _ in range(3))
+    q = q * 64**-0.5
+    want = jax.nn.dot_product_attention(q, k, v, scale=1.0)
+    with pltpu.force_tpu_interpret_mode():
+        got = jax.jit(tpu_flash.flash_attention)(q, k, v)
+    assert tpu_flash.padded_length(130) == 256 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_flash_attention_compiles_for_tpu_as_a_mosaic_kernel(tmp_path):
+    cfg = smoke.get_config()
+    cfg.towers.attention = "flash"
+    result = compile_smoke(tmp_path, "tpu:v5e:2x4", towers=cfg.towers)
+    assert result["attention"] == "flash"
+    towers = result["programs"][0]
+    assert "tpu_custom_call" in towers["custom_calls"] and towers["cpu_custom_calls"] == []
+    assert towers["fits"] and towers["peak_bytes"] > 0 and towers["flops"] > 0
+
+
+def test_calibration_arithmetic_uses_the_report_roofline():
+    from smartvlm_jax.aot import calibrate
+
+    chip = calibrate.host_chip(1e9, 2e9, "fake")
+    figures = report.Compiled(4, True, 0.0, flops=2e9, bytes_accessed=1e9)  # 2 s compute, 0.5 s memory
+    c = calibrate.calibration(figures, chip, 3.0, "towers")
+    assert (c.roofline_s, c.bound, c.ratio) == (2.0, "compute", 1.5)
+    assert c.within(2.0) and not c.within(1.2)
+    assert calibrate.calibration(figures, chip, 0.5).within(4.0) and not calibrate.calibration(
+        figures, chip, 0.5
+    ).within(2.0)  # 4x faster than the roofline: the estimate is wrong the other way
+    assert c.to_json()["ratio"] == 1.5
+    with pytest.raises(ValueError, match="host peaks must be > 0"):
+        calibrate.host_chip(0.0, 1e9, "fake")
+    with pytest.raises(ValueError, match="measured seconds must be > 0"):
+        calibrate.calibration(figures, chip, 0.0)
+
+
+def test_cpu_target_figures_come_from_the_executable_that_runs(tmp_path):
+    """The calibration's path on tiny towers: the CPU target's towers program compiled once, its figures
+    read by report.compile_at, and the same executable run on random arguments."""
+    import jax
+    import numpy as np
+
+    from smartvlm_jax.aot import calibrate, programs
+
+    n = jax.device_count()  # the test session's CPU devices: one example each
+    cfg = smoke.get_config()
+    cfg.eval_batch_size = cfg.batch_size = n
+    plan = programs.plan(cfg, targets.parse("cpu"), tmp_path)
+    assert plan.attention == "cpu"
+    towers = plan.programs[0]
+    figures, executable = calibrate.compile_program(towers, 1)
+    assert figures.ok and figures.batch == 1 and figures.flops > 0 and figures.bytes_accessed > 0
+    out = jax.block_until_ready(executable(*calibrate.random_args(executable)))
+    leaves = jax.tree.leaves(out)
+    assert leaves and all(x.shape[0] == n and np.isfinite(np.asarray(x, np.float32)).all() for x in leaves)
+    c = calibrate.calibration(figures, calibrate.host_chip(1e11, 1e10, "fake"), 0.01)
+    assert c.roofline_s == report.roofline_s(figures, c.chip) > 0

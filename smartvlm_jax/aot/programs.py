@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from smartvlm_jax import assets, features, optim, parallel, puzzles, reasoner, summaries, variants
 from smartvlm_jax import towers as towers_lib
@@ -131,7 +132,9 @@ def abstract_tower(towers_cfg: ml_collections.ConfigDict, name: str, part: str, 
     resizer = normalize = None
     if part == "vision":
         resizer, normalize = from_processor_config(processor or default_processor(family.kind, cfg))
-    impl = xla.impl_for(platform, params_lib.compute_dtype(towers_cfg.dtype))
+    impl = xla.impl_for(
+        platform, params_lib.compute_dtype(towers_cfg.dtype), towers_cfg.get("attention", "xla")
+    )
     tower = registry.Tower(
         kind=family.kind,
         part=part,
@@ -302,6 +305,8 @@ def plan(
     programs = [tower_program(frozen, tower_params, mesh, config.eval_batch_size // n)]
     programs += step_programs(run, frozen, tower_params, rows, members)
     attention = frozen.text.config[backends.IMPL_KEY]
+    if attention == "flash":  # the Pallas kernel runs per shard, over the mesh set around the lowering
+        programs = [dataclasses.replace(p, lower=in_mesh(mesh, p.lower)) for p in programs]
     return Plan(
         target,
         mesh,
@@ -314,6 +319,17 @@ def plan(
         sources,
         attention,
     )
+
+
+def in_mesh(mesh, lower: Callable[[int], Any]) -> Callable[[int], Any]:
+    """``lower`` run inside ``jax.set_mesh(mesh)`` (what ``shard_map`` without a mesh, as the Pallas
+    attention uses, reads)."""
+
+    def lowered(b: int):
+        with jax.set_mesh(mesh):
+            return lower(b)
+
+    return lowered
 
 
 def tower_program(frozen: features.FrozenTowers, tower_params, mesh, batch: int) -> Program:
@@ -350,8 +366,10 @@ def step_programs(run, frozen, tower_params, rows: Mapping[str, int], members: i
     make_batch = functools.partial(feature_batch if cached else image_batch, frozen)
     towers_arg = None if cached else tower_params
 
+    active = np.ones((max(members, 1),), bool)  # host data: no array on the mesh's (absent) devices
+
     def lower_train(b: int):
-        args = steps.args(make_batch(b * n, data), towers_arg, jnp.ones((max(members, 1),), bool))
+        args = steps.args(make_batch(b * n, data), towers_arg, active)
         extra = with_sharding(args[2:], repl) if members else ()
         return steps.train.lower(abstract_state, *args[:2], *extra)
 

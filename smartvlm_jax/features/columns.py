@@ -135,6 +135,11 @@ def load_towers(
     """Load the towers a feature variant needs from the local directories named in ``config.towers``:
     all of them, or the vision towers named in ``vision`` (in the variant's order) and the text tower if
     ``text``."""
+    if towers_cfg.get("attention", "xla") != "xla":
+        raise ValueError(
+            f"--config.towers.attention={towers_cfg.attention!r}: the Pallas TPU kernel is compile-only so "
+            "far (--compile_only=tpu:...); runs use 'xla'"
+        )
     spec = variants.get(variant)
     wanted = set(spec.vision if vision is None else vision)
     load = functools.partial(

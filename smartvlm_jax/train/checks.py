@@ -26,6 +26,7 @@ ADDED_FIELDS: Mapping[str, Any] = {
     "compile_cache_dir": "",  # no persistent compilation cache
     "checkpoint_min_interval_secs": 0.0,  # every routine save was taken
     "model.head": "smarter",
+    "towers.attention": "xla",  # XLA's attention was the only one
 }
 
 
@@ -57,12 +58,19 @@ def upgrade_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return config
 
 
+def check_tower_kernels(towers: ml_collections.ConfigDict) -> None:
+    """ValueError naming ``--config.towers.dtype`` or ``--config.towers.attention`` when not a choice."""
+    if towers.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--config.towers.dtype={towers.dtype!r} is not 'float32' or 'bfloat16'")
+    if towers.get("attention", "xla") not in ("xla", "flash"):
+        raise ValueError(f"--config.towers.attention={towers.attention!r} is not 'xla' or 'flash'")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail before any work on a field that cannot be right, naming it."""
     optim.make_optimizer(config.optim, total_steps=1)  # optimiser and schedule fields, named on error
     variants.check(config.model.variant, config.model.head, ("--config.model.variant", "--config.model.head"))
-    if config.towers.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"--config.towers.dtype={config.towers.dtype!r} is not 'float32' or 'bfloat16'")
+    check_tower_kernels(config.towers)
     if not config.towers.tiny:
         for name in variants.get(config.model.variant).towers:
             path = config.towers.get(name, "")

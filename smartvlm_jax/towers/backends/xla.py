@@ -25,8 +25,11 @@ F32 = jnp.float32
 # Attention formulations, picked at trace time from the backend (see :func:`default_impl`):
 # "cpu": :func:`attend_heads_major`; "fused": :func:`fused_attention` (cuDNN flash attention on NVIDIA
 # GPUs in bf16/fp16, XLA's ``dot_product_attention`` otherwise); "cudnn": cuDNN's flash attention asked
-# for outright, unprobed (a program compiled for a GPU that is not this process's backend: impl_for).
-ATTENTION_IMPLS = ("cpu", "fused", "cudnn")
+# for outright, unprobed (a program compiled for a GPU that is not this process's backend: impl_for);
+# "flash": the Pallas TPU flash-attention kernel (:mod:`.tpu_flash`; ``towers.attention="flash"``).
+ATTENTION_IMPLS = ("cpu", "fused", "cudnn", "flash")
+# config.towers.attention: "xla" (the platform's formulation, above) or "flash" (TPU only).
+TOWER_ATTENTION = ("xla", "flash")
 # jax.nn.dot_product_attention's own default is XLA's formulation on every backend: cuDNN must be asked for.
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
@@ -36,10 +39,21 @@ def default_impl() -> str:
     return "fused" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
 
 
-def impl_for(platform: str, dtype: Any) -> str:
+def impl_for(platform: str, dtype: Any, attention: str = "xla") -> str:
     """The attention formulation of a program compiled for ``platform`` ("cpu", "tpu", "gpu"/"cuda") in
-    compute ``dtype``, whatever this process's default backend: "cpu" on CPU, "cudnn" on NVIDIA GPUs in
-    bf16/fp16 (what a GPU run asks for), "fused" (XLA's formulation) otherwise."""
+    compute ``dtype``, whatever this process's default backend: with ``attention`` "xla" (the default),
+    "cpu" on CPU, "cudnn" on NVIDIA GPUs in bf16/fp16 (what a GPU run asks for), "fused" (XLA's
+    formulation) otherwise; with "flash", the Pallas kernel, TPU only. ValueError naming
+    ``--config.towers.attention`` for another value or platform."""
+    if attention not in TOWER_ATTENTION:
+        raise ValueError(f"--config.towers.attention={attention!r} is not one of {TOWER_ATTENTION}")
+    if attention == "flash":
+        if platform != "tpu":
+            raise ValueError(
+                f"--config.towers.attention='flash' is a TPU kernel (Pallas/Mosaic); this program is for "
+                f"{platform}: use 'xla'"
+            )
+        return "flash"
     if platform == "cpu":
         return "cpu"
     if platform in ("gpu", "cuda") and jnp.dtype(dtype) in CUDNN_DTYPES:
@@ -166,7 +180,8 @@ class XlaOps:
     def attention(self, qkv: vit.Params, x: jax.Array, num_heads: int, dtype: Any) -> jax.Array:
         """The projection in float32, the query scale 1/sqrt(Dh) applied to q before it is cast to
         ``dtype`` for the QK^T dot (as PyTorch's scaled_dot_product_attention does), then "cpu":
-        heads-major einsums; "fused": :func:`fused_attention`. Returns float32 [B, T, D]."""
+        heads-major einsums; "fused": :func:`fused_attention`; "flash": :func:`tpu_flash.flash_attention`.
+        Returns float32 [B, T, D]."""
         b, t, d = x.shape
         head_dim = d // num_heads
         y = vit.linear(qkv, x)
@@ -177,6 +192,10 @@ class XlaOps:
                 y[:, :, 0], y[:, :, 1], y[:, :, 2], scale=1.0, implementation="cudnn"
             )
             return ctx.astype(F32).reshape(b, t, d)
+        if self.impl == "flash":
+            from smartvlm_jax.towers.backends import tpu_flash
+
+            return tpu_flash.flash_attention(y[:, :, 0], y[:, :, 1], y[:, :, 2]).astype(F32).reshape(b, t, d)
         if self.impl == "fused":
             return fused_attention(y[:, :, 0], y[:, :, 1], y[:, :, 2]).astype(F32).reshape(b, t, d)
         y = jnp.transpose(y, (2, 0, 3, 1, 4))  # [3, B, H, T, Dh]
