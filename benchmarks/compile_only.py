@@ -2,6 +2,8 @@
 
   PYTHONPATH=. python -m benchmarks.compile_only --target tpu:v5e:2x4 [--config configs/smarter.py]
       [--set towers.dtype=\\"bfloat16\\" ...] [--search 1] [--workdir /tmp/compile_only]
+  PYTHONPATH=. python -m benchmarks.compile_only --targets tpu:v5e:2x4,tpu:v4:2x2x4 --presets paper,large
+      --attention xla,flash --search 4 --markdown     # the docs' table (docs/tpu.md, "Will it fit")
 
 Runs ``aot.compile_run`` on the config (default: the paper's, fused base towers in bf16, batch 128) for each
 ``--target`` and prints one summary line per target: peak bytes per chip per program, the largest batch,
@@ -39,6 +41,43 @@ def load_config(path: str, overrides: list[str]):
             node = node[name]
         node[leaf] = ast.literal_eval(value)
     return cfg
+
+
+# Tower presets on top of --config: the paper's base towers, and the large released towers
+PRESETS = {
+    "paper": [],
+    "large": ['towers.dinov2="facebook/dinov2-large"', 'towers.siglip="google/siglip-so400m-patch14-384"'],
+}
+
+
+def markdown_row(preset: str, attention: str, result: dict, wall: float) -> str:
+    """One row of the docs' table: peak GiB per chip and largest batch per chip of each program, the
+    estimate's rates and the recipe's time, tower passes beside the reference design's, compile seconds."""
+    progs = {p["name"]: p for p in result["programs"]}
+    towers, train = progs["towers"], progs.get("train_step") or progs["member_step"]
+    e = result["estimate"]
+    ref_s = e["reference_tower_passes"] / e["extraction_images_per_s"] if e["extraction_images_per_s"] else 0
+
+    def batch(p):
+        return p["max_per_device_batch"] if p["max_per_device_batch"] >= 0 else "-"
+
+    first = sum(p["compile_s"] for p in progs.values())
+    return (
+        f"| {preset} | {result['target']} | {attention} | {towers['peak_bytes'] / 2**30:.2f} "
+        f"({towers['per_device_batch']}) | {batch(towers)} | {train['peak_bytes'] / 2**30:.2f} "
+        f"({train['per_device_batch']}) | {batch(train)} | {e['extraction_images_per_s']:,.0f} "
+        f"| {e['train_steps_per_s']:,.0f} | {e['seconds']['total']:.1f} | {e['chip_hours']:.3f} "
+        f"| {e['tower_passes']:,} / {e['reference_tower_passes']:,} | {ref_s:.1f} "
+        f"| {first:.0f} / {wall:.0f} |"
+    )
+
+
+MARKDOWN_HEAD = (
+    "| towers | target | attention | towers peak GiB/chip (batch) | towers max batch/chip "
+    "| train step peak GiB/chip (batch) | train max batch/chip | extraction instances/s | train steps/s "
+    "| recipe s | chip-hours | tower passes: ours / reference | reference's tower passes s "
+    "| compile s: run's batch / all |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def summary(target: str, result: dict, wall: float) -> str:
@@ -112,6 +151,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--target", action="append", default=[])
+    parser.add_argument("--targets", default="", help="comma-separated targets (with --target: both)")
+    parser.add_argument("--presets", default="paper", help=f"comma-separated, of {sorted(PRESETS)}")
+    parser.add_argument("--attention", default="xla", help="comma-separated towers.attention values")
+    parser.add_argument("--markdown", action="store_true", help="print the docs' table (one row per run)")
     parser.add_argument("--calibrate", action="store_true", help="the roofline against this CPU's time")
     parser.add_argument("--calibrate-batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
@@ -128,18 +171,40 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         return
-    lines = []
-    for target in args.target:
-        cfg = load_config(args.config, args.set)
-        out = pathlib.Path(args.workdir) / target.replace(":", "_")
-        start = time.perf_counter()
-        try:
-            result = aot.compile_run(cfg, out, target, search_budget=args.search)
-        except aot.DoesNotFit as e:
-            print(f"REFUSED: {e}")
-            result = json.loads((out / aot.output.JSON_FILE).read_text())
-        lines.append(summary(target, result, time.perf_counter() - start))
-    print("\n".join(lines))
+    lines, rows = [], [MARKDOWN_HEAD]
+    targets = args.target + [t for t in args.targets.split(",") if t]
+    for preset in args.presets.split(","):
+        for target in targets:
+            for attention in args.attention.split(","):
+                cfg = load_config(
+                    args.config, PRESETS[preset] + args.set + [f"towers.attention={attention!r}"]
+                )
+                out = pathlib.Path(args.workdir) / f"{preset}_{attention}_{target.replace(':', '_')}"
+                start = time.perf_counter()
+                search = args.search if attention == "xla" else 1  # another kernel: its memory at the batch
+                try:
+                    result = aot.compile_run(cfg, out, target, search_budget=search, print_table=False)
+                except aot.DoesNotFit as e:
+                    print(f"REFUSED: {e}")
+                    result = json.loads((out / aot.output.JSON_FILE).read_text())
+                except Exception as e:  # a kernel the compiler refuses: the row says why
+                    why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                    rows.append(f"| {preset} | {target} | {attention} | does not compile: {why} |")
+                    print(rows[-1], flush=True)
+                    continue
+                wall = time.perf_counter() - start
+                lines.append(f"{preset} {attention} " + summary(target, result, wall))
+                rows.append(markdown_row(preset, attention, result, wall))
+                print(lines[-1], flush=True)
+                if args.markdown:  # as they come: a long table's first rows are not lost
+                    print(rows[-1], flush=True)
+    if args.markdown:
+        load = os.getloadavg()
+        print(
+            f"\n(load average at the end {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}; "
+            f"{os.cpu_count()} cores)\n"
+        )
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":
