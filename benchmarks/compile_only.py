@@ -9,7 +9,7 @@ Runs ``aot.compile_run`` on the config (default: the paper's, fused base towers 
 ``--target`` and prints one summary line per target: peak bytes per chip per program, the largest batch,
 estimated extraction instances/s, train steps/s and the run's time, and the wall time of the compiles.
 
-  PYTHONPATH=. python -m benchmarks.compile_only --calibrate [--calibrate-batch 4] [--repeats 3]
+  PYTHONPATH=. python -m benchmarks.compile_only --calibrate [--calibrate-batch 4] [--repeats 5]
 
 compiles the towers' program for this CPU instead (``aot.calibrate``), times that executable in rounds
 interleaved with a bf16 matmul and a copy (this host's peak FLOP/s and bandwidth, measured under the same
@@ -128,7 +128,15 @@ def calibrate(args) -> dict:
         f"measured: {n}x{n} bf16 matmul (f32 accumulation) and {copy_mib} MiB float32 copy, medians",
     )
     result = cal.calibration(figures, chip, t["towers"].median, "towers").to_json()
+    # XLA's cost analysis counts a while loop's body once: past CPU_GROUP_ROWS token rows the CPU towers
+    # map over groups of images (xla.group_size), and the FLOPs and bytes are those of one group.
+    loops = executable.as_text().count(" while(")
+    if loops:
+        print(
+            f"WARNING: {loops} while loop(s) in the program: FLOPs count one iteration; use a smaller batch"
+        )
     result.update(
+        while_loops=loops,
         compile_s=compile_s,
         dtype=str(cfg.towers.dtype),
         towers_spread=t["towers"].spread,
@@ -157,7 +165,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the docs' table (one row per run)")
     parser.add_argument("--calibrate", action="store_true", help="the roofline against this CPU's time")
     parser.add_argument("--calibrate-batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--copy-mib", type=int, default=1024)
     parser.add_argument("--config", default="configs/smarter.py")
