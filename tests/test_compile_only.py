@@ -213,3 +213,30 @@ def test_cpu_target_figures_come_from_the_executable_that_runs(tmp_path):
     assert leaves and all(x.shape[0] == n and np.isfinite(np.asarray(x, np.float32)).all() for x in leaves)
     c = calibrate.calibration(figures, calibrate.host_chip(1e11, 1e10, "fake"), 0.01)
     assert c.roofline_s == report.roofline_s(figures, c.chip) > 0
+
+
+def test_the_docs_table_row_reads_the_report():
+    from benchmarks import compile_only
+
+    program = {"peak_bytes": 3 << 29, "per_device_batch": 16, "max_per_device_batch": 96, "compile_s": 30.0}
+    result = {
+        "target": "tpu:v5e:2x4",
+        "programs": [
+            {"name": "towers", **program},
+            {"name": "train_step", **program, "max_per_device_batch": -1, "compile_s": 5.0},
+            {"name": "eval_step", **program, "compile_s": 1.0},
+        ],
+        "estimate": {
+            "extraction_images_per_s": 5000.0,
+            "train_steps_per_s": 350.0,
+            "seconds": {"total": 22.0},
+            "chip_hours": 0.049,
+            "tower_passes": 101000,
+            "reference_tower_passes": 262600,
+        },
+    }
+    row = compile_only.markdown_row("paper", "xla", result, 120.0)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == compile_only.MARKDOWN_HEAD.splitlines()[0].count("|") - 1
+    assert cells[:7] == ["paper", "tpu:v5e:2x4", "xla", "1.50 (16)", "96", "1.50 (16)", "-"]
+    assert cells[-3:] == ["101,000 / 262,600", "52.5", "36 / 120"]  # 262,600 passes at 5,000/s
