@@ -306,7 +306,10 @@ def plan(
     programs += step_programs(run, frozen, tower_params, rows, members)
     attention = frozen.text.config[backends.IMPL_KEY]
     if attention == "flash":  # the Pallas kernel runs per shard, over the mesh set around the lowering
-        programs = [dataclasses.replace(p, lower=in_mesh(mesh, p.lower)) for p in programs]
+        with_towers = programs if not config.cache_features else programs[:1]
+        programs = [
+            dataclasses.replace(p, lower=in_mesh(mesh, p.lower)) if p in with_towers else p for p in programs
+        ]
     return Plan(
         target,
         mesh,
