@@ -490,3 +490,12 @@ def test_a_moved_workdir_is_evaluated_resumed_and_answers(reference, tmp_path):
     )
     new = {f"towers.{n}": str(tmp_path / "towers moved again" / n) for n in ("dinov2", "siglip")}
     assert train.evaluate_workdir(moved, paths=new)["S_acc"] == results["test"]["S_acc"]
+
+
+def test_seeds_outside_32_bits_are_refused_naming_the_flag():
+    """The train state's key is made from an int32 seed inside the initialiser's program."""
+    train.check_config(run_config(seed=2**31 - 1))
+    with pytest.raises(ValueError, match=r"--config.seed=2147483648 must fit in 32 bits"):
+        train.check_config(run_config(seed=2**31))
+    with pytest.raises(ValueError, match=r"Member 'big': seed=-2147483649 must fit in 32 bits"):
+        train.check_members(run_config(), [train.Member("big", -(2**31) - 1)])
