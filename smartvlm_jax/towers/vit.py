@@ -151,8 +151,10 @@ def fuse_qkv(layers: Params, layout: BlockLayout, width: int) -> dict[str, Any]:
     separate = tuple(f"{path}." for path in (layout.query, layout.key, layout.value))
     fused = {}
     for name, block in layers.items():
-        # On the host: a jitted concatenation would be one more XLA program to compile per tower.
-        projection = jax.device_put(qkv_projection(block, layout, width, xp=np))
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(block)):  # eval_shape'd
+            projection = qkv_projection(block, layout, width)
+        else:  # on the host: a jitted concatenation would be one more XLA program per tower to compile
+            projection = jax.device_put(qkv_projection(block, layout, width, xp=np))
         rest = {key: leaf for key, leaf in flatten(block).items() if not key.startswith(separate)}
         fused[name] = {**unflatten(rest), FUSED_QKV: projection}
     return fused

@@ -321,7 +321,7 @@ class Steps:
         """The train step's arguments after the state: the batch and the towers' parameters (and a
         group's hyperparameters and which members train, bool [N])."""
         args = (batch, tower_params if self.with_towers else None)
-        return (*args, self.hparams, jnp.asarray(active)) if self.group.stacked else args
+        return (*args, self.hparams, np.asarray(active)) if self.group.stacked else args
 
     def compile(self, state, batch, tower_params, active: np.ndarray, eval_batch_size: int) -> float:
         """Compile the train and eval steps ahead of time (jax AOT); the jitted calls reuse the executables.
