@@ -43,11 +43,14 @@ class Initialiser:
         return self.compiled(self.arg)
 
 
-def compile_initialiser(group: Group, tx) -> Initialiser:
-    """Trace and compile the group's initialiser (``Group.initialiser``); one trace gives both the
-    abstract state and the program."""
+def trace_initialiser(group: Group, tx) -> tuple[jax.stages.Traced, np.ndarray]:
+    """(The group's initialiser (``Group.initialiser``) traced, its argument): the one trace gives both
+    the abstract state (``out_info``) and the program."""
     init, arg = group.initialiser(tx)
-    traced = jax.jit(init, out_shardings=parallel.replicated(group.run.mesh)).trace(arg)
+    return jax.jit(init, out_shardings=parallel.replicated(group.run.mesh)).trace(arg), arg
+
+
+def compile_initialiser(traced: jax.stages.Traced, arg: np.ndarray) -> Initialiser:
     return Initialiser(traced.lower().compile(), arg, traced.out_info)
 
 
@@ -65,10 +68,9 @@ def abstract_batch(group: Group, towers=None) -> dict[str, jax.ShapeDtypeStruct]
 
 
 def compile_steps(
-    group: Group, tx, total_steps: int, initialiser: Initialiser, towers, tower_params
+    group: Group, tx, total_steps: int, abstract_state: TrainState, towers=None, tower_params=None
 ) -> Steps:
     """The group's jitted steps (``Group.steps``), compiled for the run's batch and eval batch."""
-    abstract_state = initialiser.abstract_state
     steps = group.steps(tx, total_steps, towers, shardings(abstract_state))
     active = np.ones(len(group.runs), bool)
     batch = abstract_batch(group, towers)
@@ -77,27 +79,30 @@ def compile_steps(
 
 
 class Ahead:
-    """The initialiser, then the steps, compiled in one worker thread, started at construction.
+    """The initialiser and the steps, compiled in two worker threads (XLA compiles a program on one
+    core), started at construction.
 
     ``initialiser()`` and ``steps()`` wait for theirs (re-raising what the compilation raised);
-    ``waited`` adds up the seconds the caller spent waiting. ``close()`` (or leaving the ``with`` block)
-    drops what has not started: a run stopped during its extraction does not wait for the steps."""
+    ``waited`` adds up the seconds the caller spent waiting. A run stopped while they compile does not
+    wait for them: what has not started is dropped at exit, and a started compilation ends on its own."""
 
     def __init__(self, group: Group, tx, total_steps: int, towers=None, tower_params=None):
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
-        compiles = group.run.compiles  # the run's record of what XLA compiled: this thread's too
+        pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile-ahead")
+        compiles = group.run.compiles  # the run's record of what XLA compiled: these threads' too
         recorded = compiles.thread if compiles is not None else contextlib.nullcontext
 
-        def init() -> Initialiser:
+        def in_record(fn, *args):
             with recorded():
-                return compile_initialiser(group, tx)
+                return fn(*args)
 
-        def steps() -> Steps:
-            with recorded():
-                return compile_steps(group, tx, total_steps, self._init.result(), towers, tower_params)
-
-        self._init = self._pool.submit(init)
-        self._steps = self._pool.submit(steps)
+        traced = pool.submit(in_record, trace_initialiser, group, tx)
+        self._init = pool.submit(lambda: in_record(compile_initialiser, *traced.result()))
+        self._steps = pool.submit(
+            lambda: in_record(
+                compile_steps, group, tx, total_steps, traced.result()[0].out_info, towers, tower_params
+            )
+        )
+        pool.shutdown(wait=False)  # the threads end once the three are done
         self.waited = 0.0
 
     def _wait(self, future: concurrent.futures.Future):
@@ -116,12 +121,3 @@ class Ahead:
     def predict(self, *args):
         """The compiled predict step (``Steps.predict``) on ``args``."""
         return self.steps().predict(*args)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self) -> Ahead:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
