@@ -44,7 +44,7 @@ import os
 import pathlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 CONFIG_FILE = "config.json"  # a run's resolved config, and a model dir's head config alike
@@ -253,6 +253,37 @@ class Workdir:
             return str(absolute.relative_to(self.root)) if inside else str(absolute)
 
         return _map_paths(config, relative)
+
+    def with_moved_paths(
+        self, saved: dict[str, Any], paths: Mapping[str, str], check: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The run config ``saved`` (as :meth:`read_config` gives it) with ``paths`` (field -> new place,
+        given as ``--config.FIELD=PATH``) applied, for a run whose data or towers moved.
+
+        ValueError naming the flag when a field of ``paths`` is no :data:`PATH_FIELDS`; FileNotFoundError
+        naming the first path of ``check`` (default: every data and tower path it records) that is
+        missing, and the flag that gives its new place (``--config.FIELD=PATH``)."""
+        unknown = sorted(set(paths) - set(PATH_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"--config.{unknown[0]}: not a path of the run config (paths: {', '.join(PATH_FIELDS)})"
+            )
+        saved = json.loads(json.dumps(saved))
+        for dotted in PATH_FIELDS:
+            *parents, name = dotted.split(".")
+            section = saved
+            for parent in parents:
+                section = section.setdefault(parent, {})
+            if dotted in paths:
+                section[name] = os.path.abspath(paths[dotted])
+            value = section.get(name)
+            needed = dotted.startswith(("data.", "towers.")) if check is None else dotted in check
+            if needed and value and not os.path.exists(value):
+                raise FileNotFoundError(
+                    f"{self.config_file} records {dotted}={value!r}, which is missing: give its new place "
+                    f"with --config.{dotted}=PATH"
+                )
+        return saved
 
 
 # The run-config fields that hold paths: config.json stores those inside the workdir relative to it.

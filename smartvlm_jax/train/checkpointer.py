@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import fileio, optim, parallel, reasoner
+from smartvlm_jax import fileio, optim, parallel, reasoner, sources
 from smartvlm_jax.reasoner import presence
 from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.monitor import History, StepMetrics, window_to_json
@@ -43,11 +43,13 @@ def host_params(params) -> Any:
 
 
 def export_best(run: Run, params) -> None:
-    """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written."""
+    """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written; its
+    ``sources.json`` records the towers' digests, which loading it with other towers is checked against."""
     best = run.workdir.best_model
     if run.is_lead:  # every process holds all the (replicated) parameters: one file, one writer
         with fileio.staged_dir(best, replace=True) as staging:
             reasoner.save(staging, run.model_cfg, host_params(params))
+            sources.write(staging, sources.towers_only(run.sources))
     multihost_utils.sync_global_devices("best model: written")  # no process reads it before
 
 
