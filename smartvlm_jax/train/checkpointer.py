@@ -53,6 +53,25 @@ def export_best(run: Run, params) -> None:
     multihost_utils.sync_global_devices("best model: written")  # no process reads it before
 
 
+def manager_options(keep: int | None) -> ocp.CheckpointManagerOptions:
+    """The Orbax manager's options: ``keep`` checkpoints (None: all), and a save's leftovers removed.
+
+    A save is written to ``<step>.orbax-checkpoint-tmp-<time>/`` and renamed into place when complete; a
+    process killed meanwhile (a second Ctrl-C, SIGKILL) leaves that folder behind. Orbax never reads one
+    back (its steps are the renamed folders), but keeps it unless asked: ``cleanup_tmp_directories``
+    removes them when the manager is made, which is safe because one run holds the workdir
+    (``Workdir.lock``), so no other save is in progress there.
+    """
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        # Process 0 makes a save's directories; with several processes they must exist before the
+        # others write their parts (grain's per-process iterator files), so not in the background.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+    )
+
+
 class Checkpointer:
     """Saves and restores a group's train state, its data iterator and its meta (each member's
     validation record, the train-metrics window, the encoder rows the state holds).
@@ -80,13 +99,7 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=run.config.keep_checkpoints,
-                create=True,
-                # Process 0 makes a save's directories; with several processes they must exist before the
-                # others write their parts (grain's per-process iterator files), so not in the background.
-                async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
-            ),
+            options=manager_options(run.config.keep_checkpoints),
             item_names=("state", "data", "meta"),
         )
         self.last_saved_step: int | None = None
