@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -51,6 +52,8 @@ CONFIG_FILE = "config.json"  # a run's resolved config, and a model dir's head c
 BEST_MODEL_DIR = "best_model"
 LOCK_FILE = ".lock"
 GLOB_CHARACTERS = "[]*?"
+
+log = logging.getLogger(__name__)
 
 
 class WorkdirLockedError(OSError):
@@ -213,12 +216,24 @@ class Workdir:
             me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            # (a record once held: run.log, which waits for this process to hold the lock, opens now)
+            log.debug("holding %s: pid %d on host %s", self.root, me["pid"], me["host"])
             try:
                 yield me
             finally:
                 os.ftruncate(fd, 0)  # no holder named once released
         finally:
             os.close(fd)  # (releases the flock)
+
+    def held_here(self) -> bool:
+        """Whether this process holds the lock (:meth:`lock`): ``.lock`` names this pid and host, which
+        it does only while held (the holder writes it once it has the lock and empties it on release)."""
+        try:
+            held = json.loads(self.lock_file.read_text() or "{}")
+        except (OSError, ValueError):
+            return False
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        return isinstance(held, dict) and {k: held.get(k) for k in me} == me
 
     def run_config(self) -> dict[str, Any] | None:
         """The resolved run config (a dict), or None when this is not a training workdir.
