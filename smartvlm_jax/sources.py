@@ -40,11 +40,11 @@ from typing import Any
 from smartvlm_jax import fileio, variants
 from smartvlm_jax.data import smart101
 from smartvlm_jax.towers import store as tower_store
-from smartvlm_jax.workdir import user_cache_dir
+from smartvlm_jax.workdir import SOURCES_FILE, user_cache_dir
 
 log = logging.getLogger(__name__)
 
-FILE = "sources.json"
+FILE = SOURCES_FILE
 DATA_ROOT = "data.root"
 SHOWN = 12  # hex digits of a digest a message shows
 

@@ -5,7 +5,9 @@
 
 ``<root>/``
     ``config.json``            the resolved run config (towers and data settings included)
-    ``best_model/``            the best epoch's head: a reasoner model dir (config.json, params.safetensors)
+    ``sources.json``           the digests of the data root and towers the run read (``smartvlm_jax.sources``)
+    ``best_model/``            the best epoch's head: a reasoner model dir (config.json, params.safetensors,
+                               sources.json: its towers' digests)
     ``checkpoints/``           Orbax checkpoints of the training state, for resuming
     ``features.json``          the feature-store entries and columns the run read (cached features)
     ``features/``              the feature store, when the run keeps it here (``--config.feature_store=''``)
@@ -49,6 +51,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 CONFIG_FILE = "config.json"  # a run's resolved config, and a model dir's head config alike
+SOURCES_FILE = "sources.json"  # the digests of what a run (or a model dir's head) was trained on
 BEST_MODEL_DIR = "best_model"
 LOCK_FILE = ".lock"
 GLOB_CHARACTERS = "[]*?"
@@ -103,6 +106,11 @@ class Workdir:
     @property
     def config_file(self) -> pathlib.Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def sources(self) -> pathlib.Path:
+        """``sources.json``: the digests of the run's data root and towers (``smartvlm_jax.sources``)."""
+        return self.root / SOURCES_FILE
 
     @property
     def best_model(self) -> pathlib.Path:

@@ -512,6 +512,9 @@ def test_changed_towers_are_refused_and_changed_data_is_named(reference, tmp_pat
     outside = tmp_path / "towers"
     shutil.copytree(workdir / "towers", outside, copy_function=shutil.copy2)
     (outside / "siglip" / "notes.txt").write_text("another tower now")
+    config = json.loads((moved / "config.json").read_text())
+    config["towers"]["tiny"] = False  # (tiny towers are the workdir's own: no other directory is taken)
+    (moved / "config.json").write_text(json.dumps(config))
     towers = {n: str(outside / n) for n in ("dinov2", "siglip")}
     paths = {f"towers.{n}": d for n, d in towers.items()}
     digests = (
@@ -549,12 +552,12 @@ def test_changed_towers_are_refused_and_changed_data_is_named(reference, tmp_pat
 
     data = tmp_path / "data"
     shutil.copytree(moved / "synthetic", data, copy_function=shutil.copy2)
-    config = json.loads((moved / "config.json").read_text())
     config["data"]["root"] = str(data)
     (moved / "config.json").write_text(json.dumps(config))
     data.rename(tmp_path / "data moved")
+    capsys.readouterr()
     assert predict.main(["--checkpoint", str(moved), "--split", "test"]) == 1
-    assert capsys.readouterr().err.strip() == (
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: {moved / 'config.json'} records data.root={str(data)!r}, which is missing: give its new "
         "place with --config.data.root=PATH"
     )
