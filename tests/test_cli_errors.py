@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from smartvlm_jax import cli
+from smartvlm_jax import cli, predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -248,3 +248,11 @@ def test_a_config_argument_is_one_line_naming_the_valid_ones(tmp_path):
         str(empty.value)
         == f"--config {tmp_path}/empty.py: {tmp_path}/empty.py defines no get_config(); is it a config file?"
     )
+
+
+def test_predict_takes_evaluates_moved_path_flags_and_refuses_other_arguments(capsys):
+    args = predict.parse_args(["--checkpoint", "DIR", "--split", "test", "--config.data.root=/new/data"])
+    assert args.paths == {"data.root": "/new/data"} and not args.allow_other_towers
+    with pytest.raises(SystemExit) as refused:
+        predict.parse_args(["--checkpoint", "DIR", "--bogus"])
+    assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
