@@ -140,8 +140,9 @@ class Predictor:
         "float32" | "bfloat16" for the towers (default: the run's, else float32).
 
         A model dir written by training records its towers' digests (``sources.json``): towers whose
-        contents differ raise ``sources.SourceChangedError`` naming both directories, before any weight
-        is loaded; ``allow_other_towers`` makes that one warning.
+        contents differ raise ``sources.SourceChangedError`` naming both directories (after the kinds and
+        widths are checked against the head's, which name what differs); ``allow_other_towers`` makes that
+        one warning.
         """
         path = pathlib.Path(path).absolute()
         model, variables, cfg = checkpoint.load(path)
@@ -156,14 +157,11 @@ class Predictor:
                     f"(--towers DIR ...) its variant={cfg.variant!r} need: {', '.join(needed)}"
                 )
             towers = {name: towers_cfg.get(name, "") for name in needed}
-        model_dir = Workdir(path).best_model if run else path
-        given = towers if isinstance(towers, Mapping) else {tower_kind(d)[0]: d for d in towers}
-        sources.check_model_towers(model_dir, {k: d for k, d in given.items() if d}, allow=allow_other_towers)
         frozen = resolve_towers(
             towers, cfg.variant, dtype, str(path), cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
         )
         image_side = (run or {}).get("data", {}).get("image_side", smart101.IMAGE_SIDE)
-        return cls(
+        predictor = cls(
             model,
             variables["params"],
             cfg,
@@ -173,6 +171,11 @@ class Predictor:
             top_k=top_k,
             source=str(path),
         )
+        # After the kinds and widths (the more telling errors): the same shapes, other contents.
+        given = towers if isinstance(towers, Mapping) else {tower_kind(d)[0]: d for d in towers}
+        model_dir = Workdir(path).best_model if run else path
+        sources.check_model_towers(model_dir, {k: d for k, d in given.items() if d}, allow=allow_other_towers)
+        return predictor
 
     # ------------------------------------------------------------------------------------ inputs
 
