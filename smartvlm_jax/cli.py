@@ -11,6 +11,7 @@ import argparse
 import difflib
 import glob
 import importlib.util
+import inspect
 import os
 import pathlib
 import sys
@@ -173,14 +174,24 @@ def load_config(spec: str) -> Any:
         raise FileNotFoundError(missing_config_file(path))
     module_spec = importlib.util.spec_from_file_location("smartvlm_jax_checked_config", path)
     module = importlib.util.module_from_spec(module_spec)
+    get_config = None
     try:
         module_spec.loader.exec_module(module)
-        return module.get_config(arg) if colon else module.get_config()
+        get_config = getattr(module, "get_config", None)
+        if callable(get_config) and not (colon and not inspect.signature(get_config).parameters):
+            return get_config(arg) if colon else get_config()
     except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not message.startswith(path):
             message = f"{spec}: {message}"
         raise ValueError(f"--config {message}") from e
+    if not callable(get_config):
+        raise ValueError(f"--config {spec}: {path} defines no get_config(); is it a config file?")
+    # ARG given to a get_config() without parameters: Python's "takes 0 positional arguments" names no fix
+    raise ValueError(
+        f"--config {spec}: {path} has no named variants (its get_config() takes no argument); "
+        f"use --config {path}"
+    )
 
 
 def check_field(config: Any, field: str, label: str) -> None:

@@ -79,7 +79,7 @@ def run_job(job: str, argv: list[str]) -> None:
     parallel.initialize_distributed(config)
     import jax
 
-    lines.set_process(jax.process_index())
+    lines.set_process(jax.process_index(), wait_for_lock=True)  # a run refused by the lock writes no log
     devices = jax.devices()
     on = f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
     log.info("JAX %s on %s; every log line: %s", jax.__version__, on, lines.run_log)

@@ -121,6 +121,8 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     workdir = tmp_path / "busy"
     config = "configs/paper.py:smoke" if module.endswith("sweep") else "configs/smoke.py"
     with Workdir(workdir).lock() as holder:
+        winners_log = b"the first run's lines\n"
+        Workdir(workdir).run_log().write_bytes(winners_log)
         out = subprocess.run(
             [sys.executable, "-m", module, "--config", config, "--workdir", str(workdir)],
             cwd=REPO,
@@ -135,6 +137,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     assert len(errors) == 1 and errors[0].startswith(line), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (workdir / "synthetic").exists() and not (workdir / "config.json").exists()
+    assert Workdir(workdir).run_log().read_bytes() == winners_log  # the loser wrote nothing into it
 
 
 def test_an_empty_workdir_is_one_line(tmp_path):
