@@ -77,16 +77,36 @@ def _cost(compiled, lowered, num_devices: int) -> tuple[float, float, str]:
         return float(cost["flops"]), float(cost.get("bytes accessed", 0.0)), "compiled"
     cost = lowered.cost_analysis() or {}
     n = max(num_devices, 1)
-    return float(cost.get("flops", 0.0)) / n, float(cost.get("bytes accessed", 0.0)) / n, "lowered/devices"
+    source = "lowered/devices"
+    if not cost.get("flops"):  # the compile-only GPU client has none: XLA's HLO cost analysis, on the CPU
+        cost, source = hlo_cost_on_cpu(lowered), "lowered HLO on CPU/devices"
+    return float(cost.get("flops", 0.0)) / n, float(cost.get("bytes accessed", 0.0)) / n, source
 
 
-def compile_at(program: Program, batch: int, num_devices: int, keep_hlo: bool = False) -> Compiled:
-    """Lower and compile ``program`` at per-device ``batch`` and read its figures. A compiler refusal for
-    memory (RESOURCE_EXHAUSTED) is returned as ``ok=False``; any other error propagates."""
+def hlo_cost_on_cpu(lowered) -> dict[str, float]:
+    """XLA's HloCostAnalysis of ``lowered``'s whole-mesh HLO (before partitioning and fusion), run by the
+    CPU client: FLOPs of dots, convolutions and elementwise ops and bytes accessed; a custom call (cuDNN
+    attention) counts none. {} where the lowering has no HLO."""
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+
+    try:
+        module = lowered._lowering.hlo().as_hlo_module()  # jax 0.10: no public HLO-module accessor
+    except AttributeError:
+        return {}
+    return dict(_jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module))
+
+
+def compile_at(
+    program: Program, batch: int, num_devices: int, keep_hlo: bool = False, options: dict | None = None
+) -> Compiled:
+    """Lower and compile ``program`` at per-device ``batch`` (with XLA ``options``, the target's
+    ``compiler_options``) and read its figures. A compiler refusal for memory (RESOURCE_EXHAUSTED) is
+    returned as ``ok=False``; any other error propagates."""
     start = time.perf_counter()
     lowered = program.lower(batch)
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(options or None)
     except Exception as e:  # XLA raises its own runtime error type; only out-of-memory is an answer
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "exceeds available" not in text:
@@ -209,14 +229,14 @@ class ProgramReport:
 def analyse(plan: Plan, search_budget: int = 6, keep_hlo: bool = False) -> list[ProgramReport]:
     """Compile every program of ``plan`` at its batch, and (``search_budget`` > 1) search its largest
     fitting batch in at most that many compiles."""
-    chip, n = plan.target.chip, plan.mesh.devices.size
+    chip, n, options = plan.target.chip, plan.mesh.devices.size, plan.target.compiler_options
     out = []
     for program in plan.programs:
-        first = compile_at(program, program.batch, n, keep_hlo)
+        first = compile_at(program, program.batch, n, keep_hlo, options)
         max_batch, search = -1, [first]
         if search_budget > 1:
             max_batch, found = largest_batch(
-                lambda b, p=program: compile_at(p, b, n), first, chip, search_budget
+                lambda b, p=program: compile_at(p, b, n, options=options), first, chip, search_budget
             )
             search = [found[b] for b in sorted(found)]
         out.append(
