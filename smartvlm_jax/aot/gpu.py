@@ -23,6 +23,7 @@ import functools
 import importlib.resources
 import importlib.util
 import re
+import shutil
 
 # Per-compile XLA options for every program compiled for a GPU target (``Lowered.compile(compiler_options)``).
 COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
@@ -31,13 +32,16 @@ _TOPOLOGY = "1x{hosts}x{gpus}"  # one partition (NVLink domain spans a host): ho
 
 
 def require_plugin() -> None:
-    """RuntimeError naming the extra to install when the CUDA PJRT plugin or ptxas is missing."""
-    missing = [name for name in ("jax_cuda12_plugin", "jax_plugins.xla_cuda12") if not _found(name)]
-    if not _found("nvidia.cuda_nvcc"):
-        missing.append("nvidia.cuda_nvcc (ptxas)")
+    """RuntimeError naming the extra to install when no CUDA PJRT plugin (CUDA 12: the ``[gpu-compile]``
+    extra; CUDA 13: a GPU image's own) or, for CUDA 12, no ptxas (``nvidia-cuda-nvcc-cu12`` or on PATH)."""
+    cuda12 = _found("jax_cuda12_plugin") and _found("jax_plugins.xla_cuda12")
+    cuda13 = _found("jax_cuda13_plugin") and _found("jax_plugins.xla_cuda13")
+    missing = [] if cuda12 or cuda13 else ["jax_cuda12_plugin (the CUDA PJRT plugin)"]
+    if not cuda13 and not _found("nvidia.cuda_nvcc") and not shutil.which("ptxas"):
+        missing.append("ptxas (nvidia-cuda-nvcc-cu12)")
     if missing:
         raise RuntimeError(
-            f"compiling for GPU needs {', '.join(missing)}: pip install -e '.[gpu-compile]' "
+            f"compiling for GPU needs {' and '.join(missing)}: pip install -e '.[gpu-compile]' "
             "(jax-cuda12-pjrt and jax-cuda12-plugin 0.10.2, nvidia-cuda-nvcc-cu12)"
         )
 
