@@ -1,6 +1,8 @@
-"""--compile_only: a run compiled for a TPU slice that is not here (libtpu's compile-only topologies).
+"""--compile_only: a run compiled for a TPU slice or GPU hosts that are not here (libtpu's compile-only
+topologies; the CUDA plugin's, on the package's GPU target descriptions).
 
-The TPU tests need the ``[tpu-compile]`` extra (libtpu); CI installs it.
+The TPU tests need the ``[tpu-compile]`` extra (libtpu), the GPU test the ``[gpu-compile]`` extra; CI
+installs both.
 """
 
 import json
