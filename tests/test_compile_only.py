@@ -153,6 +153,23 @@ def test_gpu_target_descriptions_agree_with_the_chip_figures():
         gpu.target_config("v100")
 
 
+def test_library_call_bytes_count_data_not_workspace():
+    """The bytes a cuBLAS call moves, read from optimized HLO shapes: its result and operands, not its s8
+    workspace (the GPU figures add these to XLA's cost analysis, which counts custom calls as nothing)."""
+    assert report._shape_bytes("(bf16[64,1024]{1,0}, s8[4194304]{0})") == 64 * 1024 * 2
+    assert report._shape_bytes("f32[2,3]{1,0}") == 24 and report._shape_bytes("pred[4]") == 4
+    assert report._shape_bytes("u8[16,224,224,3]{3,2,1,0}") == 16 * 224 * 224 * 3
+    text = (
+        "  %p.1 = bf16[512,1024]{1,0} parameter(1)\n"
+        '  %cc = (bf16[64,1024]{1,0}, s8[4194304]{0}) custom-call(%p, %p.1), custom_call_target="x"\n'
+    )
+    found = report._INSTRUCTION.findall(text)
+    assert [(n, op, args) for n, _, op, args in found] == [
+        ("p.1", "parameter", "1"),
+        ("cc", "custom-call", "%p, %p.1"),
+    ]
+
+
 def test_a_gpu_target_without_the_extra_names_it(monkeypatch):
     import importlib.util
 
@@ -191,7 +208,7 @@ def test_smoke_config_compiles_for_8_h100s_and_a_batch_too_large_is_refused(tmp_
     for p in progs.values():
         for field in ("argument_bytes", "peak_bytes", "flops", "bytes_accessed", "roofline_s", "compile_s"):
             assert p[field] > 0, (p["name"], field)
-        assert p["flops_source"] == "lowered HLO on CPU/devices"
+        assert p["flops_source"] == "lowered HLO on CPU/devices; bytes: optimized HLO on CPU"
         assert p["cpu_custom_calls"] == [], p["custom_calls"]
         assert any(c.startswith("__cublas") for c in p["custom_calls"]), p["custom_calls"]  # GPU kernels
     assert progs["towers"]["peak_bytes"] > targets.CHIPS["h100"].hbm_bytes

@@ -80,7 +80,52 @@ def _cost(compiled, lowered, num_devices: int) -> tuple[float, float, str]:
     source = "lowered/devices"
     if not cost.get("flops"):  # the compile-only GPU client has none: XLA's HLO cost analysis, on the CPU
         cost, source = hlo_cost_on_cpu(lowered), "lowered HLO on CPU/devices"
+        fused = optimized_bytes_on_cpu(compiled)
+        if fused:  # the unfused HLO counts every op's operands: many times the fused program's traffic
+            return float(cost.get("flops", 0.0)) / n, fused, f"{source}; bytes: optimized HLO on CPU"
     return float(cost.get("flops", 0.0)) / n, float(cost.get("bytes accessed", 0.0)) / n, source
+
+
+# "%name = <shape or (tuple)> opcode(%a, %b), ..." in an HLO module's text; operands are named, not shaped
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(([^)]*)\)", re.MULTILINE)
+_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "bf16": 2}
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        if dtype == "s8":  # a library call's scratch workspace (cuBLAS), not data it reads
+            continue
+        size = _DTYPE_BYTES.get(dtype) or max(int(re.sub(r"\D", "", dtype) or 8) // 8, 1)
+        for d in filter(None, dims.split(",")):
+            size *= int(d)
+        total += size
+    return total
+
+
+def optimized_bytes_on_cpu(compiled) -> float:
+    """Bytes accessed per device by the optimized (partitioned, fused) program: XLA's HloCostAnalysis of
+    the compiled module, run by the CPU client, plus the operands and results of its library calls
+    (cuBLAS GEMMs, cuDNN attention), which that analysis counts as nothing. 0 where there is no module."""
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+
+    try:
+        modules = compiled.runtime_executable().hlo_modules()
+    except Exception:  # an executable without modules: no figure
+        return 0.0
+    total = 0.0
+    for module in modules:
+        cost = _jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module)
+        total += float(cost.get("bytes accessed", 0.0))
+        instructions = _INSTRUCTION.findall(module.to_string())
+        shapes = {name: shape for name, shape, _, _ in instructions}
+        for _, shape, opcode, operands in instructions:
+            if opcode == "custom-call":
+                names = [o.strip().lstrip("%") for o in operands.split(",") if o.strip()]
+                total += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in names)
+    return total
 
 
 def hlo_cost_on_cpu(lowered) -> dict[str, float]:
