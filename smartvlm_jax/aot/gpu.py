@@ -12,9 +12,11 @@ and a100 (SXM4 80 GB).
 What the compile-only GPU client does not do, and what this package does instead (issue 27):
   * it autotunes nothing, and its Triton GEMM tiling failed on a DINOv2 matmul without a GPU to measure:
     :data:`COMPILER_OPTIONS` turns Triton GEMMs off (cuBLAS GEMMs are chosen without autotuning);
-  * ``cost_analysis()`` of its executables is None: the report takes the FLOPs and bytes of the lowered
-    program (XLA's HLO cost analysis of the whole-mesh program) divided by the devices;
-  * it never reports out-of-memory: the report compares the peak to the chip's HBM itself.
+  * ``cost_analysis()`` of its executables is None: the report runs XLA's HLO cost analysis on the CPU
+    client, FLOPs from the lowered whole-mesh program divided by the devices, bytes from the compiled
+    per-GPU program plus its cuBLAS/cuDNN calls' operands (``report._cost``);
+  * it never refuses a program for memory (its rematerialization only warns, "Can't reduce memory use
+    below ..."): the report compares the peak to the chip's HBM itself.
 """
 
 from __future__ import annotations
