@@ -46,7 +46,7 @@ export JAX_COMPILATION_CACHE_DIR="$work/jax_cache"
 
 if ((dry)); then
   export JAX_PLATFORMS=cpu
-  budget=(120 120 180 240 180)
+  budget=(120 120 180 240 120)
   predict_target=cpu predict_search=1
   tower_args=(--tiny --batches "2,4" --fp32-batches 2 --rounds 2)
   job_args=(--towers tiny --per-puzzle 12 --epochs 1 --batch 32 --workers 0)
