@@ -170,6 +170,23 @@ def test_library_call_bytes_count_data_not_workspace():
     ]
 
 
+def test_gpu_attention_falls_back_to_xla_quoting_why_cudnn_did_not_compile(monkeypatch):
+    import jax
+    import numpy as np
+
+    from smartvlm_jax.aot import gpu, programs
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    h100, v5e = targets.parse("gpu:h100:1x8"), targets.parse("tpu:v5e:2x4")
+    monkeypatch.setattr(gpu, "cudnn_attention_error", lambda devices: "RuntimeError: cuDNN not found.")
+    impl, note = programs.attention_for(h100, mesh, "bfloat16")
+    assert impl == "fused" and "cuDNN attention did not compile here (RuntimeError: cuDNN not found.)" in note
+    assert programs.attention_for(h100, mesh, "float32") == ("fused", "")  # cuDNN is asked for in bf16 only
+    assert programs.attention_for(v5e, mesh, "bfloat16") == ("fused", "")
+    monkeypatch.setattr(gpu, "cudnn_attention_error", lambda devices: "")
+    assert programs.attention_for(h100, mesh, "bfloat16") == ("cudnn", "")
+
+
 def test_a_gpu_target_without_the_extra_names_it(monkeypatch):
     import importlib.util
 
@@ -214,7 +231,11 @@ def test_smoke_config_compiles_for_8_h100s_and_a_batch_too_large_is_refused(tmp_
     assert progs["towers"]["peak_bytes"] > targets.CHIPS["h100"].hbm_bytes
     # the largest extraction batch: searched over compiles of the towers program alone
     spec = targets.parse("gpu:h100:1x8")
-    towers = programs.plan(cfg, spec, tmp_path).programs[0]
+    plan = programs.plan(cfg, spec, tmp_path)
+    towers = plan.programs[0]
+    # bf16 asks for cuDNN attention: compiled where the cuDNN library is installed, else XLA's, saying why
+    impl, note = programs.attention_for(spec, plan.mesh, "bfloat16")
+    assert (impl, bool(note)) in {("cudnn", False), ("fused", True)}, note
     compile_fn = lambda b: report.compile_at(towers, b, 8, options=spec.compiler_options)
     first = report.Compiled(towers.batch, True, 0.0, peak_bytes=progs["towers"]["peak_bytes"])
     best, found = report.largest_batch(compile_fn, first, spec.chip, budget=3)
