@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {arg}")
         paths[field] = value
 
-    cli.keep_jax_off_an_absent_tpu()
+    cli.keep_jax_off_absent_accelerators()
 
     def evaluate() -> None:
         workdir.check_path(os.path.abspath(args.workdir), "--workdir")

@@ -49,7 +49,7 @@ def run_job(job: str, argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if not _COMPILE_ONLY.value:  # (compile-only targets use libtpu's topologies, not a TPU client)
-        cli.keep_jax_off_an_absent_tpu()
+        cli.keep_jax_off_absent_accelerators()
     from smartvlm_jax import workdir
 
     # The workdir is checked (no glob characters, a writable folder) before the console opens run.log in it.

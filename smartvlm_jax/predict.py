@@ -356,7 +356,7 @@ def check_out(path: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a message on bad input)."""
     args = parse_args(argv)
-    cli.keep_jax_off_an_absent_tpu()
+    cli.keep_jax_off_absent_accelerators()
 
     def run() -> None:
         check_out(args.out)
