@@ -24,6 +24,10 @@ filesystem all nodes share; the virtual environment is created beforehand with t
       --repo DIR          the checkout the nodes run (default: the one holding this script)
       --venv DIR          virtual environment to activate (default: REPO/.venv)
       --logs DIR          where SLURM writes the job's output, %j = job id (default: REPO/logs)
+      --gpu-type TYPE     h100, h200 or a100 (SXM; default h100): the preflight's compile target
+      --no-preflight      skip the local check before sbatch: MAIN_ARGS compiled for N hosts x G GPUs of
+                          --gpu-type on this machine (--compile_only=gpu:TYPE:NxG; needs the package
+                          and its [gpu-compile] extra here), refusing a run whose programs do not fit
       --follow            after submitting, stream the job's output (tail -F) until it ends
       --dry-run           print the sbatch command and the job script, submit nothing
   -h, --help              this help
@@ -55,6 +59,8 @@ venv=""
 logs=""
 follow=0
 dry_run=0
+gpu_type=h100
+preflight=1
 while (($#)); do
   case "$1" in
     -N | --nodes) nodes="${2:?$1 needs a value}"; shift 2 ;;
@@ -68,6 +74,8 @@ while (($#)); do
     --repo) repo="${2:?$1 needs a value}"; shift 2 ;;
     --venv) venv="${2:?$1 needs a value}"; shift 2 ;;
     --logs) logs="${2:?$1 needs a value}"; shift 2 ;;
+    --gpu-type) gpu_type="${2:?$1 needs a value}"; shift 2 ;;
+    --no-preflight) preflight=0; shift ;;
     --follow) follow=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -81,6 +89,7 @@ for pair in "nodes:$nodes" "gpus-per-node:$gpus" "cpus-per-node:$cpus" "port:$po
   [[ "${pair#*:}" =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} must be a positive integer, got '${pair#*:}'"
 done
 [[ "$time_limit" =~ ^([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}$ ]] || die "--time must look like HH:MM:SS, got '$time_limit'"
+[[ "$gpu_type" =~ ^(h100|h200|a100)$ ]] || die "--gpu-type must be h100, h200 or a100, got '$gpu_type'"
 ((${#main_args[@]})) || die "no arguments for smartvlm_jax.main after -- (need at least --config and --workdir)"
 venv="${venv:-$repo/.venv}"
 logs="${logs:-$repo/logs}"
@@ -105,7 +114,14 @@ srun --kill-on-bad-exit=1 --ntasks-per-node=1 \\
   --config.distributed.num_processes="\$SLURM_NNODES"
 EOF
 
+# Compile the run for the allocation's GPUs here before the job is queued: a run that cannot fit never
+# costs an allocation. The report goes to a local directory, not the job's workdir.
+preflight_cmd=("${PYTHON:-python3}" -m smartvlm_jax.main "${main_args[@]}"
+  "--workdir=${TMPDIR:-/tmp}/smartvlm-preflight-$job_name" "--compile_only=gpu:$gpu_type:${nodes}x$gpus"
+  --compile_only_search=2)
+
 if ((dry_run)); then
+  ((preflight)) && echo "(cd $(printf '%q' "$repo") && $(printf '%q ' "${preflight_cmd[@]}"| sed 's/ $//'))"
   echo "mkdir -p $(printf '%q' "$logs")"
   echo "$(printf '%q ' "${sbatch_cmd[@]}")<<'JOB'"
   echo "$job_script"
@@ -114,6 +130,9 @@ if ((dry_run)); then
 fi
 
 command -v sbatch >/dev/null || die "sbatch not found: run this on a SLURM login node"
+if ((preflight)); then
+  (cd "$repo" && "${preflight_cmd[@]}") || die "preflight: the run does not compile or fit on ${nodes}x$gpus $gpu_type (above; --no-preflight skips the check)"
+fi
 mkdir -p "$logs"
 job_id="$("${sbatch_cmd[@]}" <<<"$job_script")"
 job_id="${job_id%%;*}"

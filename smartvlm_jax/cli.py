@@ -11,6 +11,7 @@ import argparse
 import difflib
 import glob
 import importlib.util
+import inspect
 import os
 import pathlib
 import sys
@@ -25,20 +26,45 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)
 TRACEBACK_HELP = "show Python's traceback for input errors instead of one line"
 
 
-def keep_jax_off_an_absent_tpu() -> None:
-    """Where libtpu is installed (the ``[tpu-compile]`` extra) on a machine with no TPU, JAX would still start
-    libtpu's TPU client at its first use, which writes errors to stderr that no log routing catches: leave
-    the TPU out of ``JAX_PLATFORMS`` there (a CUDA plugin, when installed, stays in). Nothing changes where
-    ``JAX_PLATFORMS`` is set, libtpu is absent, or a TPU is attached (``/dev/accel*``, ``/dev/vfio``).
-    Call before JAX is first used."""
-    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+def platforms_present(tpu_installed: bool, cuda_installed: bool, tpu_attached: bool, gpu_attached: bool):
+    """The ``JAX_PLATFORMS`` value that leaves out each installed accelerator plugin whose hardware is absent
+    ("cpu", "cuda,cpu" or "tpu,cpu"), or None where nothing need be left out (JAX's own choice stands)."""
+    keep = [
+        name
+        for name, installed, attached in (
+            ("cuda", cuda_installed, gpu_attached),
+            ("tpu", tpu_installed, tpu_attached),
+        )
+        if installed and attached
+    ]
+    absent = (tpu_installed and not tpu_attached) or (cuda_installed and not gpu_attached)
+    return ",".join([*keep, "cpu"]) if absent else None
+
+
+def keep_jax_off_absent_accelerators() -> None:
+    """Where an accelerator's plugin is installed on a machine without that accelerator, JAX would still
+    start it at its first use: libtpu (the ``[tpu-compile]`` extra) writes errors to stderr that no log
+    routing catches, and the CUDA plugin (``[gpu-compile]``) logs "Jax plugin configuration error" with a
+    traceback ("Unable to load CUDA"). Leave such a platform out of ``JAX_PLATFORMS`` (a present GPU or TPU
+    stays in). Nothing changes where ``JAX_PLATFORMS`` is set or no plugin misses its hardware. A TPU is
+    attached when ``/dev/accel*`` or ``/dev/vfio/<n>`` exists, an NVIDIA GPU when the driver's
+    ``/dev/nvidiactl`` or ``/proc/driver/nvidia`` does. Call before JAX is first used.
+
+    jaxlib's import itself still prints "cudart_stub.cc:31] Could not find cuda drivers" (INFO, from C++
+    before any Python runs) where the CUDA plugin is installed without a driver."""
+    if os.environ.get("JAX_PLATFORMS"):
         return
-    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    platforms = platforms_present(
+        tpu_installed=importlib.util.find_spec("libtpu") is not None,
+        cuda_installed=importlib.util.find_spec("jax_cuda12_plugin") is not None,
+        tpu_attached=bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")),
+        gpu_attached=os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia"),
+    )
+    if platforms is None:
         return
-    cuda = importlib.util.find_spec("jax_cuda12_plugin") is not None
-    os.environ["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+    os.environ["JAX_PLATFORMS"] = platforms
     if "jax" in sys.modules:  # JAX read the variable when imported; its backends start at first use
-        sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+        sys.modules["jax"].config.update("jax_platforms", platforms)
 
 
 def positive_int(text: str) -> int:
@@ -173,14 +199,24 @@ def load_config(spec: str) -> Any:
         raise FileNotFoundError(missing_config_file(path))
     module_spec = importlib.util.spec_from_file_location("smartvlm_jax_checked_config", path)
     module = importlib.util.module_from_spec(module_spec)
+    get_config = None
     try:
         module_spec.loader.exec_module(module)
-        return module.get_config(arg) if colon else module.get_config()
+        get_config = getattr(module, "get_config", None)
+        if callable(get_config) and not (colon and not inspect.signature(get_config).parameters):
+            return get_config(arg) if colon else get_config()
     except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not message.startswith(path):
             message = f"{spec}: {message}"
         raise ValueError(f"--config {message}") from e
+    if not callable(get_config):
+        raise ValueError(f"--config {spec}: {path} defines no get_config(); is it a config file?")
+    # ARG given to a get_config() without parameters: Python's "takes 0 positional arguments" names no fix
+    raise ValueError(
+        f"--config {spec}: {path} has no named variants (its get_config() takes no argument); "
+        f"use --config {path}"
+    )
 
 
 def check_field(config: Any, field: str, label: str) -> None:

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import logging.handlers
 import os
+import pathlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -130,6 +131,49 @@ class _ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LockedRunLog(logging.Handler):
+    """``run.log`` once this process holds the workdir's lock (``Workdir.held_here``): records before
+    are held, and written in order when it does; never opened if it never does (a run refused because
+    another run holds the workdir leaves that run's log as it was)."""
+
+    def __init__(self, path: pathlib.Path, workdir: Workdir) -> None:
+        super().__init__()
+        self.baseFilename = str(path)  # as a FileHandler names its file (Console.run_log, worker_routing)
+        self._workdir = workdir
+        self._held: list[logging.LogRecord] = []
+        self._file: logging.FileHandler | None = None
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        if self._file is not None:
+            self._file.setFormatter(fmt)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._file is None:
+            self._held.append(record)
+            if self._workdir.held_here():
+                self._open()
+            return
+        self._file.emit(record)
+
+    def _open(self) -> None:
+        self._file = logging.FileHandler(self.baseFilename, encoding="utf-8")
+        self._file.setFormatter(self.formatter)
+        for record in self._held:
+            self._file.emit(record)
+        self._held.clear()
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._held.clear()
+        super().close()
+
+
 @dataclasses.dataclass
 class Console:
     """The handlers :func:`configure` installed; :meth:`set_process` completes them once JAX has started."""
@@ -141,16 +185,25 @@ class Console:
     pending: logging.handlers.MemoryHandler
     log_file: logging.Handler | None = None
 
-    def set_process(self, process_index: int) -> None:
+    def set_process(self, process_index: int, wait_for_lock: bool = False) -> None:
         """Open this process's log file (``run.log``, ``run.<k>.log``) with the lines so far, and quiet
-        the console of processes other than 0."""
+        the console of processes other than 0.
+
+        ``wait_for_lock`` (process 0 of a run): ``run.log`` opens only once this process holds the
+        workdir (``Workdir.lock``), the lines until then held in memory. A run refused because another
+        holds the workdir then never writes into that run's log; what it held is dropped (its console
+        shows the error line)."""
         for f in self.console.filters:
             if isinstance(f, _ConsoleFilter):
                 f.lead = process_index == 0
         root = logging.getLogger()
         if self.workdir is not None and self.log_file is None:
             self.workdir.root.mkdir(parents=True, exist_ok=True)
-            self.log_file = logging.FileHandler(self.workdir.run_log(process_index), encoding="utf-8")
+            path = self.workdir.run_log(process_index)
+            if wait_for_lock and process_index == 0:
+                self.log_file = _LockedRunLog(path, self.workdir)
+            else:
+                self.log_file = logging.FileHandler(path, encoding="utf-8")
             self.log_file.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
             self.pending.setTarget(self.log_file)
             self.pending.flush()
@@ -241,7 +294,7 @@ def worker_routing() -> WorkerRouting | None:
     if console is None:
         return None
     rule = next(f for f in console.filters if isinstance(f, _ConsoleFilter))
-    log_file = next((h for h in root.handlers if isinstance(h, logging.FileHandler)), None)
+    log_file = next((h for h in root.handlers if isinstance(h, (logging.FileHandler, _LockedRunLog))), None)
     return WorkerRouting(rule.verbosity, rule.lead, getattr(log_file, "baseFilename", None))
 
 

@@ -27,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
     parser.add_argument("--out", help="folder for results.json and plots (default WORKDIR/evaluations/SPLIT)")
+    parser.add_argument(
+        "--allow-other-towers",
+        action="store_true",
+        help="evaluate on towers whose contents differ from the run's (its sources.json): one warning",
+    )
     parser.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     args, rest = parser.parse_known_args(argv)
     paths = {}
@@ -36,13 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {arg}")
         paths[field] = value
 
-    cli.keep_jax_off_an_absent_tpu()
+    cli.keep_jax_off_absent_accelerators()
 
     def evaluate() -> None:
         workdir.check_path(os.path.abspath(args.workdir), "--workdir")
         from smartvlm_jax import report, train  # heavy (JAX, orbax, grain): after the arguments are checked
 
-        result = train.evaluate_workdir(args.workdir, args.split, args.out, paths)
+        result = train.evaluate_workdir(args.workdir, args.split, args.out, paths, args.allow_other_towers)
         if "stopped" in result:
             print(result["message"], file=sys.stderr)
             return

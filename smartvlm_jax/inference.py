@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import features, images, metrics, puzzles, variants
+from smartvlm_jax import features, images, metrics, puzzles, sources, variants
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import checkpoint
@@ -131,12 +131,18 @@ class Predictor:
         dtype: str | None = None,
         batch_size: int = 64,
         top_k: int = 3,
+        allow_other_towers: bool = False,
     ) -> Predictor:
         """A predictor for a training workdir or a reasoner model dir.
 
         ``towers``: tower directories (HF or converted; the kind is read from each), or a mapping
         {"dinov2": dir, "siglip": dir}; default: those the workdir's config.json records. ``dtype``:
         "float32" | "bfloat16" for the towers (default: the run's, else float32).
+
+        A model dir written by training records its towers' digests (``sources.json``): towers whose
+        contents differ raise ``sources.SourceChangedError`` naming both directories (after the kinds and
+        widths are checked against the head's, which name what differs); ``allow_other_towers`` makes that
+        one warning.
         """
         path = pathlib.Path(path).absolute()
         model, variables, cfg = checkpoint.load(path)
@@ -155,7 +161,7 @@ class Predictor:
             towers, cfg.variant, dtype, str(path), cpu_onednn=bool(towers_cfg.get("cpu_onednn", True))
         )
         image_side = (run or {}).get("data", {}).get("image_side", smart101.IMAGE_SIDE)
-        return cls(
+        predictor = cls(
             model,
             variables["params"],
             cfg,
@@ -165,6 +171,11 @@ class Predictor:
             top_k=top_k,
             source=str(path),
         )
+        # After the kinds and widths (the more telling errors): the same shapes, other contents.
+        given = towers if isinstance(towers, Mapping) else {tower_kind(d)[0]: d for d in towers}
+        model_dir = Workdir(path).best_model if run else path
+        sources.check_model_towers(model_dir, {k: d for k, d in given.items() if d}, allow=allow_other_towers)
+        return predictor
 
     # ------------------------------------------------------------------------------------ inputs
 

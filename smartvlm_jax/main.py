@@ -49,7 +49,7 @@ def run_job(job: str, argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if not _COMPILE_ONLY.value:  # (compile-only targets use libtpu's topologies, not a TPU client)
-        cli.keep_jax_off_an_absent_tpu()
+        cli.keep_jax_off_absent_accelerators()
     from smartvlm_jax import workdir
 
     # The workdir is checked (no glob characters, a writable folder) before the console opens run.log in it.
@@ -79,7 +79,7 @@ def run_job(job: str, argv: list[str]) -> None:
     parallel.initialize_distributed(config)
     import jax
 
-    lines.set_process(jax.process_index())
+    lines.set_process(jax.process_index(), wait_for_lock=True)  # a run refused by the lock writes no log
     devices = jax.devices()
     on = f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
     log.info("JAX %s on %s; every log line: %s", jax.__version__, on, lines.run_log)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import cli, fileio, metrics, reports
+from smartvlm_jax import cli, fileio, metrics, reports, sources, variants
 from smartvlm_jax.data import smart101
 from smartvlm_jax.inference import Predictions, Predictor
 from smartvlm_jax.workdir import Workdir
@@ -68,6 +68,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--top-k", type=cli.positive_int, default=3, help="most probable values reported per position"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--allow-other-towers",
+        action="store_true",
+        help="answer with towers whose contents differ from those the head was trained with (a warning)",
+    )
     p.add_argument("--traceback", action="store_true", help=cli.TRACEBACK_HELP)
     one = p.add_argument_group("one puzzle")
     one.add_argument("--image", help="puzzle image (PNG of any size and mode)")
@@ -82,7 +87,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bench = p.add_argument_group("benchmark")
     bench.add_argument("--benchmark", type=int, default=0, metavar="N", help="time batch 1 and batch N")
     bench.add_argument("--repeats", type=cli.positive_int, default=10, help="timed calls per measurement")
-    return p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
+    args.paths = {}
+    for arg in rest:  # --config.FIELD=PATH: a path the run config records, moved since (as evaluate takes)
+        field, sep, value = arg.removeprefix("--config.").partition("=")
+        if not arg.startswith("--config.") or not sep:
+            p.error(f"unrecognized arguments: {arg}")
+        args.paths[field] = value
+    return args
 
 
 # ---------------------------------------------------------------------------------------- one puzzle
@@ -167,11 +179,39 @@ def _cell(values: Sequence[int]) -> str:
     return " ".join(str(int(v)) for v in values)
 
 
-def run_split(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any]:
-    run = Workdir(predictor.source).run_config() or {}
+def moved_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run config of ``--checkpoint`` (a training workdir; {} for a model dir) with the
+    ``--config.FIELD=PATH`` of paths moved since applied; FileNotFoundError naming a recorded path this
+    command reads (the data root for a split, the towers unless --towers) that is missing, and its flag."""
+    workdir = Workdir(args.checkpoint)
+    run = workdir.run_config()
+    if run is None:
+        if args.paths:
+            raise ValueError(f"--config.{next(iter(args.paths))}: {args.checkpoint} is no training workdir")
+        return {}
+    check = [f"towers.{name}" for name in run.get("towers", {})] if args.towers is None else []
+    if not args.data_root and (args.split or args.out):
+        check.append("data.root")
+    return workdir.with_moved_paths(run, args.paths, check)
+
+
+def check_data(run: dict[str, Any], data_root: str, workdir: str) -> None:
+    """One warning when the run's data root, read again, differs from the digest the run recorded
+    (``sources.json``): the metrics are then of the rows as they are now."""
+    digest = sources.data_digest(data_root, run["data"]["puzzle_ids"])
+    current = {sources.DATA_ROOT: sources.entry(data_root, digest)}
+    consequence = "the metrics are of the rows as they are now"
+    sources.check_run(workdir, current, consequence=consequence, refuse_how=None)
+
+
+def run_split(predictor: Predictor, args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     data_root = args.data_root or run.get("data", {}).get("root")
-    if not data_root or not os.path.isdir(data_root):
-        raise FileNotFoundError(f"--data-root {data_root!r} is not a directory")
+    if args.data_root and not os.path.isdir(args.data_root):
+        raise FileNotFoundError(f"--data-root {args.data_root!r} is not a directory")
+    if not data_root:
+        raise ValueError(f"{args.checkpoint} is a model dir: name the SMART-101 folder with --data-root")
+    if run and not args.data_root:
+        check_data(run, data_root, args.checkpoint)
     rows, train_rows, num_classes = split_rows(predictor, data_root, args.puzzles, args.split or "test")
     start = time.perf_counter()
     out = predictor.predict(
@@ -316,25 +356,33 @@ def check_out(path: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a message on bad input)."""
     args = parse_args(argv)
-    cli.keep_jax_off_an_absent_tpu()
+    cli.keep_jax_off_absent_accelerators()
 
     def run() -> None:
         check_out(args.out)
         start = time.perf_counter()
-        predictor = Predictor.load(
-            args.checkpoint,
-            towers=args.towers,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            top_k=args.top_k,
-        )
+        run = moved_run_config(args)
+        towers = args.towers
+        if towers is None and any(f.startswith("towers.") for f in args.paths):  # moved: the new places
+            towers = {name: run["towers"][name] for name in variants.get(run["model"]["variant"]).towers}
+        try:
+            predictor = Predictor.load(
+                args.checkpoint,
+                towers=towers,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                top_k=args.top_k,
+                allow_other_towers=args.allow_other_towers,
+            )
+        except sources.SourceChangedError as e:  # the API's argument named as this command's flag
+            raise e.allowed_by("pass the towers it was trained with, or --allow-other-towers") from None
         args.load_s = time.perf_counter() - start
         if args.benchmark:
             run_benchmark(predictor, args)
         elif args.image:
             run_one(predictor, args)
         elif args.data_root or args.split or args.out:
-            run_split(predictor, args)
+            run_split(predictor, args, run)
         else:
             raise ValueError("give --image (one puzzle), --data-root/--split (a split) or --benchmark N")
 

@@ -128,8 +128,9 @@ class CompileLog:
     ``with CompileLog() as compiles: ...`` listens to JAX's monitoring events; ``compiled`` holds
     (function name, seconds) of each real compilation, ``loaded`` those the cache served. An executable
     found in the process's own in-memory caches produces no event and is in neither. Only the thread that
-    opened the log is recorded (JAX compiles in the calling thread): runs side by side in threads (a
-    sweep's rows) each keep their own.
+    opened the log is recorded (JAX compiles in the calling thread), and the threads that compile for it
+    inside ``with log.thread():`` (``train.ahead``): runs side by side in threads (a sweep's rows) each
+    keep their own.
     """
 
     compiled: list[tuple[str, float]] = dataclasses.field(default_factory=list)
@@ -137,18 +138,29 @@ class CompileLog:
 
     def __post_init__(self) -> None:
         self._hit = threading.local()  # compilations on several threads: each its own hit flag
+        self._threads: set[int] = set()  # the threads recorded
 
     def _on_event(self, event: str, **_: object) -> None:
-        if event == CACHE_HIT_EVENT and threading.get_ident() == self._thread:
+        if event == CACHE_HIT_EVENT and threading.get_ident() in self._threads:
             self._hit.value = True
 
     def _on_duration(self, event: str, seconds: float, *, fun_name: str = "?", **_: object) -> None:
-        if event == BACKEND_COMPILE_EVENT and threading.get_ident() == self._thread:
+        if event == BACKEND_COMPILE_EVENT and threading.get_ident() in self._threads:
             hit, self._hit.value = getattr(self._hit, "value", False), False
             (self.loaded if hit else self.compiled).append((fun_name, seconds))
 
+    @contextlib.contextmanager
+    def thread(self) -> Iterator[None]:
+        """Record the calling thread's compilations too, inside the block (a thread compiling for a run)."""
+        ident = threading.get_ident()
+        self._threads.add(ident)
+        try:
+            yield
+        finally:
+            self._threads.discard(ident)
+
     def __enter__(self) -> CompileLog:
-        self._thread = threading.get_ident()
+        self._threads.add(threading.get_ident())
         jax.monitoring.register_event_listener(self._on_event)
         jax.monitoring.register_event_duration_secs_listener(self._on_duration)
         return self

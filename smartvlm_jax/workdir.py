@@ -5,7 +5,9 @@
 
 ``<root>/``
     ``config.json``            the resolved run config (towers and data settings included)
-    ``best_model/``            the best epoch's head: a reasoner model dir (config.json, params.safetensors)
+    ``sources.json``           the digests of the data root and towers the run read (``smartvlm_jax.sources``)
+    ``best_model/``            the best epoch's head: a reasoner model dir (config.json, params.safetensors,
+                               sources.json: its towers' digests)
     ``checkpoints/``           Orbax checkpoints of the training state, for resuming
     ``features.json``          the feature-store entries and columns the run read (cached features)
     ``features/``              the feature store, when the run keeps it here (``--config.feature_store=''``)
@@ -40,17 +42,21 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 CONFIG_FILE = "config.json"  # a run's resolved config, and a model dir's head config alike
+SOURCES_FILE = "sources.json"  # the digests of what a run (or a model dir's head) was trained on
 BEST_MODEL_DIR = "best_model"
 LOCK_FILE = ".lock"
 GLOB_CHARACTERS = "[]*?"
+
+log = logging.getLogger(__name__)
 
 
 class WorkdirLockedError(OSError):
@@ -100,6 +106,11 @@ class Workdir:
     @property
     def config_file(self) -> pathlib.Path:
         return self.root / CONFIG_FILE
+
+    @property
+    def sources(self) -> pathlib.Path:
+        """``sources.json``: the digests of the run's data root and towers (``smartvlm_jax.sources``)."""
+        return self.root / SOURCES_FILE
 
     @property
     def best_model(self) -> pathlib.Path:
@@ -213,12 +224,24 @@ class Workdir:
             me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+            # (a record once held: run.log, which waits for this process to hold the lock, opens now)
+            log.debug("holding %s: pid %d on host %s", self.root, me["pid"], me["host"])
             try:
                 yield me
             finally:
                 os.ftruncate(fd, 0)  # no holder named once released
         finally:
             os.close(fd)  # (releases the flock)
+
+    def held_here(self) -> bool:
+        """Whether this process holds the lock (:meth:`lock`): ``.lock`` names this pid and host, which
+        it does only while held (the holder writes it once it has the lock and empties it on release)."""
+        try:
+            held = json.loads(self.lock_file.read_text() or "{}")
+        except (OSError, ValueError):
+            return False
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        return isinstance(held, dict) and {k: held.get(k) for k in me} == me
 
     def run_config(self) -> dict[str, Any] | None:
         """The resolved run config (a dict), or None when this is not a training workdir.
@@ -253,6 +276,37 @@ class Workdir:
             return str(absolute.relative_to(self.root)) if inside else str(absolute)
 
         return _map_paths(config, relative)
+
+    def with_moved_paths(
+        self, saved: dict[str, Any], paths: Mapping[str, str], check: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The run config ``saved`` (as :meth:`read_config` gives it) with ``paths`` (field -> new place,
+        given as ``--config.FIELD=PATH``) applied, for a run whose data or towers moved.
+
+        ValueError naming the flag when a field of ``paths`` is no :data:`PATH_FIELDS`; FileNotFoundError
+        naming the first path of ``check`` (default: every data and tower path it records) that is
+        missing, and the flag that gives its new place (``--config.FIELD=PATH``)."""
+        unknown = sorted(set(paths) - set(PATH_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"--config.{unknown[0]}: not a path of the run config (paths: {', '.join(PATH_FIELDS)})"
+            )
+        saved = json.loads(json.dumps(saved))
+        for dotted in PATH_FIELDS:
+            *parents, name = dotted.split(".")
+            section = saved
+            for parent in parents:
+                section = section.setdefault(parent, {})
+            if dotted in paths:
+                section[name] = os.path.abspath(paths[dotted])
+            value = section.get(name)
+            needed = dotted.startswith(("data.", "towers.")) if check is None else dotted in check
+            if needed and value and not os.path.exists(value):
+                raise FileNotFoundError(
+                    f"{self.config_file} records {dotted}={value!r}, which is missing: give its new place "
+                    f"with --config.{dotted}=PATH"
+                )
+        return saved
 
 
 # The run-config fields that hold paths: config.json stores those inside the workdir relative to it.

@@ -1,10 +1,13 @@
 """Test-session settings: 8 simulated CPU devices (for sharding tests), no network for Hugging Face, and
 XLA's persistent compilation cache and the project's per-user cache (the feature store) in directories of
-this session (not the user's ~/.cache)."""
+this session (not the user's ~/.cache); the fixtures several directories share."""
 
 import atexit
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -32,3 +35,20 @@ def spiece(tmp_path_factory) -> str:
     return towers.train_sentencepiece(
         tiny_towers.sentences(), tmp_path_factory.mktemp("spiece"), vocab_size=500
     )
+
+
+@pytest.fixture(scope="session")
+def paper_sweep(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, subprocess.CompletedProcess]:
+    """The smoke sweep made small (``configs/paper.py:smoke`` with ``tests.support.runs.SMALL_SWEEP``: all 5
+    rows x 2 seeds, 11 puzzles x 30 instances, 3 epochs), run once in a subprocess for the session: its
+    workdir, its feature store and the finished command (stdout holds the table). test_sweep.py checks the
+    sweep on it and tests/report the sweep page it writes."""
+    from tests.support.runs import REPO, SMALL_SWEEP
+
+    root = tmp_path_factory.mktemp("sweep")
+    workdir, store = root / "run", root / "store"
+    command = [sys.executable, "-m", "smartvlm_jax.sweep", "--config", "configs/paper.py:smoke"]
+    command += ["--workdir", str(workdir), f"--config.feature_store={store}", *SMALL_SWEEP]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, store, done

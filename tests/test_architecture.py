@@ -97,6 +97,7 @@ LAYERS = {
         "parallel",
         "optim",
         "convert.baseline_table",
+        "sources",
     ),
     4: ("train", "inference", "report"),
     5: ("main", "evaluate", "predict", "convert", "sweep", "aot"),

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from smartvlm_jax import cli, predict
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -107,6 +109,12 @@ def test_predict_counts_are_checked_by_flag():
             "smartvlm_jax.main",
             ["--config=configs/paper.py:bogus"],
             "error: --config configs/paper.py:bogus: the argument is 'smoke' or nothing",
+        ),
+        (
+            "smartvlm_jax.main",
+            ["--config", "configs/smoke.py:nope"],
+            "error: --config configs/smoke.py:nope: configs/smoke.py has no named variants (its get_config() "
+            "takes no argument); use --config configs/smoke.py",
         ),
         (
             "smartvlm_jax.main",
@@ -220,3 +228,31 @@ def test_a_value_refused_by_the_trainer_leaves_no_workdir(tmp_path):
         and out.stderr.strip().splitlines()[-1] == "error: --config.batch_size=0 must be >= 1"
     )
     assert not workdir.exists()
+
+
+def test_a_config_argument_is_one_line_naming_the_valid_ones(tmp_path):
+    """``FILE:ARG``: a config without variants says so (not Python's "takes 0 positional arguments"); one
+    with variants names them; a file without get_config() is named."""
+    with pytest.raises(ValueError) as plain:
+        cli.load_config(f"{REPO}/configs/smoke.py:nope")
+    assert str(plain.value) == (
+        f"--config {REPO}/configs/smoke.py:nope: {REPO}/configs/smoke.py has no named variants "
+        f"(its get_config() takes no argument); use --config {REPO}/configs/smoke.py"
+    )
+    with pytest.raises(ValueError, match=r"configs/paper.py:nope: the argument is 'smoke' or nothing$"):
+        cli.load_config(f"{REPO}/configs/paper.py:nope")
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    with pytest.raises(ValueError) as empty:
+        cli.load_config(f"{tmp_path}/empty.py")
+    assert (
+        str(empty.value)
+        == f"--config {tmp_path}/empty.py: {tmp_path}/empty.py defines no get_config(); is it a config file?"
+    )
+
+
+def test_predict_takes_evaluates_moved_path_flags_and_refuses_other_arguments(capsys):
+    args = predict.parse_args(["--checkpoint", "DIR", "--split", "test", "--config.data.root=/new/data"])
+    assert args.paths == {"data.root": "/new/data"} and not args.allow_other_towers
+    with pytest.raises(SystemExit) as refused:
+        predict.parse_args(["--checkpoint", "DIR", "--bogus"])
+    assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -1,9 +1,12 @@
-"""--compile_only: a run compiled for a TPU slice that is not here (libtpu's compile-only topologies).
+"""--compile_only: a run compiled for a TPU slice or GPU hosts that are not here (libtpu's compile-only
+topologies; the CUDA plugin's, on the package's GPU target descriptions).
 
-The TPU tests need the ``[tpu-compile]`` extra (libtpu); CI installs it.
+The TPU tests need the ``[tpu-compile]`` extra (libtpu), the GPU test the ``[gpu-compile]`` extra; CI
+installs both.
 """
 
 import json
+import os
 import re
 
 import pytest
@@ -240,3 +243,123 @@ def test_the_docs_table_row_reads_the_report():
     assert len(cells) == compile_only.MARKDOWN_HEAD.splitlines()[0].count("|") - 1
     assert cells[:7] == ["paper", "tpu:v5e:2x4", "xla", "1.50 (16)", "96", "1.50 (16)", "-"]
     assert cells[-3:] == ["101,000 / 262,600", "52.5", "36 / 120"]  # 262,600 passes at 5,000/s
+
+
+# ---------------------------------------------------------------------------------------------- GPU targets
+
+
+def require_gpu_compile():
+    """Skip (saying why) where the [gpu-compile] extra is absent; with SMARTVLM_REQUIRE_GPU_COMPILE=1 (CI sets
+    it: CI installs the extra) its absence fails instead."""
+    from smartvlm_jax.aot import gpu
+
+    try:
+        gpu.require_plugin()
+    except RuntimeError as e:
+        if os.environ.get("SMARTVLM_REQUIRE_GPU_COMPILE") == "1":
+            pytest.fail(str(e))
+        pytest.skip(f"the [gpu-compile] extra is not installed ({e})")
+
+
+def test_gpu_target_descriptions_agree_with_the_chip_figures():
+    from smartvlm_jax.aot import gpu
+
+    for name in ("h100", "h200", "a100"):
+        text, chip = gpu.target_config(name), targets.CHIPS[name]
+        assert gpu.spec_value(text, "device_memory_size") == chip.hbm_bytes, name
+        assert gpu.spec_value(text, "memory_bandwidth") == chip.hbm_bandwidth, name
+        fields = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        assert "collective_memory_granularity" not in fields  # jax 0.10.2's plugin refuses the line
+        assert 'platform_name: "CUDA"' in text
+    assert gpu.spec_value(gpu.target_config("a100"), "core_count") == 108
+    with pytest.raises(ValueError, match="no GPU target description for 'v100'"):
+        gpu.target_config("v100")
+
+
+def test_library_call_bytes_count_data_not_workspace():
+    """The bytes a cuBLAS call moves, read from optimized HLO shapes: its result and operands, not its s8
+    workspace (the GPU figures add these to XLA's cost analysis, which counts custom calls as nothing)."""
+    assert report._shape_bytes("(bf16[64,1024]{1,0}, s8[4194304]{0})") == 64 * 1024 * 2
+    assert report._shape_bytes("f32[2,3]{1,0}") == 24 and report._shape_bytes("pred[4]") == 4
+    assert report._shape_bytes("u8[16,224,224,3]{3,2,1,0}") == 16 * 224 * 224 * 3
+    text = (
+        "  %p.1 = bf16[512,1024]{1,0} parameter(1)\n"
+        '  %cc = (bf16[64,1024]{1,0}, s8[4194304]{0}) custom-call(%p, %p.1), custom_call_target="x"\n'
+    )
+    found = report._INSTRUCTION.findall(text)
+    assert [(n, op, args) for n, _, op, args in found] == [
+        ("p.1", "parameter", "1"),
+        ("cc", "custom-call", "%p, %p.1"),
+    ]
+
+
+def test_gpu_attention_falls_back_to_xla_quoting_why_cudnn_did_not_compile(monkeypatch):
+    import jax
+    import numpy as np
+
+    from smartvlm_jax.aot import gpu, programs
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    h100, v5e = targets.parse("gpu:h100:1x8"), targets.parse("tpu:v5e:2x4")
+    monkeypatch.setattr(gpu, "cudnn_attention_error", lambda devices: "RuntimeError: cuDNN not found.")
+    impl, note = programs.attention_for(h100, mesh, "bfloat16")
+    assert impl == "fused" and "cuDNN attention did not compile here (RuntimeError: cuDNN not found.)" in note
+    assert programs.attention_for(h100, mesh, "float32") == ("fused", "")  # cuDNN is asked for in bf16 only
+    assert programs.attention_for(v5e, mesh, "bfloat16") == ("fused", "")
+    monkeypatch.setattr(gpu, "cudnn_attention_error", lambda devices: "")
+    assert programs.attention_for(h100, mesh, "bfloat16") == ("cudnn", "")
+
+
+def test_a_gpu_target_without_the_extra_names_it(monkeypatch):
+    import importlib.util
+
+    from smartvlm_jax.aot import gpu
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if "cuda" in n else found(n, *a))
+    with pytest.raises(RuntimeError, match=re.escape("pip install -e '.[gpu-compile]'")):
+        targets.parse("gpu:h100:1x8").devices()
+    assert gpu.COMPILER_OPTIONS == {"xla_gpu_enable_triton_gemm": False}
+    assert targets.parse("gpu:a100:1x8").compiler_options == gpu.COMPILER_OPTIONS
+    assert targets.parse("tpu:v5e:2x4").compiler_options == {}
+
+
+@pytest.mark.slow
+def test_smoke_config_compiles_for_8_h100s_and_a_batch_too_large_is_refused(tmp_path):
+    """The smoke config for gpu:h100:1x8 (no GPU here): figures positive, no CPU custom call, the report
+    written; an extraction batch beyond the HBM (which the GPU compiler never refuses by itself) is refused
+    naming the HBM, and a search finds a batch that fits."""
+    require_gpu_compile()
+    from smartvlm_jax import aot
+    from smartvlm_jax.aot import programs
+
+    cfg = smoke.get_config()
+    cfg.eval_batch_size = 8 * (1 << 21)  # 2M tiny images per GPU: ~100s of GiB of activations
+    with pytest.raises(aot.DoesNotFit) as e:
+        aot.compile_run(cfg, tmp_path, "gpu:h100:1x8", search_budget=1, print_table=False)
+    message = str(e.value)
+    assert re.search(r"towers needs [\d.]+ GiB per chip on gpu:h100:1x8 \(HBM 74\.51 GiB\)", message), message
+    result = json.loads((tmp_path / "compile_report.json").read_text())
+    assert result["refused"] == message and "| towers |" in (tmp_path / "compile_report.md").read_text()
+    assert result["devices"] == 8 and result["mesh"] == {"data": 8, "fsdp": 1}
+    progs = {p["name"]: p for p in result["programs"]}
+    assert list(progs) == ["towers", "train_step", "eval_step"]
+    assert progs["train_step"]["fits"] and not progs["towers"]["fits"]
+    for p in progs.values():
+        for field in ("argument_bytes", "peak_bytes", "flops", "bytes_accessed", "roofline_s", "compile_s"):
+            assert p[field] > 0, (p["name"], field)
+        assert p["flops_source"] == "lowered HLO on CPU/devices; bytes: optimized HLO on CPU"
+        assert p["cpu_custom_calls"] == [], p["custom_calls"]
+        assert any(c.startswith("__cublas") for c in p["custom_calls"]), p["custom_calls"]  # GPU kernels
+    assert progs["towers"]["peak_bytes"] > targets.CHIPS["h100"].hbm_bytes
+    # the largest extraction batch: searched over compiles of the towers program alone
+    spec = targets.parse("gpu:h100:1x8")
+    plan = programs.plan(cfg, spec, tmp_path)
+    towers = plan.programs[0]
+    # bf16 asks for cuDNN attention: compiled where the cuDNN library is installed, else XLA's, saying why
+    impl, note = programs.attention_for(spec, plan.mesh, "bfloat16")
+    assert (impl, bool(note)) in {("cudnn", False), ("fused", True)}, note
+    compile_fn = lambda b: report.compile_at(towers, b, 8, options=spec.compiler_options)
+    first = report.Compiled(towers.batch, True, 0.0, peak_bytes=progs["towers"]["peak_bytes"])
+    best, found = report.largest_batch(compile_fn, first, spec.chip, budget=3)
+    assert 0 < best < towers.batch and report.fits(found[best], spec.chip), found

@@ -92,6 +92,36 @@ def test_library_noise_goes_to_run_log_only(tmp_path, restore_logging):
         assert text in log, text
 
 
+def test_run_log_waits_for_the_workdir_lock_and_a_refused_run_leaves_it_alone(tmp_path, restore_logging):
+    """A run's run.log opens once it holds the workdir (Workdir.lock), with the lines before; a run that
+    never holds it (refused: another run has the workdir) leaves the other run's log byte for byte."""
+    out, wd = io.StringIO(), Workdir(tmp_path)
+    lines = console.configure(tmp_path, 0, stream=out)
+    logging.getLogger("smartvlm_jax.main").info("command: smartvlm-train")
+    lines.set_process(0, wait_for_lock=True)
+    logging.getLogger("smartvlm_jax.main").info("JAX on 1 cpu device")
+    assert lines.run_log == str(wd.run_log()) and not wd.run_log().exists()
+    with wd.lock():
+        logging.getLogger("smartvlm_jax.train").info("splits (instance): ...")
+    logging.getLogger("smartvlm_jax.train").info("after the lock")
+    text = wd.run_log().read_text()
+    assert [t in text for t in ("command:", "JAX on", "holding", "splits", "after the lock")] == [True] * 5
+    assert text.index("command:") < text.index("JAX on") < text.index("splits")
+
+    logging.shutdown()
+    winner = tmp_path / "winner"
+    Workdir(winner).run_log().parent.mkdir()
+    Workdir(winner).run_log().write_bytes(b"the winner's lines\n")
+    Workdir(winner).lock_file.write_text('{"pid": 1, "host": "elsewhere"}')  # held by another run
+    loser = console.configure(winner, 0, stream=out)
+    loser.set_process(0, wait_for_lock=True)
+    logging.getLogger("smartvlm_jax.main").info("JAX on 1 cpu device")
+    logging.getLogger("smartvlm_jax").error("the workdir is in use by another run")
+    logging.shutdown()
+    assert Workdir(winner).run_log().read_bytes() == b"the winner's lines\n"
+    assert out.getvalue().endswith("error: the workdir is in use by another run\n")
+
+
 def test_other_processes_keep_their_own_log_and_print_warnings_only(tmp_path, restore_logging):
     out = io.StringIO()
     console.configure(tmp_path, 0, stream=out).set_process(1)

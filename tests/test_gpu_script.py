@@ -23,19 +23,26 @@ def test_run_sh_dry_run_leaves_every_part_result(tmp_path):
     in the archive, as the GPU run returns them through the device tool."""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    env.pop("XLA_FLAGS", None)  # one CPU device, as the lent machine has one GPU (8 cost compiles)
     cmd = ["bash", "benchmarks/gpu/run.sh", "--dry-run", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
-    for part in ("imports", "tests", "towers", "main_job", "throughput"):
+    for part in ("imports", "tests", "towers", "predict", "main_job", "throughput"):
         assert f"{part}: exit 0 " in summary, summary
-    assert "5 of 5 parts exited 0" in summary
+    assert "6 of 6 parts exited 0" in summary
     assert sorted(p.name for p in out.iterdir()) == ["gpu_results.tar.gz", "summary.txt"]  # <= 8 files back
     with tarfile.open(out / "gpu_results.tar.gz") as tar:
         names = {pathlib.Path(n).name for n in tar.getnames()}
         read = lambda name: json.load(tar.extractfile(f"./{name}"))
         towers, job, throughput = read("towers.json"), read("main_job.json"), read("throughput.json")
-    assert {"machine.txt", "tests.log", "towers.log", "main_job.log", "throughput.log"} <= names
+        prediction = read("prediction.json")
+    logs = {f"{part}.log" for part in ("tests", "towers", "predict", "main_job", "throughput")}
+    assert {"machine.txt", *logs} <= names
+    predicted = prediction["compile_only"]
+    assert prediction["returncode"] == 0 and predicted["target"] == "cpu"
+    assert [p["name"] for p in predicted["programs"]] == ["towers", "train_step", "eval_step"]
+    assert all(p["peak_bytes"] > 0 and p["flops"] > 0 for p in predicted["programs"])
     measured = {(r["tower"], r["batch"]) for r in towers["towers"]}
     assert measured >= {("dinov2-tiny", 2), ("siglip-tiny text", 4), ("instances (all 3)", 4)}
     assert towers["tiny"] is True

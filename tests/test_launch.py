@@ -334,3 +334,35 @@ def test_dry_runs_quote_arguments_that_need_it():
 )
 def test_bad_flags_fail_naming_the_flag(argv, message):
     assert message in _dry_run(argv, expect_rc=2).stderr
+
+
+def test_slurm_preflight_compiles_for_the_allocation_before_sbatch(tmp_path):
+    """The preflight compiles MAIN_ARGS for N hosts x G GPUs of --gpu-type before anything is queued; a run
+    it refuses is never submitted; --no-preflight leaves it out."""
+    main_args = ["--", "--config", "configs/smoke.py", "--workdir", "w"]
+    out = _dry_run(["launch/gpu_slurm.sh", "-N", "2", "-g", "4", "--gpu-type", "h200", *main_args]).stdout
+    first, second = out.splitlines()[:2]
+    assert "--compile_only=gpu:h200:2x4 --compile_only_search=2" in first and "smartvlm_jax.main" in first
+    assert second.startswith("mkdir -p ")
+    out = _dry_run(["launch/gpu_slurm.sh", "--no-preflight", *main_args]).stdout
+    assert "--compile_only" not in out and out.startswith("mkdir -p ")
+    assert "--gpu-type" in _dry_run(["launch/gpu_slurm.sh", "--gpu-type", "v100", *main_args], 2).stderr
+    # not a dry run: a refusing preflight stops the script before sbatch
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    refuse = bin_dir / "python"
+    refuse.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/preflight_args"; exit 1\n')
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text('#!/bin/sh\ntouch "$(dirname "$0")/submitted"; echo 1\n')
+    for script in (refuse, sbatch):
+        script.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(refuse)}
+    cmd = ["launch/gpu_slurm.sh", "--logs", str(tmp_path / "logs"), "-N", "1", "-g", "8", *main_args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 2 and "preflight" in proc.stderr and "--no-preflight" in proc.stderr
+    assert "--compile_only=gpu:h100:1x8" in (bin_dir / "preflight_args").read_text()
+    assert not (bin_dir / "submitted").exists()
+    proc = subprocess.run(
+        [*cmd[:1], "--no-preflight", *cmd[1:]], cwd=ROOT, capture_output=True, text=True, timeout=30, env=env
+    )
+    assert proc.returncode == 0 and (bin_dir / "submitted").exists(), proc.stderr

@@ -15,7 +15,7 @@ import pytest
 from smartvlm_jax import reports
 from tests.support.runs import SMALL_SWEEP
 
-pytestmark = pytest.mark.slow  # every test here needs the module's finished sweep (a fixture)
+pytestmark = pytest.mark.slow  # every test here needs the session's finished sweep (a fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ROWS = ("smarter", "no_qf", "dinov2_only", "siglip_only", "single_image_head")
@@ -44,16 +44,8 @@ def sweep(workdir: pathlib.Path, store: pathlib.Path, *extra: str) -> subprocess
     return done
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    store = root / "store"
-    done = sweep(root / "run", store)
-    return root / "run", store, done
-
-
-def test_table_rows_members_and_outputs(finished):
-    workdir, _, done = finished
+def test_table_rows_members_and_outputs(paper_sweep):
+    workdir, _, done = paper_sweep
     table = (workdir / "table.md").read_text()
     assert table.startswith("# Test accuracy (%), mean ± std over 2 seeds")
     for part in ("## S_acc %", "## O_acc %"):
@@ -80,8 +72,8 @@ def test_table_rows_members_and_outputs(finished):
     assert no_qf.split(" | ")[2].split(" ± ")[0] == f"{100 * (s[0] + s[1]) / 2:.1f}"
 
 
-def test_towers_run_once_for_every_row(finished):
-    workdir, store, done = finished
+def test_towers_run_once_for_every_row(paper_sweep):
+    workdir, store, done = paper_sweep
     record = json.loads((workdir / "sweep.json").read_text())
     extraction = {row: record["rows"][row]["extraction_s"] for row in ROWS}
     assert extraction["smarter"] > 0
@@ -95,8 +87,8 @@ def test_towers_run_once_for_every_row(finished):
     assert roots == {str(workdir / "inputs" / "synthetic")}
 
 
-def test_rerun_keeps_the_finished_rows(finished, tmp_path):
-    workdir, store, _ = finished
+def test_rerun_keeps_the_finished_rows(paper_sweep, tmp_path):
+    workdir, store, _ = paper_sweep
     table = (workdir / "table.md").read_text()
     start = time.perf_counter()
     done = sweep(workdir, store)
@@ -107,10 +99,10 @@ def test_rerun_keeps_the_finished_rows(finished, tmp_path):
 
 
 @pytest.mark.parametrize("parallel_rows", [1, 2])
-def test_sigterm_then_rerun_gives_the_same_table(finished, tmp_path, parallel_rows):
+def test_sigterm_then_rerun_gives_the_same_table(paper_sweep, tmp_path, parallel_rows):
     """Two rows (to keep it short), stopped once the second has a checkpoint: one after another, the first
     had finished; side by side, both stop. The rerun's rows equal the full sweep's."""
-    workdir, store, _ = finished
+    workdir, store, _ = paper_sweep
     run = tmp_path / "run"
     rows = ("--config.rows=smarter,no_qf", f"--config.parallel_rows={parallel_rows}")
     process = subprocess.Popen(

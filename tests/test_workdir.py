@@ -121,6 +121,8 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     workdir = tmp_path / "busy"
     config = "configs/paper.py:smoke" if module.endswith("sweep") else "configs/smoke.py"
     with Workdir(workdir).lock() as holder:
+        winners_log = b"the first run's lines\n"
+        Workdir(workdir).run_log().write_bytes(winners_log)
         out = subprocess.run(
             [sys.executable, "-m", module, "--config", config, "--workdir", str(workdir)],
             cwd=REPO,
@@ -135,6 +137,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     assert len(errors) == 1 and errors[0].startswith(line), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert not (workdir / "synthetic").exists() and not (workdir / "config.json").exists()
+    assert Workdir(workdir).run_log().read_bytes() == winners_log  # the loser wrote nothing into it
 
 
 def test_an_empty_workdir_is_one_line(tmp_path):
@@ -149,20 +152,34 @@ def test_an_empty_workdir_is_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_an_installed_libtpu_stays_idle_without_a_tpu():
-    """The [tpu-compile] extra's libtpu on a machine without a TPU: JAX is kept off it (its client would
-    print errors at every start); with JAX_PLATFORMS set, the user's choice stands."""
+def test_an_installed_accelerator_plugin_stays_idle_without_its_hardware():
+    """The [tpu-compile] extra's libtpu or the [gpu-compile] extra's CUDA plugin on a machine without a TPU
+    or GPU: JAX is kept off it (libtpu's client prints errors at every start, the CUDA plugin a traceback);
+    with JAX_PLATFORMS set, the user's choice stands."""
     import glob
     import importlib.util
 
+    from smartvlm_jax import cli
+
     script = (
-        "import os; from smartvlm_jax import cli; cli.keep_jax_off_an_absent_tpu(); "
+        "import os; from smartvlm_jax import cli; cli.keep_jax_off_absent_accelerators(); "
         "print(os.environ.get('JAX_PLATFORMS'))"
     )
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
-    idle = importlib.util.find_spec("libtpu") is not None and not glob.glob("/dev/accel*")
-    assert out.stdout.strip() == ("cpu" if idle else "None"), out.stderr
+    tpu = importlib.util.find_spec("libtpu") is not None and not glob.glob("/dev/accel*")
+    gpu = importlib.util.find_spec("jax_cuda12_plugin") is not None and not os.path.exists("/dev/nvidiactl")
+    assert out.stdout.strip() == ("cpu" if tpu or gpu else "None"), out.stderr
     env["JAX_PLATFORMS"] = "cpu,tpu"
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "cpu,tpu"
+    # every combination: a present accelerator stays in, an absent one's plugin is left out
+    present = lambda tpu_in, cuda_in, tpu_at, gpu_at: cli.platforms_present(tpu_in, cuda_in, tpu_at, gpu_at)
+    assert present(False, False, False, False) is None
+    assert present(True, False, True, False) is None  # a TPU VM: JAX picks the TPU itself
+    assert present(False, True, False, True) is None  # a GPU host: JAX picks the GPU itself
+    assert present(True, False, False, False) == "cpu"
+    assert present(False, True, False, False) == "cpu"
+    assert present(True, True, False, False) == "cpu"
+    assert present(True, True, False, True) == "cuda,cpu"  # a GPU host with the [tpu-compile] extra
+    assert present(True, True, True, False) == "tpu,cpu"

@@ -5,10 +5,12 @@ Writes random-init HF tower directories (dinov2-base and siglip-base-patch16-224
 ``python -m smartvlm_jax.main --config configs/smarter.py`` on synthetic puzzles (the 11 families,
 ``--per-puzzle`` each) with the fused variant, and writes a JSON summary: wall seconds of the tower
 writing and of the run, the run's own per-stage ``timing`` from its results.json where it records one,
-test S_acc/O_acc and the devices.
+test S_acc/O_acc and the devices. ``--compile-only TARGET`` instead compiles the same run for TARGET
+(``smartvlm_jax.main --compile_only``; the released base towers' configs, which the random towers copy)
+and writes its prediction (``compile_report.json``) as the summary: run.sh's prediction for the lent GPU.
 
     python -m benchmarks.gpu.main_job --workdir DIR [--per-puzzle 300] [--towers base|tiny]
-        [--dtype bfloat16] [--epochs 3] [--batch 128] [--json out.json]
+        [--dtype bfloat16] [--epochs 3] [--batch 128] [--json out.json] [--compile-only gpu:h100:1x1]
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=4, help="grain worker processes")
     parser.add_argument("--json", default="")
+    parser.add_argument("--compile-only", default="", help="a --compile_only target: predict, run nothing")
+    parser.add_argument("--search", type=int, default=2, help="with --compile-only: compiles per program")
     args = parser.parse_args(argv)
     work = pathlib.Path(args.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     if args.towers == "tiny":
         overrides.append("--config.towers.tiny=True")
+    elif args.compile_only:  # the released configs: the random base towers' shapes, nothing written
+        pass
     else:
         from benchmarks import throughput
         from tests.support import tiny_towers
@@ -65,13 +71,18 @@ def main(argv: list[str] | None = None) -> dict:
         str(work / "run"),
         *overrides,
     ]
+    if args.compile_only:
+        cmd += [f"--compile_only={args.compile_only}", f"--compile_only_search={args.search}"]
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, check=False)
     summary["run_wall_s"] = time.perf_counter() - start
     summary["returncode"] = proc.returncode
     results_path = work / "run" / "results.json"
-    if results_path.exists():
+    report_path = work / "run" / "compile_report.json"
+    if args.compile_only and report_path.exists():
+        summary["compile_only"] = json.loads(report_path.read_text())
+    elif results_path.exists():
         results = json.loads(results_path.read_text())
         test = results.get("test", {})
         summary.update({k: results[k] for k in ("timing", "best_epoch", "steps") if k in results})

@@ -33,6 +33,7 @@ def to_json(plan: Plan, reports: list[ProgramReport], estimate: dict, refused: s
         "devices": n,
         "mesh": dict(plan.mesh.shape),
         "attention": plan.attention,
+        "attention_note": plan.attention_note,
         "towers": plan.towers,
         "classes_from": plan.classes_from,
         "jax": jax.__version__,
@@ -67,6 +68,8 @@ def table(report: dict[str, Any]) -> str:
             f"| {'yes' if p['fits'] else 'NO'} | {p['flops'] / 1e9:.2f} | {p['bytes_accessed'] / 1e9:.3f} "
             f"| {1e3 * p['roofline_s']:.3f} | {p['compile_s']:.1f} | {p['max_per_device_batch']} |"
         )
+    if report.get("attention_note"):
+        lines += ["", f"attention: {report['attention_note']}"]
     e = report["estimate"]
     s = e["seconds"]
     lines += [

@@ -80,6 +80,7 @@ class Plan:
     classes_from: str
     towers: dict[str, str]  # tower name -> where its config came from
     attention: str  # the towers' attention formulation on the target (xla.ATTENTION_IMPLS)
+    attention_note: str = ""  # why it is not the one a run on the target would use (cuDNN on GPU)
 
 
 # ------------------------------------------------------------------------------------------ the towers
@@ -123,16 +124,18 @@ def abstract_params(family: registry.Family, cfg: dict[str, Any], dtype: str) ->
     return jax.eval_shape(lambda p: family.prepare(p, cfg, False), params_lib.unflatten(flat))
 
 
-def abstract_tower(towers_cfg: ml_collections.ConfigDict, name: str, part: str, platform: str):
+def abstract_tower(
+    towers_cfg: ml_collections.ConfigDict, name: str, part: str, platform: str, impl: str | None = None
+):
     """(Tower whose params are ShapeDtypeStructs, where its config came from) for ``part`` of tower
-    ``name``, its attention formulation that of ``platform``."""
+    ``name``, its attention formulation ``impl``, by default that of ``platform``."""
     top, processor, source = tower_config(towers_cfg, name)
     family, cfg = registry.part_config(top, part)
     params = abstract_params(family, cfg, towers_cfg.dtype)
     resizer = normalize = None
     if part == "vision":
         resizer, normalize = from_processor_config(processor or default_processor(family.kind, cfg))
-    impl = xla.impl_for(
+    impl = impl or xla.impl_for(
         platform, params_lib.compute_dtype(towers_cfg.dtype), towers_cfg.get("attention", "xla")
     )
     tower = registry.Tower(
@@ -149,14 +152,17 @@ def abstract_tower(towers_cfg: ml_collections.ConfigDict, name: str, part: str, 
     return tower, source
 
 
-def abstract_towers(towers_cfg: ml_collections.ConfigDict, variant: str, platform: str):
-    """(FrozenTowers of abstract towers, their params as a tree, tower name -> config source)."""
+def abstract_towers(
+    towers_cfg: ml_collections.ConfigDict, variant: str, platform: str, impl: str | None = None
+):
+    """(FrozenTowers of abstract towers, their params as a tree, tower name -> config source); ``impl``
+    as for :func:`abstract_tower`."""
     spec = variants.get(variant)
     sources = {}
     vision = {}
     for name in spec.vision:
-        vision[name], sources[name] = abstract_tower(towers_cfg, name, "vision", platform)
-    text, sources[spec.text] = abstract_tower(towers_cfg, spec.text, "text", platform)
+        vision[name], sources[name] = abstract_tower(towers_cfg, name, "vision", platform, impl)
+    text, sources[spec.text] = abstract_tower(towers_cfg, spec.text, "text", platform, impl)
     frozen = features.FrozenTowers(vision=vision, text=text, text_output=spec.text_output)
     params = {"vision": {n: t.params for n, t in vision.items()}, "text": text.params}
     return frozen, params, sources
@@ -296,7 +302,8 @@ def plan(
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
     towers_cfg = ml_collections.ConfigDict(config.towers)
-    frozen, tower_tree, sources = abstract_towers(towers_cfg, config.model.variant, target.platform)
+    impl, attention_note = attention_for(target, mesh, towers_cfg.dtype, towers_cfg.get("attention", "xla"))
+    frozen, tower_tree, sources = abstract_towers(towers_cfg, config.model.variant, target.platform, impl)
     ids, classes, rows, classes_from = head_data(config)
     run = make_run(config, workdir, mesh, towers_cfg, ids, classes, frozen)
     rules = parallel.TOWER_FSDP_RULES if towers_cfg.fsdp else parallel.REPLICATED_RULES
@@ -321,6 +328,7 @@ def plan(
         classes_from,
         sources,
         attention,
+        attention_note,
     )
 
 
@@ -333,6 +341,20 @@ def in_mesh(mesh, lower: Callable[[int], Any]) -> Callable[[int], Any]:
             return lower(b)
 
     return lowered
+
+
+def attention_for(target: Target, mesh, dtype: str, attention: str = "xla") -> tuple[str, str]:
+    """(attention formulation, note): the target platform's (:func:`xla.impl_for`), except cuDNN's on a GPU
+    target where the compile-only client cannot compile it: then XLA's ("fused"), the note quoting why."""
+    impl = xla.impl_for(target.platform, params_lib.compute_dtype(dtype), attention)
+    if impl != "cudnn":
+        return impl, ""
+    from smartvlm_jax.aot import gpu
+
+    error = gpu.cudnn_attention_error(list(mesh.devices.flat))
+    if not error:
+        return impl, ""
+    return "fused", f"cuDNN attention did not compile here ({error}); figures with XLA's attention"
 
 
 def tower_program(frozen: features.FrozenTowers, tower_params, mesh, batch: int) -> Program:

@@ -77,16 +77,81 @@ def _cost(compiled, lowered, num_devices: int) -> tuple[float, float, str]:
         return float(cost["flops"]), float(cost.get("bytes accessed", 0.0)), "compiled"
     cost = lowered.cost_analysis() or {}
     n = max(num_devices, 1)
-    return float(cost.get("flops", 0.0)) / n, float(cost.get("bytes accessed", 0.0)) / n, "lowered/devices"
+    source = "lowered/devices"
+    if not cost.get("flops"):  # the compile-only GPU client has none: XLA's HLO cost analysis, on the CPU
+        cost, source = hlo_cost_on_cpu(lowered), "lowered HLO on CPU/devices"
+        fused = optimized_bytes_on_cpu(compiled)
+        if fused:  # the unfused HLO counts every op's operands: many times the fused program's traffic
+            return float(cost.get("flops", 0.0)) / n, fused, f"{source}; bytes: optimized HLO on CPU"
+    return float(cost.get("flops", 0.0)) / n, float(cost.get("bytes accessed", 0.0)) / n, source
 
 
-def compile_at(program: Program, batch: int, num_devices: int, keep_hlo: bool = False) -> Compiled:
-    """Lower and compile ``program`` at per-device ``batch`` and read its figures. A compiler refusal for
-    memory (RESOURCE_EXHAUSTED) is returned as ``ok=False``; any other error propagates."""
+# "%name = <shape or (tuple)> opcode(%a, %b), ..." in an HLO module's text; operands are named, not shaped
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(([^)]*)\)", re.MULTILINE)
+_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "bf16": 2}
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        if dtype == "s8":  # a library call's scratch workspace (cuBLAS), not data it reads
+            continue
+        size = _DTYPE_BYTES.get(dtype) or max(int(re.sub(r"\D", "", dtype) or 8) // 8, 1)
+        for d in filter(None, dims.split(",")):
+            size *= int(d)
+        total += size
+    return total
+
+
+def optimized_bytes_on_cpu(compiled) -> float:
+    """Bytes accessed per device by the optimized (partitioned, fused) program: XLA's HloCostAnalysis of
+    the compiled module, run by the CPU client, plus the operands and results of its library calls
+    (cuBLAS GEMMs, cuDNN attention), which that analysis counts as nothing. 0 where there is no module."""
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+
+    try:
+        modules = compiled.runtime_executable().hlo_modules()
+    except Exception:  # an executable without modules: no figure
+        return 0.0
+    total = 0.0
+    for module in modules:
+        cost = _jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module)
+        total += float(cost.get("bytes accessed", 0.0))
+        instructions = _INSTRUCTION.findall(module.to_string())
+        shapes = {name: shape for name, shape, _, _ in instructions}
+        for _, shape, opcode, operands in instructions:
+            if opcode == "custom-call":
+                names = [o.strip().lstrip("%") for o in operands.split(",") if o.strip()]
+                total += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, "")) for o in names)
+    return total
+
+
+def hlo_cost_on_cpu(lowered) -> dict[str, float]:
+    """XLA's HloCostAnalysis of ``lowered``'s whole-mesh HLO (before partitioning and fusion), run by the
+    CPU client: FLOPs of dots, convolutions and elementwise ops and bytes accessed; a custom call (cuDNN
+    attention) counts none. {} where the lowering has no HLO."""
+    from jax._src import xla_bridge
+    from jax._src.lib import _jax
+
+    try:
+        module = lowered._lowering.hlo().as_hlo_module()  # jax 0.10: no public HLO-module accessor
+    except AttributeError:
+        return {}
+    return dict(_jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"), module))
+
+
+def compile_at(
+    program: Program, batch: int, num_devices: int, keep_hlo: bool = False, options: dict | None = None
+) -> Compiled:
+    """Lower and compile ``program`` at per-device ``batch`` (with XLA ``options``, the target's
+    ``compiler_options``) and read its figures. A compiler refusal for memory (RESOURCE_EXHAUSTED) is
+    returned as ``ok=False``; any other error propagates."""
     start = time.perf_counter()
     lowered = program.lower(batch)
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(options or None)
     except Exception as e:  # XLA raises its own runtime error type; only out-of-memory is an answer
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "exceeds available" not in text:
@@ -209,14 +274,14 @@ class ProgramReport:
 def analyse(plan: Plan, search_budget: int = 6, keep_hlo: bool = False) -> list[ProgramReport]:
     """Compile every program of ``plan`` at its batch, and (``search_budget`` > 1) search its largest
     fitting batch in at most that many compiles."""
-    chip, n = plan.target.chip, plan.mesh.devices.size
+    chip, n, options = plan.target.chip, plan.mesh.devices.size, plan.target.compiler_options
     out = []
     for program in plan.programs:
-        first = compile_at(program, program.batch, n, keep_hlo)
+        first = compile_at(program, program.batch, n, keep_hlo, options)
         max_batch, search = -1, [first]
         if search_budget > 1:
             max_batch, found = largest_batch(
-                lambda b, p=program: compile_at(p, b, n), first, chip, search_budget
+                lambda b, p=program: compile_at(p, b, n, options=options), first, chip, search_budget
             )
             search = [found[b] for b in sorted(found)]
         out.append(

@@ -74,6 +74,15 @@ class Target:
             n *= int(d)
         return n
 
+    @property
+    def compiler_options(self) -> dict:
+        """XLA options every program compiled for this target takes (GPU: :data:`gpu.COMPILER_OPTIONS`)."""
+        if self.platform == "gpu":
+            from smartvlm_jax.aot import gpu
+
+            return dict(gpu.COMPILER_OPTIONS)
+        return {}
+
     def devices(self) -> list:
         """The target's devices: compile-only TPU or GPU devices (no accelerator needed), or this host's.
 
@@ -98,7 +107,7 @@ class Target:
         devices = list(topology.devices)
         if len(devices) != self.num_devices:
             raise ValueError(
-                f"--compile_only={self.text}: libtpu's topology has {len(devices)} devices, not "
+                f"--compile_only={self.text}: the compiler's topology has {len(devices)} devices, not "
                 f"{self.num_devices} (a chip per device)"
             )
         return devices

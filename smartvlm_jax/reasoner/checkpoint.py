@@ -83,7 +83,8 @@ def read_params(file: pathlib.Path, target):
                 f"{file}: tensor {name!r} is {got.dtype}{list(got.shape)}, the head of config.json has "
                 f"{want.dtype}{list(want.shape)}"
             )
-    return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in tensors.items()})
+    # device_put, not jnp.asarray: the latter compiles a copy program per shape (jax.lax.stage)
+    return traverse_util.unflatten_dict({tuple(k.split("/")): jax.device_put(v) for k, v in tensors.items()})
 
 
 def _model_dir(path: pathlib.Path) -> pathlib.Path:

@@ -235,12 +235,14 @@ class StackedRNN(nn.Module):
             hidden = lambda h: jnp.einsum("...c,...gcd->...gd", h, whh) + bhh
 
         if not self.coupled:
-            state = (jnp.zeros((z.shape[0], c_max), z.dtype),) * cell.state_size
-            outs = []
-            for _ in range(self.steps):  # K is small and static: unrolled
+            # A loop, not K unrolled copies: the train step's program (forward and backward) stays small
+            # and compiles faster (issue 30).
+            def decode_step(state, _):
                 state = cell.step(state, gi, hidden, valid)
-                outs.append(state[0])
-            return jnp.stack(outs)
+                return state, state[0]
+
+            state0 = (jnp.zeros((z.shape[0], c_max), z.dtype),) * cell.state_size
+            return lax.scan(decode_step, state0, None, length=self.steps)[1]
 
         # Quirk: one state per decoder row (plus a scratch row for samples without a decoder of this
         # kind), updated sample after sample in batch order, carried from step to step.

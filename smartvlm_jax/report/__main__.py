@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_cards < 1:
         parser.error(f"--max-cards={args.max_cards} must be >= 1")
-    cli.keep_jax_off_an_absent_tpu()
+    cli.keep_jax_off_absent_accelerators()
 
     def write() -> None:
         workdir.check_writable(args.workdir, "--workdir")

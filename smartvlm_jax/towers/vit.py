@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from smartvlm_jax.activations import gelu_erf
@@ -121,7 +122,7 @@ class BlockLayout:
 FUSED_QKV = "fused_qkv"
 
 
-def qkv_projection(p: Params, layout: BlockLayout, width: int) -> Params:
+def qkv_projection(p: Params, layout: BlockLayout, width: int, xp: Any = jnp) -> Params:
     """The q, k and v projections of a block side by side: ``kernel`` [D, 3D], float32 ``bias`` [3D]
     (zeros where the checkpoint has none).
 
@@ -129,15 +130,14 @@ def qkv_projection(p: Params, layout: BlockLayout, width: int) -> Params:
     prepared by :func:`fuse_qkv` carry it ready-made (in whatever form the backend prepared it:
     :func:`smartvlm_jax.towers.backends.prepare_layers`); HF-named ones get it here, under jit, which on
     CPU costs a noticeable share of a base tower's forward (XLA's CPU concatenation is slow, and upcasts
-    bfloat16; docs/performance.md).
+    bfloat16; docs/performance.md). ``xp``: ``jax.numpy`` (traced), or ``numpy`` for host arrays.
     """
     if FUSED_QKV in p:
         return p[FUSED_QKV]
     parts = [get(p, path) for path in (layout.query, layout.key, layout.value)]
-    kernel = jnp.concatenate([part["kernel"] for part in parts], axis=1)
-    bias = jnp.concatenate(
-        [part["bias"].astype(F32) if "bias" in part else jnp.zeros((width,), F32) for part in parts]
-    )
+    kernel = xp.concatenate([xp.asarray(part["kernel"]) for part in parts], axis=1)
+    biases = [xp.asarray(part["bias"]).astype(F32) if "bias" in part else None for part in parts]
+    bias = xp.concatenate([xp.zeros((width,), F32) if b is None else b for b in biases])
     return {"kernel": kernel, "bias": bias}
 
 
@@ -151,7 +151,10 @@ def fuse_qkv(layers: Params, layout: BlockLayout, width: int) -> dict[str, Any]:
     separate = tuple(f"{path}." for path in (layout.query, layout.key, layout.value))
     fused = {}
     for name, block in layers.items():
-        projection = jax.jit(qkv_projection, static_argnums=(1, 2))(block, layout, width)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(block)):  # eval_shape'd
+            projection = qkv_projection(block, layout, width)
+        else:  # on the host: a jitted concatenation would be one more XLA program per tower to compile
+            projection = jax.device_put(qkv_projection(block, layout, width, xp=np))
         rest = {key: leaf for key, leaf in flatten(block).items() if not key.startswith(separate)}
         fused[name] = {**unflatten(rest), FUSED_QKV: projection}
     return fused

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from smartvlm_jax import fileio, optim, parallel, reasoner
+from smartvlm_jax import fileio, optim, parallel, reasoner, sources
 from smartvlm_jax.reasoner import presence
 from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.monitor import History, StepMetrics, window_to_json
@@ -43,12 +43,33 @@ def host_params(params) -> Any:
 
 
 def export_best(run: Run, params) -> None:
-    """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written."""
+    """Replace ``<workdir>/best_model`` (a reasoner model dir) with ``params``, never half-written; its
+    ``sources.json`` records the towers' digests, which loading it with other towers is checked against."""
     best = run.workdir.best_model
     if run.is_lead:  # every process holds all the (replicated) parameters: one file, one writer
         with fileio.staged_dir(best, replace=True) as staging:
             reasoner.save(staging, run.model_cfg, host_params(params))
+            sources.write(staging, sources.towers_only(run.sources))
     multihost_utils.sync_global_devices("best model: written")  # no process reads it before
+
+
+def manager_options(keep: int | None) -> ocp.CheckpointManagerOptions:
+    """The Orbax manager's options: ``keep`` checkpoints (None: all), and a save's leftovers removed.
+
+    A save is written to ``<step>.orbax-checkpoint-tmp-<time>/`` and renamed into place when complete; a
+    process killed meanwhile (a second Ctrl-C, SIGKILL) leaves that folder behind. Orbax never reads one
+    back (its steps are the renamed folders), but keeps it unless asked: ``cleanup_tmp_directories``
+    removes them when the manager is made, which is safe because one run holds the workdir
+    (``Workdir.lock``), so no other save is in progress there.
+    """
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        cleanup_tmp_directories=True,
+        # Process 0 makes a save's directories; with several processes they must exist before the
+        # others write their parts (grain's per-process iterator files), so not in the background.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+    )
 
 
 class Checkpointer:
@@ -78,13 +99,7 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=run.config.keep_checkpoints,
-                create=True,
-                # Process 0 makes a save's directories; with several processes they must exist before the
-                # others write their parts (grain's per-process iterator files), so not in the background.
-                async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
-            ),
+            options=manager_options(run.config.keep_checkpoints),
             item_names=("state", "data", "meta"),
         )
         self.last_saved_step: int | None = None

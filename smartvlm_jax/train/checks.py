@@ -85,8 +85,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             synthetic.resolve_ids(config.synthetic.puzzles or None)
         except ValueError as e:
             raise ValueError(f"--config.synthetic.puzzles={config.synthetic.puzzles!r}: {e}") from None
-    if not (math.isfinite(float(config.optim.lr)) and float(config.optim.lr) > 0):
-        raise ValueError(f"--config.optim.lr={config.optim.lr} must be a finite number > 0")
+    check_numbers(config)
     ratio = tuple(config.data.ratio)
     if len(ratio) != 3 or min(ratio) < 0 or sum(ratio) <= 0:
         raise ValueError(f"--config.data.ratio={ratio} must be three percentages train,val,test (60,20,20)")
@@ -98,9 +97,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"--config.feature_dtype={config.feature_dtype!r} is not one of {features.STORAGE_DTYPES}"
         )
+
+
+def check_numbers(config: ml_collections.ConfigDict) -> None:
+    """ValueError naming a numeric field out of its range."""
+    if not (math.isfinite(float(config.optim.lr)) and float(config.optim.lr) > 0):
+        raise ValueError(f"--config.optim.lr={config.optim.lr} must be a finite number > 0")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
         if int(config[field]) < 1:
             raise ValueError(f"--config.{field}={config[field]} must be >= 1")
+    if not -(2**31) <= int(config.seed) < 2**31:  # the key is made from an int32 seed (Group.initialiser)
+        raise ValueError(f"--config.seed={config.seed} must fit in 32 bits (-2**31 <= seed < 2**31)")
     if not float(config.checkpoint_min_interval_secs) >= 0:
         raise ValueError(
             f"--config.checkpoint_min_interval_secs={config.checkpoint_min_interval_secs} must be >= 0"

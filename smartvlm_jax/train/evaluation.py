@@ -3,7 +3,6 @@
 """
 
 import math
-import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -11,13 +10,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from smartvlm_jax import console, features, metrics, parallel, reasoner, report, reports
+from smartvlm_jax import console, features, metrics, parallel, reasoner, report, reports, sources
 from smartvlm_jax.train import setup as setup_lib
 from smartvlm_jax.train.group import Group
 from smartvlm_jax.train.inputs import Inputs, prepare_inputs
 from smartvlm_jax.train.setup import Run
 from smartvlm_jax.train.signals import Stopped, StopSignal
-from smartvlm_jax.workdir import PATH_FIELDS, Workdir, check_writable
+from smartvlm_jax.workdir import Workdir, check_writable
 
 # What evaluation keeps of each batch besides the predictions.
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
@@ -124,6 +123,7 @@ def evaluate_workdir(
     split: str = "test",
     out: str | pathlib.Path | None = None,
     paths: Mapping[str, str] | None = None,
+    allow_other_towers: bool = False,
 ) -> dict:
     """Re-evaluate a finished (or interrupted) run's best model on a split, from its workdir alone.
 
@@ -135,8 +135,11 @@ def evaluate_workdir(
     "written". SIGTERM or Ctrl-C stops it between batches, writing nothing: then it returns
     ``{"stopped": stage, "message": one line, "table": "", "written": []}``.
 
-    ``paths``: new places of paths the run config records outside the workdir (``Workdir.PATH_FIELDS``:
-    "towers.dinov2" -> a directory), for a run whose data or towers moved.
+    ``paths``: new places of paths the run config records outside the workdir (``workdir.PATH_FIELDS``:
+    "towers.dinov2" -> a directory), for a run whose data or towers moved. Each is compared with the
+    digest the run recorded (``sources.json``, :mod:`smartvlm_jax.sources`): changed data is one
+    warning; a changed tower is refused (``sources.SourceChangedError``, naming both directories) unless
+    ``allow_other_towers``.
 
     FileNotFoundError or ValueError when the directory is not a training workdir, or naming the recorded
     path that is missing and the flag that gives its new place; PermissionError naming the folder when
@@ -153,12 +156,21 @@ def evaluate_workdir(
             f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
             "training run's directory, or answer with predict --checkpoint"
         )
-    saved = with_paths(saved, paths or {}, workdir)
+    saved = workdir.with_moved_paths(saved, paths or {})
     out = pathlib.Path(out) if out is not None else workdir.evaluations / split
     check_writable(out, "evaluate's output folder", hint=": choose another folder with --out")
     with StopSignal() as stop:
         try:
             run = setup_lib.setup(ml_collections.ConfigDict(saved), workdir, stop=stop, record=False)
+            sources.check_run(
+                workdir.root,
+                run.sources,
+                consequence="the metrics are of the rows as they are now",
+                refuse_how=None
+                if allow_other_towers
+                else "give its new place with --config.FIELD=PATH, "
+                "or evaluate anyway with --allow-other-towers",
+            )
             group = Group.create(run, None)
             inputs = prepare_inputs(run, stop, record=False)
             evaluator = Evaluator(group, inputs, group.predict_fn(inputs.towers))
@@ -172,28 +184,3 @@ def evaluate_workdir(
         table = reports.report(out, split, result, skills=run.skills, names=run.names)
         written = [out / "results.json", *(Workdir(out).plot(split, g) for g in ("puzzle", "skill"))]
     return {**result, "table": table, "written": written}
-
-
-def with_paths(saved: dict, paths: Mapping[str, str], workdir: Workdir) -> dict:
-    """The run config ``saved`` with ``paths`` (field -> new place) applied; FileNotFoundError naming the
-    first data or tower path it records that is missing, and the flag that gives its new place."""
-    unknown = sorted(set(paths) - set(PATH_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"--config.{unknown[0]}: not a path of the run config (paths: {', '.join(PATH_FIELDS)})"
-        )
-    for dotted in PATH_FIELDS:
-        *parents, name = dotted.split(".")
-        section = saved
-        for parent in parents:
-            section = section.get(parent, {})
-        if dotted in paths:
-            section[name] = os.path.abspath(paths[dotted])
-        value = section.get(name)
-        needed = dotted.startswith(("data.", "towers.")) and not (dotted == "data.data_dir" and not value)
-        if needed and value and not os.path.exists(value):
-            raise FileNotFoundError(
-                f"{workdir.config_file} records {dotted}={value!r}, which is missing: give its new place "
-                f"with --config.{dotted}=PATH"
-            )
-    return saved

@@ -81,6 +81,8 @@ def check_members(config: ml_collections.ConfigDict, members: Sequence[Member]) 
 
 def check_member_settings(config: ml_collections.ConfigDict, m: Member) -> None:
     """ValueError naming the member when its lr, weight decay or dropout rate cannot be right."""
+    if not -(2**31) <= int(m.seed) < 2**31:
+        raise ValueError(f"Member {m.name!r}: seed={m.seed} must fit in 32 bits")
     if m.lr is not None and not float(m.lr) > 0:
         raise ValueError(f"Member {m.name!r}: lr={m.lr} must be > 0")
     if m.weight_decay is not None and config.optim.name != "adamw":
@@ -184,11 +186,17 @@ class Group:
     def initialiser(self, tx) -> tuple[Any, Any]:
         """(init function, its argument) of the train state: each member from its own seed, as its single
         run is initialised."""
-        init = functools.partial(initial_state, self.run.model, self.run.model_cfg, tx)
+        model, model_cfg = self.run.model, self.run.model_cfg
+
+        # The key is made from the seed inside the program: made outside, it is a program of its own.
+        # int32 seeds: what jax.random.key makes of a Python int (check_config keeps seeds in range).
+        def initial_state_of_seed(seed):
+            return initial_state(model, model_cfg, tx, jax.random.key(seed))
+
         if not self.stacked:
-            return init, jax.random.key(self.run.config.seed)
-        seeds = jnp.asarray([r.config.seed for r in self.runs], jnp.uint32)
-        return jax.vmap(lambda seed: init(jax.random.key(seed))), seeds
+            return initial_state_of_seed, np.asarray(self.run.config.seed, np.int32)
+        seeds = np.asarray([r.config.seed for r in self.runs], np.int32)
+        return jax.vmap(initial_state_of_seed), seeds
 
     def log_parameters(self, abstract_state: TrainState) -> None:
         """Log one member's parameter count (and the shapes, at debug level)."""
@@ -313,7 +321,7 @@ class Steps:
         """The train step's arguments after the state: the batch and the towers' parameters (and a
         group's hyperparameters and which members train, bool [N])."""
         args = (batch, tower_params if self.with_towers else None)
-        return (*args, self.hparams, jnp.asarray(active)) if self.group.stacked else args
+        return (*args, self.hparams, np.asarray(active)) if self.group.stacked else args
 
     def compile(self, state, batch, tower_params, active: np.ndarray, eval_batch_size: int) -> float:
         """Compile the train and eval steps ahead of time (jax AOT); the jitted calls reuse the executables.

@@ -23,6 +23,7 @@ import numpy as np
 from smartvlm_jax import optim, reports, summaries
 from smartvlm_jax.train import monitor
 from smartvlm_jax.train import setup as setup_lib
+from smartvlm_jax.train.ahead import Ahead
 from smartvlm_jax.train.checkpointer import Checkpointer, export_best, host_params
 from smartvlm_jax.train.evaluation import Evaluator
 from smartvlm_jax.train.group import Group, Member, check_members
@@ -30,7 +31,6 @@ from smartvlm_jax.train.inputs import prepare_inputs
 from smartvlm_jax.train.monitor import History, StepMetrics
 from smartvlm_jax.train.setup import setup
 from smartvlm_jax.train.signals import Stopped, StopSignal
-from smartvlm_jax.train.state import create_state, shardings
 from smartvlm_jax.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -144,31 +144,34 @@ def run_group(
     """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
     a leading member axis, a vmapped step); one result per member (one for a single run). Raises
     :class:`Stopped` where a stop request meets a safe point outside the train steps."""
-    # --- Set-up: data, towers and head; the features from the store (extracted once, if missing).
+    # --- Set-up: data, towers and head; the programs compiled in a thread while the features are
+    # extracted into the store (once, if missing), or once the towers that run in the step are loaded.
     run = setup(config, workdir, compiles, stop_signal)
-    inputs = prepare_inputs(run, stop_signal)
-    if features_ready is not None:
-        features_ready.set()
     group = Group.create(run, members, label)
-
-    # --- The schedule, the data, the state (restored when the workdir holds a checkpoint), the steps.
     steps_per_epoch = math.ceil(len(run.splits["train"]) / config.batch_size)
     total_steps = config.num_epochs * steps_per_epoch
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
+    tx = optim.make_optimizer(config.optim, total_steps)  # its state's structure is every member's
+    ahead = Ahead(group, tx, total_steps) if config.cache_features else None
+    inputs = prepare_inputs(run, stop_signal)
+    if features_ready is not None:
+        features_ready.set()
+    ahead = ahead or Ahead(group, tx, total_steps, inputs.towers, inputs.tower_params)
+
+    # --- The data, the state (restored when the workdir holds a checkpoint), the steps.
     train_iter = iter(
         inputs.batches("train", shuffle=True, num_epochs=config.num_epochs, global_batch=config.batch_size)
     )
-    tx = optim.make_optimizer(config.optim, total_steps)  # its state's structure is every member's
-    state, abstract_state = create_state(*group.initialiser(tx), run.mesh)
+    initialiser = ahead.initialiser()
+    state, abstract_state = initialiser.state(), initialiser.abstract_state
     group.log_parameters(abstract_state)
     checkpointer = Checkpointer(group, abstract_state, train_iter)
     state, meta = checkpointer.restore(state)
     history = History(group.records(meta), config.early_stop_patience)
     window = monitor.window_from_json(meta.get("train_window")) if meta else None
     step_metrics = StepMetrics(group, window, config.log_every_steps, max_steps, checkpointer.last_good)
-    steps = group.steps(tx, total_steps, inputs.towers, shardings(abstract_state))
-    evaluator = Evaluator(group, inputs, steps.predict)
-    step, compiled, epoch_bar = group.step_of(state), False, None
+    evaluator = Evaluator(group, inputs, ahead.predict)
+    step, steps, epoch_bar = group.step_of(state), None, None
 
     # --- The loop: a step; its metrics read when due; at an epoch's end, validation; saves when due.
     with step_metrics:
@@ -180,10 +183,11 @@ def run_group(
             batch = run.to_global(next(train_iter))
             on = history.active()  # the members this step trains (the others' states stay as they were)
             compile_s = 0.0
-            if not compiled:
+            if steps is None:  # the step that waits for the compilation
                 epoch_bar.status("compiling the train and eval steps")
-                compile_s = steps.compile(state, batch, inputs.tower_params, on, config.eval_batch_size)
-                compiled = True
+                waited = ahead.waited
+                steps = ahead.steps()
+                compile_s = ahead.waited - waited
             state, metrics = steps.train(state, *steps.args(batch, inputs.tower_params, on))
             step += 1
             epoch_end = step % steps_per_epoch == 0

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from smartvlm_jax import console, features, fileio, parallel, reasoner, summaries, variants
+from smartvlm_jax import console, features, fileio, parallel, reasoner, sources, summaries, variants
 from smartvlm_jax.data import pipeline, smart101
 from smartvlm_jax.train import checks
 from smartvlm_jax.train.signals import Stopped, StopSignal
@@ -49,6 +49,8 @@ class Run:
     # cache_features: where the store is, and each split's entry and the columns the variant reads
     feature_store: pathlib.Path | None = None
     feature_plans: Mapping[str, features.SplitPlan] = dataclasses.field(default_factory=dict)
+    # the data root's and the towers' digests ({field: {"path", "digest"}}; smartvlm_jax.sources)
+    sources: Mapping[str, dict] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def train_labels(self) -> dict[str, np.ndarray]:
@@ -112,8 +114,16 @@ def setup(
     timing = summaries.StageTimes()
     with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
         data_cfg, rows, splits, num_classes = prepare_data(config, workdir, stop)
-    with timing("towers"):  # tiny towers built, if asked
+    with timing("towers"):  # tiny towers built, if asked; the data's and towers' digests
         towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
+        run_sources = sources.run_sources(data_cfg, towers_cfg, config.model.variant)
+    if record:  # a resumed run: on the towers it was trained with (refused), the data it read (a warning)
+        sources.check_run(
+            workdir.root,
+            run_sources,
+            consequence="the dataset is rebuilt from them and training goes on with the rows as they are now",
+            refuse_how="give the tower the run was trained with, or train in a new --workdir",
+        )
     model_cfg = ml_collections.ConfigDict(config.model)
     model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
     model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
@@ -140,6 +150,7 @@ def setup(
         compiles=compiles,
         feature_store=store,
         feature_plans=plans,
+        sources=run_sources,
     )
     if record:
         write_run_config(run)
@@ -316,7 +327,8 @@ def plan_features(
 
 def write_run_config(run: Run) -> None:
     """``<workdir>/config.json``: the resolved run config; a workdir describes itself (predict, evaluate).
-    Paths inside the workdir are stored relative to it (``Workdir.portable``), so the workdir can move."""
+    Paths inside the workdir are stored relative to it (``Workdir.portable``), so the workdir can move;
+    ``sources.json`` beside it holds the data root's and the towers' digests (:mod:`smartvlm_jax.sources`)."""
     if not run.is_lead:
         return
     resolved = ml_collections.ConfigDict(run.config)
@@ -326,3 +338,4 @@ def write_run_config(run: Run) -> None:
     portable = run.workdir.portable(json.loads(resolved.to_json_best_effort()))
     checks.check_same_head(run.workdir, portable["model"])
     fileio.write_json(run.workdir.config_file, portable, indent=2)
+    sources.write(run.workdir.root, run.sources, base=run.workdir.root)

@@ -1,7 +1,8 @@
 """The train state and the step's metrics: the pytrees the steps carry, and how a run's state is made.
 
-:func:`create_state` follows nanodo's order: the initialiser is traced once for its shapes (``eval_shape``'s
-job), those shapes give the shardings, and the same trace is compiled to produce the state on the mesh.
+The state is made as nanodo makes it: the initialiser is traced once for its shapes (``eval_shape``'s job),
+those shapes give the shardings, and the same trace is compiled to produce the state on the mesh
+(``train.ahead.compile_initialiser``, in the thread that compiles the run's programs ahead of time).
 """
 
 from typing import Any
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
-from smartvlm_jax import parallel, reasoner
+from smartvlm_jax import reasoner
 
 
 @flax.struct.dataclass
@@ -49,15 +50,6 @@ def initial_state(model, model_cfg, tx: optax.GradientTransformation, key: jax.A
         opt_state=tx.init(params),
         rng=jax.random.key_data(state_key),
     )
-
-
-def create_state(init_fn, init_arg, mesh: jax.sharding.Mesh) -> tuple[TrainState, TrainState]:
-    """(state, abstract state) of ``init_fn(init_arg)``, replicated over ``mesh`` (the head is small).
-
-    The abstract state's leaves are ``jax.ShapeDtypeStruct``s carrying their shardings. One trace gives
-    both the shapes and the initialiser's program."""
-    traced = jax.jit(init_fn, out_shardings=parallel.replicated(mesh)).trace(init_arg)
-    return traced.lower().compile()(init_arg), traced.out_info
 
 
 def shardings(abstract_state: TrainState):

@@ -1,5 +1,5 @@
 """Small workdirs for the report tests, made once per session: a smoke run (configs/smoke.py, 4 epochs)
-with its page, and the smoke sweep made small (2 rows x 2 seeds), which writes its own pages."""
+with its page; the sweep whose pages they read is the session's (``paper_sweep``, tests/conftest.py)."""
 
 import os
 import pathlib
@@ -10,10 +10,8 @@ import pytest
 
 from smartvlm_jax import report
 from tests.report import browser
-from tests.support import runs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SMALL_SWEEP = ["--config.rows=smarter,no_qf", *runs.SMALL_SWEEP]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -39,23 +37,6 @@ def smoke_run(tmp_path_factory) -> pathlib.Path:
     )
     report.write_run_page(workdir)
     return workdir
-
-
-@pytest.fixture(scope="session")
-def small_sweep(tmp_path_factory) -> tuple[pathlib.Path, str]:
-    """A finished small sweep (rows smarter and no_qf, 2 seeds each), which writes its pages itself; and
-    its console output."""
-    root = tmp_path_factory.mktemp("report_sweep")
-    done = _run(
-        "smartvlm_jax.sweep",
-        "--config",
-        "configs/paper.py:smoke",
-        "--workdir",
-        str(root / "run"),
-        f"--config.feature_store={root / 'store'}",
-        *SMALL_SWEEP,
-    )
-    return root / "run", done.stdout
 
 
 @pytest.fixture(scope="session")

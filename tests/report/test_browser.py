@@ -15,6 +15,7 @@ from tests.report import browser
 
 pytestmark = pytest.mark.slow
 PAGE_SIZE = 48  # gallery.js
+ROWS = ("smarter", "no_qf", "dinov2_only", "siglip_only", "single_image_head")  # the session's sweep
 
 
 def _text(driver, element_id: str) -> str:
@@ -90,14 +91,14 @@ def test_run_page_headline_gallery_and_filters(smoke_run, driver):
     assert browser.console_errors(driver) == []
 
 
-def test_sweep_page_table_deltas_and_member_links(small_sweep, driver):
-    root, stdout = small_sweep
-    assert f"report:    {root / 'report.html'}" in stdout
+def test_sweep_page_table_deltas_and_member_links(paper_sweep, driver):
+    root, _, done = paper_sweep
+    assert f"report:    {root / 'report.html'}" in done.stdout
     browser.open_page(driver, root / "report.html")
     assert browser.console_errors(driver) == []
     rows = driver.find_elements(By.CSS_SELECTOR, "#table-S_acc tr[data-row]")
     labels = [r.get_attribute("data-row") for r in rows]
-    assert labels == ["smarter", "no_qf", "greedy", "chance"]
+    assert labels == [*ROWS, "greedy", "chance"]
     table = (root / "table.md").read_text()
     smarter_all = next(line for line in table.splitlines() if line.startswith("| smarter |")).split(" | ")[2]
     row = driver.find_element(By.CSS_SELECTOR, "#table-S_acc tr[data-row=smarter]")
@@ -124,7 +125,7 @@ def test_sweep_page_table_deltas_and_member_links(small_sweep, driver):
     assert _text(driver, "delta-summary").startswith(f"no_qf wins {sum(d < 0 for d in deltas.values())}, ")
 
     links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "a.member-link")]
-    assert len(links) == 4
+    assert len(links) == 2 * len(ROWS)
     for link in links:
         driver.get(link)
         member_dir = root / link.split("/run/")[-1].removesuffix("/report.html")

@@ -7,6 +7,7 @@ sweep's rows use), set at a chosen moment; the signals themselves are sent to re
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,3 +212,46 @@ def test_a_sweep_stopped_while_writing_its_shared_data_exits_cleanly(tmp_path, m
     assert sweep.run_sweep(config, tmp_path) == {"stopped_at_step": 0, "row": None}
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
     assert not (tmp_path / "inputs" / "synthetic").exists() and not (tmp_path / "config.json").exists()
+
+
+def _leave_an_unfinished_save(checkpoints, step: int):
+    """What a second Ctrl-C (or SIGKILL) during a save leaves: the save's temporary folder, half written."""
+    tmp = checkpoints / f"{step}.orbax-checkpoint-tmp-1765000000000000"
+    shutil.copytree(
+        checkpoints / str(max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())), tmp
+    )
+    (tmp / "commit_success.txt").unlink(missing_ok=True)
+    shutil.rmtree(tmp / "state")
+    return tmp
+
+
+def test_a_save_left_unfinished_is_removed_and_the_last_complete_one_restored(tmp_path):
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    from smartvlm_jax.train import checkpointer
+
+    manager = ocp.CheckpointManager(tmp_path, options=checkpointer.manager_options(2), item_names=("state",))
+    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": jnp.arange(4.0)})))
+    manager.wait_until_finished()
+    manager.close()
+    left = _leave_an_unfinished_save(tmp_path, 4)
+    again = ocp.CheckpointManager(tmp_path, options=checkpointer.manager_options(2), item_names=("state",))
+    assert again.latest_step() == 3
+    target = ocp.args.Composite(state=ocp.args.StandardRestore({"w": jnp.zeros(4)}))
+    assert again.restore(3, args=target)["state"]["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    again.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": jnp.ones(4)})))
+    again.wait_until_finished()
+    again.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "4"] and not left.exists()
+
+
+@pytest.mark.slow
+def test_a_run_resumes_past_a_save_a_second_ctrl_c_left_unfinished(reference, tmp_path):
+    workdir, results = reference
+    moved = tmp_path / "run"
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns("evaluations", ".lock", "results.json"))
+    left = _leave_an_unfinished_save(moved / "checkpoints", results["steps"] + 1)
+    resumed = train.train_and_evaluate(run_config(), moved)
+    assert (resumed["test"]["S_acc"], resumed["steps"]) == (results["test"]["S_acc"], results["steps"])
+    assert not left.exists()

@@ -490,3 +490,99 @@ def test_a_moved_workdir_is_evaluated_resumed_and_answers(reference, tmp_path):
     )
     new = {f"towers.{n}": str(tmp_path / "towers moved again" / n) for n in ("dinov2", "siglip")}
     assert train.evaluate_workdir(moved, paths=new)["S_acc"] == results["test"]["S_acc"]
+
+
+def test_seeds_outside_32_bits_are_refused_naming_the_flag():
+    """The train state's key is made from an int32 seed inside the initialiser's program."""
+    train.check_config(run_config(seed=2**31 - 1))
+    with pytest.raises(ValueError, match=r"--config.seed=2147483648 must fit in 32 bits"):
+        train.check_config(run_config(seed=2**31))
+    with pytest.raises(ValueError, match=r"Member 'big': seed=-2147483649 must fit in 32 bits"):
+        train.check_members(run_config(), [train.Member("big", -(2**31) - 1)])
+
+
+@pytest.mark.slow
+def test_changed_towers_are_refused_and_changed_data_is_named(reference, tmp_path, capsys, caplog):
+    """sources.json: the run's data root and towers by digest, its best model's towers too. Towers whose
+    contents changed are refused (evaluate, predict, resume) naming both directories, unless allowed;
+    predict --split names a moved data root with evaluate's flag, and changed data in one warning."""
+    from smartvlm_jax import predict, sources
+    from smartvlm_jax.inference import Predictor
+
+    workdir, results = reference
+    recorded = sources.read(workdir)
+    assert recorded["towers.siglip"]["digest"] == sources.tower_digest(workdir / "towers" / "siglip")
+    ids = json.loads((workdir / "config.json").read_text())["data"]["puzzle_ids"]
+    assert recorded["data.root"]["digest"] == sources.data_digest(workdir / "synthetic", ids)
+    assert sources.read(workdir / "best_model") == sources.towers_only(recorded)
+
+    moved = tmp_path / "run"
+    shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns("evaluations", ".lock"))
+    outside = tmp_path / "towers"
+    shutil.copytree(workdir / "towers", outside, copy_function=shutil.copy2)
+    (outside / "siglip" / "notes.txt").write_text("another tower now")
+    config = json.loads((moved / "config.json").read_text())
+    config["towers"]["tiny"] = False  # (tiny towers are the workdir's own: no other directory is taken)
+    (moved / "config.json").write_text(json.dumps(config))
+    towers = {n: str(outside / n) for n in ("dinov2", "siglip")}
+    paths = {f"towers.{n}": d for n, d in towers.items()}
+    digests = (
+        f"digest {sources.tower_digest(outside / 'siglip')[:12]}, recorded "
+        f"{recorded['towers.siglip']['digest'][:12]} in {moved / 'sources.json'}"
+    )
+    with pytest.raises(sources.SourceChangedError) as refused:
+        train.evaluate_workdir(moved, paths=paths)
+    assert str(refused.value) == (
+        f"towers.siglip {outside / 'siglip'} holds other contents than the tower the run was trained with, "
+        f"{moved / 'towers' / 'siglip'} ({digests}); give its new place with --config.FIELD=PATH, or "
+        "evaluate anyway with --allow-other-towers"
+    )
+    with pytest.raises(
+        sources.SourceChangedError, match="; give the tower the run was trained with, or train"
+    ):
+        train.train_and_evaluate(run_config(**{**reusing(moved), **paths}), moved)
+    with pytest.raises(sources.SourceChangedError) as refused:
+        Predictor.load(moved, towers=towers)
+    assert str(refused.value).startswith(f"{moved / 'best_model'} was trained with towers.siglip ")
+    assert f"but {outside / 'siglip'} holds other contents" in str(refused.value)
+    assert (
+        predict.main(
+            ["--checkpoint", str(moved), "--split", "test", *(f"--config.{f}={d}" for f, d in paths.items())]
+        )
+        == 1
+    )
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("; pass the towers it was trained with, or --allow-other-towers")
+    )
+    evaluated = train.evaluate_workdir(moved, paths=paths, allow_other_towers=True)  # (the same weights)
+    assert evaluated["S_acc"] == results["test"]["S_acc"]
+
+    data = tmp_path / "data"
+    shutil.copytree(moved / "synthetic", data, copy_function=shutil.copy2)
+    config["data"]["root"] = str(data)
+    (moved / "config.json").write_text(json.dumps(config))
+    data.rename(tmp_path / "data moved")
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(moved), "--split", "test"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {moved / 'config.json'} records data.root={str(data)!r}, which is missing: give its new "
+        "place with --config.data.root=PATH"
+    )
+    image = next((tmp_path / "data moved" / "1" / "img").iterdir())
+    os.utime(image, ns=(0, 0))
+    caplog.clear()
+    assert (
+        predict.main(
+            ["--checkpoint", str(moved), "--split", "test", f"--config.data.root={tmp_path / 'data moved'}"]
+        )
+        == 0
+    )
+    assert f"S_acc {100 * results['test']['S_acc']:.2f}%" in capsys.readouterr().out
+    assert [m for m in caplog.messages if "data.root" in m] == [
+        f"data.root {tmp_path / 'data moved'}: its rows or images changed since the run read them "
+        f"(digest {sources.data_digest(tmp_path / 'data moved', ids)[:12]}, recorded "
+        f"{recorded['data.root']['digest'][:12]} in {moved / 'sources.json'}); "
+        "the metrics are of the rows as they are now"
+    ]

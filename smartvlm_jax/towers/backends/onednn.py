@@ -159,7 +159,7 @@ def pack(kernel: Any) -> jax.Array:
     packed = np.empty(size // w.itemsize, w.dtype)
     if lib.smartvlm_dnnl_pack(w.ctypes.data, w.shape[0], w.shape[1], code, packed.ctypes.data):
         raise UnavailableError(f"oneDNN failed to pack a {w.dtype} {w.shape} kernel")
-    return jnp.asarray(packed)
+    return jax.device_put(packed)  # jnp.asarray would compile a copy program per shape
 
 
 def linear(

@@ -1,0 +1,123 @@
+"""The run's programs compiled ahead of time: the train state's initialiser, the train step and the eval
+step, in a thread that starts at set-up and compiles while the towers extract the features.
+
+Every shape they take is known before the first feature is: the state's from the head's config, a
+batch's from the towers' configs (``aot.programs.feature_batch``, the compile-only report's own abstract
+batch) and the batch sizes. XLA compiles on one core here and the extraction's matmuls leave the
+other idle much of the time, so on a cold run the compilation hides behind the extraction instead of
+following it (issue 30; docs/performance.md). A run that computes its features inside the step has
+nothing to overlap: it compiles the same programs as soon as its towers are loaded.
+
+The jitted steps keep the executables: their later calls with concrete arrays of the same shapes and
+shardings compile nothing (``jax.stages``: a jitted function's ``lower(...).compile()`` fills the cache
+its calls read).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from smartvlm_jax import parallel
+from smartvlm_jax.train.group import Group, Steps
+from smartvlm_jax.train.state import TrainState, shardings
+
+
+@dataclasses.dataclass(frozen=True)
+class Initialiser:
+    """The train state's compiled initialiser and its argument (seed or seeds), and the abstract state
+    (``jax.ShapeDtypeStruct`` leaves carrying their shardings)."""
+
+    compiled: Any
+    arg: np.ndarray
+    abstract_state: TrainState
+
+    def state(self) -> TrainState:
+        """A fresh train state, replicated over the mesh."""
+        return self.compiled(self.arg)
+
+
+def trace_initialiser(group: Group, tx) -> tuple[jax.stages.Traced, np.ndarray]:
+    """(The group's initialiser (``Group.initialiser``) traced, its argument): the one trace gives both
+    the abstract state (``out_info``) and the program."""
+    init, arg = group.initialiser(tx)
+    return jax.jit(init, out_shardings=parallel.replicated(group.run.mesh)).trace(arg), arg
+
+
+def compile_initialiser(traced: jax.stages.Traced, arg: np.ndarray) -> Initialiser:
+    return Initialiser(traced.lower().compile(), arg, traced.out_info)
+
+
+def abstract_batch(group: Group, towers=None) -> dict[str, jax.ShapeDtypeStruct]:
+    """A train batch as ``run.to_global`` gives it: stored features (``train.GatherCached``'s keys and
+    dtypes), or with ``towers`` (features computed in the step) the image pipeline's batch."""
+    from smartvlm_jax.aot import programs  # the compile-only report's batches; imported when needed
+
+    run = group.run
+    data = parallel.batch_sharding(run.mesh)
+    if towers is not None:
+        return programs.image_batch(towers, run.config.batch_size, data)
+    frozen, _, _ = programs.abstract_towers(run.towers_cfg, run.config.model.variant, jax.default_backend())
+    return programs.feature_batch(frozen, run.config.batch_size, data)
+
+
+def compile_steps(
+    group: Group, tx, total_steps: int, abstract_state: TrainState, towers=None, tower_params=None
+) -> Steps:
+    """The group's jitted steps (``Group.steps``), compiled for the run's batch and eval batch."""
+    steps = group.steps(tx, total_steps, towers, shardings(abstract_state))
+    active = np.ones(len(group.runs), bool)
+    batch = abstract_batch(group, towers)
+    steps.compile(abstract_state, batch, tower_params, active, group.run.config.eval_batch_size)
+    return steps
+
+
+class Ahead:
+    """The initialiser and the steps, compiled in two worker threads (XLA compiles a program on one
+    core), started at construction.
+
+    ``initialiser()`` and ``steps()`` wait for theirs (re-raising what the compilation raised);
+    ``waited`` adds up the seconds the caller spent waiting. A run stopped while they compile does not
+    wait for them: what has not started is dropped at exit, and a started compilation ends on its own."""
+
+    def __init__(self, group: Group, tx, total_steps: int, towers=None, tower_params=None):
+        pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile-ahead")
+        compiles = group.run.compiles  # the run's record of what XLA compiled: these threads' too
+        recorded = compiles.thread if compiles is not None else contextlib.nullcontext
+
+        def in_record(fn, *args):
+            with recorded():
+                return fn(*args)
+
+        traced = pool.submit(in_record, trace_initialiser, group, tx)
+        self._init = pool.submit(lambda: in_record(compile_initialiser, *traced.result()))
+        self._steps = pool.submit(
+            lambda: in_record(
+                compile_steps, group, tx, total_steps, traced.result()[0].out_info, towers, tower_params
+            )
+        )
+        pool.shutdown(wait=False)  # the threads end once the three are done
+        self.waited = 0.0
+
+    def _wait(self, future: concurrent.futures.Future):
+        start = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self.waited += time.perf_counter() - start
+
+    def initialiser(self) -> Initialiser:
+        return self._wait(self._init)
+
+    def steps(self) -> Steps:
+        return self._wait(self._steps)
+
+    def predict(self, *args):
+        """The compiled predict step (``Steps.predict``) on ``args``."""
+        return self.steps().predict(*args)
