@@ -29,27 +29,18 @@ from smartvlm_jax import assets, features, optim, parallel, puzzles, reasoner, s
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.aot.targets import Target
 from smartvlm_jax.data import smart101
-from smartvlm_jax.towers import backends, bert, hf, registry
+from smartvlm_jax.features import batches
+from smartvlm_jax.towers import backends, hf, registry
 from smartvlm_jax.towers import params as params_lib
 from smartvlm_jax.towers.backends import xla
 from smartvlm_jax.towers.preprocess import default_processor, from_processor_config
 from smartvlm_jax.towers.released import RELEASED
-from smartvlm_jax.towers.tokenizer import SIGLIP_MAX_LENGTH
 
 DEFAULT_RELEASE = {
     "dinov2": "facebook/dinov2-base",
     "siglip": "google/siglip-base-patch16-224",
     "resnet": "microsoft/resnet-50",
     "bert": "bert-base-uncased",
-}
-
-LABEL_SHAPES = {  # the label fields of a batch (pipeline.make_pipeline), per example: shape, dtype
-    "labels": ((puzzles.NUM_DECODE_STEPS,), jnp.int32),
-    "puzzle_ids": ((), jnp.int32),
-    "instance_ids": ((), jnp.int32),
-    "option_values": ((5, puzzles.NUM_DECODE_STEPS), jnp.int32),
-    "answer_index": ((), jnp.int32),
-    "mask": ((), jnp.bool_),
 }
 
 
@@ -168,13 +159,6 @@ def abstract_towers(
     return frozen, params, sources
 
 
-def question_length(frozen: features.FrozenTowers) -> int:
-    """T, the question ids' length: BERT's MAX_QLEN, SigLIP's 64 (at most its position table)."""
-    if frozen.text.kind == "bert":
-        return bert.MAX_QLEN
-    return min(SIGLIP_MAX_LENGTH, int(frozen.text.config.get("max_position_embeddings", SIGLIP_MAX_LENGTH)))
-
-
 def with_sharding(tree, shardings):
     """ShapeDtypeStructs of ``tree`` carrying ``shardings`` (a matching tree, or one sharding for all)."""
     if isinstance(shardings, jax.sharding.Sharding):
@@ -186,21 +170,11 @@ def with_sharding(tree, shardings):
 
 
 def image_batch(frozen: features.FrozenTowers, batch: int, sharding, labels: bool = True) -> dict:
-    """An abstract image batch of ``batch`` examples (``pipeline.make_pipeline``'s keys and dtypes)."""
-    out = {f"image/{n}": ((t.image_size, t.image_size, 3), jnp.uint8) for n, t in frozen.vision.items()}
-    out["question_ids"] = ((question_length(frozen),), jnp.int32)
-    if labels:
-        out.update(LABEL_SHAPES)
-    return {k: jax.ShapeDtypeStruct((batch, *s), d, sharding=sharding) for k, (s, d) in out.items()}
+    return batches.image_batch(frozen, batch, sharding, labels)
 
 
 def feature_batch(frozen: features.FrozenTowers, batch: int, sharding) -> dict:
-    """An abstract batch of stored features (``train.GatherCached``'s keys: float32 features)."""
-    text = (
-        (question_length(frozen), frozen.text_dim) if frozen.text_output == "tokens" else (frozen.text_dim,)
-    )
-    out = {"vision": ((frozen.vision_dim,), jnp.float32), "text": (text, jnp.float32), **LABEL_SHAPES}
-    return {k: jax.ShapeDtypeStruct((batch, *s), d, sharding=sharding) for k, (s, d) in out.items()}
+    return batches.frozen_feature_batch(frozen, batch, sharding)
 
 
 # ------------------------------------------------------------------------------------------- the head

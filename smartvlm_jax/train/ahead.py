@@ -1,16 +1,15 @@
 """The run's programs compiled ahead of time: the train state's initialiser, the train step and the eval
-step, in a thread that starts at set-up and compiles while the towers extract the features.
+step, in two threads that start at set-up and compile while the towers extract the features.
 
 Every shape they take is known before the first feature is: the state's from the head's config, a
-batch's from the towers' configs (``aot.programs.feature_batch``, the compile-only report's own abstract
-batch) and the batch sizes. XLA compiles on one core here and the extraction's matmuls leave the
-other idle much of the time, so on a cold run the compilation hides behind the extraction instead of
-following it (issue 30; docs/performance.md). A run that computes its features inside the step has
-nothing to overlap: it compiles the same programs as soon as its towers are loaded.
+batch's from the towers' configs (``features.batches``, as the compile-only report builds it) and the
+batch sizes. XLA compiles a program on one core, and the tiny towers' extraction leaves the cores idle
+much of the time, so on a cold run the compilation hides behind the extraction instead of following it
+(issue 30; docs/performance.md). A run that computes its features inside the step has nothing to
+overlap: it compiles the same programs as soon as its towers are loaded.
 
 The jitted steps keep the executables: their later calls with concrete arrays of the same shapes and
-shardings compile nothing (``jax.stages``: a jitted function's ``lower(...).compile()`` fills the cache
-its calls read).
+shardings compile nothing (a jitted function's ``lower(...).compile()`` fills the cache its calls read).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 
 from smartvlm_jax import parallel
+from smartvlm_jax.features import batches
 from smartvlm_jax.train.group import Group, Steps
 from smartvlm_jax.train.state import TrainState, shardings
 
@@ -50,21 +50,28 @@ def trace_initialiser(group: Group, tx) -> tuple[jax.stages.Traced, np.ndarray]:
     return jax.jit(init, out_shardings=parallel.replicated(group.run.mesh)).trace(arg), arg
 
 
-def compile_initialiser(traced: jax.stages.Traced, arg: np.ndarray) -> Initialiser:
-    return Initialiser(traced.lower().compile(), arg, traced.out_info)
+# The initialiser runs once: on CPU, LLVM's -O1 compiles it in two thirds of the time of XLA's default, and
+# it still runs in milliseconds (benchmarks/compile_time.py). The steps keep the default: -O1 made the
+# paper head's train step 13 % slower.
+CPU_INITIALISER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def compile_initialiser(traced: jax.stages.Traced, arg: np.ndarray, platform: str = "cpu") -> Initialiser:
+    """The initialiser's executable for devices of ``platform`` (on CPU with ``CPU_INITIALISER_OPTIONS``)."""
+    options = CPU_INITIALISER_OPTIONS if platform == "cpu" else None
+    return Initialiser(traced.lower().compile(options), arg, traced.out_info)
 
 
 def abstract_batch(group: Group, towers=None) -> dict[str, jax.ShapeDtypeStruct]:
     """A train batch as ``run.to_global`` gives it: stored features (``train.GatherCached``'s keys and
     dtypes), or with ``towers`` (features computed in the step) the image pipeline's batch."""
-    from smartvlm_jax.aot import programs  # the compile-only report's batches; imported when needed
-
     run = group.run
     data = parallel.batch_sharding(run.mesh)
     if towers is not None:
-        return programs.image_batch(towers, run.config.batch_size, data)
-    frozen, _, _ = programs.abstract_towers(run.towers_cfg, run.config.model.variant, jax.default_backend())
-    return programs.feature_batch(frozen, run.config.batch_size, data)
+        return batches.image_batch(towers, run.config.batch_size, data)
+    return batches.variant_feature_batch(
+        run.towers_cfg, run.config.model.variant, run.config.batch_size, data
+    )
 
 
 def compile_steps(
@@ -96,7 +103,8 @@ class Ahead:
                 return fn(*args)
 
         traced = pool.submit(in_record, trace_initialiser, group, tx)
-        self._init = pool.submit(lambda: in_record(compile_initialiser, *traced.result()))
+        platform = group.run.mesh.devices.flat[0].platform
+        self._init = pool.submit(lambda: in_record(compile_initialiser, *traced.result(), platform))
         self._steps = pool.submit(
             lambda: in_record(
                 compile_steps, group, tx, total_steps, traced.result()[0].out_info, towers, tower_params
