@@ -2,7 +2,8 @@
 topologies; the CUDA plugin's, on the package's GPU target descriptions).
 
 The TPU tests need the ``[tpu-compile]`` extra (libtpu), the GPU test the ``[gpu-compile]`` extra; CI
-installs both.
+installs the first only (without a GPU driver the second makes jaxlib's import print C++ INFO lines in
+every process, which the plain-console tests refuse; docs/gpu.md), so the GPU test skips there, saying so.
 """
 
 import json
