@@ -210,6 +210,10 @@ def load_config(spec: str) -> Any:
         if not message.startswith(path):
             message = f"{spec}: {message}"
         raise ValueError(f"--config {message}") from e
+    except SyntaxError as e:  # the config file is not Python: where and what, not the loader's traceback
+        raise ValueError(f"--config {spec}: {e.filename or path}:{e.lineno}: SyntaxError: {e.msg}") from None
+    except Exception as e:  # anything else the config's code raised, named with its type
+        raise ValueError(f"--config {spec}: {type(e).__name__}: {e}") from e
     if not callable(get_config):
         raise ValueError(f"--config {spec}: {path} defines no get_config(); is it a config file?")
     # ARG given to a get_config() without parameters: Python's "takes 0 positional arguments" names no fix

@@ -256,3 +256,17 @@ def test_predict_takes_evaluates_moved_path_flags_and_refuses_other_arguments(ca
     with pytest.raises(SystemExit) as refused:
         predict.parse_args(["--checkpoint", "DIR", "--bogus"])
     assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_python_is_one_line_naming_file_and_line(tmp_path):
+    """A config file with a syntax error, or whose code raises something else, is named in one line."""
+    bad = tmp_path / "bad_cfg.py"
+    bad.write_text("x = 1\nx = (\n")
+    with pytest.raises(ValueError) as refused:
+        cli.load_config(str(bad))
+    assert str(refused.value).startswith(f"--config {bad}: {bad}:2: SyntaxError: ")
+    raising = tmp_path / "raising_cfg.py"
+    raising.write_text("def get_config():\n    return 1 / 0\n")
+    with pytest.raises(ValueError) as refused:
+        cli.load_config(str(raising))
+    assert str(refused.value) == f"--config {raising}: ZeroDivisionError: division by zero"
