@@ -166,17 +166,6 @@ def with_sharding(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-# ---------------------------------------------------------------------------------------------- batches
-
-
-def image_batch(frozen: features.FrozenTowers, batch: int, sharding, labels: bool = True) -> dict:
-    return batches.image_batch(frozen, batch, sharding, labels)
-
-
-def feature_batch(frozen: features.FrozenTowers, batch: int, sharding) -> dict:
-    return batches.frozen_feature_batch(frozen, batch, sharding)
-
-
 # ------------------------------------------------------------------------------------------- the head
 
 
@@ -338,7 +327,7 @@ def tower_program(frozen: features.FrozenTowers, tower_params, mesh, batch: int)
     names = ", ".join([*frozen.vision, f"{frozen.text.kind} text"])
 
     def lower(b: int):
-        return fn.lower(tower_params, image_batch(frozen, b * mesh.devices.size, data, labels=False))
+        return fn.lower(tower_params, batches.image_batch(frozen, b * mesh.devices.size, data, labels=False))
 
     return Program("towers", f"tower forwards ({names}) at the extraction batch", batch, lower)
 
@@ -347,6 +336,7 @@ def step_programs(run, frozen, tower_params, rows: Mapping[str, int], members: i
     """The train step (a group's vmapped member step with ``members`` > 0) and the predict step, built
     by ``train.Group.steps`` with the trainer's shardings."""
     from smartvlm_jax import train
+    from smartvlm_jax.train import ahead
 
     config, mesh = run.config, run.mesh
     n = mesh.devices.size
@@ -358,11 +348,10 @@ def step_programs(run, frozen, tower_params, rows: Mapping[str, int], members: i
         group = train.Group(run, [run] * members, specs)
     else:
         group = train.Group(run, [run], None)
-    init, arg = group.initialiser(tx)
-    abstract_state = jax.jit(init, out_shardings=parallel.replicated(mesh)).trace(arg).out_info
+    abstract_state = ahead.trace_initialiser(group, tx)[0].out_info
     steps = group.steps(tx, total_steps, None if cached else frozen, train.state.shardings(abstract_state))
     data, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    make_batch = functools.partial(feature_batch if cached else image_batch, frozen)
+    make_batch = functools.partial(batches.frozen_feature_batch if cached else batches.image_batch, frozen)
     towers_arg = None if cached else tower_params
 
     active = np.ones((max(members, 1),), bool)  # host data: no array on the mesh's (absent) devices

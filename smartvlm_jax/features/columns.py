@@ -202,17 +202,22 @@ def variant_columns(
     storage_dtype: str,
     image_side: int,
     memo_dir: str | os.PathLike | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> tuple[tuple[Column, ...], Column]:
     """(vision columns in the variant's tower order, text column) of a variant; reads no weights.
 
     A column's key covers the content digest of its tower's directory (``towers.content_digest``: every
     file, weights, config and tokenizer/processor files), the part and text output, the towers' dtype,
     the storage dtype, the image side the pipeline resizes to before the tower's own resize (vision) and
-    ``FORMAT_VERSION``. ``memo_dir`` remembers large files' digests. FileNotFoundError naming the
-    ``--config.towers.<name>`` field of a missing directory.
+    ``FORMAT_VERSION``. ``digests`` (tower name -> its content digest) are those a caller already has
+    (``sources.run_sources``'); the others are computed, ``memo_dir`` remembering large files' digests.
+    FileNotFoundError naming the ``--config.towers.<name>`` field of a missing directory.
     """
     spec = variants.get(variant)
-    digests = {name: towers_lib.content_digest(tower_dir(towers_cfg, name), memo_dir) for name in spec.towers}
+    digests = dict(digests or {})
+    for name in spec.towers:
+        if name not in digests:
+            digests[name] = towers_lib.content_digest(tower_dir(towers_cfg, name), memo_dir)
     common = {"format": FORMAT_VERSION, "towers_dtype": towers_cfg.dtype, "storage_dtype": storage_dtype}
 
     def vision_inputs(name: str) -> dict:

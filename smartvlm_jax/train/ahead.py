@@ -90,8 +90,9 @@ class Ahead:
     core), started at construction.
 
     ``initialiser()`` and ``steps()`` wait for theirs (re-raising what the compilation raised);
-    ``waited`` adds up the seconds the caller spent waiting. A run stopped while they compile does not
-    wait for them: what has not started is dropped at exit, and a started compilation ends on its own."""
+    ``waited`` adds up the seconds the caller spent waiting. All three tasks start at once (two threads,
+    the initialiser's compilation waiting for the trace), so a run stopped meanwhile exits once the
+    compilations under way end (Python joins the threads at exit)."""
 
     def __init__(self, group: Group, tx, total_steps: int, towers=None, tower_params=None):
         pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile-ahead")

@@ -133,7 +133,7 @@ def setup(
     if config.cache_features:
         with timing("features/fingerprint"):
             store = feature_store_dir(config, workdir)
-            plans = plan_features(config, towers_cfg, data_cfg, splits, store)
+            plans = plan_features(config, towers_cfg, data_cfg, splits, store, run_sources)
     run = Run(
         config=config,
         workdir=workdir,
@@ -309,15 +309,18 @@ def plan_features(
     data_cfg: ml_collections.ConfigDict,
     splits: Mapping[str, list[smart101.Row]],
     store: pathlib.Path,
+    run_sources: Mapping[str, dict],
 ) -> dict[str, features.SplitPlan]:
     """Each split's store entry (keyed by its rows' fingerprint) and the columns of the run's variant
-    (keyed by the towers' contents, dtypes and preprocessing); reads no weights."""
+    (keyed by the towers' contents, dtypes and preprocessing; the digests ``run_sources`` holds are not
+    computed again); reads no weights."""
     columns = features.variant_columns(
         towers_cfg,
         config.model.variant,
         storage_dtype=config.feature_dtype,
         image_side=int(data_cfg.get("image_side", smart101.IMAGE_SIDE)),
         memo_dir=store / "digests",
+        digests={k.removeprefix("towers."): v["digest"] for k, v in sources.towers_only(run_sources).items()},
     )
     return {
         split: features.plan_split(store, split, smart101.rows_fingerprint(rows), len(rows), columns)
