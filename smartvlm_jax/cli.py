@@ -15,6 +15,7 @@ import inspect
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -205,15 +206,22 @@ def load_config(spec: str) -> Any:
         get_config = getattr(module, "get_config", None)
         if callable(get_config) and not (colon and not inspect.signature(get_config).parameters):
             return get_config(arg) if colon else get_config()
-    except (ValueError, TypeError, KeyError, AttributeError, ImportError) as e:
+    except ValueError as e:  # a config's own refusal (an unknown ARG) says what to do: its words
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not message.startswith(path):
             message = f"{spec}: {message}"
         raise ValueError(f"--config {message}") from e
     except SyntaxError as e:  # the config file is not Python: where and what, not the loader's traceback
         raise ValueError(f"--config {spec}: {e.filename or path}:{e.lineno}: SyntaxError: {e.msg}") from None
-    except Exception as e:  # anything else the config's code raised, named with its type
-        raise ValueError(f"--config {spec}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # anything else the config's code raised: its line, type and words
+        lines = [
+            f.lineno
+            for f in traceback.extract_tb(e.__traceback__)
+            if os.path.abspath(f.filename) == os.path.abspath(path)
+        ]
+        where = f"{path}:{lines[-1]}: " if lines else ""
+        words = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"--config {spec}: {where}{type(e).__name__}: {words}".rstrip(": ")) from e
     if not callable(get_config):
         raise ValueError(f"--config {spec}: {path} defines no get_config(); is it a config file?")
     # ARG given to a get_config() without parameters: Python's "takes 0 positional arguments" names no fix

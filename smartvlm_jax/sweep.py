@@ -142,6 +142,7 @@ def shared_inputs(
     configs = {row: row_config(config, row, {}) for row in rows}
     for row_cfg in configs.values():
         train.check_config(row_cfg)
+        train.check_tiny_towers(row_cfg, inputs)  # a tower or data folder the inputs would replace
     data_cfg, data_rows, _, _ = train.prepare_data(configs[rows[0]], inputs, stop)
     shared = {"synthetic.enabled": False, "data.root": data_cfg.root, "data.data_dir": data_cfg.data_dir}
     if config.towers.tiny:
@@ -178,6 +179,8 @@ def check_same_sweep(config: ml_collections.ConfigDict, config_file) -> None:
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
+    if not all(field in saved for field in SWEEP_FIELDS):
+        raise ValueError(f"{path.parent} holds a training run, not a sweep (its {path}); use a new --workdir")
     if "model" in saved:  # written before a head field was renamed
         saved["model"] = head_config.upgrade(saved["model"])
     saved = _flatten(saved)
@@ -308,8 +311,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir) -> dict:
         raise ValueError(f"--config.parallel_rows={config.parallel_rows} must be >= 1 (1: one row at a time)")
     for row in rows:  # every member against every row's config, before any work
         train.check_members(row_config(config, row, {}), [m for _, m in members])
-    check_same_sweep(config, root / "config.json")
-    with train.lock(Workdir(root)):  # one sweep per workdir
+    with train.lock(Workdir(root)):  # one sweep per workdir; a running one is named before its config
+        check_same_sweep(config, root / "config.json")
         return sweep_rows(config, root, rows, members, start)
 
 

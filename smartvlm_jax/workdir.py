@@ -233,6 +233,23 @@ class Workdir:
         finally:
             os.close(fd)  # (releases the flock)
 
+    def holder(self) -> str | None:
+        """ "another run: pid 123 on host h since ..." while a process holds :meth:`lock`, else None. A
+        probe: a shared ``flock`` taken and dropped at once, never waited for."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:  # no lock file: never held
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder(self.lock_file)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def held_here(self) -> bool:
         """Whether this process holds the lock (:meth:`lock`): ``.lock`` names this pid and host, which
         it does only while held (the holder writes it once it has the lock and empties it on release)."""

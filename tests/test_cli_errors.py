@@ -269,4 +269,9 @@ def test_a_config_that_is_not_python_is_one_line_naming_file_and_line(tmp_path):
     raising.write_text("def get_config():\n    return 1 / 0\n")
     with pytest.raises(ValueError) as refused:
         cli.load_config(str(raising))
-    assert str(refused.value) == f"--config {raising}: ZeroDivisionError: division by zero"
+    assert str(refused.value) == f"--config {raising}: {raising}:2: ZeroDivisionError: division by zero"
+    keyed = tmp_path / "keyed_cfg.py"  # a KeyError's words are only the key: its type and line say what
+    keyed.write_text("def get_config():\n    fields = {}\n    return fields['x']\n")
+    with pytest.raises(ValueError) as refused:
+        cli.load_config(str(keyed))
+    assert str(refused.value) == f"--config {keyed}: {keyed}:3: KeyError: 'x'"

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from configs import smoke
-from smartvlm_jax import features, towers, train
+from smartvlm_jax import features, reasoner, towers, train
 from smartvlm_jax.workdir import Workdir
 from tests.support.hf import hf_model, save_hf
 
@@ -50,10 +50,39 @@ def test_tiny_towers_do_not_silently_replace_named_towers(tmp_path):
         train.check_tiny_towers(config, Workdir(tmp_path))
 
 
+def test_synthetic_puzzles_do_not_silently_replace_a_named_data_folder(tmp_path):
+    config = smoke.get_config()
+    config.data.root = os.fspath(tmp_path / "synthetic")  # the run's own, recorded earlier
+    train.check_tiny_towers(config, Workdir(tmp_path))
+    config.data.root = "/data/SMART101-Data"
+    with pytest.raises(
+        ValueError, match=r"--config.data.root='/data/SMART101-Data' would be ignored: --config"
+    ):
+        train.check_tiny_towers(config, Workdir(tmp_path))
+    config.synthetic.enabled = False  # the folder is read: nothing to refuse here
+    train.check_tiny_towers(config, Workdir(tmp_path))
+
+
 def test_evaluate_on_a_model_dir_says_what_it_is(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"head": "smarter", "puzzle_ids": [1]}))
     with pytest.raises(ValueError, match="is a model dir, not a training workdir"):
         train.evaluate_workdir(tmp_path)
+
+
+def test_evaluate_before_the_first_best_model_names_the_running_run(tmp_path):
+    wd = Workdir(tmp_path)
+    wd.config_file.write_text(smoke.get_config().to_json_best_effort())  # a run's, without best_model yet
+    with pytest.raises(
+        FileNotFoundError, match="best_model does not exist: the run stopped before its first"
+    ):
+        train.evaluate_workdir(tmp_path)
+    with wd.lock() as me:  # the run still training there
+        held = rf"best_model does not exist yet: {tmp_path} is in use by another run: pid {me['pid']} on host"
+        with pytest.raises(FileNotFoundError, match=held):
+            train.evaluate_workdir(tmp_path)
+    assert wd.holder() is None
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/best_model does not exist yet: the run in"):
+        reasoner.load(tmp_path)  # (predict --checkpoint, Predictor.load)
 
 
 def test_a_malformed_tower_config_names_its_file(tmp_path):
@@ -76,8 +105,6 @@ def test_convert_reference_names_a_file_that_is_no_checkpoint(tmp_path, capsys):
 
 
 def test_a_malformed_model_dir_config_names_its_file(tmp_path):
-    from smartvlm_jax import reasoner
-
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(ValueError, match=rf"{tmp_path}/config.json is not valid JSON"):
         reasoner.load(tmp_path)

@@ -163,6 +163,9 @@ def test_a_rerun_with_another_config_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=expected):
         sweep.check_same_sweep(config, path)
+    path.write_text(smarter.get_config().to_json_best_effort())  # a main run's workdir
+    with pytest.raises(ValueError, match=rf"{tmp_path} holds a training run, not a sweep"):
+        sweep.check_same_sweep(config, path)
 
 
 def test_bad_sweeps_are_refused_before_any_work(tmp_path):

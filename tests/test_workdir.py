@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import smoke as smoke_config
 from smartvlm_jax.workdir import Workdir, WorkdirLockedError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,6 +124,9 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     with Workdir(workdir).lock() as holder:
         winners_log = b"the first run's lines\n"
         Workdir(workdir).run_log().write_bytes(winners_log)
+        # the winner is a main run that wrote its config: a sweep is told of the lock, not of that config
+        winners_config = smoke_config.get_config().to_json_best_effort().encode()
+        (workdir / "config.json").write_bytes(winners_config)
         out = subprocess.run(
             [sys.executable, "-m", module, "--config", config, "--workdir", str(workdir)],
             cwd=REPO,
@@ -136,7 +140,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, module)
     errors = [text for text in out.stderr.splitlines() if text.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(line), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
-    assert not (workdir / "synthetic").exists() and not (workdir / "config.json").exists()
+    assert not (workdir / "synthetic").exists() and (workdir / "config.json").read_bytes() == winners_config
     assert Workdir(workdir).run_log().read_bytes() == winners_log  # the loser wrote nothing into it
 
 

@@ -89,10 +89,20 @@ def read_params(file: pathlib.Path, target):
 
 def _model_dir(path: pathlib.Path) -> pathlib.Path:
     # A training workdir has its own config.json (the run's): its best_model comes first.
-    for cand in (path / BEST_MODEL_DIR, path):
-        if (cand / CONFIG_FILE).is_file():
-            return cand
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or {path / BEST_MODEL_DIR}")
+    if (path / BEST_MODEL_DIR / CONFIG_FILE).is_file():
+        return path / BEST_MODEL_DIR
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {path} or {path / BEST_MODEL_DIR}")
+    try:
+        run_config = {"towers", "optim"} <= set(json.loads((path / CONFIG_FILE).read_text()))
+    except (ValueError, TypeError):  # not JSON (named by load) or not an object
+        run_config = False
+    if run_config:  # a training workdir before its first validation: no model to load yet
+        raise FileNotFoundError(
+            f"{path / BEST_MODEL_DIR} does not exist yet: the run in {path} writes it after its first "
+            "validation"
+        )
+    return path
 
 
 def load(path: str | pathlib.Path) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:

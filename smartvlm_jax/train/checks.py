@@ -116,7 +116,14 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
 
 def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> None:
     """ValueError when ``--config.towers.tiny`` would silently replace tower directories the config names
-    (the run's own tiny towers under ``<workdir>/towers``, recorded by an earlier run, are fine)."""
+    (the run's own tiny towers under ``<workdir>/towers``, recorded by an earlier run, are fine), or
+    ``--config.synthetic.enabled`` a data folder it names (the run's own ``<workdir>/synthetic`` is fine)."""
+    root = config.data.root
+    if config.synthetic.enabled and root and pathlib.Path(root).absolute() != workdir.synthetic.absolute():
+        raise ValueError(
+            f"--config.data.root={root!r} would be ignored: --config.synthetic.enabled=True writes synthetic "
+            "puzzles into the workdir; set --config.synthetic.enabled=False to read the folder"
+        )
     if not config.towers.tiny:
         return
     for name in variants.get(config.model.variant).towers:

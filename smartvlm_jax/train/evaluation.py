@@ -156,6 +156,15 @@ def evaluate_workdir(
             f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
             "training run's directory, or answer with predict --checkpoint"
         )
+    if not workdir.best_model.is_dir():  # (else the run's own config.json would be read as a model's)
+        holder = workdir.holder()
+        raise FileNotFoundError(
+            f"{workdir.best_model} does not exist yet: {workdir.root} is in use by {holder}, which writes it "
+            "after its first validation; evaluate once it has"
+            if holder
+            else f"{workdir.best_model} does not exist: the run stopped before its first validation; resume "
+            "it with its python -m smartvlm_jax.main command"
+        )
     saved = workdir.with_moved_paths(saved, paths or {})
     out = pathlib.Path(out) if out is not None else workdir.evaluations / split
     check_writable(out, "evaluate's output folder", hint=": choose another folder with --out")
