@@ -5,6 +5,7 @@ aborts at once.
 
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,29 @@ class Stopped(Exception):
     def __init__(self, reason: str, stage: str):
         super().__init__(f"{reason} during {stage}")
         self.reason, self.stage = reason, stage
+
+
+def _abort() -> None:
+    print("\nCtrl-C again: aborted, nothing saved", file=sys.stderr, flush=True)
+    os._exit(130)  # at once: no cleanup that could hang (the first Ctrl-C asked for a clean stop)
+
+
+def _watch_for_a_second_sigint() -> None:
+    """Abort on the next SIGINT even while the main thread is inside native code (an XLA compile, a
+    checkpoint wait, a thread join at exit), where Python handlers wait: the interpreter's C-level handler
+    writes each signal's number to the wakeup fd at once, and a daemon thread reads it."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set the wakeup fd (a handler always runs there)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def watch(keep_open=writer) -> None:  # (a socket closes its fd when collected)
+        while True:
+            if signal.SIGINT in reader.recv(64):  # bytes: the numbers of the signals that arrived
+                _abort()
+
+    threading.Thread(target=watch, name="second-ctrl-c", daemon=True).start()
 
 
 class StopSignal:
@@ -47,7 +71,10 @@ class StopSignal:
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # after a Ctrl-C the process is on its way out: a second one still aborts (not a
+            # KeyboardInterrupt traceback from an atexit hook that joins a compile thread)
+            if not (signum == signal.SIGINT and self.reason == "Ctrl-C" and self.event.is_set()):
+                signal.signal(signum, handler)
 
     def _on_sigterm(self, *_) -> None:
         self.reason = "SIGTERM"
@@ -55,9 +82,9 @@ class StopSignal:
 
     def _on_sigint(self, *_) -> None:
         if self.event.is_set():
-            print("\nCtrl-C again: aborted, nothing saved", file=sys.stderr, flush=True)
-            os._exit(130)  # at once: no cleanup that could hang (the first Ctrl-C asked for a clean stop)
+            _abort()
         self.reason = "Ctrl-C"
+        _watch_for_a_second_sigint()
         # printed, not logged: it must show whether or not the command routed its log lines to the console
         message = "Ctrl-C: stopping at the next safe point (Ctrl-C again aborts at once)"
         print(f"\n{message}", file=sys.stderr, flush=True)
