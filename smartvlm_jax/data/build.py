@@ -39,13 +39,15 @@ def build(
     *,
     skip_bad_rows: bool = False,
     overwrite: bool = False,
+    replace_how: str = "use another --data-dir, or replace it with --overwrite",
 ) -> tfds.core.DatasetBuilder:
     """Write the rows of `puzzle_ids` under `data_root` as the TFDS dataset `smart101` in `data_dir`.
 
     Returns the read-only builder of the written dataset (its `.data_dir` is `dataset_path(data_dir)`).
     A dataset of the same puzzles built before is reused if the folder's rows and images have the
     fingerprint it was built from (`smart101.rows_fingerprint`, which a moved folder keeps), else rebuilt
-    when it was built from the same folder and refused (FileExistsError) when from another. Bad images raise
+    when it was built from the same folder and refused (FileExistsError) when from another: one line naming
+    what differs and, in the caller's words (`replace_how`: its flags), the fix. Bad images raise
     smart101.BadImageError (file and CSV row named) unless `skip_bad_rows`.
     """
     ids = smart101.resolve_puzzle_ids(data_root, puzzle_ids)
@@ -60,9 +62,11 @@ def build(
         if overwrite:
             shutil.rmtree(path)
         elif not same_rows and not (same_ids and existing.get("source") == os.path.abspath(data_root)):
+            held = existing.get("puzzle_ids")
+            what = f"puzzles {held}, not {ids}," if not same_ids else f"other rows of puzzles {ids}:"
             raise FileExistsError(
-                f"{path} holds puzzles {existing.get('puzzle_ids')} of {existing.get('source')}, not "
-                f"{ids} of {os.path.abspath(data_root)}; use another data dir or replace it (--overwrite)"
+                f"{path} holds {what} built from {existing.get('source')}, not {os.path.abspath(data_root)}; "
+                f"{replace_how}"
             )
         elif not same_rows:
             log.info("rebuilding %s: the rows or images of %s changed since it was built", path, data_root)

@@ -206,7 +206,13 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Workdir, stop: Stop
     if stop is not None:
         stop.check("the data build")
     if jax.process_index() == 0:
-        build.build(root, data_cfg.data_dir, puzzle_ids, skip_bad_rows=data_cfg.skip_bad_rows)
+        build.build(
+            root,
+            data_cfg.data_dir,
+            puzzle_ids,
+            skip_bad_rows=data_cfg.skip_bad_rows,
+            replace_how="train in a new --workdir, or give another --config.data.data_dir",
+        )
     multihost_utils.sync_global_devices("tfds build")
     num_classes = smart101.num_classes(rows)
     splits = {s: smart101.split_rows(rows, s, data_cfg, num_classes) for s in SPLITS}

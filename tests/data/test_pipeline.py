@@ -1,6 +1,8 @@
 """Builder round trip, split selection, process shards, padding, resume and global arrays."""
 
 import io
+import re
+import shutil
 
 import grain
 import jax
@@ -52,9 +54,20 @@ def test_round_trip_equals_reader_rows(synthetic_root, built_dir):
         assert np.array_equal(np.asarray(decoded), np.asarray(smart101.load_image(row.image_path)))
 
 
-def test_build_refuses_a_different_dataset(synthetic_root, built_dir):
-    with pytest.raises(FileExistsError, match="overwrite"):
+def test_build_refuses_a_different_dataset(synthetic_root, built_dir, tmp_path):
+    other = r"holds puzzles \[.*\], not \[3, 7\], built from .*; use another --data-dir, or replace it"
+    with pytest.raises(FileExistsError, match=other):
         build.build(synthetic_root, built_dir, [3, 7])
+    copy = tmp_path / "copy"  # the same puzzles in another folder, one question changed
+    shutil.copytree(synthetic_root, copy)
+    csv = next(copy.glob("*/puzzle_*.csv"))
+    csv.write_text(csv.read_text().replace("?", "??", 1))
+    held = smart101.resolve_puzzle_ids(synthetic_root, "all")
+    rows = re.escape(
+        f"holds other rows of puzzles {held}: built from {synthetic_root}, not {copy}; new words"
+    )
+    with pytest.raises(FileExistsError, match=re.escape(rows)):
+        build.build(copy, built_dir, replace_how="new words")
     assert build.build(synthetic_root, built_dir).info.splits["full"].num_examples == 220  # reused
 
 
