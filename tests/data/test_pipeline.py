@@ -63,9 +63,7 @@ def test_build_refuses_a_different_dataset(synthetic_root, built_dir, tmp_path):
     csv = next(copy.glob("*/puzzle_*.csv"))
     csv.write_text(csv.read_text().replace("?", "??", 1))
     held = smart101.resolve_puzzle_ids(synthetic_root, "all")
-    rows = re.escape(
-        f"holds other rows of puzzles {held}: built from {synthetic_root}, not {copy}; new words"
-    )
+    rows = f"holds other rows of puzzles {held}: built from {synthetic_root}, not {copy}; new words"
     with pytest.raises(FileExistsError, match=re.escape(rows)):
         build.build(copy, built_dir, replace_how="new words")
     assert build.build(synthetic_root, built_dir).info.splits["full"].num_examples == 220  # reused
