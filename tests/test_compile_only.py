@@ -33,6 +33,12 @@ def test_targets_parse_and_refuse_with_the_flag():
         assert "--compile_only=" in str(e.value)
 
 
+def test_a_topology_libtpu_cannot_build_names_the_flag():
+    pytest.importorskip("libtpu")
+    with pytest.raises(ValueError, match=r"^--compile_only=tpu:v5e:3x3: libtpu refuses topology v5e:3x3: \S"):
+        targets.parse("tpu:v5e:3x3").devices()
+
+
 def test_attention_follows_the_target_platform():
     import jax.numpy as jnp
 
@@ -97,6 +103,8 @@ def test_smoke_config_compiles_for_tpu(tmp_path, target):
     written = json.loads((tmp_path / "compile_report.json").read_text())
     assert written["target"] == target
     assert "| towers |" in (tmp_path / "compile_report.md").read_text()
+    header = "attention xla (XLA's dot_product_attention)"  # the config's word, then what it compiled to
+    assert header in (tmp_path / "compile_report.md").read_text()
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def to_json(plan: Plan, reports: list[ProgramReport], estimate: dict, refused: s
         },
         "devices": n,
         "mesh": dict(plan.mesh.shape),
-        "attention": plan.attention,
+        "towers_attention": "flash" if plan.attention == "flash" else "xla",  # --config.towers.attention
+        "attention": plan.attention,  # the formulation it compiled to (xla.ATTENTION_IMPLS)
         "attention_note": plan.attention_note,
         "towers": plan.towers,
         "classes_from": plan.classes_from,
@@ -44,6 +45,15 @@ def to_json(plan: Plan, reports: list[ProgramReport], estimate: dict, refused: s
     }
 
 
+# What each attention formulation (xla.ATTENTION_IMPLS) is, in the console's header
+IMPL_WORDS = {
+    "fused": "XLA's dot_product_attention",
+    "cudnn": "cuDNN's fused attention",
+    "flash": "the Pallas flash-attention kernel",
+    "cpu": "the CPU formulation",
+}
+
+
 def _gib(b: float) -> str:
     return f"{b / GIB:.3f}"
 
@@ -53,7 +63,8 @@ def table(report: dict[str, Any]) -> str:
     hbm = report["chip"]["hbm_bytes"]
     lines = [
         f"compile-only: {report['target']} ({report['chip']['description']}), {report['devices']} devices, "
-        f"mesh {report['mesh']}, attention {report['attention']!r}; towers {report['towers']}; "
+        f"mesh {report['mesh']}, attention {report.get('towers_attention', 'xla')} "
+        f"({IMPL_WORDS.get(report['attention'], report['attention'])}); towers {report['towers']}; "
         f"C_p from {report['classes_from']}",
         "",
         "| program | batch/chip | args GiB | out GiB | temp GiB | peak GiB | HBM GiB | fits | GFLOP | "

@@ -97,9 +97,15 @@ class Target:
             # would refuse a second one); read when libtpu loads, on the first topology asked for.
             os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
             name = f"{self.chip.name}:{self.shape}"
-            topology = topologies.get_topology_desc(
-                platform="tpu", topology_name=name, chip_config_name=self.chip.chip_config
-            )
+            try:
+                topology = topologies.get_topology_desc(
+                    platform="tpu", topology_name=name, chip_config_name=self.chip.chip_config
+                )
+            except Exception as e:  # libtpu's own words on a shape it cannot build (XlaRuntimeError)
+                words = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(
+                    f"--compile_only={self.text}: libtpu refuses topology {name}: {words}"
+                ) from e
         else:
             from smartvlm_jax.aot import gpu
 
