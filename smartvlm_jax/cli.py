@@ -68,6 +68,29 @@ def keep_jax_off_absent_accelerators() -> None:
         sys.modules["jax"].config.update("jax_platforms", platforms)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors name a mistyped option first, with the known option nearest
+    to it: argparse itself reports a missing required option before an unrecognized one (``--workdr``
+    alone reads "the following arguments are required: --workdir"). ``--config.FIELD=...`` tokens, which
+    evaluate and predict pass on (``parse_known_args``), are not options of the parser and not named."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str):
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for token in getattr(self, "_argv", []):
+            name = token.split("=", 1)[0]
+            if not name.startswith("--") or name == "--" or name.startswith("--config."):
+                continue
+            if not any(o.startswith(name) for o in known):  # (argparse takes unique prefixes)
+                near = difflib.get_close_matches(name, known, n=1)
+                message = f"unrecognized argument {name}" + (f"; did you mean {near[0]}?" if near else "")
+                break
+        super().error(message)
+
+
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts: an int >= 1, or argparse's usage error naming the flag."""
     try:

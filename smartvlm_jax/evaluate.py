@@ -9,7 +9,6 @@ Metric definitions live in :mod:`smartvlm_jax.metrics`, the table/plots/``result
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -23,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plots to WORKDIR/evaluations/SPLIT/ (or --out), leaving the training's own files as they are. A path the
     run recorded outside the workdir that has moved since is given as --config.FIELD=PATH (e.g.
     --config.towers.dinov2=/models/dinov2-base)."""
-    parser = argparse.ArgumentParser(prog=cli.prog("smartvlm_jax.evaluate"), description=main.__doc__)
+    parser = cli.ArgumentParser(prog=cli.prog("smartvlm_jax.evaluate"), description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="training workdir (holds config.json, best_model)")
     parser.add_argument("--split", default="test", choices=("val", "test"), help="split to evaluate")
     parser.add_argument("--out", help="folder for results.json and plots (default WORKDIR/evaluations/SPLIT)")

@@ -57,7 +57,7 @@ CSV_FIELDS = (
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=cli.prog("smartvlm_jax.predict"), description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog=cli.prog("smartvlm_jax.predict"), description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir or reasoner model dir")
     p.add_argument(
         "--towers", nargs="+", default=None, help="tower dirs (HF or converted); default: the run's"

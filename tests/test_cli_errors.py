@@ -275,3 +275,33 @@ def test_a_config_that_is_not_python_is_one_line_naming_file_and_line(tmp_path):
     with pytest.raises(ValueError) as refused:
         cli.load_config(str(keyed))
     assert str(refused.value) == f"--config {keyed}: {keyed}:3: KeyError: 'x'"
+
+
+@pytest.mark.parametrize(
+    "module, argv, says",
+    [
+        (
+            "smartvlm_jax.report.__main__",
+            ["--workdr", "w"],
+            "unrecognized argument --workdr; did you mean --workdir?",
+        ),
+        (
+            "smartvlm_jax.evaluate",
+            ["--workdir", "w", "--spilt", "val"],
+            "argument --spilt; did you mean --split?",
+        ),
+        (
+            "smartvlm_jax.predict",
+            ["--chekpoint", "m"],
+            "unrecognized argument --chekpoint; did you mean --checkpoint?",
+        ),
+    ],
+)
+def test_a_mistyped_option_is_named_before_a_missing_required_one(module, argv, says, capsys):
+    """argparse alone says "the following arguments are required: --workdir" for ``--workdr``."""
+    import importlib
+
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.strip().splitlines()[-1].endswith(says), err

@@ -8,7 +8,6 @@ format too (:func:`smartvlm_jax.towers.store.write_converted`); this module only
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from smartvlm_jax import cli
@@ -37,7 +36,7 @@ def convert(src: str, out: str, parts: Sequence[str] | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``convert hf`` entry point; returns the exit status (1 with a message on bad input)."""
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=cli.prog("smartvlm_jax.convert") + " hf", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--src", required=True, help="HF directory (config.json + weights)")

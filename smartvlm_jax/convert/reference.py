@@ -19,7 +19,6 @@ rename table of ``convert/baseline_table.py``.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import pickle
 import re
@@ -379,9 +378,7 @@ def _parse_puzzles(text: str) -> list[int]:
 def main(argv: list[str]) -> int:
     """CLI: `reference --ckpt X.pth --puzzles all|ID,ID --out DIR [--variant fused|dinov2|siglip|resnet]`
     (``--features``: the older name of ``--variant``)."""
-    parser = argparse.ArgumentParser(
-        prog=cli.prog("smartvlm_jax.convert") + " reference", description=__doc__
-    )
+    parser = cli.ArgumentParser(prog=cli.prog("smartvlm_jax.convert") + " reference", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="reference checkpoint {'net': state_dict, ...}")
     parser.add_argument("--puzzles", required=True, help="'all' or the run's puzzle ids, comma separated")
     parser.add_argument("--out", required=True, help="model dir to write (must not exist or be empty)")

@@ -121,7 +121,7 @@ def recorded_digest(path: str | os.PathLike) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=cli.prog("smartvlm_jax.data.build"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

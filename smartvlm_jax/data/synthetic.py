@@ -641,7 +641,7 @@ def write_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=cli.prog("smartvlm_jax.data.synthetic"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

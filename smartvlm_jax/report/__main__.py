@@ -3,7 +3,6 @@ run or of a sweep (told apart by the sweep's ``sweep.json``; a sweep's members g
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
@@ -14,7 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write the report page of a run or sweep workdir and print its path."""
     from smartvlm_jax.report import pages
 
-    parser = argparse.ArgumentParser(prog="python -m smartvlm_jax.report", description=main.__doc__)
+    parser = cli.ArgumentParser(prog="python -m smartvlm_jax.report", description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="a training run's or a sweep's workdir")
     parser.add_argument(
         "--max-cards",
