@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,6 +49,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["pct"] = reports.pct
+    env.filters["shell_quote"] = shlex.quote  # a command the reader copies into a shell
     return env
 
 
@@ -83,7 +85,11 @@ def config_difference(run_config: Mapping[str, Any]) -> tuple[str, list[tuple[st
     run, ref = _flatten(run_config), _flatten(json.loads(json.dumps(base, default=str)))
     missing = object()
     rows = [
-        (key, json.dumps(run.get(key, "(absent)")), json.dumps(ref[key]) if key in ref else "(absent)")
+        (
+            key,
+            json.dumps(run.get(key, "(absent)"), ensure_ascii=False),  # a path's "ü" as itself, not \u00fc
+            json.dumps(ref[key], ensure_ascii=False) if key in ref else "(absent)",
+        )
         for key in sorted(set(run) | set(ref))
         if run.get(key, missing) != ref.get(key, missing)
     ]

@@ -3,8 +3,10 @@ arrays; on a smoke run, the predictions file against results.json, its reuse, a 
 features, the command line."""
 
 import json
+import shlex
 import shutil
 
+import markupsafe
 import numpy as np
 import pytest
 
@@ -71,12 +73,17 @@ def test_predictions_reproduce_results_json_and_are_reused(smoke_run):
 
 @pytest.mark.slow
 def test_a_run_without_stored_features_gets_a_page_without_gallery(smoke_run, tmp_path):
-    bare = tmp_path / "bare"
+    bare = tmp_path / "bare run ü"  # also: the footer's command copies into a shell, "ü" shows as itself
     bare.mkdir()
-    for name in ("config.json", "results.json", "log.jsonl", "curves.png"):
+    for name in ("results.json", "log.jsonl", "curves.png"):
         shutil.copy(smoke_run / name, bare / name)
+    config = json.loads((smoke_run / "config.json").read_text())
+    config["data"]["data_dir"] = "/data/Müller/tfds"
+    (bare / "config.json").write_text(json.dumps(config))
     shutil.copytree(smoke_run / "best_model", bare / "best_model")
     html = pages.write_run_page(bare).read_text()
+    assert f"--workdir {markupsafe.escape(shlex.quote(str(bare)))}</code>" in html
+    assert "Müller" in html and "\\u00fc" not in html
     assert "no gallery" in html and 'id="no-gallery"' in html and 'id="cards-data"' not in html
     assert not (bare / "test_predictions.npz").exists()
     s_acc = reports.pct(json.loads((bare / "results.json").read_text())["test"]["S_acc"])
