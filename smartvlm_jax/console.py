@@ -255,6 +255,20 @@ def configure(
     return Console(None if workdir is None else Workdir(workdir), verbosity, bars, console, pending)
 
 
+def configure_command(verbosity: int = -1) -> None:
+    """:func:`configure` for a command that owns no run log (evaluate, predict: warnings as the other
+    commands print them, "warning: ..."), unless the process routes its logging itself (a caller's own
+    handlers, pytest's). Logging's default handler, which absl installs through ``logging.basicConfig``
+    when a library logs during import ("WARNING:name:message"), counts as none."""
+    defaults = [
+        h
+        for h in logging.getLogger().handlers
+        if type(h) is logging.StreamHandler and getattr(h.formatter, "_fmt", None) == logging.BASIC_FORMAT
+    ]
+    if len(defaults) == len(logging.getLogger().handlers):
+        configure(None, verbosity).set_process(0)
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerRouting:
     """This process's routing, for a data-loader worker process to install (grain's ``worker_init_fn``):

@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from smartvlm_jax import cli, workdir
+from smartvlm_jax import cli, console, workdir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths[field] = value
 
     cli.keep_jax_off_absent_accelerators()
+    console.configure_command()
 
     def evaluate() -> None:
         workdir.check_path(os.path.abspath(args.workdir), "--workdir")

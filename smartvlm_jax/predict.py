@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from smartvlm_jax import cli, fileio, metrics, reports, sources, variants
+from smartvlm_jax import cli, console, fileio, metrics, reports, sources, variants
 from smartvlm_jax.data import smart101
 from smartvlm_jax.inference import Predictions, Predictor
 from smartvlm_jax.workdir import Workdir
@@ -357,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 with a message on bad input)."""
     args = parse_args(argv)
     cli.keep_jax_off_absent_accelerators()
+    console.configure_command()
 
     def run() -> None:
         check_out(args.out)

@@ -219,3 +219,21 @@ def test_worker_processes_inherit_the_log_routing(tmp_path, capfd):
     printed = capfd.readouterr().err.splitlines()  # the worker's console: the console's rule
     assert "decoded in a worker" in printed and "warning: [grain] a library's warning in a worker" in printed
     assert not any("detail" in line for line in printed)
+
+
+def test_evaluate_and_predict_print_warnings_as_the_other_commands(restore_logging, capsys):
+    """absl's ``logging.basicConfig`` (a library logging while imported) would print "WARNING:name:...";
+    the commands replace it, but leave a caller's own handlers alone."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    mine = logging.StreamHandler(io.StringIO())
+    root.addHandler(mine)
+    console.configure_command()
+    assert root.handlers == [mine]  # the caller's routing stands
+    root.removeHandler(mine)
+    logging.basicConfig()
+    console.configure_command()
+    logging.getLogger("smartvlm_jax.sources").warning("data.root /d: its rows changed")
+    logging.getLogger("smartvlm_jax.sources").info("an INFO line of the project")
+    assert capsys.readouterr().err == "warning: data.root /d: its rows changed\n"
