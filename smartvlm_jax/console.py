@@ -380,6 +380,7 @@ class Progress:
         self.every_s, self._clock = every_s, clock
         self._start = self._timed_start = self._last_line = self._last_update = clock()
         self._timed_from = self.n  # units done when timing (re)started
+        self._timed_updates = 0  # updates since then
         self._warmup_s = 0.0
         self._postfix = ""
         self._bar = None
@@ -403,10 +404,12 @@ class Progress:
         self.close()
 
     def rate(self) -> float | None:
-        """Units per second from the (re)start of timing to the last update; None before a timed unit."""
+        """Units per second from the (re)start of timing to the last update; None before two timed
+        updates. (Work is pipelined: the unit after the warm-up one was mostly done while that one was
+        waited for, so a single interval reads fast, e.g. a resumed extraction's last partial batch.)"""
         done = self.n - self._timed_from
         elapsed = self._last_update - self._timed_start
-        return done / elapsed if done > 0 and elapsed > 0 else None
+        return done / elapsed if self._timed_updates >= 2 and done > 0 and elapsed > 0 else None
 
     def status(self, text: str) -> None:
         """A note beside the bar (and in the plain lines) until the next update: "compiling"."""
@@ -423,9 +426,10 @@ class Progress:
         if postfix is not None:
             self._postfix = postfix
         now = self._last_update = self._clock()
+        self._timed_updates += 1
         if warmup:
             self._warmup_s += now - self._timed_start
-            self._timed_start, self._timed_from = now, self.n
+            self._timed_start, self._timed_from, self._timed_updates = now, self.n, 0
         if self._bar is not None:
             if warmup:  # tqdm's clock and average restart here, the units done kept as its start
                 self._bar.reset()

@@ -159,6 +159,25 @@ def test_plain_lines_when_not_a_terminal(tmp_path, restore_logging):
     assert lines[-1] in Workdir(tmp_path).run_log().read_text()
 
 
+def test_one_pipelined_unit_after_the_warmup_gives_no_rate(restore_logging):
+    """A resumed extraction's last partial batch was mostly computed while the warm-up batch was waited
+    for: its interval alone read "7893 samples/s". Two timed updates make a rate; one does not."""
+    clock = Clock()
+    progress = console.Progress(
+        "features train", 792, "samples", warmup_name="on the first batch", clock=clock
+    )
+    progress.update(640, warmup=True)  # what the markers on disk hold
+    clock.t += 1.0
+    progress.update(128, warmup=True)  # the first batch: compiles
+    clock.t += 0.003
+    progress.update(24)
+    assert progress.rate() is None
+    assert progress.closing_line() == "features train: 792 samples in 1.0 s"
+    clock.t += 0.5
+    progress.update(24)
+    assert progress.rate() == pytest.approx(48 / 0.503)
+
+
 def test_a_bar_in_a_terminal(restore_logging):
     out = io.StringIO()
     clock = Clock()
