@@ -71,7 +71,11 @@ def test_build_names_the_flag_not_the_argument(tmp_path):
     )
     data_dir = str(tmp_path / "tfds")
     out = _run("smartvlm_jax.data.build", "--data-root", str(tmp_path / "b"), "--data-dir", data_dir)
-    assert out.returncode == 1 and "(--overwrite)" in out.stderr and "overwrite=True" not in out.stderr
+    assert (
+        out.returncode == 1
+        and "replace it with --overwrite" in out.stderr
+        and "overwrite=True" not in out.stderr
+    )
 
 
 def test_convert_help_lists_its_commands():
