@@ -85,8 +85,8 @@ class ArgumentParser(argparse.ArgumentParser):
             if not name.startswith("--") or name == "--" or name.startswith("--config."):
                 continue
             if not any(o.startswith(name) for o in known):  # (argparse takes unique prefixes)
-                near = difflib.get_close_matches(name, known, n=1)
-                message = f"unrecognized argument {name}" + (f"; did you mean {near[0]}?" if near else "")
+                near = difflib.get_close_matches(name[2:], [o[2:] for o in known], n=1)  # "--" alike in all
+                message = f"unrecognized arguments: {name}" + (f"; did you mean --{near[0]}?" if near else "")
                 break
         super().error(message)
 

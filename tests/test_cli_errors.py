@@ -259,7 +259,8 @@ def test_predict_takes_evaluates_moved_path_flags_and_refuses_other_arguments(ca
     assert args.paths == {"data.root": "/new/data"} and not args.allow_other_towers
     with pytest.raises(SystemExit) as refused:
         predict.parse_args(["--checkpoint", "DIR", "--bogus"])
-    assert refused.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.endswith("unrecognized arguments: --bogus\n")  # nothing near it
 
 
 def test_a_config_that_is_not_python_is_one_line_naming_file_and_line(tmp_path):
@@ -287,17 +288,17 @@ def test_a_config_that_is_not_python_is_one_line_naming_file_and_line(tmp_path):
         (
             "smartvlm_jax.report.__main__",
             ["--workdr", "w"],
-            "unrecognized argument --workdr; did you mean --workdir?",
+            "unrecognized arguments: --workdr; did you mean --workdir?",
         ),
         (
             "smartvlm_jax.evaluate",
             ["--workdir", "w", "--spilt", "val"],
-            "argument --spilt; did you mean --split?",
+            "arguments: --spilt; did you mean --split?",
         ),
         (
             "smartvlm_jax.predict",
             ["--chekpoint", "m"],
-            "unrecognized argument --chekpoint; did you mean --checkpoint?",
+            "unrecognized arguments: --chekpoint; did you mean --checkpoint?",
         ),
     ],
 )
