@@ -40,7 +40,7 @@ def spiece(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def paper_sweep(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, subprocess.CompletedProcess]:
     """The smoke sweep made small (``configs/paper.py:smoke`` with ``tests.support.runs.SMALL_SWEEP``: all 5
-    rows x 2 seeds, 11 puzzles x 30 instances, 3 epochs), run once in a subprocess for the session: its
+    rows x 2 seeds, 11 puzzles x 30 instances, 2 epochs), run once in a subprocess for the session: its
     workdir, its feature store and the finished command (stdout holds the table). test_sweep.py checks the
     sweep on it and tests/report the sweep page it writes."""
     from tests.support.runs import REPO, SMALL_SWEEP
