@@ -38,9 +38,26 @@ def spiece(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> pathlib.Path:
+    """A finished smoke run (``python -m smartvlm_jax.main --config configs/smoke.py``, 11 synthetic puzzles x
+    40 instances: 264 train, 88 val, 88 test; 4 epochs; its own feature store), made once for the session:
+    the predictor's tests (test_predict.py) and the run page's (tests/report) read it."""
+    from tests.support.runs import REPO
+
+    root = tmp_path_factory.mktemp("smoke_run")
+    workdir = root / "run"
+    command = [sys.executable, "-m", "smartvlm_jax.main", "--config", "configs/smoke.py"]
+    command += ["--workdir", str(workdir), f"--config.feature_store={root / 'store'}"]
+    command += ["--config.synthetic.per_puzzle=40", "--config.data.data_tot=40", "--config.num_epochs=4"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def paper_sweep(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, subprocess.CompletedProcess]:
     """The smoke sweep made small (``configs/paper.py:smoke`` with ``tests.support.runs.SMALL_SWEEP``: all 5
-    rows x 2 seeds, 11 puzzles x 30 instances, 3 epochs), run once in a subprocess for the session: its
+    rows x 2 seeds, 11 puzzles x 30 instances, 2 epochs), run once in a subprocess for the session: its
     workdir, its feature store and the finished command (stdout holds the table). test_sweep.py checks the
     sweep on it and tests/report the sweep page it writes."""
     from tests.support.runs import REPO, SMALL_SWEEP

@@ -1,8 +1,8 @@
 """Inference from checkpoints: the predictor answers exactly as the evaluation path, on real-looking inputs.
 
-One short smoke training (synthetic puzzles, tiny random towers) gives a self-describing workdir; the
-predictor's answers are compared with train.predict_step on the run's cached features, and batch mode's
-S_acc with the run's results.json.
+The session's short smoke training (``smoke_run``: synthetic puzzles, tiny random towers) gives a
+self-describing workdir; the predictor's answers are compared with train.predict_step on the run's cached
+features, and batch mode's S_acc with the run's results.json.
 """
 
 import csv
@@ -16,24 +16,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import smoke
 from smartvlm_jax import features, inference, metrics, predict, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import smart101
 from smartvlm_jax.workdir import Workdir
 
-pytestmark = pytest.mark.slow  # every test here needs the module's trained run (a fixture)
+pytestmark = pytest.mark.slow  # every test here needs the session's trained run (a fixture)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    config = smoke.get_config()
-    config.synthetic.per_puzzle = 20
-    config.data.data_tot = 20
-    config.num_epochs = 2
-    wd = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(config, wd)
-    return wd
+def workdir(smoke_run):
+    """The session's smoke run (tests/conftest.py), which the report tests read too: only read here."""
+    return smoke_run
 
 
 @pytest.fixture(scope="module")

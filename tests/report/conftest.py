@@ -1,42 +1,21 @@
-"""Small workdirs for the report tests, made once per session: a smoke run (configs/smoke.py, 4 epochs)
-with its page; the sweep whose pages they read is the session's (``paper_sweep``, tests/conftest.py)."""
+"""The report tests' workdirs, made once per session: the session's smoke run (``smoke_run``,
+tests/conftest.py) with its page, and the sweep whose pages they read (``paper_sweep``); a browser."""
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from smartvlm_jax import report
 from tests.report import browser
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", *args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> pathlib.Path:
-    """A finished smoke run (11 puzzles, 264 test instances) and its report.html."""
-    root = tmp_path_factory.mktemp("report_run")
-    workdir = root / "run"
-    _run(
-        "smartvlm_jax.main",
-        "--config",
-        "configs/smoke.py",
-        "--workdir",
-        str(workdir),
-        f"--config.feature_store={root / 'store'}",
-        "--config.num_epochs=4",
-    )
-    report.write_run_page(workdir)
-    return workdir
+def smoke_run(smoke_run) -> pathlib.Path:
+    """The session's smoke run (tests/conftest.py: 88 test instances, more than a gallery page) with its
+    report.html."""
+    report.write_run_page(smoke_run)
+    return smoke_run
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def test_predictions_reproduce_results_json_and_are_reused(smoke_run):
     pred = predictions_lib.load(smoke_run / "test_predictions.npz")
     test = reports.load_results(smoke_run)["test"]
     n = len(pred["puzzle_ids"])
-    assert n == test["n"] == 264
+    assert n == test["n"] == 88
     assert pred["top_probs"].shape == (n, K, predictions_lib.TOP_K)
     assert np.all(np.diff(pred["top_probs"], axis=-1) <= 0)  # most probable first
     ordinary = ~np.isin(pred["puzzle_ids"], list(puzzles.SEQUENCE_PUZZLES))
