@@ -25,7 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory holding everything of
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show Python's traceback for input errors (see cli.py).")
 _COMPILE_ONLY = flags.DEFINE_string(
     "compile_only",
-    "",
+    None,  # (an empty --compile_only= is refused by the target parser, not taken as "train")
     "Compile every program of the run for TARGET (tpu:v5e:2x4, tpu:v4:2x2x2, gpu:h100:1x8, cpu) on this "
     "machine and report what fits and what it costs; nothing is extracted or trained (docs/tpu.md).",
 )
@@ -48,7 +48,7 @@ def run_job(job: str, argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    if not _COMPILE_ONLY.value:  # (compile-only targets use libtpu's topologies, not a TPU client)
+    if _COMPILE_ONLY.value is None:  # (compile-only targets use libtpu's topologies, not a TPU client)
         cli.keep_jax_off_absent_accelerators()
     from smartvlm_jax import workdir
 
@@ -71,7 +71,7 @@ def run_job(job: str, argv: list[str]) -> None:
     created = not os.path.exists(_WORKDIR.value)  # by this command (the console's run.log comes first)
     lines = console.configure(_WORKDIR.value, flags.FLAGS.verbosity)
     log.debug("command: %s", " ".join(sys.argv))
-    if _COMPILE_ONLY.value:  # one local process compiling for devices it does not have
+    if _COMPILE_ONLY.value is not None:  # one local process compiling for devices it does not have
         run_compile_only(job, config)
         return
     from smartvlm_jax import parallel  # JAX is touched only after the flags are known

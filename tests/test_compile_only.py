@@ -27,6 +27,8 @@ def test_targets_parse_and_refuse_with_the_flag():
         ("tpu:v4-33", "not a power-of-two slice"),
         ("v5e:2x4", "expected tpu:<chip>:<topology>"),
         ("gpu:h100:8", "bad shape"),
+        ("tpu:v5e:2x4x4", "v5e slices are 2-D tori (2x4 or 16x16), not '2x4x4'"),  # libtpu: CHECK, abort
+        ("tpu:v4:2x4", "v4 slices are 3-D tori (2x2x2 or 2x4x4), not '2x4'"),
     ]:
         with pytest.raises(ValueError, match=re.escape(says)) as e:
             targets.parse(bad)

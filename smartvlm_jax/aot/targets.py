@@ -140,6 +140,12 @@ def parse(text: str) -> Target:
     if not _SHAPE.match(shape) or (platform == "gpu" and shape.count("x") != 1):
         want = "<hosts>x<gpus per host>, e.g. 1x8" if platform == "gpu" else "e.g. 2x4 or 2x2x2"
         raise ValueError(f"--compile_only={text!r}: bad shape {shape!r} ({want})")
+    torus = next((d for c, _, d in _ACCELERATORS.values() if c == chip), None)
+    if platform == "tpu" and shape.count("x") + 1 != torus:  # libtpu aborts the process (CHECK) on these
+        example = "2x4 or 16x16" if torus == 2 else "2x2x2 or 2x4x4"
+        raise ValueError(
+            f"--compile_only={text!r}: {chip} slices are {torus}-D tori ({example}), not {shape!r}"
+        )
     return Target(text, CHIPS[chip], shape)
 
 
