@@ -63,6 +63,22 @@ def test_synthetic_puzzles_do_not_silently_replace_a_named_data_folder(tmp_path)
     train.check_tiny_towers(config, Workdir(tmp_path))
 
 
+def test_a_run_refuses_a_sweeps_workdir(tmp_path):
+    """A main run on a stopped sweep's workdir would replace its config.json: the sweep could not resume."""
+    from configs import paper
+
+    wd = Workdir(tmp_path)
+    wd.config_file.write_text(smoke.get_config().to_json_best_effort())
+    train.check_not_a_sweep(wd)  # a run's own workdir
+    wd.config_file.write_text(paper.get_config("smoke").to_json_best_effort())
+    with pytest.raises(ValueError, match=rf"^{tmp_path} holds a sweep, not a training run: resume it with"):
+        train.check_not_a_sweep(wd)
+    wd.config_file.unlink()
+    (tmp_path / "sweep.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds a sweep, not a training run"):
+        train.check_not_a_sweep(wd)
+
+
 def test_evaluate_on_a_model_dir_says_what_it_is(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"head": "smarter", "puzzle_ids": [1]}))
     with pytest.raises(ValueError, match="is a model dir, not a training workdir"):

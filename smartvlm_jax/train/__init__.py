@@ -23,6 +23,7 @@ One job per module, in the order a run meets them:
 from smartvlm_jax.train.checkpointer import Checkpointer
 from smartvlm_jax.train.checks import (
     check_config,
+    check_not_a_sweep,
     check_same_head,
     check_tiny_towers,
     upgrade_config,
@@ -61,6 +62,7 @@ __all__ = [
     "cached_batches",
     "check_config",
     "check_members",
+    "check_not_a_sweep",
     "check_same_head",
     "check_tiny_towers",
     "data_seed",

@@ -135,6 +135,20 @@ def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> No
             )
 
 
+def check_not_a_sweep(workdir: Workdir) -> None:
+    """ValueError when ``workdir`` holds a sweep (its ``sweep.json``, or its config's sweep fields): a run
+    trained there would replace the sweep's config.json, and the sweep could no longer resume."""
+    try:
+        held = json.loads(workdir.config_file.read_text()) if workdir.config_file.is_file() else {}
+    except ValueError:
+        held = {}
+    if (workdir.root / "sweep.json").is_file() or (isinstance(held, dict) and "row_overrides" in held):
+        raise ValueError(
+            f"{workdir.root} holds a sweep, not a training run: resume it with python -m smartvlm_jax.sweep, "
+            "or train in a new --workdir"
+        )
+
+
 def check_same_head(workdir: Workdir, model: Mapping[str, Any]) -> None:
     """ValueError naming the ``--config.model.*`` fields that differ from the head a workdir's checkpoints
     hold: its parameters could not be restored into another head, and the workdir must keep describing

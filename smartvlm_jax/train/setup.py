@@ -88,6 +88,7 @@ def checked(config: ml_collections.ConfigDict, workdir: Workdir) -> tuple[ml_col
     config = checks.upgrade_config(config)
     checks.check_config(config)
     checks.check_tiny_towers(config, workdir)
+    checks.check_not_a_sweep(workdir)
     mesh = parallel.make_mesh(config.mesh.fsdp, parallel.mesh_devices(config.mesh.num_devices))
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval_batch_size, mesh, "--config.eval_batch_size")
