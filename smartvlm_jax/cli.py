@@ -277,6 +277,35 @@ def check_field(config: Any, field: str, label: str) -> None:
         node, done = node[key], [*done, key]
 
 
+BASE_CONFIG = "configs.smarter"  # every run config's fields: the paper's model and recipe
+
+
+def check_known_fields(config: Any, spec: str, skip: Sequence[str] = ()) -> None:
+    """ValueError naming a field the ``--config`` file set that no run config has (``c.num_epocs = 2`` in
+    a config file makes a new field, which nothing reads), with the likeliest meant; fields under ``skip``
+    (a sweep's own) are free. Nothing is checked when the base config (:data:`BASE_CONFIG`, in the
+    checkout) is not importable."""
+    try:
+        base = importlib.import_module(BASE_CONFIG).get_config()
+    except ImportError:
+        return
+
+    def walk(node: Any, known: Any, path: tuple[str, ...]) -> None:
+        if not (hasattr(node, "keys") and hasattr(known, "keys")):
+            return  # a leaf, or a field whose value is free-form
+        for key in node.keys():
+            if not path and key in skip:
+                continue
+            if key not in known:
+                field = ".".join([*path, key])
+                close = difflib.get_close_matches(key, list(known.keys()), n=1)
+                hint = f"; did you mean {'.'.join([*path, close[0]])}?" if close else ""
+                raise ValueError(f"--config {spec} sets {field}, which no run config has{hint}")
+            walk(node[key], known[key], (*path, key))
+
+    walk(config, base, ())
+
+
 def check_config_flags(
     argv: Sequence[str],
     other: tuple[Sequence[str], str] | None = None,
@@ -302,6 +331,7 @@ def check_config_flags(
             f"--config {spec} is a config of {command} (it has {', '.join(present)}): "
             f"run {command} --config {spec}"
         )
+    check_known_fields(config, spec, skip=(*fields, *needed))
     for field in config_overrides(argv):
         if field.split(".", 1)[0].split("[", 1)[0] in fields:
             raise ValueError(

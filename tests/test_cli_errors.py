@@ -310,3 +310,25 @@ def test_a_mistyped_option_is_named_before_a_missing_required_one(module, argv, 
         importlib.import_module(module).main(argv)
     err = capsys.readouterr().err
     assert refused.value.code == 2 and err.strip().splitlines()[-1].endswith(says), err
+
+
+def test_a_misspelled_field_inside_a_config_file_is_one_line(tmp_path):
+    """``c.num_epocs = 2`` in a config file makes a new field that nothing reads: the run would train the
+    default 12 epochs without a word."""
+    config = tmp_path / "typo_cfg.py"
+    body = "def get_config():\n    c = smoke.get_config()\n    c.num_epocs = 2\n    return c\n"
+    config.write_text(f"from configs import smoke\n\n\n{body}")
+    with pytest.raises(ValueError) as refused:
+        cli.check_config_flags(["--config", str(config)])
+    assert (
+        str(refused.value)
+        == f"--config {config} sets num_epocs, which no run config has; did you mean num_epochs?"
+    )
+    config.write_text(config.read_text().replace("c.num_epocs = 2", "c.model.use_qff = False"))
+    with pytest.raises(
+        ValueError, match=r"sets model.use_qff, which no run config has; did you mean model.use_qf\?"
+    ):
+        cli.check_config_flags(["--config", str(config)])
+    from smartvlm_jax import sweep
+
+    cli.check_config_flags(["--config", "configs/paper.py:smoke"], needs=(sweep.SWEEP_FIELDS, ""))  # its own
