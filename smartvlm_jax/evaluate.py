@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result["table"])
         print()
         print("written: " + ", ".join(shlex.quote(str(p)) for p in result["written"]))
-        if args.out is None and os.access(args.workdir, os.W_OK):  # --out: the workdir is left alone
+        finished = workdir.Workdir(args.workdir).results.is_file()  # the page shows the training's record
+        if args.out is None and finished and os.access(args.workdir, os.W_OK):  # --out: left alone
             try:
                 print(f"report:  {shlex.quote(str(report.write_run_page(args.workdir)))}")
             except KeyboardInterrupt:  # the page is derived from the run: a stop here loses nothing

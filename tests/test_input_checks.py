@@ -85,7 +85,7 @@ def test_evaluate_on_a_model_dir_says_what_it_is(tmp_path):
         train.evaluate_workdir(tmp_path)
 
 
-def test_evaluate_before_the_first_best_model_names_the_running_run(tmp_path):
+def test_evaluate_before_the_first_best_model_names_the_running_run(tmp_path, caplog):
     wd = Workdir(tmp_path)
     wd.config_file.write_text(smoke.get_config().to_json_best_effort())  # a run's, without best_model yet
     with pytest.raises(
@@ -97,8 +97,17 @@ def test_evaluate_before_the_first_best_model_names_the_running_run(tmp_path):
         with pytest.raises(FileNotFoundError, match=held):
             train.evaluate_workdir(tmp_path)
     assert wd.holder() is None
-    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/best_model does not exist yet: the run in"):
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/best_model does not exist: the run in"):
         reasoner.load(tmp_path)  # (predict --checkpoint, Predictor.load)
+    with wd.lock() as me:
+        held = rf"best_model does not exist yet: {tmp_path} is in use by another run: pid {me['pid']} on host"
+        with pytest.raises(FileNotFoundError, match=held):
+            reasoner.load(tmp_path)
+        wd.best_model.mkdir()  # written by then: evaluated, with a warning that it is a snapshot
+        caplog.clear()
+        with pytest.raises(FileNotFoundError):  # (an empty best_model: no model to evaluate here)
+            train.evaluate_workdir(tmp_path)
+        assert f"{tmp_path} is still training (another run: pid {me['pid']}" in caplog.text
 
 
 def test_a_malformed_tower_config_names_its_file(tmp_path):

@@ -97,10 +97,16 @@ def _model_dir(path: pathlib.Path) -> pathlib.Path:
         run_config = {"towers", "optim"} <= set(json.loads((path / CONFIG_FILE).read_text()))
     except (ValueError, TypeError):  # not JSON (named by load) or not an object
         run_config = False
-    if run_config:  # a training workdir before its first validation: no model to load yet
+    if run_config:  # a training workdir before its first best model: no model to load yet
+        from smartvlm_jax.workdir import Workdir
+
+        holder = Workdir(path).holder()
         raise FileNotFoundError(
-            f"{path / BEST_MODEL_DIR} does not exist yet: the run in {path} writes it after its first "
-            "validation"
+            f"{path / BEST_MODEL_DIR} does not exist yet: {path} is in use by {holder}, which writes it with "
+            "its first checkpoint after a validation"
+            if holder
+            else f"{path / BEST_MODEL_DIR} does not exist: the run in {path} stopped before its first "
+            "validation; resume it with its python -m smartvlm_jax.main command"
         )
     return path
 

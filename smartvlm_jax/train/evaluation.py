@@ -2,6 +2,7 @@
 (results.json, the table, the plots), and the re-evaluation of a finished workdir.
 """
 
+import logging
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from smartvlm_jax.train.inputs import Inputs, prepare_inputs
 from smartvlm_jax.train.setup import Run
 from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.workdir import Workdir, check_writable
+
+log = logging.getLogger(__name__)
 
 # What evaluation keeps of each batch besides the predictions.
 EVAL_FIELDS = ("labels", "puzzle_ids", "option_values", "answer_index", "mask")
@@ -160,11 +163,14 @@ def evaluate_workdir(
         holder = workdir.holder()
         raise FileNotFoundError(
             f"{workdir.best_model} does not exist yet: {workdir.root} is in use by {holder}, which writes it "
-            "after its first validation; evaluate once it has"
+            "with its first checkpoint after a validation; evaluate once it has"
             if holder
             else f"{workdir.best_model} does not exist: the run stopped before its first validation; resume "
             "it with its python -m smartvlm_jax.main command"
         )
+    holder = workdir.holder()
+    if holder:  # its best_model is replaced whenever a later validation does better
+        log.warning("%s is still training (%s): its best model so far is evaluated", workdir.root, holder)
     saved = workdir.with_moved_paths(saved, paths or {})
     out = pathlib.Path(out) if out is not None else workdir.evaluations / split
     check_writable(out, "evaluate's output folder", hint=": choose another folder with --out")
