@@ -27,7 +27,8 @@ class Stopped(Exception):
 
 
 def _abort() -> None:
-    print("\nCtrl-C again: aborted, nothing saved", file=sys.stderr, flush=True)
+    # (what the first stop had written stays; what was being written is left unfinished)
+    print("\nCtrl-C again: aborted at once; the same command resumes", file=sys.stderr, flush=True)
     os._exit(130)  # at once: no cleanup that could hang (the first Ctrl-C asked for a clean stop)
 
 
