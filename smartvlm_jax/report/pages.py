@@ -185,9 +185,12 @@ def _cards(
 
 
 def sequence_errors(pred: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Per sequence puzzle present, by id: n, exact-match accuracy, the accuracy of each decode position
-    (over the positions that hold the answer's values, padding excluded; None where none does) and, over
-    the wrong answers, how many first go wrong at each position. Accuracies are fractions in [0, 1].
+    """Per sequence puzzle present, by id: n, exact-match accuracy, the accuracy of each decode position up
+    to the longest answer (over every row, as exact match and the reference's S_acc score all K: a row
+    exactly right is right at each position) and, over the wrong answers, how many first go wrong at each
+    position. Accuracies are fractions in [0, 1]. An answer's length is up to its last value other than
+    the pad value (SPEC 2): a pad-valued value inside an answer (puzzle 63 pads with C_63 - 1, a real count)
+    is part of it; one at its end cannot be told from padding.
 
     ``pred``: "puzzle_ids" int [N], "labels" and "preds" int [N, K], "option_values" int [N, 5, K] (the
     predictions file's fields, :mod:`smartvlm_jax.report.predictions`).
@@ -197,8 +200,9 @@ def sequence_errors(pred: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
         at = pred["puzzle_ids"] == pid
         labels, preds = pred["labels"][at], pred["preds"][at]
         pad = pred["option_values"][at][:, 0, -1][:, None]
-        answer = labels != pad
-        length = int(answer.sum(axis=1).max()) if answer.size else 0
+        valued = labels != pad
+        ends = np.where(valued.any(axis=1), valued.shape[1] - np.argmax(valued[:, ::-1], axis=1), 0)
+        length = int(ends.max()) if ends.size else 0
         right = preds == labels
         wrong = ~right.all(axis=1)
         first = np.argmax(~right, axis=1)[wrong]
@@ -208,10 +212,7 @@ def sequence_errors(pred: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
                 "n": int(at.sum()),
                 "exact": float(right.all(axis=1).mean()),
                 "length": length,
-                "position_acc": [
-                    float(right[answer[:, k], k].mean()) if answer[:, k].any() else None
-                    for k in range(length)
-                ],
+                "position_acc": [float(right[:, k].mean()) for k in range(length)],
                 "first_wrong": np.bincount(first, minlength=puzzles.NUM_DECODE_STEPS)[
                     : max(length, 1)
                 ].tolist(),

@@ -37,6 +37,24 @@ def test_sequence_errors_name_each_positions_accuracy_and_the_first_wrong_one():
     assert row["first_wrong_after"] == 1  # [1, 2, 3, 4]: right values, a 4 where the padding is
 
 
+def test_a_pad_valued_answer_value_counts_at_its_position():
+    """Puzzle 63 pads with C_63 - 1, also a real count: "9 and 4" starts with the pad value. A row exactly
+    right is right at every position (the trial's page showed position 1 at 0 % beside 16.7 % exact)."""
+    pad = 9
+    labels = [[9, 4] + [pad] * (K - 2), [2] + [pad] * (K - 1)]
+    preds = [labels[0], [3] + [pad] * (K - 1)]
+    pred = {
+        "puzzle_ids": np.full(2, 63),
+        "labels": np.array(labels),
+        "preds": np.array(preds),
+        "option_values": np.full((2, 5, K), pad),
+    }
+    (row,) = pages.sequence_errors(pred)
+    assert row["length"] == 2 and row["exact"] == 0.5
+    assert row["position_acc"] == [0.5, 1.0]  # each at least the exact-match accuracy
+    assert row["first_wrong"] == [1, 0]
+
+
 def test_the_gallery_samples_every_puzzle_alike_beyond_its_size():
     pids = np.repeat([1, 2, 3], [50, 10, 40])
     assert np.array_equal(pages.gallery_sample(pids, 100), np.arange(100))
