@@ -376,6 +376,7 @@ class Progress:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.desc, self.total, self.unit, self.n = desc, int(total), unit, int(initial)
+        self.initial = int(initial)
         self.warmup_name, self.leave, self.enabled = warmup_name, leave, enabled
         self.every_s, self._clock = every_s, clock
         self._start = self._timed_start = self._last_line = self._last_update = clock()
@@ -476,11 +477,15 @@ class Progress:
 
     def closing_line(self) -> str:
         """The line that ends a stage, then its summary: "epoch 1/12: 25 steps in 2.3 s (69 steps/s after
-        2.0 s compiling); loss 2.27"."""
+        2.0 s compiling); loss 2.27". A resumed stage counts this process's units and names the others:
+        "epoch 350/400: 7 of 25 steps in 0.3 s (18 done before); ..."."""
         elapsed = self._clock() - self._start
         rate = self.rate()
-        text = f"{self.desc}: {self.n} {self.unit} in {elapsed:.1f} s"
+        done = f"{self.n - self.initial} of {self.n}" if self.initial else f"{self.n}"
+        text = f"{self.desc}: {done} {self.unit} in {elapsed:.1f} s"
+        if self.initial:
+            text += f" ({self.initial} done before)"
         if rate is not None:
-            warmup = f" after {self._warmup_s:.1f} s {self.warmup_name}" if self._warmup_s else ""
+            warmup = f" after {self._warmup_s:.1f} s {self.warmup_name}" if self._warmup_s >= 0.05 else ""
             text += f" ({rate:.4g} {self.unit}/s{warmup})"
         return f"{text}; {self._postfix}" if self._postfix else text

@@ -163,16 +163,15 @@ def test_one_pipelined_unit_after_the_warmup_gives_no_rate(restore_logging):
     """A resumed extraction's last partial batch was mostly computed while the warm-up batch was waited
     for: its interval alone read "7893 samples/s". Two timed updates make a rate; one does not."""
     clock = Clock()
-    progress = console.Progress(
-        "features train", 792, "samples", warmup_name="on the first batch", clock=clock
+    progress = console.Progress(  # resumed: 640 samples in the store's marked shards
+        "features train", 816, "samples", initial=640, warmup_name="on the first batch", clock=clock
     )
-    progress.update(640, warmup=True)  # what the markers on disk hold
     clock.t += 1.0
     progress.update(128, warmup=True)  # the first batch: compiles
     clock.t += 0.003
     progress.update(24)
     assert progress.rate() is None
-    assert progress.closing_line() == "features train: 792 samples in 1.0 s"
+    assert progress.closing_line() == "features train: 152 of 792 samples in 1.0 s (640 done before)"
     clock.t += 0.5
     progress.update(24)
     assert progress.rate() == pytest.approx(48 / 0.503)

@@ -127,14 +127,14 @@ def extract_split(
         params = jax.device_put(params, params_sharding)
     name = name or out_dir.name
     lead = jax.process_index() == 0
-    progress = console.Progress(
-        f"features {name}", num_rows, "samples", warmup_name="on the first batch", enabled=lead
-    )
     writer = RowWriter(out_dir, num_rows, np.dtype(storage_dtype))
-    start = 0  # the first batch to extract, which compiles: its time is left out of the rate
+    start, done = 0, 0  # the first batch to extract, which compiles: its time is left out of the rate
     if callable(batches):
         start, done = _resume_point(out_dir, shard_batches)
-        progress.update(done, warmup=True)  # the ETA counts what the markers on disk hold as done
+    progress = console.Progress(  # the ETA counts what the markers on disk hold as done
+        f"features {name}", num_rows, "samples", initial=done, warmup_name="on the first batch", enabled=lead
+    )
+    if callable(batches):
         if start:
             log.info("features %s: resuming at batch %d (%d done)", name, start, done)
         batches = batches(start_batch=start)
