@@ -7,6 +7,7 @@ sweep's rows use), set at a chosen moment; the signals themselves are sent to re
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -149,6 +150,10 @@ def test_sigterm_during_extraction_exits_0_and_the_rerun_resumes(reference, tmp_
     assert second.returncode == 0, second.stderr.decode()[-3000:]
     resumed = reports.load_results(tmp_path)["test"]
     assert (resumed["S_acc"], resumed["O_acc"]) == (results["test"]["S_acc"], results["test"]["O_acc"])
+    at = re.search(rb"features (\w+): resuming at batch \d+ \((\d+) done\)", second.stderr)
+    if at:  # its closing line counts what this process extracted, and names the rest
+        line = rb"features " + at[1] + rb": \d+ of \d+ samples in [\d.]+ s \(" + at[2] + rb" done before\)"
+        assert re.search(line, second.stderr), second.stderr.decode()[-3000:]
 
 
 @pytest.mark.slow
