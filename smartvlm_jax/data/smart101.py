@@ -389,10 +389,22 @@ def check_image(row: Row) -> None:
     try:
         images.open_image(row.image_path)
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(
-            f"puzzle {row.puzzle_id} CSV row {row.row_index} (id {row.instance_id}): "
-            f"image {row.image_path}: {e}"
-        ) from e
+        raise BadImageError(f"{csv_line(row)} (id {row.instance_id}): image {row.image_path}: {e}") from e
+
+
+def csv_line(row: Row) -> str:
+    """``path:line`` of ``row`` in its puzzle's CSV, as a malformed row is named (an editor's line: the
+    header is line 1, and a quoted field may span lines); the puzzle and data row where the CSV is gone."""
+    path = puzzle_csv_path(os.path.dirname(os.path.dirname(os.path.dirname(row.image_path))), row.puzzle_id)
+    try:
+        with io.StringIO(decode_csv(path), newline="") as f:
+            reader = csv.DictReader(f)
+            for index, _ in enumerate(reader):
+                if index == row.row_index:
+                    return f"{path}:{reader.line_num}"
+    except (OSError, MalformedRowError):
+        pass
+    return f"puzzle {row.puzzle_id} CSV row {row.row_index}"
 
 
 def drop_bad_images(

@@ -153,11 +153,12 @@ def test_bad_images_raise_or_are_skipped(synthetic_root, tmp_path, caplog):
     os.remove(rows[2].image_path)
     with open(rows[5].image_path, "wb") as f:
         f.write(b"not a png")
-    with pytest.raises(smart101.BadImageError, match=r"CSV row 2 \(id 3\): image .*puzzle_3_e_3.png"):
+    # named as a malformed row is, by the CSV's line (the header is line 1): data row 2 is line 4
+    with pytest.raises(smart101.BadImageError, match=r"3/puzzle_3.csv:4 \(id 3\): image .*puzzle_3_e_3.png"):
         smart101.drop_bad_images(rows, skip_bad_rows=False)
     good, skipped = smart101.drop_bad_images(rows, skip_bad_rows=True)
     assert len(good) == len(rows) - 2 and len(skipped) == 2
-    assert "CSV row 5" in skipped[1] and "skipped 2 of 20 rows" in caplog.text
+    assert "puzzle_3.csv:7 (id 6)" in skipped[1] and "skipped 2 of 20 rows" in caplog.text
 
 
 def test_load_image_shorter_side_224_rgb(synthetic_root):
