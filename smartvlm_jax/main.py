@@ -82,7 +82,8 @@ def run_job(job: str, argv: list[str]) -> None:
     lines.set_process(jax.process_index(), wait_for_lock=True)  # a run refused by the lock writes no log
     devices = jax.devices()
     on = f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
-    log.info("JAX %s on %s; every log line: %s", jax.__version__, on, lines.run_log)
+    # (run.log is named in the closing summary: a run refused by its checks, below, never writes one)
+    log.info("JAX %s on %s", jax.__version__, on)
     module, function = job.split(":")
     fn = getattr(importlib.import_module(module), function)
     status = cli.run(lambda: fn(config, _WORKDIR.value), traceback=_TRACEBACK.value)

@@ -231,7 +231,7 @@ def test_a_value_refused_by_the_trainer_leaves_no_workdir(tmp_path):
         out.returncode == 1
         and out.stderr.strip().splitlines()[-1] == "error: --config.batch_size=0 must be >= 1"
     )
-    assert not workdir.exists()
+    assert not workdir.exists() and "run.log" not in out.stderr  # no log named that is never written
 
 
 def test_a_config_argument_is_one_line_naming_the_valid_ones(tmp_path):
