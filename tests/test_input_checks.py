@@ -79,6 +79,23 @@ def test_a_run_refuses_a_sweeps_workdir(tmp_path):
         train.check_not_a_sweep(wd)
 
 
+def test_a_resumed_run_with_another_recipe_is_told_what_changes(tmp_path):
+    wd = Workdir(tmp_path)
+    saved = json.loads(smoke.get_config().to_json_best_effort())
+    wd.config_file.write_text(json.dumps(saved))
+    now = {**saved, "num_epochs": 800, "optim": {**saved["optim"], "lr": 0.5}}
+    assert train.changed_recipe(wd, now) == []  # no checkpoint yet: nothing trained with the old values
+    (wd.checkpoints / "400").mkdir(parents=True)
+    lines = train.changed_recipe(wd, now)
+    assert lines[0].startswith(
+        f"--config.num_epochs=800: this workdir's checkpoints were trained with {saved['num_epochs']}"
+    )
+    assert lines[1].startswith(
+        f"--config.optim.lr=0.5: this workdir's checkpoints were trained with {saved['optim']['lr']}"
+    )
+    assert len(lines) == 2 and train.changed_recipe(wd, saved) == []
+
+
 def test_evaluate_on_a_model_dir_says_what_it_is(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"head": "smarter", "puzzle_ids": [1]}))
     with pytest.raises(ValueError, match="is a model dir, not a training workdir"):

@@ -22,6 +22,7 @@ One job per module, in the order a run meets them:
 
 from smartvlm_jax.train.checkpointer import Checkpointer
 from smartvlm_jax.train.checks import (
+    changed_recipe,
     check_config,
     check_not_a_sweep,
     check_same_head,
@@ -62,6 +63,7 @@ __all__ = [
     "cached_batches",
     "check_config",
     "check_members",
+    "changed_recipe",
     "check_not_a_sweep",
     "check_same_head",
     "check_tiny_towers",

@@ -135,6 +135,35 @@ def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> No
             )
 
 
+# Fields of the training recipe a resumed run may change, which then changes the training from the
+# checkpoint's step on (the learning-rate schedule spans num_epochs * steps per epoch): said, not refused.
+RECIPE_FIELDS = ("num_epochs", "batch_size", "optim")
+
+
+def changed_recipe(workdir: Workdir, config: Mapping[str, Any]) -> list[str]:
+    """One warning line per recipe field (:data:`RECIPE_FIELDS`) in which ``config`` (the resolved run
+    config, as JSON) differs from the one ``workdir``'s checkpoints were trained with; [] when it holds
+    none."""
+    checkpoints = workdir.checkpoints.is_dir() and any(workdir.checkpoints.iterdir())
+    if not (checkpoints and workdir.config_file.is_file()):
+        return []
+    saved = json.loads(workdir.config_file.read_text())
+    lines = []
+    for field in RECIPE_FIELDS:
+        before, now = saved.get(field), config.get(field)
+        if isinstance(before, dict) and isinstance(now, dict):
+            pairs = [(f"{field}.{k}", before.get(k), now.get(k)) for k in sorted({*before, *now})]
+        else:
+            pairs = [(field, before, now)]
+        lines += [
+            f"--config.{name}={new!r}: this workdir's checkpoints were trained with {old!r}; training "
+            "resumes from its last checkpoint with the new value (the learning-rate schedule included)"
+            for name, old, new in pairs
+            if old != new and old is not None
+        ]
+    return lines
+
+
 def check_not_a_sweep(workdir: Workdir) -> None:
     """ValueError when ``workdir`` holds a sweep (its ``sweep.json``, or its config's sweep fields): a run
     trained there would replace the sweep's config.json, and the sweep could no longer resume."""

@@ -347,5 +347,7 @@ def write_run_config(run: Run) -> None:
     resolved.model = run.model_cfg
     portable = run.workdir.portable(json.loads(resolved.to_json_best_effort()))
     checks.check_same_head(run.workdir, portable["model"])
+    for line in checks.changed_recipe(run.workdir, portable):
+        log.warning("%s", line)
     fileio.write_json(run.workdir.config_file, portable, indent=2)
     sources.write(run.workdir.root, run.sources, base=run.workdir.root)
