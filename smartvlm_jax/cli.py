@@ -69,10 +69,11 @@ def keep_jax_off_absent_accelerators() -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, whose usage errors name a mistyped option first, with the known option nearest
-    to it: argparse itself reports a missing required option before an unrecognized one (``--workdr``
-    alone reads "the following arguments are required: --workdir"). ``--config.FIELD=...`` tokens, which
-    evaluate and predict pass on (``parse_known_args``), are not options of the parser and not named."""
+    """argparse's parser, whose usage errors are one line (no usage block) and name a mistyped option
+    first, with the known option nearest to it: argparse itself reports a missing required option
+    before an unrecognized one (``--workdr`` alone reads "the following arguments are required:
+    --workdir"). ``--config.FIELD=...`` tokens, which evaluate and predict pass on
+    (``parse_known_args``), are not options of the parser and not named."""
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -88,7 +89,9 @@ class ArgumentParser(argparse.ArgumentParser):
                 near = difflib.get_close_matches(name[2:], [o[2:] for o in known], n=1)  # "--" alike in all
                 message = f"unrecognized arguments: {name}" + (f"; did you mean --{near[0]}?" if near else "")
                 break
-        super().error(message)
+        # one line, as every other mistake (argparse would print its usage block first); status 2: a usage
+        # mistake, as argparse and absl give it (--help prints the usage)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(text: str) -> int:
