@@ -74,6 +74,10 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Run-config fields no config file sets: setup resolves them from the data (puzzles, C_p) and towers (widths)
+DERIVED_FIELDS = ("model.puzzle_ids", "model.num_classes", "model.vision_dim", "model.text_dim")
+
+
 def config_difference(run_config: Mapping[str, Any]) -> tuple[str, list[tuple[str, str, str]]]:
     """(where the base came from or why there is none, [(field, run value, base value)]): the resolved
     run config's fields that differ from ``configs/smarter.py`` (the paper's model and recipe), the base
@@ -83,12 +87,19 @@ def config_difference(run_config: Mapping[str, Any]) -> tuple[str, list[tuple[st
     except ImportError as e:
         return f"no base config to compare with ({BASE_CONFIG}: {e})", []
     run, ref = _flatten(run_config), _flatten(json.loads(json.dumps(base, default=str)))
+    for key in DERIVED_FIELDS:  # a config leaves them empty; the run fills them in from its data and towers
+        if key in ref:
+            ref[key] = "(from the data and towers)"
     missing = object()
     rows = [
         (
             key,
             json.dumps(run.get(key, "(absent)"), ensure_ascii=False),  # a path's "ü" as itself, not \u00fc
-            json.dumps(ref[key], ensure_ascii=False) if key in ref else "(absent)",
+            ref[key]
+            if key in DERIVED_FIELDS
+            else json.dumps(ref[key], ensure_ascii=False)
+            if key in ref
+            else "(absent)",
         )
         for key in sorted(set(run) | set(ref))
         if run.get(key, missing) != ref.get(key, missing)

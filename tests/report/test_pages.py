@@ -126,3 +126,16 @@ def test_the_command_refuses_a_folder_that_is_no_workdir(tmp_path, capsys):
     assert cli.main(["--workdir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(tmp_path) in err and "\n" not in err
+
+
+def test_the_config_table_shows_derived_fields_as_derived():
+    """A config leaves the head's puzzles, C_p and tower widths empty (setup fills them in from the data and
+    towers): the base column must not read "vision_dim 0" for the paper's model."""
+    from configs import smarter
+
+    run = json.loads(smarter.get_config().to_json_best_effort())
+    run["model"].update(vision_dim=768, text_dim=768, puzzle_ids=[1, 2], num_classes=[5, 7])
+    _, rows = pages.config_difference(run)
+    derived = {field: base for field, _, base in rows if field in pages.DERIVED_FIELDS}
+    assert derived == dict.fromkeys(pages.DERIVED_FIELDS, "(from the data and towers)")
+    assert ("model.vision_dim", "768", "(from the data and towers)") in rows
