@@ -374,37 +374,3 @@ def test_smoke_config_compiles_for_8_h100s_and_a_batch_too_large_is_refused(tmp_
     first = report.Compiled(towers.batch, True, 0.0, peak_bytes=progs["towers"]["peak_bytes"])
     best, found = report.largest_batch(compile_fn, first, spec.chip, budget=3)
     assert 0 < best < towers.batch and report.fits(found[best], spec.chip), found
-
-
-def test_compile_threads_get_a_stack_deep_enough_for_libtpu():
-    """libtpu's v6e compile of the towers overflowed an 8 MiB thread stack (SIGSEGV); compile-only runs
-    give new threads 64 MiB."""
-    import ctypes
-    import resource
-    import threading
-
-    libc = ctypes.CDLL(None)
-    libc.pthread_self.restype = ctypes.c_ulong  # pthread_t: 64 bits (ctypes' default int would cut it)
-
-    def stack_of_a_new_thread() -> int:
-        sizes = []
-
-        def probe():
-            attr, size = ctypes.create_string_buffer(128), ctypes.c_size_t()
-            libc.pthread_getattr_np(ctypes.c_ulong(libc.pthread_self()), attr)
-            libc.pthread_attr_getstacksize(attr, ctypes.byref(size))
-            libc.pthread_attr_destroy(attr)
-            sizes.append(size.value)
-
-        thread = threading.Thread(target=probe)
-        thread.start()
-        thread.join()
-        return sizes[0]
-
-    default = resource.getrlimit(resource.RLIMIT_STACK)[0]
-    try:
-        assert targets.set_thread_stack_size(targets.THREAD_STACK_BYTES)
-        assert stack_of_a_new_thread() >= targets.THREAD_STACK_BYTES
-    finally:
-        targets.set_thread_stack_size(default if default > 0 else 8 << 20)
-    assert stack_of_a_new_thread() < targets.THREAD_STACK_BYTES

@@ -11,7 +11,6 @@ HBM bandwidth (Cloud TPU system architecture pages; NVIDIA's H100/H200/A100 SXM 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import re
@@ -168,32 +167,6 @@ def compile_only_environment() -> None:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_WORKER_ID", "0")
     jax.config.update("jax_platforms", "cpu")
-    set_thread_stack_size(THREAD_STACK_BYTES)
-
-
-# libtpu's compiler recurses deeply on large convolutions: the DINOv2 patch embedding at a v6e search
-# batch overflowed a compile thread's 8 MiB stack (SIGSEGV in FusedSpatialMajorConvolution::MakeConvWindows,
-# both v6e rows of docs/tpu.md; the same compiles pass with 64 MiB).
-THREAD_STACK_BYTES = 64 << 20
-
-
-def set_thread_stack_size(size: int) -> bool:
-    """Make ``size`` bytes the stack of every thread created from now on with default attributes (the
-    compilers' thread pools; glibc's ``pthread_setattr_default_np``; glibc otherwise sizes them from
-    ``ulimit -s``, read once at start). False where the C library has no such call (not glibc)."""
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "pthread_setattr_default_np"):
-        return False
-    attr = ctypes.create_string_buffer(128)  # pthread_attr_t: 56 bytes on x86-64 and aarch64 glibc
-    if libc.pthread_attr_init(attr) != 0:
-        return False
-    try:
-        return (
-            libc.pthread_attr_setstacksize(attr, ctypes.c_size_t(size)) == 0
-            and libc.pthread_setattr_default_np(attr) == 0
-        )
-    finally:
-        libc.pthread_attr_destroy(attr)
 
 
 # Cloud TPU accelerator types -> (chip, TensorCores per chip in the type's count, 2D or 3D torus)
