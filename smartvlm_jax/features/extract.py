@@ -131,13 +131,12 @@ def extract_split(
     start, done = 0, 0  # the first batch to extract, which compiles: its time is left out of the rate
     if callable(batches):
         start, done = _resume_point(out_dir, shard_batches)
+        batches = batches(start_batch=start)
+    if start:
+        log.info("features %s: resuming at batch %d (%d done)", name, start, done)
     progress = console.Progress(  # the ETA counts what the markers on disk hold as done
         f"features {name}", num_rows, "samples", initial=done, warmup_name="on the first batch", enabled=lead
     )
-    if callable(batches):
-        if start:
-            log.info("features %s: resuming at batch %d (%d done)", name, start, done)
-        batches = batches(start_batch=start)
     pending: list[np.ndarray] = []  # row positions written since the last marker
 
     def finish(index: int, gbatch: Mapping[str, jax.Array], outputs: Mapping[str, jax.Array]) -> None:

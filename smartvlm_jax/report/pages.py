@@ -24,7 +24,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from smartvlm_jax import features, fileio, puzzles, reports, summaries
+from smartvlm_jax import cli, features, fileio, puzzles, reports, summaries
 from smartvlm_jax.data import smart101
 from smartvlm_jax.reasoner import config as head_config
 from smartvlm_jax.report import predictions as predictions_lib
@@ -37,7 +37,6 @@ PAGE = "report.html"
 # keep a 101-puzzle page near 10 MB.
 MAX_CARDS = 2000
 SAMPLE_SEED = 0
-BASE_CONFIG = "configs.smarter"  # every config in configs/ states itself as a difference from this one
 
 
 def _environment() -> jinja2.Environment:
@@ -83,24 +82,17 @@ def config_difference(run_config: Mapping[str, Any]) -> tuple[str, list[tuple[st
     run config's fields that differ from ``configs/smarter.py`` (the paper's model and recipe), the base
     every config in ``configs/`` is written against. Values are shown as JSON."""
     try:
-        base = importlib.import_module(BASE_CONFIG).get_config().to_dict()
+        base = importlib.import_module(cli.BASE_CONFIG).get_config().to_dict()
     except ImportError as e:
-        return f"no base config to compare with ({BASE_CONFIG}: {e})", []
+        return f"no base config to compare with ({cli.BASE_CONFIG}: {e})", []
     run, ref = _flatten(run_config), _flatten(json.loads(json.dumps(base, default=str)))
+    shown = {key: json.dumps(value, ensure_ascii=False) for key, value in ref.items()}  # "ü", not \u00fc
     for key in DERIVED_FIELDS:  # a config leaves them empty; the run fills them in from its data and towers
         if key in ref:
-            ref[key] = "(from the data and towers)"
+            ref[key] = shown[key] = "(from the data and towers)"
     missing = object()
     rows = [
-        (
-            key,
-            json.dumps(run.get(key, "(absent)"), ensure_ascii=False),  # a path's "ü" as itself, not \u00fc
-            ref[key]
-            if key in DERIVED_FIELDS
-            else json.dumps(ref[key], ensure_ascii=False)
-            if key in ref
-            else "(absent)",
-        )
+        (key, json.dumps(run.get(key, "(absent)"), ensure_ascii=False), shown.get(key, "(absent)"))
         for key in sorted(set(run) | set(ref))
         if run.get(key, missing) != ref.get(key, missing)
     ]

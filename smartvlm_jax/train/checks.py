@@ -135,6 +135,11 @@ def check_tiny_towers(config: ml_collections.ConfigDict, workdir: Workdir) -> No
             )
 
 
+def has_checkpoints(workdir: Workdir) -> bool:
+    """Whether ``workdir`` holds a checkpoint: something was trained there with its config.json."""
+    return workdir.checkpoints.is_dir() and any(workdir.checkpoints.iterdir())
+
+
 # Fields of the training recipe a resumed run may change, which then changes the training from the
 # checkpoint's step on (the learning-rate schedule spans num_epochs * steps per epoch): said, not refused.
 RECIPE_FIELDS = ("num_epochs", "batch_size", "optim")
@@ -144,7 +149,7 @@ def changed_recipe(workdir: Workdir, config: Mapping[str, Any]) -> list[str]:
     """One warning line per recipe field (:data:`RECIPE_FIELDS`) in which ``config`` (the resolved run
     config, as JSON) differs from the one ``workdir``'s checkpoints were trained with; [] when it holds
     none."""
-    checkpoints = workdir.checkpoints.is_dir() and any(workdir.checkpoints.iterdir())
+    checkpoints = has_checkpoints(workdir)
     if not (checkpoints and workdir.config_file.is_file()):
         return []
     saved = json.loads(workdir.config_file.read_text())
@@ -182,7 +187,7 @@ def check_same_head(workdir: Workdir, model: Mapping[str, Any]) -> None:
     """ValueError naming the ``--config.model.*`` fields that differ from the head a workdir's checkpoints
     hold: its parameters could not be restored into another head, and the workdir must keep describing
     what it holds (its ``config.json`` is not rewritten)."""
-    checkpoints = workdir.checkpoints.is_dir() and any(workdir.checkpoints.iterdir())
+    checkpoints = has_checkpoints(workdir)
     if not ((checkpoints or workdir.best_model.exists()) and workdir.config_file.is_file()):
         return
     saved = json.loads(workdir.config_file.read_text()).get("model", {})

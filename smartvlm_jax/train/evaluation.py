@@ -159,8 +159,8 @@ def evaluate_workdir(
             f"{workdir.root} is a model dir, not a training workdir (its config.json is a head's): pass the "
             "training run's directory, or answer with predict --checkpoint"
         )
+    holder = workdir.holder()
     if not workdir.best_model.is_dir():  # (else the run's own config.json would be read as a model's)
-        holder = workdir.holder()
         raise FileNotFoundError(
             f"{workdir.best_model} does not exist yet: {workdir.root} is in use by {holder}, which writes it "
             "with its first checkpoint after a validation; evaluate once it has"
@@ -168,7 +168,6 @@ def evaluate_workdir(
             else f"{workdir.best_model} does not exist: the run stopped before its first validation; resume "
             "it with its python -m smartvlm_jax.main command"
         )
-    holder = workdir.holder()
     if holder:  # its best_model is replaced whenever a later validation does better
         log.warning("%s is still training (%s): its best model so far is evaluated", workdir.root, holder)
     saved = workdir.with_moved_paths(saved, paths or {})
