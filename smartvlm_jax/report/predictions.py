@@ -122,8 +122,10 @@ def compute(workdir: str | os.PathLike, split: str = "test", batch_size: int = 2
         raise NoFeaturesError(f"{wd.root}: the {split} features are gone ({e})") from None
     model, variables, cfg = reasoner.load(wd.best_model)
 
+    # The variables are an argument, not constants of the program: a head's millions of weights folded
+    # into the HLO made its compile slower and its persistent-cache key differ from run to run (issue 30).
     @jax.jit
-    def forward(vision, text, pids):
+    def forward(variables, vision, text, pids):
         logits = model.apply(variables, vision, text, pids, train=False)
         top_p, top_v = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), TOP_K)
         return reasoner.predictions(logits, pids, cfg), top_v, top_p
@@ -135,7 +137,7 @@ def compute(workdir: str | os.PathLike, split: str = "test", batch_size: int = 2
         take = np.arange(start, min(start + batch_size, n))
         padded = np.concatenate([take, np.full(batch_size - len(take), take[0])])
         batch = [np.asarray(features.read_rows(cache[k], padded), np.float32) for k in ("vision", "text")]
-        out = jax.device_get(forward(*batch, pids[padded].astype(np.int32)))
+        out = jax.device_get(forward(variables, *batch, pids[padded].astype(np.int32)))
         outs.append([np.asarray(o)[: len(take)] for o in out])
     features.release_all(cache)
     k = puzzles.NUM_DECODE_STEPS
