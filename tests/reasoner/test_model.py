@@ -175,6 +175,29 @@ def test_dropout_changes_training_outputs_only():
     np.testing.assert_array_equal(ev, jax.jit(model.apply)(variables, vision, text, pid))
 
 
+def test_cross_attention_dropout_counts_are_binomial():
+    """The QF cross-attention's kept-probability counts S ~ Binomial(n, 1 - rate), drawn by inverting the
+    CDF: a chi-square test of the frequencies against the pmf (scipy) at a small and at the model's n,
+    with the rate traced as a member's is; rate 0 keeps all n, rate 1 none."""
+    from scipy import stats
+
+    from smartvlm_jax.reasoner.qf import binomial_by_inversion
+
+    draws = 200_000
+    for n, p in [(25, 0.9), (110 * 110, 0.8)]:
+        x = jax.jit(lambda key, p, n=n: binomial_by_inversion(key, n, p, (draws,)))(jax.random.key(3), p)
+        counts = np.bincount(np.asarray(x).astype(int), minlength=n + 1)
+        pmf = stats.binom(n, p).pmf(np.arange(n + 1))
+        # chi-square needs expected counts well above a few: the tails' values pooled into one cell
+        cells = pmf * draws > 20
+        observed = np.append(counts[cells], counts[~cells].sum())
+        expected = np.append(pmf[cells], pmf[~cells].sum()) * draws
+        chi2 = (((observed - expected) ** 2) / expected).sum()
+        assert stats.chi2.sf(chi2, len(observed) - 1) > 1e-3, (n, p, chi2)
+    one = jax.vmap(lambda p: binomial_by_inversion(jax.random.key(0), 12100, p, (4,)))(jnp.array([1.0, 0.0]))
+    np.testing.assert_array_equal(one, [[12100] * 4, [0] * 4])
+
+
 @pytest.mark.parametrize(
     "field,value",
     [
