@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 
@@ -19,24 +20,35 @@ def learning_rate_schedule(
     warm-up does. ``schedule="constant"`` (the SMART baseline) keeps ``lr`` throughout. ``lr`` (a float32
     scalar, may be traced: one per vmapped member) replaces ``optim.lr`` as the peak; None keeps it.
     ValueError names a bad ``--config.optim.schedule``.
+
+    The warm-up cosine is a table of its values at steps 0..max(total_steps, warmup_steps + 1) (counts past
+    the end read its last value, 0), computed once on the host in float64, as the reference's transformers
+    schedule is in Python (optax.warmup_cosine_decay_schedule's formula), and read at the count in the
+    step: XLA copied the formula's two dozen scalar operations into every parameter's update fusion, 2,000
+    of the smoke train step's instructions (issue 30).
     """
     if lr is not None:
-        # Both schedules start and end at 0 (or are constant), so they are linear in the peak: peak x the
-        # unit schedule is the same float arithmetic as optax's with that peak (its code tests the peak in
-        # Python, which a tracer cannot answer).
+        # Both schedules start and end at 0 (or are constant), so they are linear in the peak.
         unit = learning_rate_schedule(ml_collections.ConfigDict({**optim.to_dict(), "lr": 1.0}), total_steps)
         return lambda count: lr * unit(count)
     if optim.schedule == "constant":
         return optax.constant_schedule(optim.lr)
     if optim.schedule != "warmup_cosine":
         raise ValueError(f"--config.optim.schedule={optim.schedule!r} is not 'warmup_cosine' or 'constant'")
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=optim.lr,
-        warmup_steps=optim.warmup_steps,
-        decay_steps=max(total_steps, optim.warmup_steps + 1),
-        end_value=0.0,
-    )
+    table = warmup_cosine_table(optim.lr, optim.warmup_steps, max(total_steps, optim.warmup_steps + 1))
+    return lambda count: jnp.asarray(table)[jnp.clip(count, 0, len(table) - 1)]
+
+
+def warmup_cosine_table(peak: float, warmup_steps: int, decay_steps: int) -> np.ndarray:
+    """float32 [decay_steps + 1]: the learning rate at steps 0..decay_steps, linear from 0 to ``peak`` over
+    ``warmup_steps``, then ``peak`` x (1 + cos(pi x progress)) / 2 to 0 at ``decay_steps`` (transformers'
+    ``get_cosine_schedule_with_warmup``, optax's ``warmup_cosine_decay_schedule`` with init and end 0),
+    in float64."""
+    step = np.arange(decay_steps + 1, dtype=np.float64)
+    warm = peak * step / max(warmup_steps, 1)
+    progress = (step - warmup_steps) / max(decay_steps - warmup_steps, 1)
+    cosine = peak * 0.5 * (1.0 + np.cos(np.pi * np.clip(progress, 0.0, 1.0)))
+    return np.where(step < warmup_steps, warm, cosine).astype(np.float32)
 
 
 def make_optimizer(

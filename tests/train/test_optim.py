@@ -32,6 +32,24 @@ def test_schedule_matches_spec_at_chosen_steps():
     assert float(schedule(0)) == 0.0  # the first update uses lr 0
 
 
+def test_schedule_table_equals_optax_at_every_step():
+    """The host table read in the step is the reference's schedule (float64) rounded to float32 at every
+    count, including no warm-up and a run shorter than its warm-up, and counts past the end read 0; optax's
+    warm-up cosine (float32 arithmetic, whose 1 + cos cancels near the end) agrees to 1e-7 of the peak."""
+    cfg = smarter.get_config().optim
+    for warmup, total in [(10, 1500), (0, 37), (10, 4)]:
+        cfg.warmup_steps = warmup
+        decay = max(total, warmup + 1)
+        ours = np.asarray(jax.vmap(optim.learning_rate_schedule(cfg, total))(np.arange(decay + 3)))
+        reference = [_reference_lr(min(c, decay), cfg.lr, warmup, decay) for c in range(decay + 3)]
+        np.testing.assert_array_equal(ours, np.float32(reference))
+        assert ours[-1] == 0.0
+        optax_lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, decay, 0.0)
+        np.testing.assert_allclose(
+            ours, jax.vmap(optax_lr)(np.arange(decay + 3)), rtol=1e-5, atol=1e-7 * cfg.lr
+        )
+
+
 def test_adamw_with_clipping_matches_torch():
     """Three updates of clipped AdamW equal torch's AdamW + clip_grad_norm_ on the same gradients."""
     cfg = smarter.get_config().optim
