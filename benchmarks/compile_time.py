@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from smartvlm_jax import optim, parallel
+from smartvlm_jax import cli, optim, parallel
 from smartvlm_jax.aot import programs
 from smartvlm_jax.features import batches
 from smartvlm_jax.train import ahead
@@ -78,6 +78,7 @@ def measure(name: str) -> dict:
 
 
 def main() -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", default="smoke,paper101")
     parser.add_argument("--json", default="")

@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 from benchmarks import timing
+from smartvlm_jax import cli
 
 VISION, QLEN, TEXT = 2048, 110, 768
 BATCH = 128
@@ -194,6 +195,7 @@ def measure(layout: str, n: int, dtype: str, root: pathlib.Path, cold: bool, tra
 
 
 def main(argv=None) -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", required=True, help="where the caches are written (and removed)")
     parser.add_argument("--sizes", default="1000,4000", help="instances per cache, comma-separated")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks import timing
-from smartvlm_jax import puzzles, reasoner
+from smartvlm_jax import cli, puzzles, reasoner
 from tests.support.torch_port import head as port_lib
 
 
@@ -70,6 +70,7 @@ def torch_step(port, vision, text, pids, labels):
 
 
 def main() -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)

@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks import timing
 from configs import smarter, smoke
-from smartvlm_jax import optim, puzzles, reasoner, train
+from smartvlm_jax import cli, optim, puzzles, reasoner, train
 from smartvlm_jax.data import synthetic
 
 
@@ -142,6 +142,7 @@ def speed(kind: str, n: int | None, steps: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", default="1,3,8", help="comma-separated member counts")
     parser.add_argument("--head", default="smoke", choices=("smoke", "smarter"))

@@ -23,6 +23,7 @@ import torch
 from absl import flags
 from PIL import Image
 
+from smartvlm_jax import cli
 from smartvlm_jax.data import build, pipeline, smart101, synthetic
 from tests.support.data import HashTokenizer
 
@@ -99,6 +100,7 @@ def time_ours(data_dir, cfg, batch: int, epochs: int, workers: int, threads: int
 
 
 def main() -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

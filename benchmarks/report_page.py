@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from smartvlm_jax import metrics, puzzles, reports
+from smartvlm_jax import cli, metrics, puzzles, reports
 from smartvlm_jax.data import smart101, synthetic
 from smartvlm_jax.report import pages
 from smartvlm_jax.report import predictions as predictions_lib
@@ -147,6 +147,7 @@ def shots(run: pathlib.Path, sweep: pathlib.Path, docs: pathlib.Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model-from", type=pathlib.Path, help="a finished run (its best_model, config.json)"

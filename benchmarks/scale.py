@@ -35,7 +35,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
 
-from smartvlm_jax import reports
+from smartvlm_jax import cli, reports
 from smartvlm_jax.data import synthetic
 
 NUM_PUZZLES = 101
@@ -174,6 +174,7 @@ def base_tower_estimate(runs: list[dict], towers_json: str) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--sizes", default="10,100,1000", help="instances per puzzle (x 101)")

@@ -50,8 +50,8 @@ import torch
 
 from benchmarks import reference_design as ref
 from benchmarks import timing
+from smartvlm_jax import cli, optim, reasoner, train
 from smartvlm_jax import features as features_lib
-from smartvlm_jax import optim, reasoner, train
 from smartvlm_jax import towers as towers_lib
 from smartvlm_jax.data import build, pipeline, smart101, synthetic
 from smartvlm_jax.towers.released import RELEASED
@@ -642,6 +642,7 @@ def quiet_transformers() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="base towers, small batches (< 5 min on 2 cores)")

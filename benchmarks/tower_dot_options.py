@@ -14,12 +14,13 @@ import jax
 import numpy as np
 
 from benchmarks import timing
-from smartvlm_jax import towers
+from smartvlm_jax import cli, towers
 from smartvlm_jax.towers.backends import xla
 from tests.support.hf import DINOV2_BASE
 
 
 def main() -> None:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=8)

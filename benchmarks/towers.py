@@ -35,7 +35,7 @@ import torch
 import transformers
 
 from benchmarks import timing
-from smartvlm_jax import towers
+from smartvlm_jax import cli, towers
 
 CONFIGS = {
     "dinov2-base": (
@@ -244,6 +244,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cli.keep_jax_off_absent_accelerators()  # an installed libtpu or CUDA plugin stays quiet here
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", "--batch", default="8", help="comma-separated batch sizes")
     parser.add_argument("--fp32-batches", default="", help="batches that also time fp32 (default: all)")
