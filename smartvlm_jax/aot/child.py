@@ -22,6 +22,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 # Test-only: a child asked to compile this per-device batch kills itself with SIGSEGV before compiling, so
@@ -50,8 +51,9 @@ def compiler_name(target: str) -> str:
 def compile_in_child(run: Run, program: str, batch: int):
     """:func:`report.compile_at` of ``program`` (a :class:`programs.Program` name) at per-device ``batch``,
     in a fresh ``python -m smartvlm_jax.aot.child``. Returns its :class:`report.Compiled` (``hlo`` empty);
-    a child killed by a signal gives ``ok=False``, ``crashed`` the signal's name (e.g. "SIGSEGV") and
-    ``error`` "libtpu crashed (SIGSEGV) compiling <program> at batch N per chip". RuntimeError quoting the
+    a child killed by a signal gives ``ok=False``, ``crashed`` the signal's name (e.g. "SIGSEGV"),
+    ``error`` "libtpu crashed (SIGSEGV) compiling <program> at batch N per chip" and ``compile_s`` the
+    child's seconds. RuntimeError quoting the
     child's last stderr line when it fails any other way (an error compile_at would have raised)."""
     from smartvlm_jax.aot.report import Compiled
 
@@ -59,13 +61,14 @@ def compile_in_child(run: Run, program: str, batch: int):
     # this process's copy of the package, not whichever one the child's working directory would give
     root = str(pathlib.Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "smartvlm_jax.aot.child"], input=request, capture_output=True, env=env
     )
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name
         why = f"{compiler_name(run.target)} crashed ({name}) compiling {program} at batch {batch} per chip"
-        return Compiled(batch, False, 0.0, error=why, crashed=name)
+        return Compiled(batch, False, time.perf_counter() - start, error=why, crashed=name)
     lines = done.stdout.decode(errors="replace").splitlines()
     found = [line[len(_RESULT) :] for line in lines if line.startswith(_RESULT)]
     if done.returncode or not found:
