@@ -119,10 +119,12 @@ def test_a_compiler_crash_in_the_search_is_reported_not_fatal(tmp_path, monkeypa
     assert in_process == [("towers", 2), ("train_step", 2), ("eval_step", 2)]  # batch 4: in the children
     for p in result["programs"]:
         assert p["fits"] and p["max_per_device_batch"] == 2, p
+        seconds = p["search"][1]["compile_s"]  # the crashed child's own
         assert p["search"] == [
-            {"batch": 2, "ok": True, "peak_bytes": 1002, "crashed": ""},
-            {"batch": 4, "ok": False, "peak_bytes": 0, "crashed": "SIGSEGV"},
+            {"batch": 2, "ok": True, "peak_bytes": 1002, "crashed": "", "compile_s": 0.1},
+            {"batch": 4, "ok": False, "peak_bytes": 0, "crashed": "SIGSEGV", "compile_s": seconds},
         ]
+        assert 0 < seconds < 60
         assert p["search_crash"] == (
             f"the XLA compiler crashed (SIGSEGV) compiling {p['name']} at batch 4 per chip; "
             "largest that fitted: 2"

@@ -282,7 +282,13 @@ class ProgramReport:
             "max_per_device_batch": self.max_batch,
             "max_global_batch": self.max_batch * devices if self.max_batch > 0 else self.max_batch,
             "search": [
-                {"batch": c.batch, "ok": c.ok, "peak_bytes": c.peak_bytes, "crashed": c.crashed}
+                {
+                    "batch": c.batch,
+                    "ok": c.ok,
+                    "peak_bytes": c.peak_bytes,
+                    "crashed": c.crashed,
+                    "compile_s": c.compile_s,
+                }
                 for c in self.search
             ],
             "search_crash": self.crash,
