@@ -136,6 +136,18 @@ def test_a_compiler_crash_in_the_search_is_reported_not_fatal(tmp_path, monkeypa
     assert child.compiler_name("tpu:v6e:2x4") == "libtpu"
 
 
+def test_a_child_that_fails_without_a_signal_raises_with_its_last_words(tmp_path):
+    from smartvlm_jax.aot import child
+
+    run = child.Run(smoke.get_config(), "tpu:v9:2x4", str(tmp_path))
+    with pytest.raises(RuntimeError) as e:
+        child.compile_in_child(run, "towers", 4)
+    assert str(e.value).startswith(
+        "compiling towers at batch 4 per chip for tpu:v9:2x4 in a child process failed (exit status 1): "
+        "ValueError: --compile_only='tpu:v9:2x4': unknown tpu chip 'v9'"
+    ), e.value
+
+
 def compile_smoke(tmp_path, target: str, **config):
     pytest.importorskip("libtpu")
     from smartvlm_jax import aot
