@@ -1,15 +1,16 @@
 """One compile of one program in a fresh child process: a compiler crash ends the child, not the report.
 
-libtpu 0.0.42 segfaults compiling some programs for v6e at batches past the run's (docs/tpu.md, "Will it
-fit"); a crash in the process that builds the report would lose every figure already compiled. The largest
-batch search therefore compiles in a child (:func:`compile_in_child`): ``python -m smartvlm_jax.aot.child``
-reads the run (config, target, workdir, members) and the program's name and batch pickled on stdin,
-rebuilds the plan, compiles that one program with :func:`report.compile_at` and writes its
-:class:`report.Compiled` as one JSON line on stdout. A child killed by a signal comes back as a
-``Compiled`` with ``crashed`` set to the signal's name; the search takes it as a batch that did not fit.
+libtpu 0.0.42 segfaults compiling some programs for v6e at batches past the run's (docs/tpu.md, "When libtpu
+crashes"); a crash in the process that builds the report would lose every figure already compiled. The
+largest batch search therefore compiles in a child (:func:`compile_in_child`): ``python -m
+smartvlm_jax.aot.child`` reads the run (config, target, workdir, members) and the program's name and batch
+pickled on stdin, rebuilds the plan, compiles that one program with :func:`report.compile_at` and writes its
+:class:`report.Compiled` as one JSON line on stdout. A child killed by a signal comes back as a ``Compiled``
+with ``crashed`` set to the signal's name; the search takes it as a batch that did not fit.
 
 A fresh interpreter (not ``os.fork()`` of a process with live XLA threads) costs an import of jax and the
-plan's tracing, a few seconds beside a compile of a tower at a real batch (about a minute here).
+plan's tracing (14 s for the paper config on 2 loaded cores), beside one to several minutes per compile
+of the towers at a batch past the run's.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def compile_in_child(run: Run, program: str, batch: int):
     in a fresh ``python -m smartvlm_jax.aot.child``. Returns its :class:`report.Compiled` (``hlo`` empty);
     a child killed by a signal gives ``ok=False``, ``crashed`` the signal's name (e.g. "SIGSEGV"),
     ``error`` "libtpu crashed (SIGSEGV) compiling <program> at batch N per chip" and ``compile_s`` the
-    child's seconds. RuntimeError quoting the
-    child's last stderr line when it fails any other way (an error compile_at would have raised)."""
+    child's seconds. RuntimeError quoting the child's last stderr line when it fails any other way (an
+    error compile_at would have raised)."""
     from smartvlm_jax.aot.report import Compiled
 
     request = pickle.dumps({"run": run, "program": program, "batch": int(batch)})
