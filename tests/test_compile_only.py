@@ -82,6 +82,76 @@ def test_largest_batch_search_finds_the_hbm_edge_within_budget():
     assert best == 90 and len(found) <= 6
 
 
+def test_a_crashed_compile_bounds_the_search_from_above():
+    """A compile that crashed is a batch that did not fit: the search bisects below it, and what it returns
+    is the largest batch that fitted (here the true edge, 90, lies past the crash at 40)."""
+    chip = targets.Chip("fake", "tpu", 1000.0, 1.0, 1.0)
+
+    def compile_fn(b):
+        if b >= 40:
+            return report.Compiled(b, False, 0.0, error=f"libtpu crashed (SIGSEGV) at {b}", crashed="SIGSEGV")
+        return fake_compile(b)
+
+    best, found = report.largest_batch(compile_fn, fake_compile(16), chip, budget=6)
+    assert 16 <= best < 40 and report.fits(found[best], chip)
+    assert all(report.fits(found[b], chip) for b in found if b < 40)
+    assert found[32].ok and found[min(b for b in found if b >= 40)].crashed == "SIGSEGV"
+
+
+def test_a_compiler_crash_in_the_search_is_reported_not_fatal(tmp_path, monkeypatch):
+    """The search's compiles run in child processes (``isolate``, the default on TPU targets): a child
+    that dies of SIGSEGV (a real one, raised by the child at the batch the test names) is reported in the
+    table and the JSON with the largest batch that fitted, and the report is still written. The compiles
+    at the run's batch, in this process, are replaced by fixed figures: the smoke train step alone takes
+    20 to 40 s to compile for 8 CPU devices here, and the children, not those compiles, are under test."""
+    from smartvlm_jax import aot
+    from smartvlm_jax.aot import child
+
+    n = 8  # the test session's CPU devices
+    cfg = smoke.get_config()
+    cfg.batch_size = cfg.eval_batch_size = 2 * n  # every program at 2 per device; the search tries 4 first
+    monkeypatch.setenv(child.CRASH_AT_ENV, "4")
+    in_process = []
+
+    def compile_at(program, batch, *args, **kwargs):
+        in_process.append((program.name, batch))
+        return report.Compiled(batch, True, 0.1, peak_bytes=1000 + batch, flops=1e6, bytes_accessed=1e6)
+
+    monkeypatch.setattr(report, "compile_at", compile_at)
+    result = aot.compile_run(cfg, tmp_path, "cpu", search_budget=2, print_table=False, isolate=True)
+    assert result["devices"] == n
+    assert in_process == [("towers", 2), ("train_step", 2), ("eval_step", 2)]  # batch 4: in the children
+    for p in result["programs"]:
+        assert p["fits"] and p["max_per_device_batch"] == 2, p
+        seconds = p["search"][1]["compile_s"]  # the crashed child's own
+        assert p["search"] == [
+            {"batch": 2, "ok": True, "peak_bytes": 1002, "crashed": "", "compile_s": 0.1},
+            {"batch": 4, "ok": False, "peak_bytes": 0, "crashed": "SIGSEGV", "compile_s": seconds},
+        ]
+        assert 0 < seconds < 60
+        assert p["search_crash"] == (
+            f"the XLA compiler crashed (SIGSEGV) compiling {p['name']} at batch 4 per chip; "
+            "largest that fitted: 2"
+        )
+    assert json.loads((tmp_path / "compile_report.json").read_text()) == result
+    text = (tmp_path / "compile_report.md").read_text()
+    assert "compiler crashed in the largest-batch search (max batch/chip is a floor):" in text
+    assert "towers: the XLA compiler crashed (SIGSEGV) compiling towers at batch 4 per chip" in text
+    assert child.compiler_name("tpu:v6e:2x4") == "libtpu"
+
+
+def test_a_child_that_fails_without_a_signal_raises_with_its_last_words(tmp_path):
+    from smartvlm_jax.aot import child
+
+    run = child.Run(smoke.get_config(), "tpu:v9:2x4", str(tmp_path))
+    with pytest.raises(RuntimeError) as e:
+        child.compile_in_child(run, "towers", 4)
+    assert str(e.value).startswith(
+        "compiling towers at batch 4 per chip for tpu:v9:2x4 in a child process failed (exit status 1): "
+        "ValueError: --compile_only='tpu:v9:2x4': unknown tpu chip 'v9'"
+    ), e.value
+
+
 def compile_smoke(tmp_path, target: str, **config):
     pytest.importorskip("libtpu")
     from smartvlm_jax import aot

@@ -79,6 +79,9 @@ def table(report: dict[str, Any]) -> str:
             f"| {'yes' if p['fits'] else 'NO'} | {p['flops'] / 1e9:.2f} | {p['bytes_accessed'] / 1e9:.3f} "
             f"| {1e3 * p['roofline_s']:.3f} | {p['compile_s']:.1f} | {p['max_per_device_batch']} |"
         )
+    crashes = [f"{p['name']}: {p['search_crash']}" for p in report["programs"] if p.get("search_crash")]
+    if crashes:  # the max batch of such a program is a floor: a larger one crashed, not refused
+        lines += ["", "compiler crashed in the largest-batch search (max batch/chip is a floor):", *crashes]
     if report.get("attention_note"):
         lines += ["", f"attention: {report['attention_note']}"]
     e = report["estimate"]

@@ -38,7 +38,8 @@ class DoesNotFit(ValueError):
 class Compiled:
     """One compile of a program at a per-device ``batch``: its figures per device (bytes, FLOPs, seconds).
     ``ok`` False: the compiler refused it for memory (``error`` quotes it; ``peak_bytes`` is what the
-    compiler said it needed, when it said)."""
+    compiler said it needed, when it said), or its compile killed the child process it ran in (``crashed``
+    names the signal, e.g. "SIGSEGV"; :mod:`smartvlm_jax.aot.child`)."""
 
     batch: int
     ok: bool
@@ -53,6 +54,7 @@ class Compiled:
     flops_source: str = ""
     error: str = ""
     available_bytes: int = 0  # the compiler's own HBM limit, when its refusal named it
+    crashed: str = ""  # the signal that ended the compile's child process ("": it did not crash)
     custom_calls: list[str] = dataclasses.field(default_factory=list)
     hlo: str = dataclasses.field(default="", repr=False)
 
@@ -214,7 +216,9 @@ def largest_batch(
 ) -> tuple[int, dict[int, Compiled]]:
     """The largest per-device batch found to fit in ``budget`` compiles (``first`` included): a line
     through the peaks seen so far guesses where the HBM is reached, doubling or halving until the answer
-    is bracketed, then bisection. Returns (batch, every compile by batch); 0 when none fitted."""
+    is bracketed, then bisection. A compile that crashed (``Compiled.crashed``) counts as a batch that
+    does not fit: what the search returns is then the largest that fitted below it, a floor. Returns
+    (batch, every compile by batch); 0 when none fitted."""
     results = {first.batch: first}
     limit = chip.hbm_bytes or float(first.available_bytes)
 
@@ -254,6 +258,16 @@ class ProgramReport:
     roofline_s: float
     fits: bool
 
+    @property
+    def crash(self) -> str:
+        """'' or the search's compiler crash and the floor it leaves, e.g. "libtpu crashed (SIGSEGV)
+        compiling towers at batch 32 per chip; largest that fitted: 16"."""
+        crashed = [c for c in self.search if c.crashed]
+        if not crashed:
+            return ""
+        also = f" (also at batch {', '.join(str(c.batch) for c in crashed[1:])})" if crashed[1:] else ""
+        return f"{crashed[0].error}{also}; largest that fitted: {max(self.max_batch, 0)}"
+
     def to_json(self, chip: Chip, devices: int) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -267,21 +281,39 @@ class ProgramReport:
             "roofline_s": self.roofline_s,
             "max_per_device_batch": self.max_batch,
             "max_global_batch": self.max_batch * devices if self.max_batch > 0 else self.max_batch,
-            "search": [{"batch": c.batch, "ok": c.ok, "peak_bytes": c.peak_bytes} for c in self.search],
+            "search": [
+                {
+                    "batch": c.batch,
+                    "ok": c.ok,
+                    "peak_bytes": c.peak_bytes,
+                    "crashed": c.crashed,
+                    "compile_s": c.compile_s,
+                }
+                for c in self.search
+            ],
+            "search_crash": self.crash,
         }
 
 
-def analyse(plan: Plan, search_budget: int = 6, keep_hlo: bool = False) -> list[ProgramReport]:
+def analyse(
+    plan: Plan,
+    search_budget: int = 6,
+    keep_hlo: bool = False,
+    compile_search: Callable[[Program, int], Compiled] | None = None,
+) -> list[ProgramReport]:
     """Compile every program of ``plan`` at its batch, and (``search_budget`` > 1) search its largest
-    fitting batch in at most that many compiles."""
+    fitting batch in at most that many compiles, each by ``compile_search(program, batch)`` (default:
+    :func:`compile_at` in this process; :func:`child.compile_in_child` survives a compiler crash)."""
     chip, n, options = plan.target.chip, plan.mesh.devices.size, plan.target.compiler_options
+    if compile_search is None:
+        compile_search = lambda p, b: compile_at(p, b, n, options=options)
     out = []
     for program in plan.programs:
         first = compile_at(program, program.batch, n, keep_hlo, options)
         max_batch, search = -1, [first]
         if search_budget > 1:
             max_batch, found = largest_batch(
-                lambda b, p=program: compile_at(p, b, n, options=options), first, chip, search_budget
+                lambda b, p=program: compile_search(p, b), first, chip, search_budget
             )
             search = [found[b] for b in sorted(found)]
         out.append(
@@ -354,6 +386,8 @@ def refusal(plan: Plan, reports: list[ProgramReport]) -> str:
             largest = f"none fitted down to {field}={tried} (with large towers, --config.towers.fsdp=True)"
         else:
             largest = "search off"
+        if r.crash:
+            largest += f" ({r.crash})"
         lines.append(
             f"{r.name} {needs} on {plan.target.text} (HBM {hbm / GIB:.2f} GiB) at {field}={c.batch * n}; "
             f"{largest}"
