@@ -132,9 +132,14 @@ def test_configs_import_only_what_they_need():
         "loaded = [m for m in sys.modules if m.split('.')[0] in heavy] + towers\n"
         "assert not loaded, sorted(loaded)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    run = python(code)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter in the checkout (the modules a new process imports)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
 
 
 def test_the_event_writer_does_not_import_torch():
@@ -148,6 +153,5 @@ def test_the_event_writer_does_not_import_torch():
         "import torch\n"
         "print('torch', torch.__version__)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    run = python(code)
     assert run.returncode == 0 and run.stdout.startswith("torch "), run.stderr[-2000:]
