@@ -4,7 +4,9 @@ TensorBoard events are written with tensorboardX, a small pure-Python writer of 
 clu's ``metric_writers`` cannot write them without TensorFlow: the package's ``__init__`` imports its
 ``SummaryWriter`` (``clu/metric_writers/tf/summary_writer.py``: ``import tensorflow``), so even its PyTorch
 writer (which needs torch, also kept out of the runtime) cannot be imported without it. clu's ``metrics``
-collections, which need neither, are used in the training step. Console progress: :mod:`smartvlm_jax.console`.
+collections, which need neither, are used in the training step. tensorboardX itself tries ``import torch``
+when imported (to accept torch tensors, which a run never logs): :func:`summary_writer_class` keeps PyTorch
+out. Console progress: :mod:`smartvlm_jax.console`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -36,10 +39,8 @@ class RunWriter:
         self._tb = None
         self._log = None
         if enabled:
-            from tensorboardX import SummaryWriter  # imported only where events are written
-
             workdir = Workdir(workdir)
-            self._tb = SummaryWriter(str(workdir.tensorboard))
+            self._tb = summary_writer_class()(str(workdir.tensorboard))
             self._log = open(workdir.log, "a")  # closed in close()
 
     def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "") -> None:
@@ -55,6 +56,28 @@ class RunWriter:
         if self._enabled:
             self._tb.close()
             self._log.close()
+
+
+def summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported (only where events are written) without PyTorch.
+
+    ``tensorboardX.writer`` runs ``import torch`` at import time, only to accept torch tensors; where torch
+    is installed (the dev and benchmark environments) that import cost every training process ~1.3 s of
+    CPU and ~2 s of wall time. While tensorboardX is first imported, ``sys.modules["torch"]`` is None, which
+    makes ``import torch`` raise ImportError, the case tensorboardX handles (numpy arrays only). A process
+    that has imported either already is left as it is.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def read_log(path: str | os.PathLike) -> dict[str, dict[int, float]]:

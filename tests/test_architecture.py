@@ -132,6 +132,26 @@ def test_configs_import_only_what_they_need():
         "loaded = [m for m in sys.modules if m.split('.')[0] in heavy] + towers\n"
         "assert not loaded, sorted(loaded)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    run = python(code)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter in the checkout (the modules a new process imports)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_the_event_writer_does_not_import_torch():
+    """tensorboardX's import runs ``import torch`` (~1.3 s of CPU in every training process where torch is
+    installed); the run's writer imports it without, and torch stays importable afterwards."""
+    code = (
+        "import sys, tempfile; from smartvlm_jax import summaries\n"
+        "writer = summaries.RunWriter(tempfile.mkdtemp()); writer.write_scalars(1, {'loss': 1.0})\n"
+        "writer.close()\n"
+        "assert 'tensorboardX' in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
+        "import torch\n"
+        "print('torch', torch.__version__)\n"
+    )
+    run = python(code)
+    assert run.returncode == 0 and run.stdout.startswith("torch "), run.stderr[-2000:]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from smartvlm_jax import reports
-from tests.support.runs import SMALL_SWEEP
+from tests.support.runs import SMALL_SWEEP, SWEEP_SAVES_OFTEN
 
 pytestmark = pytest.mark.slow  # every test here needs the session's finished sweep (a fixture)
 
@@ -104,7 +104,7 @@ def test_sigterm_then_rerun_gives_the_same_table(paper_sweep, tmp_path, parallel
     had finished; side by side, both stop. The rerun's rows equal the full sweep's."""
     workdir, store, _ = paper_sweep
     run = tmp_path / "run"
-    rows = ("--config.rows=smarter,no_qf", f"--config.parallel_rows={parallel_rows}")
+    rows = ("--config.rows=smarter,no_qf", f"--config.parallel_rows={parallel_rows}", SWEEP_SAVES_OFTEN)
     process = subprocess.Popen(
         command(run, store, *rows), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
