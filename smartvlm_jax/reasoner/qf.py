@@ -20,28 +20,34 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import scipy.stats
 
 from smartvlm_jax.reasoner.layers import LayerNorm, Linear, gelu
 
 
 def binomial_by_inversion(key: jax.Array, n: int, p: jax.Array | float, shape: tuple[int, ...]) -> jax.Array:
     """Draws of Binomial(``n``, ``p``) (float32, ``shape``) by inverse transform sampling: one uniform per
-    draw, placed in the CDF over 0..n, which is computed from the log-pmf in float32 (n static; ``p`` a
-    float or a float32 scalar in [0, 1], possibly traced, as a vmapped member's dropout rate).
+    draw, placed in the CDF over 0..n (n static). A Python float ``p`` in [0, 1] (a run's dropout rate)
+    takes the CDF from scipy in float64, a constant of the program; a float32 scalar ``p`` (traced, as a
+    vmapped member's rate) computes it in the step from the log-pmf in float32.
 
     The same distribution as ``jax.random.binomial`` to float32 precision (CDF steps below ~1e-7 merge
     into their neighbours), and a far smaller program: that one's rejection loop was 950 of the smoke
     head's train-step instructions and about a tenth of its compile time (issue 30). ``p`` = 1 gives n."""
-    k = jnp.arange(n + 1, dtype=jnp.float32)
-    p = jnp.asarray(p, jnp.float32)
-    log_pmf = (
-        jax.scipy.special.gammaln(n + 1.0)
-        - jax.scipy.special.gammaln(k + 1.0)
-        - jax.scipy.special.gammaln(n - k + 1.0)
-        + jax.scipy.special.xlogy(k, p)
-        + jax.scipy.special.xlog1py(n - k, -p)
-    )
-    cdf = jnp.cumsum(jnp.exp(log_pmf))
+    if isinstance(p, float):
+        cdf = jnp.asarray(scipy.stats.binom.cdf(np.arange(n + 1), n, p), jnp.float32)
+    else:
+        k = jnp.arange(n + 1, dtype=jnp.float32)
+        p = jnp.asarray(p, jnp.float32)
+        log_pmf = (
+            jax.scipy.special.gammaln(n + 1.0)
+            - jax.scipy.special.gammaln(k + 1.0)
+            - jax.scipy.special.gammaln(n - k + 1.0)
+            + jax.scipy.special.xlogy(k, p)
+            + jax.scipy.special.xlog1py(n - k, -p)
+        )
+        cdf = jnp.cumsum(jnp.exp(log_pmf))
     u = jax.random.uniform(key, shape, jnp.float32) * cdf[-1]
     # the first k whose CDF exceeds u; "scan" is a loop of log2(n) compares, not an [.., n] one
     return jnp.searchsorted(cdf, u, side="right", method="scan").astype(jnp.float32)

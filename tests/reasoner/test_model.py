@@ -184,8 +184,11 @@ def test_cross_attention_dropout_counts_are_binomial():
     from smartvlm_jax.reasoner.qf import binomial_by_inversion
 
     draws = 200_000
-    for n, p in [(25, 0.9), (110 * 110, 0.8)]:
-        x = jax.jit(lambda key, p, n=n: binomial_by_inversion(key, n, p, (draws,)))(jax.random.key(3), p)
+    for n, p, traced in [(25, 0.9, True), (110 * 110, 0.8, True), (25, 0.9, False), (110 * 110, 0.8, False)]:
+        if traced:  # a member's rate: the CDF computed in the step
+            x = jax.jit(lambda key, p, n=n: binomial_by_inversion(key, n, p, (draws,)))(jax.random.key(3), p)
+        else:  # a run's rate: scipy's CDF, a constant
+            x = jax.jit(lambda key, n=n, p=p: binomial_by_inversion(key, n, p, (draws,)))(jax.random.key(4))
         counts = np.bincount(np.asarray(x).astype(int), minlength=n + 1)
         pmf = stats.binom(n, p).pmf(np.arange(n + 1))
         # chi-square needs expected counts well above a few: the tails' values pooled into one cell
@@ -193,9 +196,13 @@ def test_cross_attention_dropout_counts_are_binomial():
         observed = np.append(counts[cells], counts[~cells].sum())
         expected = np.append(pmf[cells], pmf[~cells].sum()) * draws
         chi2 = (((observed - expected) ** 2) / expected).sum()
-        assert stats.chi2.sf(chi2, len(observed) - 1) > 1e-3, (n, p, chi2)
+        assert stats.chi2.sf(chi2, len(observed) - 1) > 1e-3, (n, p, traced, chi2)
     one = jax.vmap(lambda p: binomial_by_inversion(jax.random.key(0), 12100, p, (4,)))(jnp.array([1.0, 0.0]))
     np.testing.assert_array_equal(one, [[12100] * 4, [0] * 4])
+    for p, all_or_none in [(1.0, 12100), (0.0, 0)]:
+        np.testing.assert_array_equal(
+            binomial_by_inversion(jax.random.key(0), 12100, p, (4,)), [all_or_none] * 4
+        )
 
 
 @pytest.mark.parametrize(
