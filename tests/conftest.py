@@ -67,5 +67,7 @@ def paper_sweep(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, subproces
     command = [sys.executable, "-m", "smartvlm_jax.sweep", "--config", "configs/paper.py:smoke"]
     command += ["--workdir", str(workdir), f"--config.feature_store={store}", *SMALL_SWEEP]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # A crash's cause is near the start of its dump (faulthandler then lists every thread and module).
+    fatal = [line for line in done.stderr.splitlines() if "Fatal" in line or "Check failed" in line][:5]
+    assert done.returncode == 0, "\n".join(fatal) + "\n...\n" + done.stderr[-3000:]
     return workdir, store, done
