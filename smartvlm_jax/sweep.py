@@ -149,9 +149,9 @@ def shared_inputs(
         shared["towers.tiny"] = False
         for row, row_cfg in configs.items():
             family = variants.get(row_cfg.model.variant).head  # "smarter" or "baseline" towers
-            towers = train.prepare_towers(
-                row_cfg, Workdir(inputs.root / family), (r.question for r in data_rows)
-            )
+            family_dir = Workdir(inputs.root / family)
+            train.prepare_towers(row_cfg, family_dir, (r.question for r in data_rows))
+            towers = train.tower_dirs(row_cfg, family_dir)
             for name in variants.get(row_cfg.model.variant).towers:
                 shared[f"towers.{name}"] = towers[name]
             log.debug("row %s: tiny towers of %s", row, inputs.root / family)

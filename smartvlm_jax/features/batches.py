@@ -10,10 +10,9 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from smartvlm_jax import puzzles, variants
-from smartvlm_jax.features.columns import FrozenTowers, variant_dims
+from smartvlm_jax.features.columns import FrozenTowers
 from smartvlm_jax.towers import bert
 from smartvlm_jax.towers.tokenizer import SIGLIP_MAX_LENGTH
 
@@ -62,10 +61,11 @@ def frozen_feature_batch(frozen: FrozenTowers, batch: int, sharding) -> dict:
     )
 
 
-def variant_feature_batch(towers_cfg: ml_collections.ConfigDict, variant: str, batch: int, sharding) -> dict:
-    """:func:`feature_batch` of a variant's towers, from their config files alone (no weights read; a
-    token-state text output is BERT's, the only variant with one, ``MAX_QLEN`` long)."""
+def variant_feature_batch(dims: tuple[int, int], variant: str, batch: int, sharding) -> dict:
+    """:func:`feature_batch` of a variant whose towers' widths are ``dims`` ((vision_dim, text_dim), as
+    ``variant_dims`` reads them; a token-state text output is BERT's, the only variant with one,
+    ``MAX_QLEN`` long)."""
     spec = variants.get(variant)
-    vision_dim, text_dim = variant_dims(towers_cfg, variant)
+    vision_dim, text_dim = dims
     text = (question_length(spec.text), text_dim) if spec.text_output == "tokens" else (text_dim,)
     return feature_batch(vision_dim, text, batch, sharding)

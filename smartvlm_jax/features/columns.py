@@ -229,8 +229,17 @@ def variant_columns(
     return vision, text
 
 
-def variant_dims(towers_cfg: ml_collections.ConfigDict, variant: str) -> tuple[int, int]:
-    """(vision_dim, text_dim) of a variant's towers, from their config files alone (no weights read)."""
+def variant_dims(
+    towers_cfg: ml_collections.ConfigDict, variant: str, configs: Mapping[str, Mapping] | None = None
+) -> tuple[int, int]:
+    """(vision_dim, text_dim) of a variant's towers, from their config files alone (no weights read), or
+    from ``configs`` (tower name -> its top-level HF config: the tiny towers', known before they are
+    written)."""
     spec = variants.get(variant)
-    vision = sum(towers_lib.hidden_size(tower_dir(towers_cfg, n), "vision") for n in spec.vision)
-    return vision, towers_lib.hidden_size(tower_dir(towers_cfg, spec.text), "text")
+
+    def width(name: str, part: str) -> int:
+        if configs is not None:
+            return towers_lib.config_hidden_size(configs[name], part, where=f"the tiny {name} tower")
+        return towers_lib.hidden_size(tower_dir(towers_cfg, name), part)
+
+    return sum(width(n, "vision") for n in spec.vision), width(spec.text, "text")

@@ -9,7 +9,15 @@ The whole API: docs/towers.md.
 """
 
 from smartvlm_jax.towers.registry import FAMILIES, MODEL_TYPES, Family, ModelType, PartSource, Tower
-from smartvlm_jax.towers.store import content_digest, create_random, hidden_size, load, save, tiny_config
+from smartvlm_jax.towers.store import (
+    config_hidden_size,
+    content_digest,
+    create_random,
+    hidden_size,
+    load,
+    save,
+    tiny_config,
+)
 from smartvlm_jax.towers.tokenizer import TextTokenizer, train_sentencepiece, write_wordpiece_vocab
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "PartSource",
     "TextTokenizer",
     "Tower",
+    "config_hidden_size",
     "content_digest",
     "create_random",
     "hidden_size",

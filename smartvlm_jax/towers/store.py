@@ -80,10 +80,16 @@ def hidden_size(path: str | os.PathLike, part: str) -> int:
     directory for a part its model lacks."""
     path = os.fspath(path)
     top_config = read_meta(path)["config"] if is_converted(path) else hf.read_config(path)
+    return config_hidden_size(top_config, part, where=path)
+
+
+def config_hidden_size(top_config: Mapping[str, Any], part: str, where: str = "the tower config") -> int:
+    """:func:`hidden_size` of a tower's top-level HF config (a dict, as ``config.json`` holds it);
+    ValueError naming ``where`` for a part its model lacks."""
     try:
         _, cfg = part_config(top_config, part)
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: no {part} part ({e})") from None
+        raise ValueError(f"{where}: no {part} part ({e})") from None
     return int(cfg.get("hidden_size") or cfg["hidden_sizes"][-1])
 
 

@@ -41,6 +41,7 @@ from smartvlm_jax.train.setup import (
     prepare_data,
     prepare_towers,
     setup,
+    tower_dirs,
 )
 from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.train.state import TrainMetrics, TrainState
@@ -78,6 +79,7 @@ __all__ = [
     "prepare_inputs",
     "prepare_towers",
     "setup",
+    "tower_dirs",
     "train_and_evaluate",
     "train_group",
     "train_members",

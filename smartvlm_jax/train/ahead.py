@@ -1,12 +1,14 @@
 """The run's programs compiled ahead of time: the train state's initialiser, the train step and the eval
-step, in two threads that start at set-up and compile while the towers extract the features.
+step, in two threads that start as soon as set-up knows the head's shapes (``setup(head_ready=)``) and
+compile while the towers are built and extract the features.
 
-Every shape they take is known before the first feature is: the state's from the head's config, a
-batch's from the towers' configs (``features.batches``, as the compile-only report builds it) and the
-batch sizes. XLA compiles a program on one core, and the tiny towers' extraction leaves the cores idle
-much of the time, so on a cold run the compilation hides behind the extraction instead of following it
-(issue 30; docs/performance.md). A run that computes its features inside the step has nothing to
-overlap: it compiles the same programs as soon as its towers are loaded.
+Every shape they take is known before the first feature is, and before a tiny tower is written: the
+state's from the head's config (the data's puzzles and classes), a batch's from the towers' widths (their
+config files, or the tiny towers' configs; ``features.batches``, as the compile-only report builds it)
+and the batch sizes. XLA compiles a program on one core, so on a cold run the compilation runs beside
+the set-up's and the extraction's work instead of following it (issue 30; docs/performance.md). A run
+that computes its features inside the step has nothing to overlap: it compiles the same programs as soon
+as its towers are loaded.
 
 The jitted steps keep the executables: their later calls with concrete arrays of the same shapes and
 shardings compile nothing (a jitted function's ``lower(...).compile()`` fills the cache its calls read).
@@ -69,9 +71,8 @@ def abstract_batch(group: Group, towers=None) -> dict[str, jax.ShapeDtypeStruct]
     data = parallel.batch_sharding(run.mesh)
     if towers is not None:
         return batches.image_batch(towers, run.config.batch_size, data)
-    return batches.variant_feature_batch(
-        run.towers_cfg, run.config.model.variant, run.config.batch_size, data
-    )
+    dims = (run.model_cfg.vision_dim, run.model_cfg.text_dim)
+    return batches.variant_feature_batch(dims, run.config.model.variant, run.config.batch_size, data)
 
 
 def compile_steps(

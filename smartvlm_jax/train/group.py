@@ -96,10 +96,11 @@ def check_member_settings(config: ml_collections.ConfigDict, m: Member) -> None:
         raise ValueError(f"Member {m.name!r}: pdrop={m.pdrop} must lie in [0, 1)")
 
 
-def member_runs(run: Run, members: Sequence[Member]) -> list[Run]:
+def member_runs(run: Run, members: Sequence[Member], record: bool = True) -> list[Run]:
     """Each member's :class:`Run`: the group's data, towers and timing, with the member's resolved config
     (the group's data root, dataset and tower directories written out: no synthetic or tiny flags),
-    workdir (``<workdir>/<name>``, created, its ``config.json`` written) and head config."""
+    workdir (``<workdir>/<name>``, created, its ``config.json`` written; ``record`` False: neither, for the
+    programs compiled before the group's set-up ends) and head config."""
     out = []
     for m in members:
         model_cfg = ml_collections.ConfigDict(run.model_cfg)
@@ -119,8 +120,9 @@ def member_runs(run: Run, members: Sequence[Member]) -> list[Run]:
             model_cfg=model_cfg,
             model=reasoner.build(model_cfg),
         )
-        member.workdir.root.mkdir(parents=True, exist_ok=True)
-        setup_lib.write_run_config(member)
+        if record:
+            member.workdir.root.mkdir(parents=True, exist_ok=True)
+            setup_lib.write_run_config(member)
         out.append(member)
     return out
 
@@ -151,10 +153,13 @@ class Group:
     label: str = ""
 
     @classmethod
-    def create(cls, run: Run, members: Sequence[Member] | None, label: str = "") -> "Group":
+    def create(
+        cls, run: Run, members: Sequence[Member] | None, label: str = "", record: bool = True
+    ) -> "Group":
+        """The group of ``run``'s ``members`` (None: the single run); ``record``: see :func:`member_runs`."""
         if members is None:
             return cls(run, [run], None, label)
-        return cls(run, member_runs(run, members), list(members), label)
+        return cls(run, member_runs(run, members, record), list(members), label)
 
     @property
     def stacked(self) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from smartvlm_jax import optim, reports, summaries
 from smartvlm_jax.train import monitor
@@ -29,7 +30,7 @@ from smartvlm_jax.train.evaluation import Evaluator
 from smartvlm_jax.train.group import Group, Member, check_members
 from smartvlm_jax.train.inputs import prepare_inputs
 from smartvlm_jax.train.monitor import History, StepMetrics
-from smartvlm_jax.train.setup import setup
+from smartvlm_jax.train.setup import Run, setup
 from smartvlm_jax.train.signals import Stopped, StopSignal
 from smartvlm_jax.workdir import Workdir
 
@@ -131,6 +132,13 @@ def latest_step(workdir: Workdir) -> int:
     return max(steps, default=0)
 
 
+def optimiser(run: Run) -> tuple[optax.GradientTransformation, int]:
+    """(The run's optimiser, the total steps its schedule spans: ``num_epochs`` x batches per epoch)."""
+    config = run.config
+    total_steps = config.num_epochs * math.ceil(len(run.splits["train"]) / config.batch_size)
+    return optim.make_optimizer(config.optim, total_steps), total_steps
+
+
 def run_group(
     config: ml_collections.ConfigDict,
     workdir: Workdir,
@@ -144,15 +152,22 @@ def run_group(
     """The loop of a single run (``members`` None: an unstacked state) or of a group (a state stacked on
     a leading member axis, a vmapped step); one result per member (one for a single run). Raises
     :class:`Stopped` where a stop request meets a safe point outside the train steps."""
-    # --- Set-up: data, towers and head; the programs compiled in a thread while the features are
-    # extracted into the store (once, if missing), or once the towers that run in the step are loaded.
-    run = setup(config, workdir, compiles, stop_signal)
+    # --- Set-up: data, towers and head; the programs compiled in threads from the moment the head's shapes
+    # are known (while the towers are built and the features extracted into the store), or once the
+    # towers that run in the step are loaded.
+    ahead: Ahead | None = None
+
+    def compile_ahead(planned: Run) -> None:
+        nonlocal ahead
+        if config.cache_features:  # the member runs' settings without their workdirs (written below)
+            planned_group = Group.create(planned, members, label, record=False)
+            ahead = Ahead(planned_group, *optimiser(planned))
+
+    run = setup(config, workdir, compiles, stop_signal, head_ready=compile_ahead)
     group = Group.create(run, members, label)
+    tx, total_steps = optimiser(run)  # its state's structure is every member's
     steps_per_epoch = math.ceil(len(run.splits["train"]) / config.batch_size)
-    total_steps = config.num_epochs * steps_per_epoch
     max_steps = total_steps if config.max_steps < 0 else min(total_steps, config.max_steps)
-    tx = optim.make_optimizer(config.optim, total_steps)  # its state's structure is every member's
-    ahead = Ahead(group, tx, total_steps) if config.cache_features else None
     inputs = prepare_inputs(run, stop_signal)
     if features_ready is not None:
         features_ready.set()

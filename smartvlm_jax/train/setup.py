@@ -9,7 +9,7 @@ import functools
 import json
 import logging
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import ml_collections
@@ -101,10 +101,16 @@ def setup(
     compiles: summaries.CompileLog | None = None,
     stop: StopSignal | None = None,
     record: bool = True,
+    head_ready: Callable[[Run], None] | None = None,
 ) -> Run:
     """The run of ``config`` in ``workdir``: data prepared, tiny towers built if asked, head built, feature
     plans made, the resolved config written to the workdir (which must exist; ``record`` False: not
     written, as when a finished run is re-evaluated). Loads no tower weights.
+
+    ``head_ready`` is called with the run as soon as the head's shapes are known (the data's puzzles and
+    classes, the towers' widths: from the tiny towers' configs before they are written), before the
+    towers are built or digested and the feature plans made (that run's ``sources`` and feature fields
+    are still empty): ``train.ahead`` starts compiling the run's programs there (issue 30).
 
     Raises ValueError or FileNotFoundError naming the flag at fault, before any work; ``Stopped`` when
     ``stop`` was requested while the data was being written or built."""
@@ -115,26 +121,16 @@ def setup(
     timing = summaries.StageTimes()
     with timing("dataset"):  # synthetic puzzles (if asked), rows and splits, the TFDS build
         data_cfg, rows, splits, num_classes = prepare_data(config, workdir, stop)
-    with timing("towers"):  # tiny towers built, if asked; the data's and towers' digests
-        towers_cfg = prepare_towers(config, workdir, (r.question for r in rows))
-        run_sources = sources.run_sources(data_cfg, towers_cfg, config.model.variant)
-    if record:  # a resumed run: on the towers it was trained with (refused), the data it read (a warning)
-        sources.check_run(
-            workdir.root,
-            run_sources,
-            consequence="the dataset is rebuilt from them and training goes on with the rows as they are now",
-            refuse_how="give the tower the run was trained with, or train in a new --workdir",
-        )
+    towers_cfg = tower_dirs(config, workdir)
     model_cfg = ml_collections.ConfigDict(config.model)
     model_cfg.puzzle_ids = smart101.resolve_puzzle_ids(data_cfg.root, data_cfg.puzzle_ids)
     model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
-    # the towers' widths from their config files: a run on stored features loads no weights
-    model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.variant)
-    store, plans = None, {}
-    if config.cache_features:
-        with timing("features/fingerprint"):
-            store = feature_store_dir(config, workdir)
-            plans = plan_features(config, towers_cfg, data_cfg, splits, store, run_sources)
+    # the towers' widths from their config files (a run on stored features loads no weights), or from the
+    # tiny towers' configs, which are known before the towers are written
+    tiny = (
+        tiny_tower_configs(variants.get(config.model.variant).head == "baseline") if towers_cfg.tiny else None
+    )
+    model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.variant, tiny)
     run = Run(
         config=config,
         workdir=workdir,
@@ -149,10 +145,25 @@ def setup(
         puzzle_info=smart101.read_puzzle_info(data_cfg.root),
         compile_cache=compile_cache,
         compiles=compiles,
-        feature_store=store,
-        feature_plans=plans,
-        sources=run_sources,
     )
+    if head_ready is not None:
+        head_ready(run)
+    with timing("towers"):  # tiny towers built, if asked; the data's and towers' digests
+        prepare_towers(config, workdir, (r.question for r in rows))
+        run_sources = sources.run_sources(data_cfg, towers_cfg, config.model.variant)
+    if record:  # a resumed run: on the towers it was trained with (refused), the data it read (a warning)
+        sources.check_run(
+            workdir.root,
+            run_sources,
+            consequence="the dataset is rebuilt from them and training goes on with the rows as they are now",
+            refuse_how="give the tower the run was trained with, or train in a new --workdir",
+        )
+    store, plans = None, {}
+    if config.cache_features:
+        with timing("features/fingerprint"):
+            store = feature_store_dir(config, workdir)
+            plans = plan_features(config, towers_cfg, data_cfg, splits, store, run_sources)
+    run = dataclasses.replace(run, feature_store=store, feature_plans=plans, sources=run_sources)
     if record:
         write_run_config(run)
     return run
@@ -254,22 +265,36 @@ def id_ranges(ids: Iterable[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out)
 
 
-def prepare_towers(
-    config: ml_collections.ConfigDict, workdir: Workdir, questions: Iterable[str]
-) -> ml_collections.ConfigDict:
-    """The tower directories of the run; tiny random ones (and their tokenizer) are built in the workdir."""
+def tower_dirs(config: ml_collections.ConfigDict, workdir: Workdir) -> ml_collections.ConfigDict:
+    """``config.towers`` with the tiny towers' directories in the workdir named (where
+    :func:`prepare_towers` writes them)."""
     towers_cfg = ml_collections.ConfigDict(config.towers)
-    if not towers_cfg.tiny:
-        return towers_cfg
+    if towers_cfg.tiny:
+        baseline = variants.get(config.model.variant).head == "baseline"
+        for name in tiny_tower_configs(baseline):
+            towers_cfg[name] = str(workdir.towers / name)
+    return towers_cfg
+
+
+def prepare_towers(config: ml_collections.ConfigDict, workdir: Workdir, questions: Iterable[str]) -> None:
+    """The run's tiny random towers (and their tokenizer) built in the workdir, if it asks for them."""
+    if not config.towers.tiny:
+        return
     base = workdir.towers
     baseline = variants.get(config.model.variant).head == "baseline"
     if jax.process_index() == 0 and not base.exists():
         with fileio.staged_dir(base) as staging:
             write_tiny_towers(staging, baseline, questions, config.seed)
     multihost_utils.sync_global_devices("tiny towers")
-    for name in ("resnet", "bert") if baseline else ("dinov2", "siglip"):
-        towers_cfg[name] = str(base / name)
-    return towers_cfg
+
+
+def tiny_tower_configs(baseline: bool) -> dict[str, dict]:
+    """Tower name -> the HF config of the tiny random tower a ``towers.tiny`` run builds: the SMART
+    baseline's ResNet + BERT, or DINOv2 + SigLIP (``towers.tiny_config``)."""
+    from smartvlm_jax import towers as towers_lib
+
+    names = {"resnet": "resnet", "bert": "bert"} if baseline else {"dinov2": "dinov2", "siglip": "siglip"}
+    return {name: towers_lib.tiny_config(kind) for name, kind in names.items()}
 
 
 def write_tiny_towers(out: pathlib.Path, baseline: bool, questions: Iterable[str], seed: int) -> None:
@@ -277,17 +302,18 @@ def write_tiny_towers(out: pathlib.Path, baseline: bool, questions: Iterable[str
     vocabulary of the questions), or DINOv2 + SigLIP (a sentencepiece model trained on the questions)."""
     from smartvlm_jax import towers as towers_lib
 
+    configs = tiny_tower_configs(baseline)
     if baseline:
-        bert_cfg = towers_lib.tiny_config("bert")
+        bert_cfg = configs["bert"]
         vocab = towers_lib.write_wordpiece_vocab(sorted(questions), out / "tokenizer", bert_cfg["vocab_size"])
-        towers_lib.create_random(out / "resnet", "resnet", towers_lib.tiny_config("resnet"), seed=seed)
+        towers_lib.create_random(out / "resnet", "resnet", configs["resnet"], seed=seed)
         towers_lib.create_random(out / "bert", "bert", bert_cfg, seed=seed + 1, tokenizer_model=vocab)
         return
-    siglip_cfg = towers_lib.tiny_config("siglip")
+    siglip_cfg = configs["siglip"]
     vocab_size = siglip_cfg["text_config"]["vocab_size"]
     lowered = sorted({q.lower() for q in questions})
     spm = towers_lib.train_sentencepiece(lowered, out / "tokenizer", vocab_size)
-    towers_lib.create_random(out / "dinov2", "dinov2", towers_lib.tiny_config("dinov2"), seed=seed)
+    towers_lib.create_random(out / "dinov2", "dinov2", configs["dinov2"], seed=seed)
     towers_lib.create_random(out / "siglip", "siglip", siglip_cfg, seed=seed + 1, tokenizer_model=spm)
 
 
