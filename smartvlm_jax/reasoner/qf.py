@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import scipy.stats
 
 from smartvlm_jax.reasoner.layers import LayerNorm, Linear, gelu
 
@@ -36,6 +35,8 @@ def binomial_by_inversion(key: jax.Array, n: int, p: jax.Array | float, shape: t
     into their neighbours), and a far smaller program: that one's rejection loop was 950 of the smoke
     head's train-step instructions and about a tenth of its compile time (issue 30). ``p`` = 1 gives n."""
     if isinstance(p, float):
+        import scipy.stats  # here, at trace time: its import is 0.55 s of every process's start-up
+
         cdf = jnp.asarray(scipy.stats.binom.cdf(np.arange(n + 1), n, p), jnp.float32)
     else:
         k = jnp.arange(n + 1, dtype=jnp.float32)

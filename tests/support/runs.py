@@ -24,6 +24,9 @@ OVERRIDES = {
     "checkpoint_every_steps": 5,
     "checkpoint_min_interval_secs": 0.0,  # every routine save: the resume tests stop runs between them
     "log_every_steps": 1,
+    # One device, as a CPU user's run has: compiling for the session's 8 simulated devices costs more than
+    # these runs (test_one_device_equals_eight and the members' sharding test keep 8).
+    "mesh.num_devices": 1,
 }
 
 
