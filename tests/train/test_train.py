@@ -587,3 +587,26 @@ def test_changed_towers_are_refused_and_changed_data_is_named(reference, tmp_pat
         f"{recorded['data.root']['digest'][:12]} in {moved / 'sources.json'}); "
         "the metrics are of the rows as they are now"
     ]
+
+
+def test_the_head_is_ready_to_compile_before_the_tiny_towers_are_written(tmp_path):
+    """``setup(head_ready=)`` hands over the run once the head's shapes are known (``train.ahead`` starts
+    compiling there): before the tiny towers exist, with the head config, model and tower directories of
+    the finished set-up; only the towers' digests and the feature plans come later."""
+    seen = {}
+
+    def ready(planned: train.Run) -> None:
+        seen["towers written"] = Workdir(tmp_path).towers.exists()
+        seen["run"] = planned
+
+    config = run_config(**{"synthetic.per_puzzle": 10, "data.data_tot": 10})
+    run = train.setup(config, tmp_path, head_ready=ready)
+    planned = seen["run"]
+    assert seen["towers written"] is False and Workdir(tmp_path).towers.is_dir()
+    assert planned.model_cfg.to_dict() == run.model_cfg.to_dict()
+    assert (planned.model_cfg.vision_dim, planned.model_cfg.text_dim) == features.variant_dims(
+        run.towers_cfg, config.model.variant
+    )  # the tiny towers' configs gave the widths their written config files hold
+    assert planned.towers_cfg.to_dict() == run.towers_cfg.to_dict()
+    assert not planned.sources and not planned.feature_plans
+    assert run.sources and run.feature_plans
