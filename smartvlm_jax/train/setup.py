@@ -127,9 +127,7 @@ def setup(
     model_cfg.num_classes = [int(num_classes[p]) for p in model_cfg.puzzle_ids]
     # the towers' widths from their config files (a run on stored features loads no weights), or from the
     # tiny towers' configs, which are known before the towers are written
-    tiny = (
-        tiny_tower_configs(variants.get(config.model.variant).head == "baseline") if towers_cfg.tiny else None
-    )
+    tiny = tiny_tower_configs(config.model.variant) if towers_cfg.tiny else None
     model_cfg.vision_dim, model_cfg.text_dim = features.variant_dims(towers_cfg, config.model.variant, tiny)
     run = Run(
         config=config,
@@ -270,8 +268,7 @@ def tower_dirs(config: ml_collections.ConfigDict, workdir: Workdir) -> ml_collec
     :func:`prepare_towers` writes them)."""
     towers_cfg = ml_collections.ConfigDict(config.towers)
     if towers_cfg.tiny:
-        baseline = variants.get(config.model.variant).head == "baseline"
-        for name in tiny_tower_configs(baseline):
+        for name in tiny_tower_configs(config.model.variant):
             towers_cfg[name] = str(workdir.towers / name)
     return towers_cfg
 
@@ -281,29 +278,32 @@ def prepare_towers(config: ml_collections.ConfigDict, workdir: Workdir, question
     if not config.towers.tiny:
         return
     base = workdir.towers
-    baseline = variants.get(config.model.variant).head == "baseline"
     if jax.process_index() == 0 and not base.exists():
         with fileio.staged_dir(base) as staging:
-            write_tiny_towers(staging, baseline, questions, config.seed)
+            write_tiny_towers(staging, config.model.variant, questions, config.seed)
     multihost_utils.sync_global_devices("tiny towers")
 
 
-def tiny_tower_configs(baseline: bool) -> dict[str, dict]:
-    """Tower name -> the HF config of the tiny random tower a ``towers.tiny`` run builds: the SMART
-    baseline's ResNet + BERT, or DINOv2 + SigLIP (``towers.tiny_config``)."""
+def tiny_tower_configs(variant: str) -> dict[str, dict]:
+    """Tower name -> the HF config of the tiny random tower a ``towers.tiny`` run of ``variant`` builds:
+    the SMART baseline's ResNet + BERT, or DINOv2 + SigLIP (``towers.tiny_config``)."""
     from smartvlm_jax import towers as towers_lib
 
-    names = {"resnet": "resnet", "bert": "bert"} if baseline else {"dinov2": "dinov2", "siglip": "siglip"}
-    return {name: towers_lib.tiny_config(kind) for name, kind in names.items()}
+    baseline = variants.get(variant).head == "baseline"
+    return {
+        name: towers_lib.tiny_config(name)
+        for name in (("resnet", "bert") if baseline else ("dinov2", "siglip"))
+    }
 
 
-def write_tiny_towers(out: pathlib.Path, baseline: bool, questions: Iterable[str], seed: int) -> None:
-    """Tiny random towers and their tokenizer in ``out``: the SMART baseline's ResNet + BERT (a whole-word
-    vocabulary of the questions), or DINOv2 + SigLIP (a sentencepiece model trained on the questions)."""
+def write_tiny_towers(out: pathlib.Path, variant: str, questions: Iterable[str], seed: int) -> None:
+    """The tiny random towers of ``variant`` (:func:`tiny_tower_configs`) and their tokenizer in ``out``: the
+    SMART baseline's ResNet + BERT (a whole-word vocabulary of the questions), or DINOv2 + SigLIP (a
+    sentencepiece model trained on the questions)."""
     from smartvlm_jax import towers as towers_lib
 
-    configs = tiny_tower_configs(baseline)
-    if baseline:
+    configs = tiny_tower_configs(variant)
+    if "bert" in configs:
         bert_cfg = configs["bert"]
         vocab = towers_lib.write_wordpiece_vocab(sorted(questions), out / "tokenizer", bert_cfg["vocab_size"])
         towers_lib.create_random(out / "resnet", "resnet", configs["resnet"], seed=seed)
